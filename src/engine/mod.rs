@@ -1,0 +1,262 @@
+//! The seam between rollout's decisions and the container platform.
+//!
+//! [`Engine`] is ours: bollard has no trait. [`docker::DockerEngine`] talks to a real engine,
+//! [`fake::FakeEngine`] is a scripted stand-in for unit tests of the code above the seam.
+//! Everything rollout creates carries the labels in [`labels`], and [`Engine::observe`] reads an
+//! environment back from those labels alone.
+
+pub mod docker;
+pub mod fake;
+pub mod image;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::env::{Health, Port, Service, Volume};
+use crate::manifest::secret::SecretValue;
+
+pub use spec::{ContainerSpec, EnvValue};
+
+/// Label keys. SPEC.md promises the first three to users and scripts.
+pub mod labels {
+    pub const ENVIRONMENT: &str = "rollout.environment";
+    pub const ROLE: &str = "rollout.role";
+    pub const RUN: &str = "rollout.run";
+    /// The manifest service a container runs.
+    pub const SERVICE: &str = "rollout.service";
+    /// The client (tenant) the environment belongs to.
+    pub const CLIENT: &str = "rollout.client";
+    /// JSON of the service's non-secret settings ([`super::ServiceSnapshot`]).
+    pub const SPEC: &str = "rollout.spec";
+}
+
+/// What an object is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Production,
+    Test,
+    Proxy,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Production => "production",
+            Role::Test => "test",
+            Role::Proxy => "proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The non-secret settings of a service, as recorded on its containers.
+///
+/// Secret *names* are here; secret values never are (they are compared against the running
+/// container's environment instead, in memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSnapshot {
+    pub image: String,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secret_keys: BTreeSet<String>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub stateful: bool,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub managed_by: Option<String>,
+}
+
+impl From<&Service> for ServiceSnapshot {
+    fn from(s: &Service) -> Self {
+        let Service {
+            name: _,
+            image,
+            command,
+            env,
+            secrets,
+            ports,
+            depends_on,
+            health,
+            stateful,
+            volumes,
+            managed_by,
+        } = s;
+        ServiceSnapshot {
+            image: image.clone(),
+            command: command.clone(),
+            env: env.clone(),
+            secret_keys: secrets.keys().cloned().collect(),
+            ports: ports.clone(),
+            depends_on: depends_on.clone(),
+            health: health.clone(),
+            stateful: *stateful,
+            volumes: volumes.clone(),
+            managed_by: managed_by.clone(),
+        }
+    }
+}
+
+/// What runs for one environment, as the engine reports it.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub environment: String,
+    /// Production services by manifest name.
+    pub services: BTreeMap<String, ObservedService>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObservedService {
+    pub name: String,
+    /// Every production container of the service (more than one during a blue-green switch).
+    pub containers: Vec<ObservedContainer>,
+    /// The settings recorded on the newest container, if it carries them.
+    pub spec: Option<ServiceSnapshot>,
+    /// Secret values read from the newest container's environment, for comparison only.
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    /// The image reference the container was created from.
+    pub image: String,
+    pub state: ContainerState,
+    pub health: Option<HealthState>,
+    /// The run that created it.
+    pub run: Option<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Restarting,
+    Paused,
+    Exited { code: i64 },
+    Dead,
+    Other { name: String },
+}
+
+impl ContainerState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, ContainerState::Running)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerState::Created => f.write_str("created"),
+            ContainerState::Running => f.write_str("running"),
+            ContainerState::Restarting => f.write_str("restarting"),
+            ContainerState::Paused => f.write_str("paused"),
+            ContainerState::Exited { code } => write!(f, "exited ({code})"),
+            ContainerState::Dead => f.write_str("dead"),
+            ContainerState::Other { name } => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// Whether an idempotent call changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Unchanged,
+}
+
+/// What a removal found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub containers: usize,
+    pub networks: usize,
+    pub volumes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker engine at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("image `{image}` is not on this engine (no registry is used: build or load it first)")]
+    ImageMissing { image: String },
+    #[error("building image `{tag}` failed: {reason}")]
+    Build { tag: String, reason: String },
+    #[error("{action} `{object}` failed: {reason}")]
+    Call {
+        action: &'static str,
+        object: String,
+        reason: String,
+    },
+}
+
+/// The operations rollout needs from a container platform. Every call is idempotent.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Which engine this is, for messages: kind, version and endpoint.
+    fn describe(&self) -> String;
+
+    /// The production containers of `environment`, found by their labels.
+    async fn observe(&self, environment: &str) -> Result<Observed, EngineError>;
+
+    /// Creates a network if no network of that name exists.
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Outcome, EngineError>;
+
+    /// Creates a named volume if none of that name exists.
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Outcome, EngineError>;
+
+    /// Creates and starts a container; a container of that name already there is started if
+    /// stopped and reported `Unchanged`.
+    async fn run_container(&self, spec: &ContainerSpec) -> Result<Outcome, EngineError>;
+
+    /// Removes every container, network and volume carrying all of `selector`'s labels.
+    async fn remove_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Removed, EngineError>;
+
+    /// Builds an image from an in-memory context and tags it.
+    async fn build_image(
+        &self,
+        tag: &str,
+        context: &image::BuildContext,
+    ) -> Result<(), EngineError>;
+}

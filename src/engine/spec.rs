@@ -1,0 +1,94 @@
+//! What to create, decided in pure functions: container specs built from manifests.
+
+use std::collections::BTreeMap;
+
+use crate::manifest::env::{Environment, Health, Service};
+use crate::manifest::secret::SecretValue;
+
+use super::{Role, ServiceSnapshot, labels};
+
+/// One environment variable of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(SecretValue),
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The engine-wide container name.
+    pub name: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, EnvValue>,
+    pub labels: BTreeMap<String, String>,
+    /// The network the container joins, with the names it answers to there.
+    pub network: String,
+    pub aliases: Vec<String>,
+    /// Container ports published on 127.0.0.1 (on a port the engine picks) so rollout can probe them.
+    pub probe_ports: Vec<u16>,
+    /// Named volumes: (volume name, mount path).
+    pub volumes: Vec<(String, String)>,
+    /// A health check the engine runs itself (exec probes); `None` keeps the image's HEALTHCHECK.
+    pub healthcheck: Option<Health>,
+}
+
+/// The network a production environment's services share.
+pub fn production_network(env: &str) -> String {
+    format!("rollout-{env}")
+}
+
+/// Labels on every object of an environment for a role and run.
+pub fn base_labels(env: &Environment, role: Role, run: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENVIRONMENT.to_string(), env.name.clone()),
+        (labels::ROLE.to_string(), role.as_str().to_string()),
+        (labels::RUN.to_string(), run.to_string()),
+        (labels::CLIENT.to_string(), env.client.clone()),
+    ])
+}
+
+/// The volume name backing a service volume in production.
+pub fn production_volume(env: &str, service: &str, volume: &str) -> String {
+    format!("{env}-{service}-{volume}")
+}
+
+/// The container that runs `service` in production for run `run`.
+pub fn production_container(env: &Environment, service: &Service, run: &str) -> ContainerSpec {
+    let mut labels = base_labels(env, Role::Production, run);
+    labels.insert(labels::SERVICE.to_string(), service.name.clone());
+    labels.insert(
+        labels::SPEC.to_string(),
+        serde_json::to_string(&ServiceSnapshot::from(service)).expect("snapshot serializes"),
+    );
+    let mut vars: BTreeMap<String, EnvValue> = service
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), EnvValue::Plain(v.clone())))
+        .collect();
+    for (k, s) in &service.secrets {
+        vars.insert(k.clone(), EnvValue::Secret(s.value.clone()));
+    }
+    ContainerSpec {
+        name: format!("{}-{}-{}", env.name, service.name, run),
+        image: service.image.clone(),
+        command: service.command.clone(),
+        env: vars,
+        labels,
+        network: production_network(&env.name),
+        aliases: vec![service.name.clone()],
+        probe_ports: service.ports.iter().map(|p| p.container).collect(),
+        volumes: service
+            .volumes
+            .iter()
+            .map(|v| {
+                (
+                    production_volume(&env.name, &service.name, &v.name),
+                    v.path.clone(),
+                )
+            })
+            .collect(),
+        healthcheck: service.health.clone(),
+    }
+}

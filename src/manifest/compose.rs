@@ -1,0 +1,1 @@
+//! docker-compose files read as an environment.
