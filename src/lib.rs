@@ -4,8 +4,64 @@
 //! version without dropping a request, and rolls back by itself when anything fails.
 //!
 //! # Layout
+//! - [`cli`]: clap types, the printer, exit statuses.
+//! - [`cmd`]: one file per command; thin drivers over the modules below.
+//! - [`project`]: a project folder: settings, manifests, playbooks, and choosing among them.
 //! - [`manifest`]: the files a user writes, parsed with positions and resolved into valid types.
+//! - [`plan`]: `compute(desired, observed, playbook) -> Plan`, pure; and its rendering.
 //! - [`engine`]: the seam to the container platform (Docker through bollard; a fake for tests).
+//! - [`demo`]: the demo client's images, built locally from busybox.
 
+pub mod cli;
+pub mod cmd;
+pub mod demo;
 pub mod engine;
 pub mod manifest;
+pub mod plan;
+pub mod project;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::output::Printer;
+use cli::{Cli, ExitStatus};
+
+/// Parses the command line, runs the command, and turns the result into an exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let printer = Printer::detect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            printer.error(&anyhow::Error::new(e).context("cannot start the async runtime"));
+            return ExitCode::from(ExitStatus::Failure.code());
+        }
+    };
+    let status = match runtime.block_on(cmd::run(cli, printer)) {
+        Ok(status) => status,
+        Err(err) => {
+            printer.error(&err);
+            ExitStatus::Failure
+        }
+    };
+    ExitCode::from(status.code())
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "rollout=info",
+        _ => "rollout=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `rollout` binary: everything happens in [`rollout::run`].
+
+fn main() -> std::process::ExitCode {
+    rollout::run()
+}

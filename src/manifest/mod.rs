@@ -5,8 +5,10 @@
 //! the file positions every error message needs.
 
 pub mod compose;
+pub mod config;
 pub mod duration;
 pub mod env;
+pub mod playbook;
 pub mod raw;
 pub mod secret;
 pub mod source;

@@ -126,7 +126,9 @@ impl<'de> Deserialize<'de> for Text {
                 Ok(Text(String::new()))
             }
         }
-        d.deserialize_any(V)
+        // Asking for a string keeps the scalar as written: `on` stays `on`, `1.10` stays `1.10`
+        // (YAML 1.1 readers would turn them into `true` and `1.1`).
+        d.deserialize_str(V)
     }
 }
 

@@ -1,0 +1,236 @@
+//! The command line: clap types (data only), output settings and exit statuses.
+
+pub mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// How a command ended. `main` turns this into the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Done, or nothing to do.
+    Success,
+    /// Failed (and rolled back where something had changed), or bad input.
+    Failure,
+    /// `plan` only: there are changes to carry out.
+    Changes,
+    /// Refused: outside the change window, awaiting an approval, or locked.
+    Refused,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Changes => 2,
+            ExitStatus::Refused => 3,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rollout",
+    version,
+    about = "Staged rollouts without outages: test version, checks, gates, zero-downtime promotion, automatic rollback",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The project folder (holding rollout.yaml, manifests/ and playbooks/).
+    #[arg(
+        short = 'C',
+        long = "dir",
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub dir: PathBuf,
+    /// Diagnostics on stderr (-v info, -vv debug); user output is unaffected.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compare the manifest with what runs and print the changes and the steps that would carry
+    /// them out; changes nothing (exit 0 no change, 2 changes, 1 error).
+    Plan(PlanArgs),
+    /// Carry out the plan: test version, checks, gates, traffic shift, promotion; roll back on failure.
+    Promote(PromoteArgs),
+    /// Put the previous (or named) revision back, with no interruption.
+    Rollback(RollbackArgs),
+    /// What runs, which revision, health, any rollout in flight.
+    Status(ReadArgs),
+    /// Revisions with time, who, what changed, outcome.
+    History(ReadArgs),
+    /// The test version by hand.
+    TestEnv(TestEnvArgs),
+    /// The whole playbook against a test version only, then tear it down; writes a report.
+    Rehearse(RehearseArgs),
+    /// Record an approval or a third-party authorization for a run.
+    Approve(ApproveArgs),
+    /// The change document of a run: plan, checks, timings, approvals, outcome.
+    Report(ReportArgs),
+    /// The edge proxy that holds public ports and shifts traffic (normally started for you).
+    Proxy(ProxyArgs),
+    /// GitOps controller, scheduled rehearsals, HTTP API, metrics.
+    Daemon(DaemonArgs),
+    /// Build the demo client's images on the local Docker engine and show what rollout would do.
+    Demo(DemoArgs),
+}
+
+/// Which environment: `-e NAME` among manifests/, or a file with `-m` (a rollout manifest or a
+/// docker-compose file).
+#[derive(Debug, Args, Clone, Default)]
+pub struct EnvArgs {
+    /// The environment (may be left out when the project has one).
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub env: Option<String>,
+    /// A manifest file to use instead of manifests/ (a compose.yaml works too).
+    #[arg(short = 'm', long = "manifest", value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The playbook (default: the only one, else `default`, else the built-in safe default).
+    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
+    pub playbook: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
+    pub playbook: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Wait up to this long for another run's lock instead of refusing (e.g. 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    /// Override the change window; needs --reason and is recorded.
+    #[arg(long, requires = "reason")]
+    pub emergency: bool,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The revision to put back (default: the previous one).
+    #[arg(long = "to", value_name = "REVISION")]
+    pub to: Option<u64>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct TestEnvArgs {
+    #[command(subcommand)]
+    pub action: TestEnvAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestEnvAction {
+    /// Start a test version of the environment.
+    Up(ReadArgs),
+    /// Remove test versions of the environment.
+    Down(ReadArgs),
+    /// List test versions.
+    List(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
+    pub playbook: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The run id (or `latest`).
+    #[arg(value_name = "RUN")]
+    pub run: String,
+    /// The role or third party approving.
+    #[arg(long, value_name = "ROLE")]
+    pub by: String,
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    #[command(flatten)]
+    pub env: EnvArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run id (or `latest`).
+    #[arg(value_name = "RUN")]
+    pub run: String,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Md)]
+    pub output: ReportFormat,
+    #[command(flatten)]
+    pub env: EnvArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Admin API address (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7481")]
+    pub admin: String,
+    /// Where the routing table is kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/rollout-proxy")]
+    pub state: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Listen address for the HTTP API (default from rollout.yaml, else 127.0.0.1:7480).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Only build the demo images.
+    #[arg(long)]
+    pub build_only: bool,
+}

@@ -1,0 +1,77 @@
+//! The demo client's images, built locally `FROM scratch` from busybox: no registry is needed.
+//!
+//! `shop-web` serves a page containing "shop" and `/healthz` on 8080, `shop-api` answers JSON on
+//! 9000 and ships `/bin/check` for exec smoke checks, and `shop-db` keeps its data in
+//! `/var/lib/data` (appending a line to `boot.log` at each start) and serves it on 5432 so tests
+//! can see which data a copy holds.
+
+use crate::engine::image::{BuildContext, ContextFile, busybox_context};
+
+/// An image the demo needs: its tag and how to build it.
+pub struct DemoImage {
+    pub tag: String,
+    pub context: BuildContext,
+}
+
+fn file(path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> ContextFile {
+    ContextFile {
+        path: path.to_string(),
+        mode,
+        contents: contents.into(),
+    }
+}
+
+/// The web front at `version`; `healthy: false` builds one whose health endpoint is missing.
+pub fn web(version: &str, healthy: bool) -> std::io::Result<DemoImage> {
+    let mut files = vec![file(
+        "www/index.html",
+        0o644,
+        format!("<!doctype html><title>shop</title><h1>shop web {version}</h1>\n"),
+    )];
+    if healthy {
+        files.push(file("www/healthz", 0o644, "ok\n"));
+    }
+    let tail = "EXPOSE 8080\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    Ok(DemoImage {
+        tag: format!("shop-web:{version}"),
+        context: busybox_context(tail, files)?,
+    })
+}
+
+pub fn api(version: &str) -> std::io::Result<DemoImage> {
+    let files = vec![
+        file(
+            "www/status",
+            0o644,
+            format!("{{\"status\":\"ok\",\"version\":\"{version}\"}}\n"),
+        ),
+        file(
+            "bin/check",
+            0o755,
+            "#!/bin/sh\n# Exec smoke check: the API answers on its port with status ok.\nwget -q -O - http://127.0.0.1:9000/status | grep -q '\"ok\"'\n",
+        ),
+    ];
+    let tail = "EXPOSE 9000\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"9000\", \"-h\", \"/www\"]\n";
+    Ok(DemoImage {
+        tag: format!("shop-api:{version}"),
+        context: busybox_context(tail, files)?,
+    })
+}
+
+pub fn db(version: &str) -> std::io::Result<DemoImage> {
+    let tail = "EXPOSE 5432\nVOLUME /var/lib/data\nCMD [\"/bin/sh\", \"-c\", \"mkdir -p /var/lib/data && echo started >> /var/lib/data/boot.log && exec httpd -f -p 5432 -h /var/lib/data\"]\n";
+    Ok(DemoImage {
+        tag: format!("shop-db:{version}"),
+        context: busybox_context(tail, Vec::new())?,
+    })
+}
+
+/// Every image the demo project names, plus the next web version for the promotion demo.
+pub fn images() -> std::io::Result<Vec<DemoImage>> {
+    Ok(vec![
+        web("2.4.0", true)?,
+        web("2.5.0", true)?,
+        api("1.9.0")?,
+        db("15")?,
+    ])
+}

@@ -1,0 +1,86 @@
+//! The command line surface: every command of SPEC.md exists, and unbuilt ones say so.
+
+use crate::support::Project;
+
+#[test]
+fn help_lists_every_command_of_the_spec() {
+    let out = Project::new().run(&["--help"]).code(0);
+    for cmd in [
+        "plan", "promote", "rollback", "status", "history", "test-env", "rehearse", "approve",
+        "report", "proxy", "daemon",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "--help lacks `{cmd}`\n{out}"
+        );
+    }
+}
+
+#[test]
+fn command_flags_match_the_spec() {
+    let p = Project::new();
+    p.run(&["plan", "--help"])
+        .code(0)
+        .stdout_has("--env <ENV>")
+        .stdout_has("--playbook <PLAYBOOK>")
+        .stdout_has("--output <OUTPUT>");
+    p.run(&["promote", "--help"])
+        .code(0)
+        .stdout_has("--yes")
+        .stdout_has("--playbook");
+    p.run(&["rollback", "--help"])
+        .code(0)
+        .stdout_has("--to <REVISION>");
+    p.run(&["test-env", "--help"])
+        .code(0)
+        .stdout_has("up")
+        .stdout_has("down")
+        .stdout_has("list");
+    p.run(&["approve", "--help"])
+        .code(0)
+        .stdout_has("<RUN>")
+        .stdout_has("--by <ROLE>")
+        .stdout_has("--note <TEXT>");
+    p.run(&["report", "--help"])
+        .code(0)
+        .stdout_has("md")
+        .stdout_has("html")
+        .stdout_has("json");
+}
+
+#[test]
+fn unbuilt_commands_fail_in_one_clear_line() {
+    let p = Project::new();
+    for args in [
+        vec!["promote", "--yes"],
+        vec!["rollback"],
+        vec!["status"],
+        vec!["history"],
+        vec!["test-env", "up"],
+        vec!["rehearse"],
+        vec!["approve", "latest", "--by", "client"],
+        vec!["report", "latest"],
+        vec!["proxy"],
+        vec!["daemon"],
+    ] {
+        let out = p.run(&args).code(1);
+        assert!(out.stdout.is_empty(), "no fake output on stdout\n{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");
+        assert!(out.stderr.contains("is not built yet"), "{out}");
+    }
+}
+
+#[test]
+fn missing_project_folder() {
+    let p = Project::new();
+    std::fs::remove_dir_all(p.path()).expect("remove the project folder");
+    p.run(&["plan"]).code(1).stderr_has("does not exist");
+}
+
+#[test]
+fn no_manifest() {
+    Project::new()
+        .run(&["plan"])
+        .code(1)
+        .stderr_has("no environment found");
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary: one module per feature, sharing the builder in `support`.
+//!
+//! Tests that need Docker talk to the real engine and fail (never skip) when it is missing.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod engine_docker;
+mod plan_docker;
+mod playbooks;
