@@ -14,19 +14,20 @@
 //! - per service:
 //!   - `image` (required: rollout runs images, it does not build them);
 //!   - `command` (a list, or a string split like a shell would);
-//!   - `environment` (a map or `KEY=VALUE` list; a bare `KEY` or `KEY:` takes the value from the
+//!   - `environment` (a map or `KEY=VALUE` list; a bare `KEY` or `KEY:` becomes a secret read from the
 //!     host environment and is an error when unset);
 //!   - `ports` (`"8080"`, `"18080:8080"`, `"127.0.0.1:18080:8080"`, `"18080:8080/tcp"`, or long
 //!     syntax `{target, published, host_ip, protocol, app_protocol, mode, name}`): the published
-//!     port becomes `public`. `app_protocol: http` (or none) proxies HTTP; any other value is
-//!     proxied as plain TCP;
+//!     port becomes `public`, and a port without one (compose would pick a random host port) is
+//!     not public. `app_protocol: http` (or none) proxies HTTP; any other value plain TCP;
 //!   - `expose` (container ports that are not public);
 //!   - `depends_on` (a list, or a map whose `condition` is kept only as ordering);
 //!   - `healthcheck` (`test` as `[CMD, ...]`, `[CMD-SHELL, "..."]`, a string, or `NONE`;
 //!     `disable`; `interval`, `timeout`, `start_period`, `retries`). Timings left out take
 //!     rollout's defaults, not compose's 30 s;
 //!   - `volumes` (`name:/path[:ro]` or `{type: volume, source, target}`) of named volumes
-//!     declared at the top level.
+//!     declared at the top level; their names are lowercased with other characters turned into
+//!     `-` (`db_data` becomes `db-data`), since rollout builds docker volume names from them.
 //! - `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`, `${VAR:+alt}`, `$VAR` and
 //!   `$$` are interpolated, as compose does, in the strings above (not inside `x-rollout`). A
 //!   variable that is unset and has no default is an error, not an empty string.
@@ -124,6 +125,7 @@ fn sort_by_pos(ds: &mut [Diagnostic]) {
 #[derive(Debug)]
 enum Form<L, M> {
     Null,
+    /// Numbers arrive as values (`1.10` as `1.1`): where the written form matters, read `Text`.
     Scalar(String),
     List(L),
     Map(Box<M>),
@@ -140,8 +142,8 @@ impl<L, M> Form<L, M> {
     }
 }
 
-/// A scalar that may also be null: `KEY:` in an environment map.
-type Scalar = Form<IgnoredAny, IgnoredAny>;
+/// An environment value as written (`1.10` stays `1.10`), or nothing: `KEY:` reads the host's.
+type EnvValue = Option<Text>;
 
 impl<'de, L: Deserialize<'de>, M: Deserialize<'de>> Deserialize<'de> for Form<L, M> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -203,11 +205,12 @@ struct ComposeFile {
 struct ComposeService {
     image: Option<Spanned<String>>,
     command: Option<Spanned<Form<Strings, IgnoredAny>>>,
-    environment: Option<Spanned<Form<Strings, OrderedMap<Spanned<Scalar>>>>>,
+    environment: Option<Spanned<Form<Strings, OrderedMap<Spanned<EnvValue>>>>>,
     ports: Option<Vec<Spanned<Form<IgnoredAny, LongPort>>>>,
     expose: Option<Strings>,
     depends_on: Option<Spanned<DependsOn>>,
-    healthcheck: Option<Spanned<Healthcheck>>,
+    /// With the position of its key, which messages about the whole healthcheck point at.
+    healthcheck: Option<(Location, Healthcheck)>,
     volumes: Option<Vec<Spanned<Form<IgnoredAny, LongVolume>>>>,
     x_rollout: Option<Spanned<XRolloutService>>,
     other_keys: Strings,
@@ -272,7 +275,7 @@ keyed_visitor!(
             "ports" => out.ports = map.next_value()?,
             "expose" => out.expose = map.next_value()?,
             "depends_on" => out.depends_on = Some(map.next_value()?),
-            "healthcheck" => out.healthcheck = Some(map.next_value()?),
+            "healthcheck" => out.healthcheck = Some((key.referenced, map.next_value()?)),
             "volumes" => out.volumes = map.next_value()?,
             "x-rollout" => out.x_rollout = Some(map.next_value()?),
             _ => {
@@ -673,6 +676,11 @@ impl Converter<'_> {
             Some((loc, x)) => (loc, Some(x.value)),
             None => (top, None),
         };
+        let client_help = if x.is_some() {
+            "add `client: <client name>` under `x-rollout`"
+        } else {
+            "add at the top level:\n      x-rollout:\n        client: <client name>"
+        };
         let XRollout {
             name: x_name,
             client,
@@ -688,7 +696,7 @@ impl Converter<'_> {
                 self.error_help(
                     x_at,
                     "missing `x-rollout.client`: rollout needs to know which client this environment belongs to",
-                    "add at the top level:\n      x-rollout:\n        client: <client name>",
+                    client_help,
                 );
                 // Keeps resolving, so the other problems of the file are reported together.
                 located("unknown".to_string(), x_at)
@@ -771,7 +779,10 @@ impl Converter<'_> {
                         name,
                     } = d.as_ref();
                     if let Some(n) = name {
-                        self.warn(n.referenced, format!("the volume's `name` is ignored: rollout names the docker volume after the environment, the service and `{}`", key.value));
+                        self.warn(
+                            n.referenced,
+                            format!("the volume's `name` is ignored: rollout names the docker volume after the environment, the service and `{}`", key.value),
+                        );
                     }
                     for (opt, what) in [
                         (driver, "driver"),
@@ -779,7 +790,10 @@ impl Converter<'_> {
                         (labels, "labels"),
                     ] {
                         if let Some(o) = opt {
-                            self.warn(o.referenced, format!("the volume's `{what}` is ignored: rollout creates volumes with the engine's defaults"));
+                            self.warn(
+                                o.referenced,
+                                format!("the volume's `{what}` is ignored: rollout creates volumes with the engine's defaults"),
+                            );
                         }
                     }
                 }
@@ -796,7 +810,10 @@ impl Converter<'_> {
             if let Some(first) = taken.insert(name.clone(), key.value.clone()) {
                 self.error(
                     key.referenced,
-                    format!("volumes `{first}` and `{}` would both be named `{name}` in rollout, which allows only lowercase letters, digits and `-`", key.value),
+                    format!(
+                        "volumes `{first}` and `{}` would both be named `{name}` in rollout, which allows only lowercase letters, digits and `-`",
+                        key.value,
+                    ),
                 );
             }
             table.declared.insert(key.value.clone(), name);
@@ -845,7 +862,10 @@ impl Converter<'_> {
         let image = match (image, build) {
             (Some(i), b) => {
                 if let Some(b) = b {
-                    self.warn(b, format!("`build` is ignored: rollout runs the image `{}` and does not build it; build and push it before rolling out", i.value));
+                    self.warn(
+                        b,
+                        format!("`build` is ignored: rollout runs the image `{}` and does not build it; build and push it before rolling out", i.value),
+                    );
                 }
                 self.interp_spanned(&i).unwrap_or(i)
             }
@@ -864,7 +884,10 @@ impl Converter<'_> {
         };
 
         let command = command.as_ref().and_then(|c| self.command(name, c));
-        let env = environment.as_ref().map(|e| self.env(name, e));
+        let (env, bare_keys) = match environment.as_ref().map(|e| self.env(name, e)) {
+            Some((env, bare)) => (Some(env), bare),
+            None => (None, Vec::new()),
+        };
 
         let mut raw_ports = Vec::new();
         for p in ports.iter().flatten() {
@@ -921,9 +944,9 @@ impl Converter<'_> {
             },
         };
         let health = match (x_health, &healthcheck) {
-            (Some(h), Some(hc)) => {
+            (Some(h), Some((hc_at, _))) => {
                 self.warn(
-                    hc.referenced,
+                    *hc_at,
                     format!(
                         "`healthcheck` of service `{name}` is replaced by its `x-rollout.health`"
                     ),
@@ -931,7 +954,7 @@ impl Converter<'_> {
                 Some(h)
             }
             (Some(h), None) => Some(h),
-            (None, Some(hc)) => self.healthcheck(name, hc),
+            (None, Some((hc_at, hc))) => self.healthcheck(name, *hc_at, hc),
             (None, None) => None,
         };
 
@@ -942,6 +965,22 @@ impl Converter<'_> {
             }
         }
 
+        let secrets = if bare_keys.is_empty() {
+            secrets
+        } else {
+            let mut all = secrets.unwrap_or_default();
+            for k in bare_keys {
+                if all.0.iter().any(|(existing, _)| existing.value == k.value) {
+                    continue;
+                }
+                let secret = RawSecret {
+                    from_env: k.clone(),
+                };
+                let value = like(secret, &k);
+                all.0.push((k, value));
+            }
+            Some(all)
+        };
         RawService {
             image,
             command,
@@ -992,11 +1031,15 @@ impl Converter<'_> {
         }
     }
 
+    /// The service's variables, and the bare keys (`KEY` with no value) whose value compose would
+    /// take from the host: those become secrets read with `fromEnv`, because passwords are what
+    /// users pass that way, and a secret's value is never shown in a plan or report.
     fn env(
         &mut self,
         name: &str,
-        e: &Spanned<Form<Strings, OrderedMap<Spanned<Scalar>>>>,
-    ) -> OrderedMap<Spanned<Text>> {
+        e: &Spanned<Form<Strings, OrderedMap<Spanned<EnvValue>>>>,
+    ) -> (OrderedMap<Spanned<Text>>, Vec<Spanned<String>>) {
+        let mut bare: Vec<Spanned<String>> = Vec::new();
         let mut out: Vec<(Spanned<String>, Spanned<Text>)> = Vec::new();
         let mut seen = BTreeSet::new();
         match &e.value {
@@ -1004,10 +1047,10 @@ impl Converter<'_> {
             Form::Map(m) => {
                 for (k, v) in &m.0 {
                     let value = match &v.value {
-                        Form::Scalar(s) => self.interp(s, v.referenced),
-                        Form::Null => self.from_host(name, &k.value, k.referenced),
-                        other => {
-                            self.error(v.referenced, format!("environment variable `{}` is {}; expected a value", k.value, other.shape()));
+                        Some(Text(s)) => self.interp(s, v.referenced),
+                        None => {
+                            seen.insert(k.value.clone());
+                            bare.push(k.clone());
                             None
                         }
                     };
@@ -1021,17 +1064,19 @@ impl Converter<'_> {
                 for item in items {
                     let (k, value) = match item.value.split_once('=') {
                         Some((k, v)) => (k.to_string(), self.interp(v, item.referenced)),
-                        None => (
-                            item.value.clone(),
-                            self.from_host(name, &item.value, item.referenced),
-                        ),
+                        None => (item.value.clone(), None),
                     };
                     if !seen.insert(k.clone()) {
-                        self.error(item.referenced, format!("`{k}` is set twice in the environment of service `{name}`"));
+                        self.error(
+                            item.referenced,
+                            format!("`{k}` is set twice in the environment of service `{name}`"),
+                        );
                         continue;
                     }
-                    if let Some(value) = value {
-                        out.push((like(k, item), like(Text(value), item)));
+                    match value {
+                        Some(value) => out.push((like(k, item), like(Text(value), item))),
+                        None if !item.value.contains('=') => bare.push(like(k, item)),
+                        None => {}
                     }
                 }
             }
@@ -1040,23 +1085,7 @@ impl Converter<'_> {
                 format!("`environment` of service `{name}` is a single value; expected a mapping (`KEY: value`) or a list (`- KEY=value`)"),
             ),
         }
-        OrderedMap(out)
-    }
-
-    /// A bare `KEY` passes the host's value through, as compose does; unset is an error rather
-    /// than compose's silent omission, since the service would start without it.
-    fn from_host(&mut self, service: &str, key: &str, at: Location) -> Option<String> {
-        match (self.lookup)(key) {
-            Some(v) => Some(v),
-            None => {
-                self.error_help(
-                    at,
-                    format!("`{key}` of service `{service}` takes its value from the host environment, where it is not set"),
-                    format!("export {key}=... before running rollout, or write `{key}=<value>`"),
-                );
-                None
-            }
-        }
+        (OrderedMap(out), bare)
     }
 
     fn port(&mut self, p: &Spanned<Form<IgnoredAny, LongPort>>) -> Option<RawPort> {
@@ -1066,7 +1095,11 @@ impl Converter<'_> {
                 let short = match split_short_port(&text) {
                     Ok(short) => short,
                     Err(e) => {
-                        self.error_help(p.referenced, format!("invalid port `{text}`: {e}"), "expected `CONTAINER`, `PUBLIC:CONTAINER` or `HOST_IP:PUBLIC:CONTAINER`, optionally followed by `/tcp`");
+                        self.error_help(
+                            p.referenced,
+                            format!("invalid port `{text}`: {e}"),
+                            "expected `CONTAINER`, `PUBLIC:CONTAINER` or `HOST_IP:PUBLIC:CONTAINER`, optionally followed by `/tcp`",
+                        );
                         return None;
                     }
                 };
@@ -1074,7 +1107,10 @@ impl Converter<'_> {
                     return None;
                 }
                 if let Some(ip) = short.host_ip {
-                    self.warn(p.referenced, format!("host address `{ip}` is ignored: the edge proxy serves public ports; only ports rollout probes itself are bound to 127.0.0.1"));
+                    self.warn(
+                        p.referenced,
+                        format!("host address `{ip}` is ignored: the edge proxy serves public ports; only ports rollout probes itself are bound to 127.0.0.1"),
+                    );
                 }
                 if short
                     .published
@@ -1113,7 +1149,10 @@ impl Converter<'_> {
                     return None;
                 }
                 if let Some(ip) = host_ip {
-                    self.warn(ip.referenced, format!("host address `{}` is ignored: the edge proxy serves public ports; only ports rollout probes itself are bound to 127.0.0.1", ip.value));
+                    self.warn(
+                        ip.referenced,
+                        format!("host address `{}` is ignored: the edge proxy serves public ports; only ports rollout probes itself are bound to 127.0.0.1", ip.value),
+                    );
                 }
                 if let Some(m) = mode {
                     self.warn(
@@ -1207,7 +1246,11 @@ impl Converter<'_> {
                         Form::Map(c) => self.condition(&dep.value, c),
                         other => self.error(
                             cond.referenced,
-                            format!("dependency `{}` is {}; expected a mapping such as `{{ condition: service_healthy }}`", dep.value, other.shape()),
+                            format!(
+                                "dependency `{}` is {}; expected a mapping such as `{{ condition: service_healthy }}`",
+                                dep.value,
+                                other.shape(),
+                            ),
                         ),
                     }
                     names.push(dep.clone());
@@ -1256,7 +1299,12 @@ impl Converter<'_> {
         }
     }
 
-    fn healthcheck(&mut self, name: &str, hc: &Spanned<Healthcheck>) -> Option<Spanned<RawHealth>> {
+    fn healthcheck(
+        &mut self,
+        name: &str,
+        hc_at: Location,
+        hc: &Healthcheck,
+    ) -> Option<Spanned<RawHealth>> {
         let Healthcheck {
             test,
             interval,
@@ -1265,7 +1313,7 @@ impl Converter<'_> {
             start_interval,
             retries,
             disable,
-        } = &hc.value;
+        } = hc;
         if disable.as_ref().is_some_and(|d| d.value) {
             return None;
         }
@@ -1277,7 +1325,7 @@ impl Converter<'_> {
         }
         let Some(test) = test else {
             self.error_help(
-                hc.referenced,
+                hc_at,
                 format!("the healthcheck of service `{name}` has no `test`: rollout cannot use the image's own HEALTHCHECK"),
                 "write the check, e.g. `test: [\"CMD\", \"/bin/check\"]`, or `disable: true`",
             );
@@ -1288,7 +1336,10 @@ impl Converter<'_> {
             Form::Scalar(s) => vec![like("CMD-SHELL".to_string(), test), like(s.clone(), test)],
             Form::List(items) => items.clone(),
             other => {
-                self.error(test.referenced, format!("a healthcheck `test` is {}; expected a list such as `[\"CMD\", \"/bin/check\"]`", other.shape()));
+                self.error(
+                    test.referenced,
+                    format!("a healthcheck `test` is {}; expected a list such as `[\"CMD\", \"/bin/check\"]`", other.shape()),
+                );
                 return None;
             }
         };
@@ -1335,7 +1386,7 @@ impl Converter<'_> {
             start_period: timing(start_period),
             retries: retries.clone(),
         };
-        Some(like(health, hc))
+        Some(located(health, hc_at))
     }
 
     fn volume(
@@ -1385,7 +1436,10 @@ impl Converter<'_> {
                         return None;
                     }
                     other => {
-                        self.error(kind.referenced, format!("`{other}` mounts are not supported: rollout mounts named volumes only (`type: volume`)"));
+                        self.error(
+                            kind.referenced,
+                            format!("`{other}` mounts are not supported: rollout mounts named volumes only (`type: volume`)"),
+                        );
                         return None;
                     }
                 }
@@ -1411,15 +1465,24 @@ impl Converter<'_> {
                 (source, self.interp_spanned(target)?)
             }
             other => {
-                self.error(v.referenced, format!("a volume is {}; expected `name:/path` or a mapping with `type`, `source` and `target`", other.shape()));
+                self.error(
+                    v.referenced,
+                    format!("a volume is {}; expected `name:/path` or a mapping with `type`, `source` and `target`", other.shape()),
+                );
                 return None;
             }
         };
         let Some(source) = source else {
             self.error_help(
                 v.referenced,
-                format!("anonymous volume `{}` is not supported: rollout copies named volumes into test versions", target.value),
-                format!("name it, e.g. `{service}-data:{}`, and declare it under the top-level `volumes:`", target.value),
+                format!(
+                    "anonymous volume `{}` is not supported: rollout copies named volumes into test versions",
+                    target.value,
+                ),
+                format!(
+                    "name it, e.g. `{service}-data:{}`, and declare it under the top-level `volumes:`",
+                    target.value,
+                ),
             );
             return None;
         };
@@ -1470,14 +1533,19 @@ impl Converter<'_> {
 
 /// The environment name compose itself would use: the file's directory.
 fn directory_name(path: &std::path::Path) -> Option<String> {
-    let dir = path.parent().and_then(|p| p.file_name());
-    match dir {
-        Some(d) => sanitize(&d.to_string_lossy()),
-        None => {
-            let abs = std::path::absolute(path).ok()?;
-            sanitize(&abs.parent()?.file_name()?.to_string_lossy())
-        }
-    }
+    let dir = match path.parent()? {
+        p if p.as_os_str().is_empty() => std::env::current_dir().ok()?,
+        p => p.to_path_buf(),
+    };
+    let name = match dir.file_name() {
+        Some(n) => n.to_os_string(),
+        // `.` or `..`: only the file system knows what they name.
+        None => std::fs::canonicalize(&dir)
+            .ok()?
+            .file_name()?
+            .to_os_string(),
+    };
+    sanitize(&name.to_string_lossy())
 }
 
 /// Lowercases and turns anything but letters and digits into single `-`, within 40 characters.
@@ -1726,7 +1794,10 @@ fn expand(
         ":?" if set_nonempty => Ok(value.unwrap_or_default()),
         "?" if value.is_some() => Ok(value.unwrap_or_default()),
         ":?" | "?" => Err(InterpError {
-            message: format!("variable `{name}` is not set: {}", sub(arg).unwrap_or_else(|_| arg.to_string())),
+            message: format!(
+                "variable `{name}` is not set: {}",
+                sub(arg).unwrap_or_else(|_| arg.to_string()),
+            ),
             help: format!("export {name}=... before running rollout"),
         }),
         _ => Err(InterpError {
@@ -1890,7 +1961,9 @@ mod tests {
             ]))
         );
         assert_eq!(api.env["DATABASE_HOST"], "db");
-        assert_eq!(api.env["FEATURE_FLAGS"], "new-checkout");
+        // A bare key takes the host's value, as a secret: it may well be a password.
+        assert!(!api.env.contains_key("FEATURE_FLAGS"));
+        assert_eq!(api.secrets["FEATURE_FLAGS"].value.expose(), "new-checkout");
         assert_eq!(
             api.ports,
             [Port {
@@ -1983,7 +2056,7 @@ mod tests {
             [
                 at(3, 1),
                 at(16, 5),
-                at(54, 7),
+                at(53, 5),
                 at(87, 5),
                 at(103, 5),
                 at(111, 1)
@@ -2002,6 +2075,17 @@ mod tests {
         for w in &warnings {
             assert_eq!(w.path(), src.path());
         }
+    }
+
+    #[test]
+    fn readme_example_loads() {
+        let text = "x-rollout: { name: shop, client: acme }\nservices:\n  db:\n    image: postgres-local:15\n    volumes: [ \"data:/var/lib/postgresql/data\" ]\n    x-rollout: { stateful: true, managedBy: { thirdParty: hosting-co } }\nvolumes: { data: {} }\n";
+        let imported = load_str(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(imported.warnings.is_empty());
+        let db = service(&imported.environment, "db");
+        assert!(db.stateful);
+        assert_eq!(db.managed_by.as_deref(), Some("hosting-co"));
+        assert_eq!(db.volumes[0].name, "data");
     }
 
     #[test]
@@ -2213,6 +2297,20 @@ mod tests {
     }
 
     #[test]
+    fn unquoted_short_ports_are_read_as_written() {
+        let imported = load_str(&web(
+            "    image: a:1\n    ports:\n      - 18081:81\n      - 8080:8080/tcp\n",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ports: Vec<(u16, Option<u16>)> = service(&imported.environment, "web")
+            .ports
+            .iter()
+            .map(|p| (p.container, p.public))
+            .collect();
+        assert_eq!(ports, [(81, Some(18081)), (8080, Some(8080))]);
+    }
+
+    #[test]
     fn port_ranges_and_bad_ports_are_rejected() {
         let es = errors(&web(
             "    image: a:1\n    ports: [\"3000-3005:3000-3005\", \"http\", \"70000:80\"]\n",
@@ -2262,6 +2360,10 @@ mod tests {
         assert_eq!(named(&n, "/srv/a/compose.yaml"), "shop");
         let d = format!("x-rollout: {{ client: acme }}\n{body}");
         assert_eq!(named(&d, "/srv/Acme_Shop.v2/compose.yaml"), "acme-shop-v2");
+        let here = std::env::current_dir().unwrap();
+        let expected = sanitize(&here.file_name().unwrap().to_string_lossy()).unwrap();
+        assert_eq!(named(&d, "compose.yaml"), expected);
+        assert_eq!(named(&d, "./compose.yaml"), expected);
     }
 
     #[test]
@@ -2340,7 +2442,7 @@ mod tests {
         let d = one_error(&web(
             "    image: a:1\n    healthcheck:\n      interval: 5s\n",
         ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 7)));
+        assert_eq!(d.pos(), Some(Pos::new(5, 5)));
         assert!(d.message().contains("has no `test`"), "{d}");
     }
 
@@ -2353,13 +2455,17 @@ mod tests {
         assert_eq!(es[0].pos(), Some(Pos::new(7, 9)));
         assert_eq!(
             es[0].message(),
-            "`MISSING_TOKEN` of service `web` takes its value from the host environment, where it is not set"
+            "secret `MISSING_TOKEN` of service `web` reads environment variable `MISSING_TOKEN`, which is not set"
         );
         let d = one_error(&web(
             "    image: a:1\n    environment:\n      OTHER_MISSING:\n",
         ));
         assert_eq!(d.pos(), Some(Pos::new(6, 7)));
-        assert!(d.message().starts_with("`OTHER_MISSING` of service `web`"));
+        assert!(
+            d.message()
+                .starts_with("secret `OTHER_MISSING` of service `web`"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -2368,11 +2474,35 @@ mod tests {
             "    image: a:1\n    environment:\n      - A=1=2\n      - B=\n      - FEATURE_FLAGS\n      - C=${MISSING:-fallback}\n",
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-        let env = &service(&imported.environment, "web").env;
+        let web_service = service(&imported.environment, "web");
+        let env = &web_service.env;
         assert_eq!(env["A"], "1=2");
         assert_eq!(env["B"], "");
-        assert_eq!(env["FEATURE_FLAGS"], "new-checkout");
+        assert_eq!(
+            web_service.secrets["FEATURE_FLAGS"].value.expose(),
+            "new-checkout"
+        );
         assert_eq!(env["C"], "fallback");
+
+        let imported = load_str(&web(
+            "    image: a:1\n    environment:\n      VERSION: 1.10\n      HEX: 0x1F\n      ON: on\n      EMPTY: \"\"\n      NUM: 010\n",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let written: Vec<(&str, &str)> = service(&imported.environment, "web")
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("EMPTY", ""),
+                ("HEX", "0x1F"),
+                ("NUM", "010"),
+                ("ON", "on"),
+                ("VERSION", "1.10")
+            ]
+        );
 
         let d = one_error(&web("    image: a:1\n    environment: [A=1, A=2]\n"));
         assert_eq!(d.pos(), Some(Pos::new(5, 24)));
