@@ -12,13 +12,18 @@
 //! - [`engine`]: the seam to the container platform (Docker through bollard; a fake for tests).
 //! - [`demo`]: the demo client's images, built locally from busybox.
 
+pub mod check;
 pub mod cli;
 pub mod cmd;
 pub mod demo;
 pub mod engine;
+pub mod exec;
 pub mod manifest;
 pub mod plan;
+pub mod progress;
 pub mod project;
+pub mod run_id;
+pub mod testenv;
 
 use std::process::ExitCode;
 

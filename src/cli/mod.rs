@@ -161,12 +161,35 @@ pub struct TestEnvArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TestEnvAction {
-    /// Start a test version of the environment.
-    Up(ReadArgs),
-    /// Remove test versions of the environment.
-    Down(ReadArgs),
+    /// Start a test version of the environment; it stays until `down` or its TTL.
+    Up(TestEnvUpArgs),
+    /// Remove the environment's test versions (or one, by run id).
+    Down(TestEnvDownArgs),
     /// List test versions.
     List(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestEnvUpArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Take the TTL and `copyData` from this playbook's `testEnv` step.
+    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
+    pub playbook: Option<String>,
+    /// How long it may live before the next command removes it (e.g. 30m; default 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct TestEnvDownArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Only this run's test version.
+    #[arg(value_name = "RUN")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,8 @@
 
 pub mod demo;
 pub mod plan;
+pub mod rehearse;
+pub mod test_env;
 
 use anyhow::Context;
 
@@ -26,8 +28,8 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::Rollback(_) => not_built("rollback", "zero-downtime promotion (issue #4)"),
         Command::Status(_) => not_built("status", "zero-downtime promotion (issue #4)"),
         Command::History(_) => not_built("history", "zero-downtime promotion (issue #4)"),
-        Command::TestEnv(_) => not_built("test-env", "the test version (issue #3)"),
-        Command::Rehearse(_) => not_built("rehearse", "the test version (issue #3)"),
+        Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
+        Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(_) => not_built("approve", "change accountability (issue #6)"),
         Command::Report(_) => not_built("report", "change accountability (issue #6)"),
         Command::Proxy(_) => not_built("proxy", "the edge proxy (issue #4)"),
@@ -69,4 +71,44 @@ pub(crate) async fn connect(project: &Project) -> anyhow::Result<Box<dyn Engine>
             )
         }
     }
+}
+
+/// Stops runs at their next safe point on the first SIGINT or SIGTERM; a second one exits at
+/// once (what was created carries its owner and TTL, so the next command cleans it up).
+pub(crate) fn cancel_on_signal(printer: Printer) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                printer.warn("stopping at the next safe point and cleaning up (press Ctrl-C again to abort at once)");
+                t.cancel();
+            } else {
+                printer.warn("aborted; the next rollout command cleans up what is left");
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+/// Removes test versions left by dead runs or past their TTL, saying what it removed.
+pub(crate) async fn collect_garbage(
+    engine: &dyn Engine,
+    env: Option<&str>,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    for line in crate::testenv::collect_garbage(engine, env, jiff::Timestamp::now()).await? {
+        printer.warn(&line);
+    }
+    Ok(())
 }

@@ -11,6 +11,8 @@ pub mod image;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,10 @@ pub mod labels {
     pub const CLIENT: &str = "rollout.client";
     /// JSON of the service's non-secret settings ([`super::ServiceSnapshot`]).
     pub const SPEC: &str = "rollout.spec";
+    /// Test versions: when it may be removed (seconds since the epoch).
+    pub const EXPIRES: &str = "rollout.expires";
+    /// Test versions owned by a running process (`host:pid:start`); removed once it is gone.
+    pub const OWNER: &str = "rollout.owner";
 }
 
 /// What an object is for.
@@ -204,8 +210,68 @@ pub struct Removed {
     pub volumes: usize,
 }
 
+/// Something the engine reports about a container, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The container's name (without Docker's leading `/`).
+    pub container: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Started,
+    Died { exit_code: i64 },
+    Health(HealthState),
+    OutOfMemory,
+}
+
+/// A live feed of container events.
+pub type EventStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ContainerEvent, EngineError>> + Send>>;
+
+/// The state of one container now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub state: ContainerState,
+    pub health: Option<HealthState>,
+    /// The engine runs a health check for it (set by rollout for exec probes, or the image's).
+    pub has_healthcheck: bool,
+    pub restart_count: i64,
+}
+
+/// What a command run inside a container printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// Standard output and error together, cut to the last 64 KiB.
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Container,
+    Network,
+    Volume,
+}
+
+/// A container, network or volume found by its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledObject {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("`{command}` in `{container}` did not finish within {}s", limit.as_secs())]
+    ExecTimeout {
+        container: String,
+        command: String,
+        limit: Duration,
+    },
     #[error("cannot reach the Docker engine at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
     #[error("image `{image}` is not on this engine (no registry is used: build or load it first)")]
@@ -259,4 +325,52 @@ pub trait Engine: Send + Sync {
         tag: &str,
         context: &image::BuildContext,
     ) -> Result<(), EngineError>;
+
+    /// Container events (start, die, health, OOM) for containers carrying all of `selector`'s
+    /// labels, from now on. Subscribe before starting containers so no event is missed.
+    async fn events(&self, selector: &BTreeMap<String, String>)
+    -> Result<EventStream, EngineError>;
+
+    /// A container's state now; `None` if there is no container of that name.
+    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>, EngineError>;
+
+    /// The 127.0.0.1 host port a container port is published on.
+    async fn published_port(
+        &self,
+        container: &str,
+        container_port: u16,
+    ) -> Result<Option<u16>, EngineError>;
+
+    /// Runs a command in a running container, bounded by `limit`.
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+        limit: Duration,
+    ) -> Result<ExecOutput, EngineError>;
+
+    /// The last `lines` lines a container printed (stdout and stderr).
+    async fn logs_tail(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError>;
+
+    /// Freezes a container's processes (for a consistent copy of its volumes) and thaws them.
+    async fn pause(&self, container: &str) -> Result<(), EngineError>;
+    async fn unpause(&self, container: &str) -> Result<(), EngineError>;
+
+    /// Copies the contents of volume `from` into volume `to` (created with `labels` if absent),
+    /// with a short-lived helper container built locally.
+    async fn copy_volume(
+        &self,
+        from: &str,
+        to: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError>;
+
+    /// Every container, network and volume carrying all of `selector`'s labels.
+    async fn list_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<LabelledObject>, EngineError>;
+
+    /// Stops a container, giving it `grace` to exit; a missing or stopped container is fine.
+    async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError>;
 }

@@ -92,3 +92,59 @@ pub fn production_container(env: &Environment, service: &Service, run: &str) -> 
         healthcheck: service.health.clone(),
     }
 }
+
+/// The network of a test version: its own, so the copy talks only to itself.
+pub fn test_network(env: &str, run: &str) -> String {
+    format!("{env}-test-{run}")
+}
+
+/// The volume backing a service volume in a test version.
+pub fn test_volume(env: &str, run: &str, service: &str, volume: &str) -> String {
+    format!("{env}-test-{run}-{service}-{volume}")
+}
+
+/// Labels of every object of a test version.
+pub fn test_labels(
+    env: &Environment,
+    run: &str,
+    expires: jiff::Timestamp,
+    owner: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut labels = base_labels(env, Role::Test, run);
+    labels.insert(labels::EXPIRES.to_string(), expires.as_second().to_string());
+    if let Some(owner) = owner {
+        labels.insert(labels::OWNER.to_string(), owner.to_string());
+    }
+    labels
+}
+
+/// The container that runs `service` in test version `run`: same image, settings and secrets
+/// as production would get, its own name and network, and the service name as its alias there
+/// so names resolve inside the copy exactly as in production.
+pub fn test_container(
+    env: &Environment,
+    service: &Service,
+    run: &str,
+    labels: &BTreeMap<String, String>,
+) -> ContainerSpec {
+    let mut spec = production_container(env, service, run);
+    let mut all = labels.clone();
+    all.insert(labels::SERVICE.to_string(), service.name.clone());
+    if let Some(snapshot) = spec.labels.get(labels::SPEC) {
+        all.insert(labels::SPEC.to_string(), snapshot.clone());
+    }
+    spec.labels = all;
+    spec.name = format!("{}-test-{run}-{}", env.name, service.name);
+    spec.network = test_network(&env.name, run);
+    spec.volumes = service
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                test_volume(&env.name, run, &service.name, &v.name),
+                v.path.clone(),
+            )
+        })
+        .collect();
+    spec
+}

@@ -1,0 +1,78 @@
+//! `rollout rehearse`: the whole playbook against a test version only, then teardown; a report
+//! is written to the state directory. Exit 0 passed, 1 failed.
+
+use std::path::Path;
+
+use crate::cli::output::Printer;
+use crate::cli::{ExitStatus, Format, RehearseArgs};
+use crate::exec;
+use crate::progress::Console;
+use crate::project::Project;
+
+pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let RehearseArgs {
+        env,
+        playbook,
+        output,
+    } = args;
+    let project = Project::open(dir)?;
+    let loaded = super::load_environment(&project, &env, printer)?;
+    let environment = loaded.environment;
+    let playbook = project.playbook(playbook.as_deref(), &environment)?;
+    let engine = super::connect(&project).await?;
+    super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+
+    let now = jiff::Timestamp::now();
+    let run = crate::run_id::new(now);
+    let json = output == Format::Json;
+    let progress = Console::new(printer.paint(), json);
+    let cancel = super::cancel_on_signal(printer);
+    if !json {
+        printer.out(&format!("run {run}"));
+        printer.out(&format!(
+            "Rehearsing {} with playbook {} on {}",
+            environment.name,
+            playbook.name,
+            engine.describe()
+        ));
+    }
+    let report = exec::rehearse(
+        engine.as_ref(),
+        &environment,
+        &playbook,
+        &run,
+        now,
+        &progress,
+        &cancel,
+    )
+    .await;
+    let saved = report.save(&project.state_dir());
+    if json {
+        printer.json(&report)?;
+    } else {
+        let verdict = match &report.outcome {
+            exec::report::Outcome::Passed => printer.paint().green("passed"),
+            exec::report::Outcome::Failed { reason } => {
+                printer.paint().red(&format!("failed: {reason}"))
+            }
+            exec::report::Outcome::Cancelled { reason } => {
+                printer.paint().red(&format!("cancelled: {reason}"))
+            }
+            exec::report::Outcome::Running => "still running".into(),
+        };
+        printer.out(&format!(
+            "Rehearsal {run} {verdict} in {:.1}s",
+            report.elapsed_ms as f64 / 1000.0
+        ));
+    }
+    match saved {
+        Ok(path) if !json => printer.out(&format!("Report: {}", path.display())),
+        Ok(_) => {}
+        Err(e) => printer.warn(&format!("the report could not be written: {e}")),
+    }
+    Ok(if report.passed() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
