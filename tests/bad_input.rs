@@ -178,9 +178,7 @@ fn missing_secret_variable_names_the_variable_not_a_value() {
 
 #[test]
 fn several_errors_are_reported_together() {
-    let yaml = format!(
-        "apiVersion: rollout/v2\nkind: Environment\nname: Shop\nclient: acme\nservices:\n  web:\n    image: w:1\n"
-    );
+    let yaml = "apiVersion: rollout/v2\nkind: Environment\nname: Shop\nclient: acme\nservices:\n  web:\n    image: w:1\n";
     let project = Project::new().file("manifests/shop.yaml", yaml);
     project
         .run(&["plan"])
@@ -235,4 +233,13 @@ fn bad_settings_file() {
     project.run(&["plan"]).code(1).stderr_has(
         "rollout.yaml:1:10: unknown backend `dokcer`; expected `docker` or `kubernetes`",
     );
+}
+
+#[test]
+fn invalid_json_path_is_located() {
+    let project = Project::new().manifest("shop", &crate::support::one_service("shop", "w:1")).playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, port: 80, expectJson: { path: \"$.a[\", equals: 1 } } } ] }\n",
+    );
+    project.run(&["plan"]).code(1).stderr_has("standard.yaml:6:78: invalid JSON path: JSON path `$.a[`: expected an index or a quoted key after `[`");
 }

@@ -56,8 +56,6 @@ fn unbuilt_commands_fail_in_one_clear_line() {
         vec!["rollback"],
         vec!["status"],
         vec!["history"],
-        vec!["test-env", "up"],
-        vec!["rehearse"],
         vec!["approve", "latest", "--by", "client"],
         vec!["report", "latest"],
         vec!["proxy"],
@@ -83,4 +81,41 @@ fn no_manifest() {
         .run(&["plan"])
         .code(1)
         .stderr_has("no environment found");
+}
+
+/// Runs `rollout ARGS` under a pseudo-terminal (util-linux `script`), as a person would.
+fn on_a_terminal(project: &Project, args: &str, no_color: bool) -> String {
+    let bin = env!("CARGO_BIN_EXE_rollout");
+    let cmd = format!("{bin} -C {} {args}", project.path().display());
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+    if no_color {
+        c.env("NO_COLOR", "1");
+    }
+    let out = c.output().expect("script (util-linux) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn colour_on_a_terminal_only_and_never_with_no_color() {
+    let env = crate::support::unique("tty");
+    let project = Project::new().manifest(
+        &env,
+        &crate::support::one_service(&env, "rollout-never-built:1"),
+    );
+    let tty = on_a_terminal(&project, "plan", false);
+    assert!(
+        tty.contains("\x1b[32m+\x1b[0m"),
+        "a terminal gets colour: {tty:?}"
+    );
+    let no_color = on_a_terminal(&project, "plan", true);
+    assert!(
+        no_color.contains("+ web") && !no_color.contains('\x1b'),
+        "NO_COLOR: {no_color:?}"
+    );
+    let piped = project.run(&["plan"]).code(2);
+    assert!(
+        !piped.stdout.contains('\x1b'),
+        "piped output has no colour\n{piped}"
+    );
 }

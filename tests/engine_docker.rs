@@ -5,18 +5,19 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use rollout::engine::docker::DockerEngine;
 use rollout::engine::image::{BuildContext, ContextFile, busybox_context};
 use rollout::engine::spec::{
     base_labels, production_container, production_network, production_volume,
 };
 use rollout::engine::{
-    ContainerState, Engine, EngineError, HealthState, Outcome, Removed, Role, ServiceSnapshot,
-    labels,
+    ContainerEvent, ContainerSpec, ContainerState, Engine, EngineError, EventKind, EventStream,
+    HealthState, ObjectKind, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
-use rollout::manifest::env::{self, Environment};
+use rollout::manifest::env::{self, Environment, Health, Probe};
 use rollout::manifest::raw::RawEnvironment;
 use rollout::manifest::secret::SecretValue;
 use rollout::manifest::source::Source;
@@ -419,4 +420,513 @@ async fn runs_observes_probes_and_removes_an_environment() {
         engine.remove_labelled(&BTreeMap::new()).await.is_err(),
         "an empty selector matches everything"
     );
+}
+
+/// Builds a busybox image whose containers sleep unless told otherwise.
+async fn sleeper_image(engine: &DockerEngine) -> ImageGuard {
+    let tag = format!("rollout-test-sleeper:{}", unique("t"));
+    let guard = ImageGuard(tag.clone());
+    let context = busybox_context("CMD [\"/bin/busybox\",\"sleep\",\"3600\"]\n", vec![])
+        .expect("busybox context (is busybox-static installed?)");
+    engine.build_image(&tag, &context).await.expect("build");
+    guard
+}
+
+/// A unique environment with its own network; everything labelled with it is removed on drop.
+struct Fixture {
+    env: String,
+    labels: BTreeMap<String, String>,
+    network: String,
+    image: String,
+    _cleanup: Cleanup,
+}
+
+impl Fixture {
+    async fn new(engine: &DockerEngine, image: &ImageGuard, prefix: &str) -> Fixture {
+        let env = unique(prefix);
+        let cleanup = Cleanup {
+            environment: env.clone(),
+        };
+        let labels = BTreeMap::from([
+            (labels::ENVIRONMENT.to_string(), env.clone()),
+            (labels::ROLE.to_string(), Role::Test.as_str().to_string()),
+            (labels::RUN.to_string(), "r1".to_string()),
+        ]);
+        let network = format!("{env}-net");
+        engine
+            .ensure_network(&network, &labels)
+            .await
+            .expect("network");
+        Fixture {
+            env,
+            labels,
+            network,
+            image: image.0.clone(),
+            _cleanup: cleanup,
+        }
+    }
+
+    fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(labels::ENVIRONMENT.to_string(), self.env.clone())])
+    }
+
+    /// A container of the fixture; `command` `None` sleeps.
+    fn spec(&self, suffix: &str, command: Option<&[&str]>) -> ContainerSpec {
+        ContainerSpec {
+            name: format!("{}-{suffix}", self.env),
+            image: self.image.clone(),
+            command: command.map(|c| c.iter().map(|a| a.to_string()).collect()),
+            env: BTreeMap::new(),
+            labels: self.labels.clone(),
+            network: self.network.clone(),
+            aliases: vec![suffix.to_string()],
+            probe_ports: vec![],
+            volumes: vec![],
+            healthcheck: None,
+        }
+    }
+
+    async fn volume(&self, engine: &DockerEngine, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.env);
+        engine
+            .ensure_volume(&name, &self.labels)
+            .await
+            .expect("volume");
+        name
+    }
+}
+
+fn args(command: &[&str]) -> Vec<String> {
+    command.iter().map(|a| a.to_string()).collect()
+}
+
+/// The next event, within `limit`.
+async fn next_event(events: &mut EventStream, limit: Duration) -> ContainerEvent {
+    match tokio::time::timeout(limit, events.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(e))) => panic!("event stream failed: {e}"),
+        Ok(None) => panic!("event stream ended"),
+        Err(_) => panic!("no event within {limit:?}"),
+    }
+}
+
+fn exec_health(command: &[&str], retries: u32) -> Health {
+    Health {
+        probe: Probe::Exec {
+            command: args(command),
+        },
+        interval: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
+        start_period: Duration::ZERO,
+        retries,
+    }
+}
+
+#[tokio::test]
+async fn events_report_a_start_then_the_exit_code() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "ev").await;
+    let mut events = engine.events(&fx.selector()).await.expect("events");
+    // Not ours: another environment's container is not reported.
+    let other = Fixture::new(&engine, &image, "evx").await;
+    let noise = other.spec("noise", Some(&["/bin/sh", "-c", "exit 0"]));
+    engine.run_container(&noise).await.expect("run");
+
+    let spec = fx.spec("exit3", Some(&["/bin/sh", "-c", "exit 3"]));
+    engine.run_container(&spec).await.expect("run");
+    let limit = Duration::from_secs(20);
+    let event = |kind| ContainerEvent {
+        container: spec.name.clone(),
+        kind,
+    };
+    // In order, and nothing about the other environment's container in between.
+    assert_eq!(
+        next_event(&mut events, limit).await,
+        event(EventKind::Started)
+    );
+    assert_eq!(
+        next_event(&mut events, limit).await,
+        event(EventKind::Died { exit_code: 3 })
+    );
+    let status = engine.status(&spec.name).await.expect("status");
+    assert_eq!(
+        status.map(|s| s.state),
+        Some(ContainerState::Exited { code: 3 })
+    );
+    engine.run_container(&noise).await.expect("run again");
+    let spec2 = fx.spec("exit0", Some(&["/bin/sh", "-c", "exit 0"]));
+    engine.run_container(&spec2).await.expect("run");
+    assert_eq!(
+        next_event(&mut events, limit).await.container,
+        spec2.name,
+        "only the selected environment's events come through"
+    );
+}
+
+#[tokio::test]
+async fn health_events_and_status_follow_the_engine_health_check() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "hl").await;
+    assert_eq!(
+        engine
+            .status(&format!("{}-missing", fx.env))
+            .await
+            .expect("status"),
+        None
+    );
+    let mut events = engine.events(&fx.selector()).await.expect("events");
+    let mut good = fx.spec("good", None);
+    good.healthcheck = Some(exec_health(&["/bin/true"], 3));
+    let mut bad = fx.spec("bad", None);
+    bad.healthcheck = Some(exec_health(&["/bin/false"], 1));
+    let plain = fx.spec("plain", None);
+    for spec in [&good, &bad, &plain] {
+        engine.run_container(spec).await.expect("run");
+    }
+
+    let mut seen: BTreeMap<String, HealthState> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(Ok(ContainerEvent {
+                container,
+                kind: EventKind::Health(h),
+            }))) => {
+                seen.entry(container).or_insert(h);
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for health events, got {other:?}; seen {seen:?}"),
+        }
+    }
+    assert_eq!(
+        seen.get(&good.name),
+        Some(&HealthState::Healthy),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get(&bad.name),
+        Some(&HealthState::Unhealthy),
+        "{seen:?}"
+    );
+
+    let status = engine
+        .status(&good.name)
+        .await
+        .expect("status")
+        .expect("exists");
+    assert_eq!(status.state, ContainerState::Running);
+    assert_eq!(status.health, Some(HealthState::Healthy));
+    assert!(status.has_healthcheck);
+    assert_eq!(status.restart_count, 0);
+    let status = engine
+        .status(&plain.name)
+        .await
+        .expect("status")
+        .expect("exists");
+    assert_eq!((status.health, status.has_healthcheck), (None, false));
+}
+
+#[tokio::test]
+async fn exec_returns_output_and_exit_code_and_times_out() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "ex").await;
+    let spec = fx.spec("box", None);
+    engine.run_container(&spec).await.expect("run");
+    let limit = Duration::from_secs(20);
+
+    let out = engine
+        .exec(
+            &spec.name,
+            &args(&["/bin/sh", "-c", "echo out; echo err >&2; exit 4"]),
+            limit,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, 4);
+    assert!(out.output.contains("out\n"), "{out:?}");
+    assert!(out.output.contains("err\n"), "{out:?}");
+
+    // Long output is cut to its last 64 KiB.
+    let script = "i=0; while [ $i -lt 3000 ]; do echo line-$i-................................; i=$((i+1)); done";
+    let out = engine
+        .exec(&spec.name, &args(&["/bin/sh", "-c", script]), limit)
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, 0);
+    assert!(out.output.len() <= 64 * 1024, "{}", out.output.len());
+    assert!(out.output.len() > 60 * 1024, "{}", out.output.len());
+    assert!(
+        out.output
+            .ends_with("line-2999-................................\n")
+    );
+
+    let started = Instant::now();
+    match engine
+        .exec(
+            &spec.name,
+            &args(&["/bin/sleep", "5"]),
+            Duration::from_millis(500),
+        )
+        .await
+    {
+        Err(EngineError::ExecTimeout {
+            container,
+            command,
+            limit,
+        }) => {
+            assert_eq!(container, spec.name);
+            assert_eq!(command, "/bin/sleep 5");
+            assert_eq!(limit, Duration::from_millis(500));
+        }
+        other => panic!("expected ExecTimeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    engine
+        .stop_container(&spec.name, Duration::ZERO)
+        .await
+        .expect("stop");
+    match engine.exec(&spec.name, &args(&["/bin/true"]), limit).await {
+        Err(e @ EngineError::Call { .. }) => {
+            assert!(e.to_string().contains("not running"), "{e}");
+            assert!(e.to_string().contains(&spec.name), "{e}");
+        }
+        other => panic!("expected a call error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn logs_tail_returns_the_last_lines() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "lg").await;
+    let spec = fx.spec(
+        "talker",
+        Some(&[
+            "/bin/sh",
+            "-c",
+            "echo oops >&2; sleep 0.2; for i in 1 2 3 4 5; do echo line$i; done; sleep 3600",
+        ]),
+    );
+    engine.run_container(&spec).await.expect("run");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = engine.logs_tail(&spec.name, 3).await.expect("logs");
+        if last.last().map(String::as_str) == Some("line5") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, vec!["line3", "line4", "line5"]);
+    let all = engine.logs_tail(&spec.name, 100).await.expect("logs");
+    assert_eq!(
+        all,
+        vec!["oops", "line1", "line2", "line3", "line4", "line5"],
+        "stderr is included"
+    );
+    assert!(
+        engine
+            .logs_tail(&format!("{}-missing", fx.env), 3)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn copy_volume_copies_contents_and_leaves_the_source_alone() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "cp").await;
+    let limit = Duration::from_secs(20);
+    let a = fx.volume(&engine, "a").await;
+    let mut writer = fx.spec("writer", None);
+    writer.volumes = vec![(a.clone(), "/data".into())];
+    engine.run_container(&writer).await.expect("run");
+    let write = "echo hello > /data/f && mkdir -p /data/sub && echo nested > /data/sub/g && chmod 600 /data/sub/g";
+    let out = engine
+        .exec(&writer.name, &args(&["/bin/sh", "-c", write]), limit)
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, 0, "{out:?}");
+
+    let b = format!("{}-b", fx.env);
+    let mut copy_labels = fx.labels.clone();
+    copy_labels.insert("rollout.copy-of".into(), a.clone());
+    engine
+        .copy_volume(&a, &b, &copy_labels)
+        .await
+        .expect("copy");
+
+    // A leftover helper of a crashed copy is replaced; copying again is harmless.
+    let helper = format!("rollout-copy-{b}");
+    let mut leftover = fx.spec("leftover", None);
+    leftover.name = helper.clone();
+    engine.run_container(&leftover).await.expect("leftover");
+    engine
+        .copy_volume(&a, &b, &copy_labels)
+        .await
+        .expect("copy again");
+    assert_eq!(
+        engine.status(&helper).await.expect("status"),
+        None,
+        "the helper container is removed"
+    );
+
+    let mut reader = fx.spec("reader", None);
+    reader.volumes = vec![(a.clone(), "/a".into()), (b.clone(), "/b".into())];
+    engine.run_container(&reader).await.expect("run");
+    let read = |script: &'static str| {
+        let engine = &engine;
+        let name = reader.name.clone();
+        async move {
+            let out = engine
+                .exec(&name, &args(&["/bin/sh", "-c", script]), limit)
+                .await
+                .expect("exec");
+            assert_eq!(out.exit_code, 0, "{script}: {out:?}");
+            out.output
+        }
+    };
+    assert_eq!(read("cat /b/f /b/sub/g").await, "hello\nnested\n");
+    assert_eq!(read("ls -l /b/sub/g").await[..10].to_string(), "-rw-------");
+    assert_eq!(read("ls /a; cat /a/f").await, "f\nsub\nhello\n");
+
+    let volume = engine.client().inspect_volume(&b).await.expect("b exists");
+    assert_eq!(
+        volume.labels.get("rollout.copy-of").map(String::as_str),
+        Some(a.as_str())
+    );
+
+    let missing = format!("{}-nope", fx.env);
+    match engine.copy_volume(&missing, &b, &copy_labels).await {
+        Err(e) => assert!(e.to_string().contains("no volume"), "{e}"),
+        Ok(()) => panic!("copied from a missing volume"),
+    }
+    assert!(
+        engine.client().inspect_volume(&missing).await.is_err(),
+        "a missing source is not created"
+    );
+}
+
+#[tokio::test]
+async fn pause_and_unpause_round_trip() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "pz").await;
+    let spec = fx.spec("box", None);
+    engine.run_container(&spec).await.expect("run");
+    let state = |engine: &DockerEngine, name: String| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .status(&name)
+                .await
+                .expect("status")
+                .expect("exists")
+                .state
+        }
+    };
+    engine.pause(&spec.name).await.expect("pause");
+    engine.pause(&spec.name).await.expect("pause again");
+    assert_eq!(
+        state(&engine, spec.name.clone()).await,
+        ContainerState::Paused
+    );
+    engine.unpause(&spec.name).await.expect("unpause");
+    engine.unpause(&spec.name).await.expect("unpause again");
+    assert_eq!(
+        state(&engine, spec.name.clone()).await,
+        ContainerState::Running
+    );
+    engine
+        .stop_container(&spec.name, Duration::ZERO)
+        .await
+        .expect("stop");
+    assert!(
+        engine.pause(&spec.name).await.is_err(),
+        "a stopped container cannot be paused"
+    );
+}
+
+#[tokio::test]
+async fn list_labelled_finds_containers_networks_and_volumes() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "ls").await;
+    let volume = fx.volume(&engine, "data").await;
+    let spec = fx.spec("box", Some(&["/bin/sh", "-c", "exit 0"]));
+    engine.run_container(&spec).await.expect("run");
+
+    let found = engine.list_labelled(&fx.selector()).await.expect("list");
+    let names: Vec<(ObjectKind, &str)> = found.iter().map(|o| (o.kind, o.name.as_str())).collect();
+    assert_eq!(
+        names,
+        vec![
+            (ObjectKind::Container, spec.name.as_str()),
+            (ObjectKind::Network, fx.network.as_str()),
+            (ObjectKind::Volume, volume.as_str()),
+        ],
+        "stopped containers are listed too"
+    );
+    for object in &found {
+        assert_eq!(
+            object.labels, fx.labels,
+            "{:?} {}",
+            object.kind, object.name
+        );
+    }
+    let mut narrower = fx.selector();
+    narrower.insert(labels::RUN.to_string(), "r2".to_string());
+    assert!(
+        engine
+            .list_labelled(&narrower)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn stop_container_stops_and_tolerates_missing_or_stopped_containers() {
+    let engine = engine().await;
+    let image = sleeper_image(&engine).await;
+    let fx = Fixture::new(&engine, &image, "st").await;
+    engine
+        .stop_container(&format!("{}-missing", fx.env), Duration::from_secs(1))
+        .await
+        .expect("a missing container is fine");
+    let spec = fx.spec("box", None);
+    engine.run_container(&spec).await.expect("run");
+    // busybox sleep as PID 1 ignores SIGTERM: the grace, rounded up to 1 s, runs out.
+    let started = Instant::now();
+    engine
+        .stop_container(&spec.name, Duration::from_millis(200))
+        .await
+        .expect("stop");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let status = engine
+        .status(&spec.name)
+        .await
+        .expect("status")
+        .expect("exists");
+    assert!(
+        matches!(status.state, ContainerState::Exited { .. }),
+        "{}",
+        status.state
+    );
+    engine
+        .stop_container(&spec.name, Duration::from_secs(1))
+        .await
+        .expect("a stopped container is fine");
 }

@@ -5,7 +5,9 @@
 mod support;
 
 mod bad_input;
+mod checks;
 mod cli;
 mod engine_docker;
 mod plan_docker;
 mod playbooks;
+mod testenv;

@@ -1,12 +1,13 @@
-//! `rollout demo`: builds the demo client's images on the local engine, then shows the plan
-//! for the demo environment (this repository's `manifests/` and `playbooks/`).
+//! `rollout demo`: builds the demo client's images on the local engine, shows the plan for the
+//! demo environment (this repository's `manifests/` and `playbooks/`), then rehearses it: a test
+//! version comes up, is checked, and is torn down.
 
 use std::path::Path;
 
 use anyhow::Context;
 
 use crate::cli::output::Printer;
-use crate::cli::{DemoArgs, EnvArgs, ExitStatus, Format, PlanArgs};
+use crate::cli::{DemoArgs, EnvArgs, ExitStatus, Format, PlanArgs, RehearseArgs};
 use crate::demo;
 use crate::project::Project;
 
@@ -34,5 +35,11 @@ pub async fn run(dir: &Path, args: DemoArgs, printer: Printer) -> anyhow::Result
     if status == ExitStatus::Changes {
         printer.out("(`rollout plan` exits 2: there are changes to carry out.)");
     }
-    Ok(ExitStatus::Success)
+    printer.out("\n$ rollout rehearse");
+    let rehearse = RehearseArgs {
+        env: EnvArgs::default(),
+        playbook: None,
+        output: Format::Text,
+    };
+    super::rehearse::run(dir, rehearse, printer).await
 }

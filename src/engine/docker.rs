@@ -1,7 +1,8 @@
 //! The Docker engine through bollard: [`DockerEngine`] implements [`Engine`] on a local or remote
 //! Docker engine.
 //!
-//! Every call is bounded by a timeout so a hung engine never hangs rollout, and the API version
+//! Every call is bounded by a timeout so a hung engine never hangs rollout (the event stream
+//! alone is long-lived: its reader decides how long it waits), and the API version
 //! is negotiated at connect time because the engine may speak an older API than bollard's default.
 //! Nothing is ever pulled: images are built locally ([`Engine::build_image`]) or loaded by the user.
 
@@ -11,21 +12,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    HealthConfig, HealthStatusEnum, HostConfig, Mount, MountType, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, VolumeCreateRequest,
+    EventMessage, EventMessageTypeEnum, HealthConfig, HealthStatusEnum, HostConfig, Mount,
+    MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    BuildImageOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
+    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StopContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 
-use super::image::BuildContext;
+use super::image::{self, BuildContext, UTIL_IMAGE};
 use super::{
-    ContainerSpec, ContainerState, Engine, EngineError, EnvValue, HealthState, Observed,
+    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Engine, EngineError, EnvValue,
+    EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind, Observed,
     ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use crate::manifest::env::{Health, Probe};
@@ -40,6 +45,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How many lines of build output a build error quotes.
 const BUILD_TAIL_LINES: usize = 5;
+/// Bound on a whole volume copy, helper container included.
+const COPY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many lines of a failed helper container's output an error quotes.
+const HELPER_TAIL_LINES: usize = 20;
+/// How much of an exec's output is kept: the end, where errors usually are.
+const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
+/// Bound on waiting for an exec that closed its output to report its exit code.
+const EXEC_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// A Docker engine, connected and version-negotiated.
 #[derive(Debug, Clone)]
@@ -67,6 +80,16 @@ impl Failure {
 
     fn is_not_found(&self) -> bool {
         self.status() == Some(404)
+    }
+
+    /// The engine's own message for a refused call, else the whole reason.
+    fn message(&self) -> String {
+        match self {
+            Failure::Docker(BollardError::DockerResponseServerError { message, .. }) => {
+                message.clone()
+            }
+            other => other.reason(),
+        }
     }
 
     fn reason(&self) -> String {
@@ -260,6 +283,118 @@ fn secrets_from_env(env: &[String], keys: &[&str]) -> BTreeMap<String, SecretVal
         .collect()
 }
 
+/// What a container looks like now, from its inspection.
+fn container_status(inspect: &ContainerInspectResponse) -> ContainerStatus {
+    // The container's config holds the image's HEALTHCHECK merged in; `NONE` disables it.
+    let has_healthcheck = inspect
+        .config
+        .as_ref()
+        .and_then(|c| c.healthcheck.as_ref())
+        .and_then(|h| h.test.as_ref())
+        .and_then(|test| test.first())
+        .is_some_and(|first| first != "NONE");
+    ContainerStatus {
+        state: container_state(inspect),
+        health: health_state(inspect),
+        has_healthcheck,
+        restart_count: inspect.restart_count.unwrap_or_default(),
+    }
+}
+
+/// A container event of interest, from the engine's message; `None` for anything else.
+fn container_event(message: &EventMessage) -> Option<ContainerEvent> {
+    if message
+        .typ
+        .is_some_and(|t| t != EventMessageTypeEnum::CONTAINER)
+    {
+        return None;
+    }
+    let attributes = message.actor.as_ref()?.attributes.as_ref()?;
+    let container = attributes.get("name")?.trim_start_matches('/').to_string();
+    let action = message.action.as_deref()?;
+    let kind = match action {
+        "start" => EventKind::Started,
+        // Docker always reports the exit code of a `die`; -1 marks one it did not.
+        "die" => EventKind::Died {
+            exit_code: attributes
+                .get("exitCode")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(-1),
+        },
+        "oom" => EventKind::OutOfMemory,
+        other => {
+            // `health_status: healthy` up to at least API 1.41; a bare action with the status
+            // as an attribute is accepted too.
+            let status = other.strip_prefix("health_status")?;
+            let status = match status.trim_start_matches(':').trim() {
+                "" => attributes.get("healthStatus")?.as_str(),
+                s => s,
+            };
+            EventKind::Health(match status {
+                "healthy" => HealthState::Healthy,
+                "unhealthy" => HealthState::Unhealthy,
+                "starting" => HealthState::Starting,
+                _ => return None,
+            })
+        }
+    };
+    Some(ContainerEvent { container, kind })
+}
+
+/// Appends `chunk` to `out`, keeping at most the last `limit` bytes (amortized: trims when the
+/// buffer doubles).
+fn push_tail(out: &mut Vec<u8>, chunk: &[u8], limit: usize) {
+    out.extend_from_slice(chunk);
+    if out.len() > 2 * limit {
+        out.drain(..out.len() - limit);
+    }
+}
+
+/// The last `limit` bytes of `bytes` as text, starting on a character boundary.
+fn tail_text(bytes: &[u8], limit: usize) -> String {
+    let mut start = bytes.len().saturating_sub(limit);
+    // Skip UTF-8 continuation bytes so the cut does not leave half a character.
+    while start < bytes.len() && start > 0 && (bytes[start] & 0b1100_0000) == 0b1000_0000 {
+        start += 1;
+    }
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+fn log_bytes(item: &LogOutput) -> &[u8] {
+    match item {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::StdIn { message }
+        | LogOutput::Console { message } => message,
+    }
+}
+
+/// Whole seconds of a grace period, rounded up, as Docker's stop takes them.
+fn grace_seconds(grace: Duration) -> i32 {
+    let secs = grace
+        .as_secs()
+        .saturating_add(u64::from(grace.subsec_nanos() > 0));
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+/// A timestamp as the `since` query parameter of `/events` takes it: `seconds.nanoseconds`.
+fn since_param(t: jiff::Timestamp) -> String {
+    format!("{}.{:09}", t.as_second(), t.subsec_nanosecond())
+}
+
+fn event_filters(selector: &BTreeMap<String, String>) -> HashMap<String, Vec<String>> {
+    let mut filters = label_filters(selector);
+    filters.insert("type".to_string(), vec!["container".to_string()]);
+    filters.insert(
+        "event".to_string(),
+        ["start", "die", "health_status", "oom"]
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+    );
+    filters
+}
+
 /// One production container as listed and inspected, before grouping by service.
 struct Found {
     service: String,
@@ -316,31 +451,9 @@ impl DockerEngine {
         self.docker.client_version().to_string()
     }
 
-    /// The bollard client, for calls the [`Engine`] trait does not cover (exec checks, logs).
+    /// The bollard client, for calls the [`Engine`] trait does not cover (tests, diagnostics).
     pub fn client(&self) -> &Docker {
         &self.docker
-    }
-
-    /// The 127.0.0.1 host port a container's `container_port`/tcp is published on, if it is.
-    pub async fn published_port(
-        &self,
-        container: &str,
-        container_port: u16,
-    ) -> Result<Option<u16>, EngineError> {
-        let inspect = call(self.docker.inspect_container(container, None))
-            .await
-            .map_err(|f| f.call("inspect container", container))?;
-        let key = format!("{container_port}/tcp");
-        let port = inspect
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|mut ports| ports.remove(&key))
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-            .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
-        Ok(port)
     }
 
     /// Inspects a container by exact name; `None` if there is none.
@@ -359,12 +472,148 @@ impl DockerEngine {
         }
     }
 
+    /// Starts a container by name or ID; one already running is fine.
     async fn start(&self, name: &str) -> Result<(), EngineError> {
         match call(self.docker.start_container(name, None)).await {
             // 304: already started, by a concurrent call.
             Ok(()) => Ok(()),
             Err(f) if f.status() == Some(304) => Ok(()),
             Err(f) => Err(f.call("start container", name)),
+        }
+    }
+
+    /// The engine's clock now, so an event subscription starts at the engine's present even when
+    /// its clock and ours disagree. Falls back to ours if the engine does not say.
+    async fn engine_now(&self) -> Result<jiff::Timestamp, EngineError> {
+        let info = call(self.docker.info())
+            .await
+            .map_err(|f| f.call("read the time of", &self.endpoint))?;
+        Ok(info
+            .system_time
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(jiff::Timestamp::now))
+    }
+
+    /// The state a container is in now, `None` if there is none of that name.
+    async fn state_of(&self, container: &str) -> Result<Option<ContainerState>, EngineError> {
+        Ok(self
+            .inspect_by_name(container)
+            .await?
+            .as_ref()
+            .map(container_state))
+    }
+
+    /// Force-removes a container with its anonymous volumes; a missing one is fine.
+    async fn remove_container_if_any(&self, name: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match call(self.docker.remove_container(name, Some(options))).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.is_not_found() => Ok(()),
+            Err(f) => Err(f.call("remove container", name)),
+        }
+    }
+
+    /// Builds [`UTIL_IMAGE`] unless the engine has it.
+    async fn ensure_util_image(&self) -> Result<(), EngineError> {
+        match call(self.docker.inspect_image(UTIL_IMAGE)).await {
+            Ok(_) => return Ok(()),
+            Err(f) if f.is_not_found() => {}
+            Err(f) => return Err(f.call("inspect image", UTIL_IMAGE)),
+        }
+        let context = image::util_context().map_err(|e| EngineError::Build {
+            tag: UTIL_IMAGE.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.build_image(UTIL_IMAGE, &context).await
+    }
+
+    /// Runs the copy helper `helper` to completion; the caller removes it.
+    async fn run_copy_helper(
+        &self,
+        helper: &str,
+        from: &str,
+        to: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let object = format!("{from} -> {to}");
+        let mount = |source: &str, target: &str, read_only: bool| Mount {
+            source: Some(source.to_string()),
+            target: Some(target.to_string()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(UTIL_IMAGE.to_string()),
+            cmd: Some(
+                ["/bin/busybox", "cp", "-a", "/from/.", "/to/"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+            ),
+            labels: Some(to_hash(labels)),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                mounts: Some(vec![mount(from, "/from", true), mount(to, "/to", false)]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(helper.to_string()),
+            ..Default::default()
+        };
+        call(self.docker.create_container(Some(options), body))
+            .await
+            .map_err(|f| f.call("create container", helper))?;
+        self.start(helper).await?;
+        let wait = async {
+            let options = WaitContainerOptions {
+                condition: "not-running".to_string(),
+            };
+            let mut stream = self.docker.wait_container(helper, Some(options));
+            match stream.next().await {
+                // bollard reports a non-zero exit as an error; the exit code is read below.
+                Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None => {
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e),
+            }
+        };
+        timed(COPY_TIMEOUT, wait)
+            .await
+            .map_err(|f| f.call("wait for container", helper))?;
+        match self.state_of(helper).await? {
+            Some(ContainerState::Exited { code: 0 }) => Ok(()),
+            Some(ContainerState::Exited { code }) => {
+                let logs = self
+                    .logs_tail(helper, HELPER_TAIL_LINES)
+                    .await
+                    .unwrap_or_default();
+                let mut reason = format!("`cp` exited with code {code}");
+                if !logs.is_empty() {
+                    reason.push_str(": ");
+                    reason.push_str(&logs.join("\n  "));
+                }
+                Err(EngineError::Call {
+                    action: "copy volume",
+                    object,
+                    reason,
+                })
+            }
+            other => Err(EngineError::Call {
+                action: "copy volume",
+                object,
+                reason: format!(
+                    "the helper container {helper} ended in an unexpected state: {}",
+                    other.map_or_else(|| "removed".to_string(), |s| s.to_string())
+                ),
+            }),
         }
     }
 
@@ -745,6 +994,325 @@ impl Engine for DockerEngine {
             ))),
         }
     }
+
+    async fn events(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<EventStream, EngineError> {
+        // The subscription starts now, in the engine's clock: with `since`, the engine replays
+        // from its (small, engine-wide) buffer what happened between this call and the moment
+        // the request reaches it.
+        let since = self.engine_now().await?;
+        let options = EventsOptions {
+            since: Some(since_param(since)),
+            until: None,
+            filters: Some(event_filters(selector)),
+        };
+        let object = describe_selector(selector);
+        // Not bounded by the call timeout: the stream lives as long as its reader wants.
+        let stream = self.docker.events(Some(options)).filter_map(move |item| {
+            let out = match item {
+                Ok(message) => container_event(&message).map(Ok),
+                Err(e) => Some(Err(EngineError::Call {
+                    action: "watch events of",
+                    object: object.clone(),
+                    reason: error_chain(&e),
+                })),
+            };
+            futures_util::future::ready(out)
+        });
+        // bollard sends the request only when its stream is first polled: a task reads it at
+        // once, so events wait here (selected ones only) rather than in the engine's buffer,
+        // however late the caller starts reading. The task ends with the reader.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    item = stream.next() => match item {
+                        Some(item) => {
+                            if tx.send(item).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>, EngineError> {
+        Ok(self
+            .inspect_by_name(container)
+            .await?
+            .as_ref()
+            .map(container_status))
+    }
+
+    async fn published_port(
+        &self,
+        container: &str,
+        container_port: u16,
+    ) -> Result<Option<u16>, EngineError> {
+        let inspect = call(self.docker.inspect_container(container, None))
+            .await
+            .map_err(|f| f.call("inspect container", container))?;
+        let key = format!("{container_port}/tcp");
+        let port = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|mut ports| ports.remove(&key))
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+            .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+        Ok(port)
+    }
+
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+        limit: Duration,
+    ) -> Result<ExecOutput, EngineError> {
+        let options = CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = match call(self.docker.create_exec(container, options)).await {
+            Ok(c) => c,
+            Err(f) if f.status() == Some(409) => {
+                return Err(EngineError::Call {
+                    action: "exec in container",
+                    object: container.to_string(),
+                    reason: format!("the container is not running ({})", f.message()),
+                });
+            }
+            Err(f) if f.is_not_found() => {
+                return Err(EngineError::Call {
+                    action: "exec in container",
+                    object: container.to_string(),
+                    reason: "no such container".to_string(),
+                });
+            }
+            Err(f) => return Err(f.call("exec in container", container)),
+        };
+        let run = async {
+            let started = self.docker.start_exec(&created.id, None).await?;
+            let mut out = Vec::new();
+            if let StartExecResults::Attached { mut output, .. } = started {
+                while let Some(item) = output.next().await {
+                    push_tail(&mut out, log_bytes(&item?), EXEC_OUTPUT_LIMIT);
+                }
+            }
+            Ok(out)
+        };
+        let output = match timed(limit, run).await {
+            Ok(out) => tail_text(&out, EXEC_OUTPUT_LIMIT),
+            // The process may go on inside the container: the engine has no call to kill an exec.
+            Err(Failure::Timeout(_)) => {
+                return Err(EngineError::ExecTimeout {
+                    container: container.to_string(),
+                    command: command.join(" "),
+                    limit,
+                });
+            }
+            Err(f) => return Err(f.call("exec in container", container)),
+        };
+        // The output closes as the process ends; the engine may record the exit code just after.
+        let deadline = tokio::time::Instant::now() + EXEC_EXIT_WAIT;
+        loop {
+            let inspect = call(self.docker.inspect_exec(&created.id))
+                .await
+                .map_err(|f| f.call("inspect exec in container", container))?;
+            match (inspect.running, inspect.exit_code) {
+                (Some(false) | None, Some(exit_code)) => {
+                    return Ok(ExecOutput { exit_code, output });
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(EngineError::Call {
+                        action: "exec in container",
+                        object: container.to_string(),
+                        reason: format!(
+                            "`{}` closed its output but reported no exit code",
+                            command.join(" ")
+                        ),
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn logs_tail(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            follow: false,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let collect = async {
+            let mut stream = self.docker.logs(container, Some(options));
+            let mut out = Vec::new();
+            while let Some(item) = stream.next().await {
+                out.extend_from_slice(log_bytes(&item?));
+            }
+            Ok(out)
+        };
+        let bytes = call(collect)
+            .await
+            .map_err(|f| f.call("read logs of container", container))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let all: Vec<&str> = text.lines().collect();
+        let skip = all.len().saturating_sub(lines);
+        Ok(all[skip..].iter().map(|l| l.to_string()).collect())
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), EngineError> {
+        let failure = match call(self.docker.pause_container(container)).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        // Refused because it is already paused (by a concurrent call) is done, not failed.
+        // Engines disagree on the status of that refusal (409, or 500 on 20.10): the state tells.
+        if self.state_of(container).await? == Some(ContainerState::Paused) {
+            return Ok(());
+        }
+        Err(failure.call("pause container", container))
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), EngineError> {
+        let failure = match call(self.docker.unpause_container(container)).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        // Refused because it is not paused: running is what an unpause wants (see `pause`).
+        if self.state_of(container).await? == Some(ContainerState::Running) {
+            return Ok(());
+        }
+        Err(failure.call("unpause container", container))
+    }
+
+    async fn copy_volume(
+        &self,
+        from: &str,
+        to: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        // Mounting a missing volume would create it empty: check, so a wrong name is an error.
+        match call(self.docker.inspect_volume(from)).await {
+            Ok(_) => {}
+            Err(f) if f.is_not_found() => {
+                return Err(EngineError::Call {
+                    action: "copy volume",
+                    object: format!("{from} -> {to}"),
+                    reason: format!("there is no volume `{from}`"),
+                });
+            }
+            Err(f) => return Err(f.call("inspect volume", from)),
+        }
+        self.ensure_volume(to, labels).await?;
+        self.ensure_util_image().await?;
+        let helper = format!("rollout-copy-{to}");
+        // Left over by a run that crashed mid-copy.
+        self.remove_container_if_any(&helper).await?;
+        let copied = self.run_copy_helper(&helper, from, to, labels).await;
+        let removed = self.remove_container_if_any(&helper).await;
+        copied.and(removed)
+    }
+
+    async fn list_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<LabelledObject>, EngineError> {
+        let object = describe_selector(selector);
+        let sorted = |map: Option<HashMap<String, String>>| -> BTreeMap<String, String> {
+            map.unwrap_or_default().into_iter().collect()
+        };
+        let mut found = Vec::new();
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(selector)),
+            ..Default::default()
+        };
+        let containers = call(self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|f| f.call("list containers", &object))?;
+        for c in containers {
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .or(c.id)
+                .unwrap_or_default();
+            found.push(LabelledObject {
+                kind: ObjectKind::Container,
+                name,
+                labels: sorted(c.labels),
+            });
+        }
+        let options = ListNetworksOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let networks = call(self.docker.list_networks(Some(options)))
+            .await
+            .map_err(|f| f.call("list networks", &object))?;
+        for n in networks {
+            found.push(LabelledObject {
+                kind: ObjectKind::Network,
+                name: n.name.or(n.id).unwrap_or_default(),
+                labels: sorted(n.labels),
+            });
+        }
+        let options = ListVolumesOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let volumes = call(self.docker.list_volumes(Some(options)))
+            .await
+            .map_err(|f| f.call("list volumes", &object))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            found.push(LabelledObject {
+                kind: ObjectKind::Volume,
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            });
+        }
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok(found)
+    }
+
+    async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError> {
+        // By exact name, then by ID: a bare name could otherwise match another container's ID.
+        let Some(inspect) = self.inspect_by_name(container).await? else {
+            return Ok(());
+        };
+        let Some(id) = inspect.id else {
+            return Ok(());
+        };
+        let t = grace_seconds(grace);
+        let options = StopContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        // The engine waits up to `t` seconds before it kills: the bound is on top of that.
+        let limit = CALL_TIMEOUT + Duration::from_secs(u64::try_from(t).unwrap_or_default());
+        match timed(limit, self.docker.stop_container(&id, Some(options))).await {
+            Ok(()) => Ok(()),
+            // 304: not running. 404: removed meanwhile.
+            Err(f) if f.status() == Some(304) || f.is_not_found() => Ok(()),
+            Err(f) => Err(f.call("stop container", container)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -852,5 +1420,123 @@ mod tests {
             label_filters(&sel)["label"],
             vec!["a=1".to_string(), "b=x=y".to_string()]
         );
+    }
+
+    fn message(action: &str, attributes: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_string()),
+            actor: Some(bollard::models::EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    attributes
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn engine_events_map_to_container_events() {
+        let event = |action, attributes: &[(&str, &str)]| {
+            container_event(&message(action, attributes)).map(|e| e.kind)
+        };
+        let name = ("name", "shop-web-r1");
+        assert_eq!(
+            container_event(&message("start", &[name])),
+            Some(ContainerEvent {
+                container: "shop-web-r1".into(),
+                kind: EventKind::Started
+            })
+        );
+        assert_eq!(
+            event("die", &[name, ("exitCode", "3")]),
+            Some(EventKind::Died { exit_code: 3 })
+        );
+        assert_eq!(
+            event("die", &[name]),
+            Some(EventKind::Died { exit_code: -1 })
+        );
+        assert_eq!(
+            event("health_status: healthy", &[name]),
+            Some(EventKind::Health(HealthState::Healthy))
+        );
+        assert_eq!(
+            event("health_status: unhealthy", &[name]),
+            Some(EventKind::Health(HealthState::Unhealthy))
+        );
+        assert_eq!(
+            event("health_status", &[name, ("healthStatus", "healthy")]),
+            Some(EventKind::Health(HealthState::Healthy))
+        );
+        assert_eq!(event("oom", &[name]), Some(EventKind::OutOfMemory));
+        assert_eq!(event("exec_start: /bin/true", &[name]), None);
+        assert_eq!(event("health_status: bogus", &[name]), None);
+        assert_eq!(event("start", &[]), None, "no name, no event");
+        let mut network = message("start", &[name]);
+        network.typ = Some(EventMessageTypeEnum::NETWORK);
+        assert_eq!(container_event(&network), None);
+    }
+
+    #[test]
+    fn event_filters_select_container_lifecycle_events_by_label() {
+        let sel = BTreeMap::from([("rollout.environment".to_string(), "shop".to_string())]);
+        let filters = event_filters(&sel);
+        assert_eq!(filters["type"], vec!["container".to_string()]);
+        assert_eq!(
+            filters["label"],
+            vec!["rollout.environment=shop".to_string()]
+        );
+        assert_eq!(
+            filters["event"],
+            vec!["start", "die", "health_status", "oom"]
+        );
+        let t: jiff::Timestamp = "2024-05-01T10:00:00.000000042Z".parse().expect("ts");
+        assert_eq!(since_param(t), "1714557600.000000042");
+    }
+
+    #[test]
+    fn exec_output_keeps_the_last_bytes_on_a_character_boundary() {
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            push_tail(&mut out, b"0123456789", 8);
+        }
+        assert!(out.len() <= 16);
+        assert_eq!(tail_text(&out, 8), "23456789");
+        assert_eq!(tail_text("h\u{e9}llo".as_bytes(), 4), "llo");
+        assert_eq!(tail_text("h\u{e9}llo".as_bytes(), 5), "\u{e9}llo");
+        assert_eq!(tail_text(b"short", 64), "short");
+    }
+
+    #[test]
+    fn grace_rounds_up_to_whole_seconds() {
+        assert_eq!(grace_seconds(Duration::ZERO), 0);
+        assert_eq!(grace_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(grace_seconds(Duration::from_secs(15)), 15);
+        assert_eq!(grace_seconds(Duration::from_millis(15_001)), 16);
+        assert_eq!(grace_seconds(Duration::MAX), i32::MAX);
+    }
+
+    #[test]
+    fn status_reads_health_check_presence_from_the_config() {
+        let inspect = |test: Option<Vec<&str>>| ContainerInspectResponse {
+            config: Some(bollard::models::ContainerConfig {
+                healthcheck: test.map(|t| HealthConfig {
+                    test: Some(t.into_iter().map(String::from).collect()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            restart_count: Some(2),
+            ..Default::default()
+        };
+        let status = container_status(&inspect(Some(vec!["CMD", "/bin/true"])));
+        assert!(status.has_healthcheck);
+        assert_eq!(status.restart_count, 2);
+        assert!(!container_status(&inspect(Some(vec!["NONE"]))).has_healthcheck);
+        assert!(!container_status(&inspect(None)).has_healthcheck);
     }
 }

@@ -6,15 +6,25 @@
 //! container needs its network and image, removal goes by labels. Tests script failures with
 //! [`FakeEngine::fail_next`], change container state and health by hand, and read the
 //! [`FakeEngine::calls`] log.
+//!
+//! Events flow as on Docker: subscribers of [`Engine::events`] hear a container start (run,
+//! restart) and die (stop, removal while running, [`FakeEngine::set_state`] to `Exited`), its
+//! health change ([`FakeEngine::set_health`]), and whatever a test sends with
+//! [`FakeEngine::emit`]. Exec output and logs are scripted ([`FakeEngine::script_exec`],
+//! [`FakeEngine::set_logs`]); an exec timeout is scripted with
+//! `fail_next(FakeOp::Exec, EngineError::ExecTimeout { .. })`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use super::image::BuildContext;
 use super::{
-    ContainerSpec, ContainerState, Engine, EngineError, EnvValue, HealthState, Observed,
+    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Engine, EngineError, EnvValue,
+    EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind, Observed,
     ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use crate::manifest::env::Probe;
@@ -34,17 +44,74 @@ pub enum FakeOp {
     RunContainer,
     RemoveLabelled,
     BuildImage,
+    Events,
+    Status,
+    PublishedPort,
+    Exec,
+    LogsTail,
+    Pause,
+    Unpause,
+    CopyVolume,
+    ListLabelled,
+    StopContainer,
 }
 
 /// One call made to the fake, in order, with what identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FakeCall {
-    Observe { environment: String },
-    EnsureNetwork { name: String },
-    EnsureVolume { name: String },
-    RunContainer { name: String },
-    RemoveLabelled { selector: BTreeMap<String, String> },
-    BuildImage { tag: String },
+    Observe {
+        environment: String,
+    },
+    EnsureNetwork {
+        name: String,
+    },
+    EnsureVolume {
+        name: String,
+    },
+    RunContainer {
+        name: String,
+    },
+    RemoveLabelled {
+        selector: BTreeMap<String, String>,
+    },
+    BuildImage {
+        tag: String,
+    },
+    Events {
+        selector: BTreeMap<String, String>,
+    },
+    Status {
+        container: String,
+    },
+    PublishedPort {
+        container: String,
+        container_port: u16,
+    },
+    Exec {
+        container: String,
+        command: Vec<String>,
+    },
+    LogsTail {
+        container: String,
+        lines: usize,
+    },
+    Pause {
+        container: String,
+    },
+    Unpause {
+        container: String,
+    },
+    CopyVolume {
+        from: String,
+        to: String,
+    },
+    ListLabelled {
+        selector: BTreeMap<String, String>,
+    },
+    StopContainer {
+        container: String,
+        grace: Duration,
+    },
 }
 
 impl FakeCall {
@@ -56,6 +123,16 @@ impl FakeCall {
             FakeCall::RunContainer { .. } => FakeOp::RunContainer,
             FakeCall::RemoveLabelled { .. } => FakeOp::RemoveLabelled,
             FakeCall::BuildImage { .. } => FakeOp::BuildImage,
+            FakeCall::Events { .. } => FakeOp::Events,
+            FakeCall::Status { .. } => FakeOp::Status,
+            FakeCall::PublishedPort { .. } => FakeOp::PublishedPort,
+            FakeCall::Exec { .. } => FakeOp::Exec,
+            FakeCall::LogsTail { .. } => FakeOp::LogsTail,
+            FakeCall::Pause { .. } => FakeOp::Pause,
+            FakeCall::Unpause { .. } => FakeOp::Unpause,
+            FakeCall::CopyVolume { .. } => FakeOp::CopyVolume,
+            FakeCall::ListLabelled { .. } => FakeOp::ListLabelled,
+            FakeCall::StopContainer { .. } => FakeOp::StopContainer,
         }
     }
 }
@@ -71,6 +148,8 @@ pub struct FakeContainer {
     pub created: i64,
     /// Container port to 127.0.0.1 host port, for each probe port.
     pub published: BTreeMap<u16, u16>,
+    /// How often the engine restarted it (set by tests: the fake has no restart policy).
+    pub restart_count: i64,
 }
 
 /// A network or volume the fake holds.
@@ -92,7 +171,17 @@ struct State {
     calls: Vec<FakeCall>,
     created: u32,
     next_port: u16,
+    /// Live event subscriptions: the selector and where its events go.
+    subscribers: Vec<(BTreeMap<String, String>, Subscriber)>,
+    /// Scripted exec results by container and command.
+    exec_outputs: BTreeMap<(String, Vec<String>), ExecOutput>,
+    /// Scripted output by container name.
+    logs: BTreeMap<String, Vec<String>>,
+    /// Volume copies made, (from, to), in order.
+    copies: Vec<(String, String)>,
 }
+
+type Subscriber = mpsc::UnboundedSender<Result<ContainerEvent, EngineError>>;
 
 impl State {
     /// Logs the call, then hands back the first failure scripted for its operation.
@@ -114,6 +203,63 @@ impl State {
 
     fn container_mut(&mut self, name: &str) -> Option<&mut FakeContainer> {
         self.containers.iter_mut().find(|c| c.spec.name == name)
+    }
+
+    fn container(&self, name: &str) -> Option<&FakeContainer> {
+        self.containers.iter().find(|c| c.spec.name == name)
+    }
+
+    /// Sends an event to every subscriber whose selector the container's labels match; an event
+    /// about a container the fake does not hold goes to every subscriber. Forgets subscribers
+    /// whose stream was dropped.
+    fn emit(&mut self, event: ContainerEvent) {
+        let labels = self
+            .container(&event.container)
+            .map(|c| c.spec.labels.clone());
+        self.subscribers.retain(|(selector, tx)| {
+            if labels.as_ref().is_some_and(|l| !matches(l, selector)) {
+                return !tx.is_closed();
+            }
+            tx.send(Ok(event.clone())).is_ok()
+        });
+    }
+
+    /// Sets a container's state and emits what Docker would report for the change.
+    fn transition(&mut self, name: &str, state: ContainerState) -> bool {
+        let Some(c) = self.container_mut(name) else {
+            return false;
+        };
+        let kind = transition_event(&c.state, &state);
+        c.state = state;
+        if let Some(kind) = kind {
+            self.emit(ContainerEvent {
+                container: name.to_string(),
+                kind,
+            });
+        }
+        true
+    }
+
+    /// The error Docker gives for a call on a container that is not there.
+    fn missing(action: &'static str, container: &str) -> EngineError {
+        EngineError::Call {
+            action,
+            object: container.to_string(),
+            reason: "no such container".to_string(),
+        }
+    }
+}
+
+/// The event Docker reports when a container goes from `old` to `new`, if any.
+fn transition_event(old: &ContainerState, new: &ContainerState) -> Option<EventKind> {
+    match (old, new) {
+        (ContainerState::Running | ContainerState::Paused, ContainerState::Running) => None,
+        (_, ContainerState::Running) => Some(EventKind::Started),
+        (
+            ContainerState::Running | ContainerState::Paused | ContainerState::Restarting,
+            ContainerState::Exited { code },
+        ) => Some(EventKind::Died { exit_code: *code }),
+        _ => None,
     }
 }
 
@@ -223,21 +369,85 @@ impl FakeEngine {
         }
     }
 
-    /// Sets a container's state, e.g. to simulate a crash: `Exited { code: 1 }`. Returns whether
-    /// the container exists.
+    /// Sets a container's state, e.g. to simulate a crash: `Exited { code: 1 }`, and emits the
+    /// event Docker would (`Died` for a running container that exits, `Started` for a stopped
+    /// one that runs). Returns whether the container exists.
     pub fn set_state(&self, name: &str, state: ContainerState) -> bool {
+        self.lock().transition(name, state)
+    }
+
+    /// Sets the health the engine reports for a container, emitting a `Health` event when it
+    /// changes to a known state. Returns whether the container exists.
+    pub fn set_health(&self, name: &str, health: Option<HealthState>) -> bool {
+        let mut state = self.lock();
+        let Some(c) = state.container_mut(name) else {
+            return false;
+        };
+        let changed = c.health != health;
+        c.health = health;
+        if let (true, Some(h)) = (changed, health) {
+            state.emit(ContainerEvent {
+                container: name.to_string(),
+                kind: EventKind::Health(h),
+            });
+        }
+        true
+    }
+
+    /// Sets how often the engine reports having restarted a container. Returns whether the
+    /// container exists.
+    pub fn set_restart_count(&self, name: &str, count: i64) -> bool {
         self.lock()
             .container_mut(name)
-            .map(|c| c.state = state)
+            .map(|c| c.restart_count = count)
             .is_some()
     }
 
-    /// Sets the health the engine reports for a container. Returns whether the container exists.
-    pub fn set_health(&self, name: &str, health: Option<HealthState>) -> bool {
+    /// Sends an event to the subscribers of [`Engine::events`] whose selector the container
+    /// matches (every subscriber, for a container the fake does not hold). Changes no state.
+    pub fn emit(&self, event: ContainerEvent) {
+        self.lock().emit(event);
+    }
+
+    /// Ends every event stream, as a lost engine connection would.
+    pub fn close_events(&self) {
+        self.lock().subscribers.clear();
+    }
+
+    /// How many event streams are open (dropped ones are noticed at the next event).
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// What [`Engine::exec`] of `command` in `container` returns from now on (by default: exit
+    /// code 0 and no output).
+    pub fn script_exec<I, S>(&self, container: &str, command: I, output: ExecOutput)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let command = command.into_iter().map(Into::into).collect();
         self.lock()
-            .container_mut(name)
-            .map(|c| c.health = health)
-            .is_some()
+            .exec_outputs
+            .insert((container.to_string(), command), output);
+    }
+
+    /// The lines a container has printed, as [`Engine::logs_tail`] reads them. May be set before
+    /// the container exists.
+    pub fn set_logs<I, S>(&self, container: &str, lines: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.lock().logs.insert(
+            container.to_string(),
+            lines.into_iter().map(Into::into).collect(),
+        );
+    }
+
+    /// Volume copies made, (from, to), in order.
+    pub fn copies(&self) -> Vec<(String, String)> {
+        self.lock().copies.clone()
     }
 
     /// Points a published probe port at a chosen host port (a listener a test runs, say).
@@ -249,26 +459,6 @@ impl FakeEngine {
                 c.published.insert(container_port, host_port);
             })
             .is_some()
-    }
-
-    /// Like [`super::docker::DockerEngine::published_port`]: the 127.0.0.1 host port of a
-    /// container's probe port.
-    pub async fn published_port(
-        &self,
-        container: &str,
-        container_port: u16,
-    ) -> Result<Option<u16>, EngineError> {
-        let state = self.lock();
-        let c = state
-            .containers
-            .iter()
-            .find(|c| c.spec.name == container)
-            .ok_or_else(|| EngineError::Call {
-                action: "inspect container",
-                object: container.to_string(),
-                reason: "no such container".to_string(),
-            })?;
-        Ok(c.published.get(&container_port).copied())
     }
 }
 
@@ -383,12 +573,12 @@ impl Engine for FakeEngine {
         state.enter(FakeCall::RunContainer {
             name: spec.name.clone(),
         })?;
-        if let Some(c) = state.container_mut(&spec.name) {
+        if let Some(c) = state.container(&spec.name) {
             if matches!(
                 c.state,
                 ContainerState::Created | ContainerState::Exited { .. }
             ) {
-                c.state = ContainerState::Running;
+                state.transition(&spec.name, ContainerState::Running);
             }
             return Ok(Outcome::Unchanged);
         }
@@ -430,6 +620,11 @@ impl Engine for FakeEngine {
             health,
             created,
             published,
+            restart_count: 0,
+        });
+        state.emit(ContainerEvent {
+            container: spec.name.clone(),
+            kind: EventKind::Started,
         });
         Ok(Outcome::Created)
     }
@@ -447,6 +642,20 @@ impl Engine for FakeEngine {
                 action: "remove",
                 object: "objects matching no label".to_string(),
                 reason: "refusing an empty selector, which would match everything".to_string(),
+            });
+        }
+        // A forced removal kills what runs: Docker reports it dying of SIGKILL first.
+        let killed: Vec<String> = state
+            .containers
+            .iter()
+            .filter(|c| matches(&c.spec.labels, selector))
+            .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Paused))
+            .map(|c| c.spec.name.clone())
+            .collect();
+        for name in killed {
+            state.emit(ContainerEvent {
+                container: name,
+                kind: EventKind::Died { exit_code: 137 },
             });
         }
         let before = state.containers.len();
@@ -493,6 +702,224 @@ impl Engine for FakeEngine {
         state.builds.push((tag.to_string(), context.clone()));
         if let Some(set) = state.images.as_mut() {
             set.insert(tag.to_string());
+        }
+        Ok(())
+    }
+
+    async fn events(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<EventStream, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::Events {
+            selector: selector.clone(),
+        })?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        state.subscribers.push((selector.clone(), tx));
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::Status {
+            container: container.to_string(),
+        })?;
+        Ok(state.container(container).map(|c| ContainerStatus {
+            state: c.state.clone(),
+            health: c.health,
+            // The engine runs exec probes; any other reported health comes from the image's.
+            has_healthcheck: c.health.is_some()
+                || c.spec
+                    .healthcheck
+                    .as_ref()
+                    .is_some_and(|h| matches!(h.probe, Probe::Exec { .. })),
+            restart_count: c.restart_count,
+        }))
+    }
+
+    async fn published_port(
+        &self,
+        container: &str,
+        container_port: u16,
+    ) -> Result<Option<u16>, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::PublishedPort {
+            container: container.to_string(),
+            container_port,
+        })?;
+        let c = state
+            .container(container)
+            .ok_or_else(|| State::missing("inspect container", container))?;
+        Ok(c.published.get(&container_port).copied())
+    }
+
+    async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+        _limit: Duration,
+    ) -> Result<ExecOutput, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::Exec {
+            container: container.to_string(),
+            command: command.to_vec(),
+        })?;
+        let c = state
+            .container(container)
+            .ok_or_else(|| State::missing("exec in container", container))?;
+        if !c.state.is_running() {
+            return Err(EngineError::Call {
+                action: "exec in container",
+                object: container.to_string(),
+                reason: format!("the container is not running (it is {})", c.state),
+            });
+        }
+        Ok(state
+            .exec_outputs
+            .get(&(container.to_string(), command.to_vec()))
+            .cloned()
+            .unwrap_or(ExecOutput {
+                exit_code: 0,
+                output: String::new(),
+            }))
+    }
+
+    async fn logs_tail(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::LogsTail {
+            container: container.to_string(),
+            lines,
+        })?;
+        if state.container(container).is_none() {
+            return Err(State::missing("read logs of container", container));
+        }
+        let all = state.logs.get(container).map(Vec::as_slice).unwrap_or(&[]);
+        Ok(all[all.len().saturating_sub(lines)..].to_vec())
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::Pause {
+            container: container.to_string(),
+        })?;
+        let c = state
+            .container_mut(container)
+            .ok_or_else(|| State::missing("pause container", container))?;
+        match c.state {
+            ContainerState::Running | ContainerState::Paused => {
+                c.state = ContainerState::Paused;
+                Ok(())
+            }
+            ref other => Err(EngineError::Call {
+                action: "pause container",
+                object: container.to_string(),
+                reason: format!("the container is not running (it is {other})"),
+            }),
+        }
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::Unpause {
+            container: container.to_string(),
+        })?;
+        let c = state
+            .container_mut(container)
+            .ok_or_else(|| State::missing("unpause container", container))?;
+        match c.state {
+            ContainerState::Running | ContainerState::Paused => {
+                c.state = ContainerState::Running;
+                Ok(())
+            }
+            ref other => Err(EngineError::Call {
+                action: "unpause container",
+                object: container.to_string(),
+                reason: format!("the container is not paused (it is {other})"),
+            }),
+        }
+    }
+
+    async fn copy_volume(
+        &self,
+        from: &str,
+        to: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::CopyVolume {
+            from: from.to_string(),
+            to: to.to_string(),
+        })?;
+        if !state.volumes.contains_key(from) {
+            return Err(EngineError::Call {
+                action: "copy volume",
+                object: format!("{from} -> {to}"),
+                reason: format!("there is no volume `{from}`"),
+            });
+        }
+        state
+            .volumes
+            .entry(to.to_string())
+            .or_insert_with(|| FakeObject {
+                labels: labels.clone(),
+            });
+        state.copies.push((from.to_string(), to.to_string()));
+        Ok(())
+    }
+
+    async fn list_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<LabelledObject>, EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::ListLabelled {
+            selector: selector.clone(),
+        })?;
+        let object = |kind, name: &String, labels: &BTreeMap<String, String>| LabelledObject {
+            kind,
+            name: name.clone(),
+            labels: labels.clone(),
+        };
+        let mut found: Vec<LabelledObject> = state
+            .containers
+            .iter()
+            .filter(|c| matches(&c.spec.labels, selector))
+            .map(|c| object(ObjectKind::Container, &c.spec.name, &c.spec.labels))
+            .chain(
+                state
+                    .networks
+                    .iter()
+                    .filter(|(_, n)| matches(&n.labels, selector))
+                    .map(|(name, n)| object(ObjectKind::Network, name, &n.labels)),
+            )
+            .chain(
+                state
+                    .volumes
+                    .iter()
+                    .filter(|(_, v)| matches(&v.labels, selector))
+                    .map(|(name, v)| object(ObjectKind::Volume, name, &v.labels)),
+            )
+            .collect();
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok(found)
+    }
+
+    async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        state.enter(FakeCall::StopContainer {
+            container: container.to_string(),
+            grace,
+        })?;
+        let stops = state.container(container).is_some_and(|c| {
+            matches!(
+                c.state,
+                ContainerState::Running | ContainerState::Paused | ContainerState::Restarting
+            )
+        });
+        if stops {
+            state.transition(container, ContainerState::Exited { code: 0 });
         }
         Ok(())
     }
@@ -743,5 +1170,244 @@ mod tests {
             Removed::default()
         );
         assert!(engine.remove_labelled(&BTreeMap::new()).await.is_err());
+    }
+
+    /// The next event, failing the test if none comes at once.
+    async fn next_event(events: &mut EventStream) -> ContainerEvent {
+        use futures_util::StreamExt;
+        tokio::time::timeout(Duration::from_secs(1), events.next())
+            .await
+            .expect("an event")
+            .expect("stream open")
+            .expect("no stream error")
+    }
+
+    fn assert_no_event(events: &mut EventStream) {
+        use futures_util::FutureExt;
+        use futures_util::StreamExt;
+        assert!(events.next().now_or_never().is_none(), "unexpected event");
+    }
+
+    #[tokio::test]
+    async fn events_report_starts_deaths_health_and_emitted_events_by_label() {
+        let engine = FakeEngine::new();
+        let shop = BTreeMap::from([(labels::ENVIRONMENT.to_string(), "shop".to_string())]);
+        let other = BTreeMap::from([(labels::ENVIRONMENT.to_string(), "other".to_string())]);
+        let mut events = engine.events(&shop).await.expect("events");
+        let mut others = engine.events(&other).await.expect("events");
+        assert_eq!(engine.subscribers(), 2);
+
+        let e = env(vec![service("web", "web:1")]);
+        up(&engine, &e, "r1").await;
+        let name = "shop-web-r1".to_string();
+        let event = |kind| ContainerEvent {
+            container: name.clone(),
+            kind,
+        };
+        assert_eq!(next_event(&mut events).await, event(EventKind::Started));
+
+        assert!(engine.set_health(&name, Some(HealthState::Unhealthy)));
+        assert!(
+            engine.set_health(&name, Some(HealthState::Unhealthy)),
+            "no change, no event"
+        );
+        assert_eq!(
+            next_event(&mut events).await,
+            event(EventKind::Health(HealthState::Unhealthy))
+        );
+        assert!(engine.set_state(&name, ContainerState::Exited { code: 3 }));
+        assert_eq!(
+            next_event(&mut events).await,
+            event(EventKind::Died { exit_code: 3 })
+        );
+        // Started again by an idempotent run.
+        let spec = production_container(&e, &e.services[0], "r1");
+        engine.run_container(&spec).await.expect("run");
+        assert_eq!(next_event(&mut events).await, event(EventKind::Started));
+
+        engine.emit(event(EventKind::OutOfMemory));
+        assert_eq!(next_event(&mut events).await, event(EventKind::OutOfMemory));
+        // An unknown container cannot be matched by labels: everyone hears of it.
+        let ghost = ContainerEvent {
+            container: "ghost".into(),
+            kind: EventKind::Started,
+        };
+        engine.emit(ghost.clone());
+        assert_eq!(next_event(&mut events).await, ghost);
+        assert_eq!(next_event(&mut others).await, ghost);
+        assert_no_event(&mut others);
+
+        // A forced removal kills the running container.
+        engine.remove_labelled(&shop).await.expect("remove");
+        assert_eq!(
+            next_event(&mut events).await,
+            event(EventKind::Died { exit_code: 137 })
+        );
+        assert_no_event(&mut events);
+
+        drop(others);
+        engine.emit(ghost.clone());
+        assert_eq!(engine.subscribers(), 1, "a dropped stream is forgotten");
+        assert_eq!(next_event(&mut events).await, ghost);
+        engine.close_events();
+        use futures_util::StreamExt;
+        assert!(events.next().await.is_none(), "closed streams end");
+    }
+
+    #[tokio::test]
+    async fn status_exec_logs_and_pause_follow_the_container() {
+        let engine = FakeEngine::new();
+        assert_eq!(engine.status("shop-web-r1").await.expect("status"), None);
+        let e = env(vec![service("web", "web:1")]);
+        up(&engine, &e, "r1").await;
+        let name = "shop-web-r1";
+        assert!(engine.set_restart_count(name, 4));
+        assert_eq!(
+            engine.status(name).await.expect("status"),
+            Some(ContainerStatus {
+                state: ContainerState::Running,
+                health: None,
+                has_healthcheck: false,
+                restart_count: 4,
+            })
+        );
+
+        let check = vec!["/bin/check".to_string(), "-q".to_string()];
+        let limit = Duration::from_secs(5);
+        assert_eq!(
+            engine.exec(name, &check, limit).await.expect("exec"),
+            ExecOutput {
+                exit_code: 0,
+                output: String::new()
+            },
+            "unscripted commands succeed silently"
+        );
+        let failing = ExecOutput {
+            exit_code: 2,
+            output: "db unreachable\n".into(),
+        };
+        engine.script_exec(name, ["/bin/check", "-q"], failing.clone());
+        assert_eq!(
+            engine.exec(name, &check, limit).await.expect("exec"),
+            failing
+        );
+        engine.fail_next(
+            FakeOp::Exec,
+            EngineError::ExecTimeout {
+                container: name.into(),
+                command: "/bin/check -q".into(),
+                limit,
+            },
+        );
+        assert!(matches!(
+            engine.exec(name, &check, limit).await,
+            Err(EngineError::ExecTimeout { .. })
+        ));
+
+        engine.set_logs(name, ["one", "two", "three"]);
+        assert_eq!(
+            engine.logs_tail(name, 2).await.expect("logs"),
+            vec!["two".to_string(), "three".to_string()]
+        );
+        assert_eq!(engine.logs_tail(name, 10).await.expect("logs").len(), 3);
+        assert!(engine.logs_tail("missing", 1).await.is_err());
+
+        engine.pause(name).await.expect("pause");
+        engine.pause(name).await.expect("pause is idempotent");
+        assert_eq!(
+            engine.status(name).await.expect("status").map(|s| s.state),
+            Some(ContainerState::Paused)
+        );
+        let err = engine.exec(name, &check, limit).await.expect_err("paused");
+        assert!(err.to_string().contains("not running"), "{err}");
+        engine.unpause(name).await.expect("unpause");
+        engine.unpause(name).await.expect("unpause is idempotent");
+        assert!(engine.container(name).expect("exists").state.is_running());
+
+        engine
+            .stop_container(name, Duration::from_secs(1))
+            .await
+            .expect("stop");
+        assert_eq!(
+            engine.container(name).expect("exists").state,
+            ContainerState::Exited { code: 0 }
+        );
+        engine
+            .stop_container(name, Duration::from_secs(1))
+            .await
+            .expect("stopping a stopped container is fine");
+        engine
+            .stop_container("missing", Duration::ZERO)
+            .await
+            .expect("stopping a missing container is fine");
+        assert!(
+            engine.pause(name).await.is_err(),
+            "a stopped container cannot pause"
+        );
+        let err = engine.exec(name, &check, limit).await.expect_err("stopped");
+        assert!(err.to_string().contains("not running"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn copy_volume_records_the_copy_and_creates_the_target() {
+        let engine = FakeEngine::new();
+        let labels = BTreeMap::from([(labels::ROLE.to_string(), "test".to_string())]);
+        assert!(
+            engine.copy_volume("nope", "copy", &labels).await.is_err(),
+            "the source must exist"
+        );
+        assert!(engine.volumes().is_empty());
+        engine
+            .ensure_volume("data", &BTreeMap::new())
+            .await
+            .expect("volume");
+        engine
+            .copy_volume("data", "copy", &labels)
+            .await
+            .expect("copy");
+        engine
+            .copy_volume("data", "copy", &BTreeMap::new())
+            .await
+            .expect("again");
+        assert_eq!(engine.volumes()["copy"].labels, labels);
+        assert_eq!(
+            engine.copies(),
+            vec![
+                ("data".to_string(), "copy".to_string()),
+                ("data".to_string(), "copy".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn list_labelled_finds_containers_networks_and_volumes() {
+        let engine = FakeEngine::new();
+        let e = env(vec![service("web", "web:1")]);
+        let labels = base_labels(&e, Role::Production, "r1");
+        engine
+            .ensure_volume("shop-web-data", &labels)
+            .await
+            .expect("volume");
+        engine
+            .ensure_volume("unrelated", &BTreeMap::new())
+            .await
+            .expect("volume");
+        up(&engine, &e, "r1").await;
+        let selector = BTreeMap::from([(labels::ENVIRONMENT.to_string(), "shop".to_string())]);
+        let found = engine.list_labelled(&selector).await.expect("list");
+        let kinds: Vec<(ObjectKind, &str)> =
+            found.iter().map(|o| (o.kind, o.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ObjectKind::Container, "shop-web-r1"),
+                (ObjectKind::Network, "rollout-shop"),
+                (ObjectKind::Volume, "shop-web-data"),
+            ]
+        );
+        assert_eq!(found[1].labels, labels);
+        assert_eq!(found[0].labels[labels::SERVICE], "web");
+        let none = BTreeMap::from([(labels::ENVIRONMENT.to_string(), "x".to_string())]);
+        assert!(engine.list_labelled(&none).await.expect("list").is_empty());
     }
 }

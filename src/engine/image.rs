@@ -256,6 +256,31 @@ pub fn busybox_context(
     })
 }
 
+/// The helper image rollout runs short-lived utility containers from (volume copies), built
+/// locally from [`util_context`] when the engine lacks it. One tag per rollout version.
+pub const UTIL_IMAGE: &str = concat!("rollout-util:", env!("CARGO_PKG_VERSION"));
+
+/// Applets the utility image links into `/bin` beyond the usual ones.
+const UTIL_APPLETS: &[&str] = &["cp", "mkdir", "rm", "tar"];
+
+/// The build context of [`UTIL_IMAGE`]: busybox with the file tools a helper container needs.
+/// It has no `CMD`: every helper container names its command.
+pub fn util_context() -> io::Result<BuildContext> {
+    // No LABEL: a container inherits its image's labels, and helper containers carry only the
+    // labels they are given.
+    let mut context = busybox_context("", Vec::new())?;
+    for applet in UTIL_APPLETS {
+        let path = format!("bin/{applet}");
+        if !context.symlinks.iter().any(|l| l.path == path) {
+            context.symlinks.push(ContextLink {
+                path,
+                target: "busybox".to_string(),
+            });
+        }
+    }
+    Ok(context)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +438,25 @@ mod tests {
                 .iter()
                 .any(|l| l.path == "bin/sh" && l.target == "busybox")
         );
+    }
+
+    #[test]
+    fn util_context_links_the_file_tools() {
+        let ctx = util_context().expect("busybox-static is required to test rollout");
+        assert!(
+            ctx.dockerfile
+                .starts_with("FROM scratch\nCOPY bin/ /bin/\n")
+        );
+        assert!(!ctx.dockerfile.contains("CMD"));
+        for applet in ["sh", "cp", "tar"] {
+            assert!(
+                ctx.symlinks
+                    .iter()
+                    .any(|l| l.path == format!("bin/{applet}") && l.target == "busybox"),
+                "{applet}"
+            );
+        }
+        assert!(UTIL_IMAGE.starts_with("rollout-util:"));
+        assert!(UTIL_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
     }
 }

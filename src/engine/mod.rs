@@ -266,7 +266,7 @@ pub struct LabelledObject {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("`{command}` in `{container}` did not finish within {}s", limit.as_secs())]
+    #[error("`{command}` in `{container}` did not finish within {}", crate::manifest::duration::format(*limit))]
     ExecTimeout {
         container: String,
         command: String,

@@ -180,7 +180,7 @@ async fn run_checks(
             if cancel.is_cancelled() {
                 break;
             }
-            let r = check::health(target, svc).await;
+            let r = check::redact(check::health(target, svc).await, env);
             report_check(progress, &r);
             results.push(r);
         }
@@ -190,7 +190,7 @@ async fn run_checks(
         if cancel.is_cancelled() {
             break;
         }
-        let r = check::run(target, c).await;
+        let r = check::redact(check::run(target, c).await, env);
         report_check(progress, &r);
         results.push(r);
     }

@@ -97,7 +97,7 @@ impl RunReport {
             client: env.client.clone(),
             playbook: playbook.name.clone(),
             started: now.to_string(),
-            user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            user: current_user(),
             outcome: Outcome::Running,
             elapsed_ms: 0,
             steps: Vec::new(),
@@ -200,4 +200,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Who runs rollout: `$USER`, else `$LOGNAME`, else the numeric uid.
+pub fn current_user() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
+        });
+    format!("uid {}", uid.unwrap_or_else(|| "unknown".into()))
 }

@@ -532,14 +532,8 @@ fn resolve_check(c: &mut Checker<'_>, ch: &Spanned<RawCheck>, refs: &mut Vec<Ser
                 .map(|(k, v)| (k.value.to_ascii_lowercase(), v.value.0.clone()))
                 .collect();
             let json = h.expect_json.as_ref().map(|j| {
-                if !j.value.path.value.starts_with('$') {
-                    c.error(
-                        pos(&j.value.path),
-                        format!(
-                            "JSON path `{}` must start with `$` (e.g. `$.status`)",
-                            j.value.path.value
-                        ),
-                    );
+                if let Err(e) = crate::check::json_path::parse(&j.value.path.value) {
+                    c.error(pos(&j.value.path), format!("invalid JSON path: {e}"));
                 }
                 (j.value.path.value.clone(), j.value.equals.clone())
             });

@@ -187,9 +187,9 @@ pub struct RawFreeze {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub enum RawStep {
     TestEnv(RawTestEnv),
-    Smoke(RawSmoke),
+    Smoke(Box<RawSmoke>),
     Approve(RawApprove),
-    Canary(RawCanary),
+    Canary(Box<RawCanary>),
     Promote(RawPromote),
 }
 
@@ -247,9 +247,9 @@ pub struct RawPromote {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub enum RawCheck {
-    Http(RawHttpCheck),
-    Tcp(RawTcpCheck),
-    Exec(RawExecCheck),
+    Http(Box<RawHttpCheck>),
+    Tcp(Box<RawTcpCheck>),
+    Exec(Box<RawExecCheck>),
 }
 
 #[derive(Debug, Deserialize)]

@@ -454,3 +454,151 @@ fn diff(have: &ServiceSnapshot, want: &ServiceSnapshot) -> Vec<Change> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::FakeEngine;
+    use crate::engine::spec::{base_labels, production_container, production_network};
+    use crate::engine::{ContainerState, Engine, Role};
+    use crate::manifest::source::Source;
+    use crate::manifest::{env, yaml};
+
+    fn environment(yaml_text: &str, secret: &str) -> Environment {
+        let src = Source::new("shop.yaml", yaml_text);
+        let raw = yaml::parse(&src, "a manifest").expect("parses");
+        env::resolve(&src, raw, &|_| Some(secret.to_string())).expect("resolves")
+    }
+
+    const SHOP: &str = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  web:\n    image: web:1\n    env: { MODE: fast }\n    secrets: { KEY: { fromEnv: K } }\n    ports: [ { name: http, container: 8080, public: 18080 } ]\n    dependsOn: [db]\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n    managedBy: { thirdParty: hosting-co }\n";
+
+    /// Runs `env` on the fake engine as production, as a promotion would leave it.
+    async fn running(env: &Environment) -> FakeEngine {
+        let engine = FakeEngine::new();
+        engine
+            .ensure_network(
+                &production_network(&env.name),
+                &base_labels(env, Role::Production, "r1"),
+            )
+            .await
+            .unwrap();
+        for s in &env.services {
+            engine
+                .run_container(&production_container(env, s, "r1"))
+                .await
+                .unwrap();
+        }
+        engine
+    }
+
+    #[tokio::test]
+    async fn nothing_runs_so_everything_is_created_with_its_gates() {
+        let env = environment(SHOP, "s1");
+        let observed = FakeEngine::new().observe("shop").await.unwrap();
+        let pb = Playbook::builtin_default();
+        let plan = compute(&env, &observed, &pb);
+        assert!(plan.has_changes());
+        assert_eq!(plan.count(Action::Create), 2);
+        assert_eq!(
+            plan.gates,
+            vec![Gate::ThirdParty {
+                party: "hosting-co".into(),
+                services: vec!["db".into()]
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn what_runs_as_declared_is_unchanged() {
+        let env = environment(SHOP, "s1");
+        let engine = running(&env).await;
+        let plan = compute(
+            &env,
+            &engine.observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        assert!(!plan.has_changes(), "{plan:?}");
+        assert!(plan.steps.is_empty() && plan.gates.is_empty() && plan.warnings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_change_is_reported_and_secrets_only_as_changed() {
+        let env = environment(SHOP, "old-secret");
+        let engine = running(&env).await;
+        let next = SHOP
+            .replace("web:1", "web:2")
+            .replace("MODE: fast", "MODE: safe, EXTRA: x")
+            .replace("container: 8080", "container: 8081");
+        let desired = environment(&next, "new-secret");
+        let plan = compute(
+            &desired,
+            &engine.observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        let web = plan.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.action, Action::Update);
+        assert!(web.changes.contains(&Change::Image {
+            from: "web:1".into(),
+            to: "web:2".into()
+        }));
+        assert!(web.changes.contains(&Change::EnvChanged {
+            key: "MODE".into(),
+            from: "fast".into(),
+            to: "safe".into()
+        }));
+        assert!(web.changes.contains(&Change::EnvAdded {
+            key: "EXTRA".into(),
+            value: "x".into()
+        }));
+        assert!(
+            web.changes
+                .contains(&Change::SecretChanged { key: "KEY".into() })
+        );
+        assert!(
+            web.changes
+                .iter()
+                .any(|c| matches!(c, Change::PortChanged { .. }))
+        );
+        let db = plan.services.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!(db.action, Action::Unchanged);
+        // The third party's service is unchanged: no authorization is needed.
+        assert!(plan.gates.is_empty(), "{:?}", plan.gates);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(!json.contains("old-secret") && !json.contains("new-secret"));
+        let text = render::text(&plan, render::Paint { color: false });
+        assert!(!text.contains("old-secret") && !text.contains("new-secret"));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_service_is_restarted_and_a_removed_one_removed() {
+        let env = environment(SHOP, "s");
+        let engine = running(&env).await;
+        assert!(engine.set_state("shop-db-r1", ContainerState::Exited { code: 137 }));
+        let plan = compute(
+            &env,
+            &engine.observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        let db = plan.services.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!(db.action, Action::Restart);
+        assert_eq!(
+            db.changes,
+            vec![Change::NotRunning {
+                state: "exited (137)".into()
+            }]
+        );
+        assert!(plan.warnings.iter().any(|w| w.contains("`db` is stateful")));
+
+        let only_db = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n    managedBy: { thirdParty: hosting-co }\n";
+        let plan = compute(
+            &environment(only_db, "s"),
+            &engine.observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        assert!(
+            plan.services
+                .iter()
+                .any(|s| s.name == "web" && s.action == Action::Remove)
+        );
+    }
+}

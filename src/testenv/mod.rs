@@ -71,7 +71,7 @@ pub enum TestEnvError {
     },
     #[error("{service} ran out of memory while the test version came up{}", log_text(.logs))]
     OutOfMemory { service: String, logs: Vec<String> },
-    #[error("{service} did not become healthy within {}s: {reason}{}", .waited.as_secs(), log_text(.logs))]
+    #[error("{service} did not become healthy within {}: {reason}{}", crate::progress::seconds(*.waited), log_text(.logs))]
     Unhealthy {
         service: String,
         waited: Duration,
