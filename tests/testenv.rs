@@ -145,11 +145,14 @@ fn three_services_come_up_healthy_in_order_and_go_away() {
         );
     }
     // Dependency order: each service started after the one it depends on.
-    let started = |svc: &str| inspect(&names[svc], "{{.State.StartedAt}}");
-    assert!(
-        started("db") < started("api") && started("api") < started("web"),
-        "db < api < web"
-    );
+    // Parsed: Docker trims trailing zeros of the fraction, so the strings do not sort.
+    let started = |svc: &str| -> jiff::Timestamp {
+        inspect(&names[svc], "{{.State.StartedAt}}")
+            .parse()
+            .expect("timestamp")
+    };
+    let (db, api, web) = (started("db"), started("api"), started("web"));
+    assert!(db < api && api < web, "db {db} < api {api} < web {web}");
     // Names resolve inside the copy exactly as in production: `api` is the test version's api.
     let status = docker_exec(
         &names["web"],
