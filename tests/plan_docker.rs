@@ -2,10 +2,7 @@
 //! (exit 2); once they run with rollout's labels the plan is empty (exit 0); every kind of
 //! change is reported, secret values never.
 
-use rollout::engine::spec::{
-    base_labels, production_container, production_network, production_volume,
-};
-use rollout::engine::{Engine, Role};
+use rollout::engine::spec::production_container;
 use rollout::manifest::env::Environment;
 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
@@ -48,31 +45,7 @@ const PLAYBOOK: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: standard\n
 /// as a promotion would.
 async fn start_production(project: &Project, secret: &str) -> Environment {
     let lookup = |v: &str| (v == "T_SESSION_KEY").then(|| secret.to_string());
-    let loaded = rollout::project::Project::open(project.path())
-        .expect("open")
-        .environment(None, None, &lookup)
-        .expect("environment");
-    let env = loaded.environment;
-    let engine = engine().await;
-    let run = "r1";
-    let labels = base_labels(&env, Role::Production, run);
-    engine
-        .ensure_network(&production_network(&env.name), &labels)
-        .await
-        .expect("network");
-    for svc in &env.services {
-        for v in &svc.volumes {
-            engine
-                .ensure_volume(&production_volume(&env.name, &svc.name, &v.name), &labels)
-                .await
-                .expect("volume");
-        }
-        engine
-            .run_container(&production_container(&env, svc, run))
-            .await
-            .expect("run container");
-    }
-    env
+    crate::support::docker::start_production(project.path(), "r1", &lookup).await
 }
 
 #[test]

@@ -196,33 +196,8 @@ async fn production_with_data(
     project: &Project,
     marker: &str,
 ) -> rollout::manifest::env::Environment {
-    use rollout::engine::Role;
-    use rollout::engine::spec::{
-        base_labels, production_container, production_network, production_volume,
-    };
-    let loaded = rollout::project::Project::open(project.path())
-        .expect("open")
-        .environment(None, None, &|_| None)
-        .expect("env");
-    let env = loaded.environment;
+    let env = crate::support::docker::start_production(project.path(), "p1", &|_| None).await;
     let engine = engine().await;
-    let labels = base_labels(&env, Role::Production, "p1");
-    engine
-        .ensure_network(&production_network(&env.name), &labels)
-        .await
-        .expect("network");
-    for svc in &env.services {
-        for v in &svc.volumes {
-            engine
-                .ensure_volume(&production_volume(&env.name, &svc.name, &v.name), &labels)
-                .await
-                .expect("volume");
-        }
-        engine
-            .run_container(&production_container(&env, svc, "p1"))
-            .await
-            .expect("run");
-    }
     let db = format!("{}-db-p1", env.name);
     let wrote = engine
         .exec(

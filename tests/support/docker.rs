@@ -49,3 +49,41 @@ impl Drop for Cleanup {
         .join();
     }
 }
+
+/// Starts every service of the project's environment as production through the engine seam,
+/// with the labels, as a promotion would leave it (run id `run`). Secrets come from `lookup`.
+pub async fn start_production(
+    project: &std::path::Path,
+    run: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> rollout::manifest::env::Environment {
+    use rollout::engine::Role;
+    use rollout::engine::spec::{
+        base_labels, production_container, production_network, production_volume,
+    };
+    let env = rollout::project::Project::open(project)
+        .expect("open")
+        .environment(None, None, lookup)
+        .expect("environment")
+        .environment;
+    let engine = engine().await;
+    let labels = base_labels(&env, Role::Production, run);
+    engine
+        .ensure_network(&production_network(&env.name), &labels)
+        .await
+        .expect("network");
+    for svc in &env.services {
+        for v in &svc.volumes {
+            let volume = production_volume(&env.name, &svc.name, &v.name);
+            engine
+                .ensure_volume(&volume, &labels)
+                .await
+                .expect("volume");
+        }
+        engine
+            .run_container(&production_container(&env, svc, run))
+            .await
+            .expect("run container");
+    }
+    env
+}
