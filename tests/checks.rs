@@ -598,6 +598,8 @@ async fn checks_against_a_container_on_the_real_engine() {
         probe_ports: vec![8080, 9000],
         volumes: Vec::new(),
         healthcheck: None,
+        publish: Vec::new(),
+        restart: rollout::engine::spec::Restart::Never,
     };
     engine.run_container(&spec).await.expect("run");
 

@@ -271,6 +271,36 @@ async fn runs_observes_probes_and_removes_an_environment() {
             Outcome::Unchanged
         );
     }
+    // Production containers come back after a crash or an engine restart, and each has an
+    // address on the environment's network (what the edge proxy forwards to).
+    for spec in &specs {
+        let policy = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.HostConfig.RestartPolicy.Name}}",
+                &spec.name,
+            ])
+            .output()
+            .expect("docker inspect");
+        assert_eq!(
+            String::from_utf8_lossy(&policy.stdout).trim(),
+            "unless-stopped"
+        );
+        let ip = engine
+            .address(&spec.name, &network)
+            .await
+            .expect("address")
+            .expect("on the network");
+        assert!(ip.is_ipv4() && !ip.is_loopback(), "{ip}");
+        assert_eq!(
+            engine
+                .address(&spec.name, "no-such-network")
+                .await
+                .expect("address"),
+            None
+        );
+    }
 
     // Read back from labels alone.
     let observed = engine.observe(&name).await.expect("observe");
@@ -483,6 +513,8 @@ impl Fixture {
             probe_ports: vec![],
             volumes: vec![],
             healthcheck: None,
+            publish: Vec::new(),
+            restart: rollout::engine::spec::Restart::Never,
         }
     }
 

@@ -573,6 +573,8 @@ mod tests {
             probe_ports: Vec::new(),
             volumes: Vec::new(),
             healthcheck: None,
+            publish: Vec::new(),
+            restart: crate::engine::spec::Restart::Never,
         }
     }
 

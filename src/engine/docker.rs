@@ -18,7 +18,8 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
     EventMessage, EventMessageTypeEnum, HealthConfig, HealthStatusEnum, HostConfig, Mount,
-    MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
+    MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
@@ -185,25 +186,36 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             EnvValue::Secret(s) => format!("{k}={}", s.expose()),
         })
         .collect();
-    let port_keys: Vec<String> = spec
-        .probe_ports
-        .iter()
-        .map(|p| format!("{p}/tcp"))
-        .collect();
-    let port_bindings = port_keys
-        .iter()
-        .map(|key| {
-            (
-                key.clone(),
-                // Loopback only: probe ports are for rollout on this host, never the outside.
-                // An empty host port lets the engine pick a free one.
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".to_string()),
-                    host_port: Some(String::new()),
-                }]),
-            )
-        })
-        .collect();
+    let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+    for p in &spec.probe_ports {
+        // Loopback only: probe ports are for rollout on this host, never the outside.
+        // An empty host port lets the engine pick a free one.
+        bindings
+            .entry(format!("{p}/tcp"))
+            .or_default()
+            .push(PortBinding {
+                host_ip: Some("127.0.0.1".to_string()),
+                host_port: Some(String::new()),
+            });
+    }
+    for p in &spec.publish {
+        bindings
+            .entry(format!("{}/tcp", p.container))
+            .or_default()
+            .push(PortBinding {
+                host_ip: Some(p.host_ip.clone()),
+                host_port: Some(p.host_port.to_string()),
+            });
+    }
+    let port_keys: Vec<String> = bindings.keys().cloned().collect();
+    let port_bindings = bindings.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    let restart_policy = match spec.restart {
+        crate::engine::spec::Restart::Never => None,
+        crate::engine::spec::Restart::UnlessStopped => Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+    };
     let mounts = spec
         .volumes
         .iter()
@@ -225,6 +237,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             network_mode: Some(spec.network.clone()),
             port_bindings: Some(port_bindings),
             mounts: Some(mounts),
+            restart_policy,
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
@@ -1046,6 +1059,22 @@ impl Engine for DockerEngine {
         })))
     }
 
+    async fn address(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, EngineError> {
+        let Some(inspect) = self.inspect_by_name(container).await? else {
+            return Ok(None);
+        };
+        Ok(inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok()))
+    }
+
     async fn status(&self, container: &str) -> Result<Option<ContainerStatus>, EngineError> {
         Ok(self
             .inspect_by_name(container)
@@ -1335,7 +1364,37 @@ mod tests {
             probe_ports: vec![8080],
             volumes: vec![("shop-web-data".into(), "/data".into())],
             healthcheck: None,
+            publish: Vec::new(),
+            restart: crate::engine::spec::Restart::Never,
         }
+    }
+
+    #[test]
+    fn fixed_ports_and_the_restart_policy_reach_the_engine() {
+        let mut spec = spec();
+        spec.publish = vec![crate::engine::spec::Published {
+            container: 18080,
+            host_ip: "127.0.0.1".into(),
+            host_port: 18080,
+        }];
+        spec.restart = crate::engine::spec::Restart::UnlessStopped;
+        let body = create_body(&spec);
+        let host = body.host_config.expect("host config");
+        let bindings = host.port_bindings.expect("bindings");
+        let b = bindings["18080/tcp"].as_ref().expect("binding");
+        assert_eq!(b[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(b[0].host_port.as_deref(), Some("18080"));
+        assert!(bindings.contains_key("8080/tcp"), "probe ports stay");
+        assert_eq!(
+            host.restart_policy.and_then(|r| r.name),
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        assert_eq!(
+            create_body(&super::tests::spec())
+                .host_config
+                .and_then(|h| h.restart_policy),
+            None
+        );
     }
 
     #[test]

@@ -906,6 +906,25 @@ impl Engine for FakeEngine {
         Ok(found)
     }
 
+    /// Containers get 10.0.0.N on their network, N counting from 2 in creation order.
+    async fn address(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, EngineError> {
+        let state = self.lock();
+        let mut on_network: Vec<&FakeContainer> = state
+            .containers
+            .iter()
+            .filter(|c| c.spec.network == network)
+            .collect();
+        on_network.sort_by_key(|c| (c.created, c.spec.name.clone()));
+        Ok(on_network
+            .iter()
+            .position(|c| c.spec.name == container)
+            .map(|i| std::net::IpAddr::from([10, 0, 0, (i + 2).min(254) as u8])))
+    }
+
     async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.lock();
         state.enter(FakeCall::StopContainer {

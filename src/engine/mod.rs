@@ -373,4 +373,12 @@ pub trait Engine: Send + Sync {
 
     /// Stops a container, giving it `grace` to exit; a missing or stopped container is fine.
     async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError>;
+
+    /// The container's IP address on `network`, which the edge proxy forwards to (an address, not
+    /// a name: the proxy's static binary does no DNS). `None` if it is not on that network.
+    async fn address(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> Result<Option<std::net::IpAddr>, EngineError>;
 }

@@ -32,6 +32,26 @@ pub struct ContainerSpec {
     pub volumes: Vec<(String, String)>,
     /// A health check the engine runs itself (exec probes); `None` keeps the image's HEALTHCHECK.
     pub healthcheck: Option<Health>,
+    /// Ports published on a fixed host address and port (the edge proxy's public ports).
+    pub publish: Vec<Published>,
+    pub restart: Restart,
+}
+
+/// A container port published on a fixed host address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub container: u16,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// What the engine does when a container stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Stay stopped: test versions, whose crashes must be seen, not hidden.
+    Never,
+    /// Start again after a crash or an engine restart, until rollout stops it: production.
+    UnlessStopped,
 }
 
 /// The network a production environment's services share.
@@ -90,6 +110,8 @@ pub fn production_container(env: &Environment, service: &Service, run: &str) -> 
             })
             .collect(),
         healthcheck: service.health.clone(),
+        publish: Vec::new(),
+        restart: Restart::UnlessStopped,
     }
 }
 
@@ -135,6 +157,7 @@ pub fn test_container(
     }
     spec.labels = all;
     spec.name = format!("{}-test-{run}-{}", env.name, service.name);
+    spec.restart = Restart::Never;
     spec.network = test_network(&env.name, run);
     spec.volumes = service
         .volumes
