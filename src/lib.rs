@@ -16,13 +16,17 @@ pub mod check;
 pub mod cli;
 pub mod cmd;
 pub mod demo;
+pub mod edge;
 pub mod engine;
 pub mod exec;
+pub mod gate;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod project;
+pub mod proxy;
 pub mod run_id;
+pub mod store;
 pub mod testenv;
 
 use std::process::ExitCode;

@@ -10,4 +10,8 @@ mod cli;
 mod engine_docker;
 mod plan_docker;
 mod playbooks;
+mod promote;
+mod proxy;
+mod proxy_container;
+mod store;
 mod testenv;

@@ -122,12 +122,10 @@ pub struct PromoteArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// Wait up to this long for another run's lock instead of refusing (e.g. 5m).
-    #[arg(long, value_name = "DURATION")]
-    pub wait: Option<String>,
     /// Override the change window; needs --reason and is recorded.
     #[arg(long, requires = "reason")]
     pub emergency: bool,
+    /// Why this change: recorded in the revision and the report.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
@@ -236,12 +234,19 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Admin API address (loopback only).
+    /// Admin API address. It has no authentication: keep it on loopback, or (in the proxy's
+    /// container) bind 0.0.0.0 and publish it on 127.0.0.1 only.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7481")]
     pub admin: String,
     /// Where the routing table is kept.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/rollout-proxy")]
     pub state: PathBuf,
+    /// The address public ports are bound on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// On SIGTERM/SIGINT, how long in-flight requests get to finish (e.g. 10s).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub drain: String,
 }
 
 #[derive(Debug, Args)]

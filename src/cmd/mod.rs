@@ -2,8 +2,13 @@
 //! `lib::run` prints once.
 
 pub mod demo;
+pub mod history;
 pub mod plan;
+pub mod promote;
+pub mod proxy;
 pub mod rehearse;
+pub mod rollback;
+pub mod status;
 pub mod test_env;
 
 use anyhow::Context;
@@ -24,15 +29,15 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Plan(args) => plan::run(&dir, args, printer).await,
         Command::Demo(args) => demo::run(&dir, args, printer).await,
-        Command::Promote(_) => not_built("promote", "zero-downtime promotion (issue #4)"),
-        Command::Rollback(_) => not_built("rollback", "zero-downtime promotion (issue #4)"),
-        Command::Status(_) => not_built("status", "zero-downtime promotion (issue #4)"),
-        Command::History(_) => not_built("history", "zero-downtime promotion (issue #4)"),
+        Command::Promote(args) => promote::run(&dir, args, printer).await,
+        Command::Rollback(args) => rollback::run(&dir, args, printer).await,
+        Command::Status(args) => status::run(&dir, args, printer).await,
+        Command::History(args) => history::run(&dir, args, printer).await,
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(_) => not_built("approve", "change accountability (issue #6)"),
         Command::Report(_) => not_built("report", "change accountability (issue #6)"),
-        Command::Proxy(_) => not_built("proxy", "the edge proxy (issue #4)"),
+        Command::Proxy(args) => proxy::run(args, printer).await,
         Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),
     }
 }

@@ -50,16 +50,7 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     if json {
         printer.json(&report)?;
     } else {
-        let verdict = match &report.outcome {
-            exec::report::Outcome::Passed => printer.paint().green("passed"),
-            exec::report::Outcome::Failed { reason } => {
-                printer.paint().red(&format!("failed: {reason}"))
-            }
-            exec::report::Outcome::Cancelled { reason } => {
-                printer.paint().red(&format!("cancelled: {reason}"))
-            }
-            exec::report::Outcome::Running => "still running".into(),
-        };
+        let verdict = report.outcome.summary(printer.paint());
         printer.out(&format!(
             "Rehearsal {run} {verdict} in {:.1}s",
             report.elapsed_ms as f64 / 1000.0

@@ -1059,6 +1059,22 @@ impl Engine for DockerEngine {
         })))
     }
 
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        self.remove_container_if_any(container).await
+    }
+
+    async fn start_container(&self, container: &str) -> Result<(), EngineError> {
+        self.start(container).await
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        match call(self.docker.inspect_image(image)).await {
+            Ok(_) => Ok(true),
+            Err(f) if f.is_not_found() => Ok(false),
+            Err(f) => Err(f.call("inspect image", image)),
+        }
+    }
+
     async fn address(
         &self,
         container: &str,

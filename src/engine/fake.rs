@@ -906,6 +906,32 @@ impl Engine for FakeEngine {
         Ok(found)
     }
 
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        self.lock().containers.retain(|c| c.spec.name != container);
+        Ok(())
+    }
+
+    async fn start_container(&self, container: &str) -> Result<(), EngineError> {
+        if self.set_state(container, ContainerState::Running) {
+            Ok(())
+        } else {
+            Err(EngineError::Call {
+                action: "start container",
+                object: container.to_string(),
+                reason: "no such container".into(),
+            })
+        }
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        let state = self.lock();
+        Ok(state
+            .images
+            .as_ref()
+            .is_none_or(|known| known.contains(image))
+            || state.builds.iter().any(|(tag, _)| tag == image))
+    }
+
     /// Containers get 10.0.0.N on their network, N counting from 2 in creation order.
     async fn address(
         &self,

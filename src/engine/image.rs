@@ -159,7 +159,7 @@ pub fn busybox_binary() -> io::Result<Vec<u8>> {
 
 /// `Some(true)` for an ELF with no `PT_INTERP` program header, `Some(false)` for one with it,
 /// `None` for anything that is not a well-formed ELF.
-fn elf_is_static(bytes: &[u8]) -> Option<bool> {
+pub fn elf_is_static(bytes: &[u8]) -> Option<bool> {
     const PT_INTERP: u32 = 3;
     if bytes.get(..4)? != b"\x7fELF" {
         return None;
@@ -279,6 +279,54 @@ pub fn util_context() -> io::Result<BuildContext> {
         }
     }
     Ok(context)
+}
+
+/// Where the edge proxy keeps its routing table inside its container.
+pub const PROXY_STATE_DIR: &str = "/state";
+/// The edge proxy's admin port inside its container.
+pub const PROXY_ADMIN_PORT: u16 = 7481;
+
+/// The edge proxy's image tag for this version of rollout.
+pub fn proxy_image() -> String {
+    format!("rollout-proxy:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// rollout's own binary, statically linked, for the proxy image: `$ROLLOUT_STATIC_BINARY` if set,
+/// else the running executable if it is static. A dynamically linked build cannot run in a
+/// `FROM scratch` image, so it is refused with how to make a static one.
+pub fn static_rollout_binary() -> io::Result<Vec<u8>> {
+    let path = std::env::var_os("ROLLOUT_STATIC_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(std::env::current_exe()?);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+    match elf_is_static(&bytes) {
+        Some(true) => Ok(bytes),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a statically linked rollout, which the edge proxy's FROM scratch image needs: build one with scripts/build-static.sh and point ROLLOUT_STATIC_BINARY at it",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The edge proxy's image: rollout's static binary alone, running `rollout proxy`. The admin API
+/// binds 0.0.0.0 inside the container's own network namespace and is published on 127.0.0.1 only.
+pub fn proxy_context(binary: Vec<u8>) -> BuildContext {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY rollout /rollout\nVOLUME {PROXY_STATE_DIR}\nEXPOSE {PROXY_ADMIN_PORT}\nENTRYPOINT [\"/rollout\", \"proxy\", \"--admin\", \"0.0.0.0:{PROXY_ADMIN_PORT}\", \"--state\", \"{PROXY_STATE_DIR}\", \"--bind\", \"0.0.0.0\"]\n"
+    );
+    BuildContext {
+        dockerfile,
+        files: vec![ContextFile {
+            path: "rollout".into(),
+            mode: 0o755,
+            contents: binary,
+        }],
+        symlinks: Vec::new(),
+    }
 }
 
 #[cfg(test)]

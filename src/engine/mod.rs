@@ -374,6 +374,16 @@ pub trait Engine: Send + Sync {
     /// Stops a container, giving it `grace` to exit; a missing or stopped container is fine.
     async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError>;
 
+    /// Removes one container (not its named volumes); a missing one is fine.
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError>;
+
+    /// Starts an existing, stopped container again (a stateful service put back after a failed
+    /// stop-start update).
+    async fn start_container(&self, container: &str) -> Result<(), EngineError>;
+
+    /// Whether an image of that tag is on the engine.
+    async fn has_image(&self, image: &str) -> Result<bool, EngineError>;
+
     /// The container's IP address on `network`, which the edge proxy forwards to (an address, not
     /// a name: the proxy's static binary does no DNS). `None` if it is not on that network.
     async fn address(

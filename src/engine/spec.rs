@@ -171,3 +171,87 @@ pub fn test_container(
         .collect();
     spec
 }
+
+/// The edge proxy container of an environment.
+pub fn proxy_name(env: &str) -> String {
+    format!("rollout-proxy-{env}")
+}
+
+/// The edge proxy of `env`: on the environment's network (it forwards to container addresses
+/// there), holding every public port on `bind_ip`, its admin port published on 127.0.0.1 only,
+/// its routing table on a volume, restarted by the engine unless stopped.
+pub fn proxy_container(env: &Environment, run: &str, bind_ip: &str) -> ContainerSpec {
+    use super::image::{PROXY_ADMIN_PORT, PROXY_STATE_DIR, proxy_image};
+    let name = proxy_name(&env.name);
+    ContainerSpec {
+        name: name.clone(),
+        image: proxy_image(),
+        command: None,
+        env: BTreeMap::new(),
+        labels: base_labels(env, Role::Proxy, run),
+        network: production_network(&env.name),
+        aliases: Vec::new(),
+        probe_ports: vec![PROXY_ADMIN_PORT],
+        volumes: vec![(format!("{name}-state"), PROXY_STATE_DIR.to_string())],
+        healthcheck: None,
+        publish: env
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().filter_map(|p| p.public))
+            .map(|public| Published {
+                container: public,
+                host_ip: bind_ip.to_string(),
+                host_port: public,
+            })
+            .collect(),
+        restart: Restart::UnlessStopped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::source::Source;
+    use crate::manifest::{env, yaml};
+
+    fn shop() -> Environment {
+        let text = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  web:\n    image: web:1\n    ports: [ { name: http, container: 8080, public: 18080 }, { name: admin, container: 9090 } ]\n  db:\n    image: db:1\n    ports: [ { container: 5432, public: 15432, protocol: tcp } ]\n";
+        let src = Source::new("shop.yaml", text);
+        env::resolve(&src, yaml::parse(&src, "m").unwrap(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_holds_every_public_port_and_nothing_else() {
+        let spec = proxy_container(&shop(), "r1", "127.0.0.1");
+        assert_eq!(spec.name, "rollout-proxy-shop");
+        let mut ports: Vec<u16> = spec.publish.iter().map(|p| p.host_port).collect();
+        ports.sort();
+        assert_eq!(ports, [15432, 18080]);
+        assert!(
+            spec.publish
+                .iter()
+                .all(|p| p.host_ip == "127.0.0.1" && p.container == p.host_port)
+        );
+        assert_eq!(spec.probe_ports, [crate::engine::image::PROXY_ADMIN_PORT]);
+        assert_eq!(spec.labels[labels::ROLE], "proxy");
+        assert_eq!(spec.restart, Restart::UnlessStopped);
+        assert_eq!(spec.network, "rollout-shop");
+    }
+
+    #[test]
+    fn test_versions_never_restart_and_production_does() {
+        let env = shop();
+        let svc = env.service("web").unwrap();
+        assert_eq!(
+            production_container(&env, svc, "r1").restart,
+            Restart::UnlessStopped
+        );
+        let labels = test_labels(&env, "t1", jiff::Timestamp::UNIX_EPOCH, None);
+        let t = test_container(&env, svc, "t1", &labels);
+        assert_eq!(t.restart, Restart::Never);
+        assert_eq!(t.name, "shop-test-t1-web");
+        assert_eq!(t.network, "shop-test-t1");
+        assert_eq!(t.aliases, ["web"]);
+        assert_eq!(t.labels[labels::ROLE], "test");
+    }
+}

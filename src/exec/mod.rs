@@ -4,6 +4,8 @@
 //! Rehearsals run every step against a test version only: steps aimed at production (and gates,
 //! which only matter before production is touched) are reported "skipped in rehearsal".
 
+pub mod health;
+pub mod promote;
 pub mod report;
 
 use std::time::{Duration, Instant};

@@ -13,6 +13,8 @@ use crate::manifest::playbook::Playbook;
 #[serde(rename_all = "camelCase")]
 pub enum RunKind {
     Rehearsal,
+    Promotion,
+    Rollback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,8 +22,37 @@ pub enum RunKind {
 pub enum Outcome {
     Running,
     Passed,
-    Failed { reason: String },
-    Cancelled { reason: String },
+    Failed {
+        reason: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    /// Production changed to the new version.
+    Promoted,
+    /// Something failed after production was touched; it was put back.
+    RolledBack {
+        reason: String,
+    },
+    /// A gate was closed (window, approval, authorization): nothing was touched.
+    Refused {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// One line for a person, coloured by how it went.
+    pub fn summary(&self, paint: crate::plan::render::Paint) -> String {
+        match self {
+            Outcome::Running => "still running".into(),
+            Outcome::Passed => paint.green("passed"),
+            Outcome::Promoted => paint.green("promoted"),
+            Outcome::Failed { reason } => paint.red(&format!("failed: {reason}")),
+            Outcome::Cancelled { reason } => paint.red(&format!("cancelled: {reason}")),
+            Outcome::RolledBack { reason } => paint.red(&format!("rolled back: {reason}")),
+            Outcome::Refused { reason } => paint.yellow(&format!("refused: {reason}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,13 +137,18 @@ impl RunReport {
     }
 
     pub fn passed(&self) -> bool {
-        self.outcome == Outcome::Passed
+        matches!(self.outcome, Outcome::Passed | Outcome::Promoted)
     }
 
     /// The report as Markdown, for a person.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "# Rehearsal {} of {} (client {})\n\n- playbook: {}\n- started: {} by {}\n- outcome: **{}**\n- duration: {:.1}s\n\n## Steps\n\n| # | step | status | detail | time |\n| --- | --- | --- | --- | --- |\n",
+            "# {} {} of {} (client {})\n\n- playbook: {}\n- started: {} by {}\n- outcome: **{}**\n- duration: {:.1}s\n\n## Steps\n\n| # | step | status | detail | time |\n| --- | --- | --- | --- | --- |\n",
+            match self.kind {
+                RunKind::Rehearsal => "Rehearsal",
+                RunKind::Promotion => "Promotion",
+                RunKind::Rollback => "Rollback",
+            },
             self.run,
             self.environment,
             self.client,
@@ -124,6 +160,9 @@ impl RunReport {
                 Outcome::Passed => "passed".to_string(),
                 Outcome::Failed { reason } => format!("failed: {reason}"),
                 Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
+                Outcome::Promoted => "promoted".to_string(),
+                Outcome::RolledBack { reason } => format!("rolled back: {reason}"),
+                Outcome::Refused { reason } => format!("refused: {reason}"),
             },
             self.elapsed_ms as f64 / 1000.0
         );

@@ -29,6 +29,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// Where public ports face the outside (`0.0.0.0` by default; `127.0.0.1` keeps them local).
+    pub bind: std::net::IpAddr,
     pub admin: SocketAddr,
     pub drain: Duration,
 }
@@ -99,6 +101,7 @@ impl Default for Config {
             state: PathBuf::from(".rollout"),
             docker_host: None,
             proxy: ProxySettings {
+                bind: std::net::IpAddr::from([0, 0, 0, 0]),
                 admin: "127.0.0.1:7481".parse().expect("valid"),
                 drain: Duration::from_secs(15),
             },
@@ -135,6 +138,19 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
     let proxy = match proxy {
         None => defaults.proxy,
         Some(p) => ProxySettings {
+            bind: match &p.value.bind {
+                None => defaults.proxy.bind,
+                Some(b) => b.value.parse().unwrap_or_else(|_| {
+                    c.error(
+                        pos(b),
+                        format!(
+                            "`{}` is not an IP address; expected e.g. 0.0.0.0 or 127.0.0.1",
+                            b.value
+                        ),
+                    );
+                    defaults.proxy.bind
+                }),
+            },
             admin: p
                 .value
                 .admin

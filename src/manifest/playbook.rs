@@ -276,6 +276,20 @@ impl Playbook {
         }
     }
 
+    /// A playbook of one `promote` step, for rollbacks: what they put back already ran.
+    pub fn switch_only(name: String) -> Self {
+        Playbook {
+            name,
+            source: None,
+            window: None,
+            steps: vec![Step::Promote {
+                drain: DEFAULT_DRAIN,
+            }],
+            on_failure: OnFailure::Rollback,
+            refs: Vec::new(),
+        }
+    }
+
     pub fn is_builtin(&self) -> bool {
         self.source.is_none()
     }

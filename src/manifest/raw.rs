@@ -337,6 +337,8 @@ pub struct RawDocker {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawProxy {
     #[serde(default)]
+    pub bind: Option<Spanned<String>>,
+    #[serde(default)]
     pub admin: Option<Spanned<String>>,
     #[serde(default)]
     pub drain: Option<Spanned<Text>>,

@@ -1,0 +1,177 @@
+//! `rollout promote`: the plan carried out through the playbook; rolls back by itself on any
+//! failure. Exit 0 promoted or nothing to do, 1 failed (and put back), 3 refused by a gate.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cli::output::Printer;
+use crate::cli::{ExitStatus, Format, PromoteArgs};
+use crate::engine::Engine;
+use crate::exec::promote::{self, Options};
+use crate::exec::report::{Outcome, RunKind, RunReport};
+use crate::manifest::env::Environment;
+use crate::manifest::playbook::Playbook;
+use crate::plan::{self, Plan};
+use crate::progress::Console;
+use crate::project::Project;
+use crate::store::{RunRecord, Store};
+
+pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let PromoteArgs {
+        env,
+        playbook,
+        yes,
+        emergency,
+        reason,
+        output,
+    } = args;
+    let project = Project::open(dir)?;
+    let environment = super::load_environment(&project, &env, printer)?.environment;
+    let playbook = project.playbook(playbook.as_deref(), &environment)?;
+    let engine = super::connect(&project).await?;
+    super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    let observed = engine.observe(&environment.name).await?;
+    let plan = plan::compute(&environment, &observed, &playbook);
+    let json = output == Format::Json;
+    if !plan.has_changes() {
+        if json {
+            printer.json(&serde_json::json!({ "environment": environment.name, "outcome": { "outcome": "nothingToDo" } }))?;
+        } else {
+            printer.out(&format!(
+                "Nothing to do: {} is up to date.",
+                environment.name
+            ));
+        }
+        return Ok(ExitStatus::Success);
+    }
+    if !yes {
+        confirm(&plan, printer)?;
+    }
+    let opts = Options {
+        bind: project.config.proxy.bind,
+        emergency: if emergency { reason.clone() } else { None },
+        reason,
+        kind: RunKind::Promotion,
+    };
+    execute(
+        &project,
+        engine.as_ref(),
+        &environment,
+        &playbook,
+        &plan,
+        &opts,
+        json,
+        printer,
+    )
+    .await
+}
+
+/// Asks on a terminal; refuses without one, since nobody could have read the plan.
+fn confirm(plan: &Plan, printer: Printer) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to change production without a confirmation: run `rollout plan` to review, then pass --yes"
+        );
+    }
+    printer.out(&plan::render::text(plan, printer.paint()));
+    print!("Carry out this plan on {}? [y/N] ", plan.environment);
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!("not confirmed; nothing was changed");
+    }
+    Ok(())
+}
+
+/// Runs a promotion or rollback and reports it: first line `run <id>`, progress, outcome.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn execute(
+    project: &Project,
+    engine: &dyn Engine,
+    environment: &Environment,
+    playbook: &Playbook,
+    plan: &Plan,
+    opts: &Options,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<ExitStatus> {
+    let store = Arc::new(Store::open(&project.state_dir())?);
+    let now = jiff::Timestamp::now();
+    let run = crate::run_id::new(now);
+    if !json {
+        printer.out(&format!("run {run}"));
+        let verb = if opts.kind == RunKind::Rollback {
+            "Rolling back"
+        } else {
+            "Promoting"
+        };
+        printer.out(&format!(
+            "{verb} {} with playbook {} on {}",
+            environment.name,
+            playbook.name,
+            engine.describe()
+        ));
+    }
+    let progress = Console::new(printer.paint(), json);
+    let cancel = super::cancel_on_signal(printer);
+    let report = promote::promote(
+        engine,
+        &store,
+        environment,
+        playbook,
+        plan,
+        &run,
+        now,
+        opts,
+        &progress,
+        &cancel,
+    )
+    .await;
+    save(project, &store, &report, printer);
+    if json {
+        printer.json(&report)?;
+    } else {
+        let what = if opts.kind == RunKind::Rollback {
+            "Rollback"
+        } else {
+            "Promotion"
+        };
+        printer.out(&format!(
+            "{what} {run} {} in {:.1}s",
+            report.outcome.summary(printer.paint()),
+            report.elapsed_ms as f64 / 1000.0
+        ));
+    }
+    Ok(match report.outcome {
+        Outcome::Promoted => ExitStatus::Success,
+        Outcome::Refused { .. } => ExitStatus::Refused,
+        _ => ExitStatus::Failure,
+    })
+}
+
+fn save(project: &Project, store: &Store, report: &RunReport, printer: Printer) {
+    if let Err(e) = report.save(&project.state_dir()) {
+        printer.warn(&format!("the report could not be written: {e}"));
+    }
+    let record = RunRecord {
+        run: report.run.clone(),
+        environment: report.environment.clone(),
+        kind: format!("{:?}", report.kind).to_lowercase(),
+        started: report
+            .started
+            .parse()
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+        finished: Some(jiff::Timestamp::now()),
+        user: report.user.clone(),
+        outcome: serde_json::to_value(&report.outcome)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(String::from))
+            .unwrap_or_default(),
+        report: serde_json::to_value(report).unwrap_or_default(),
+    };
+    if let Err(e) = store.record_run(&record) {
+        printer.warn(&format!("the run could not be recorded: {e}"));
+    }
+}

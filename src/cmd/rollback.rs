@@ -1,0 +1,131 @@
+//! `rollout rollback [--to REVISION]`: puts the previous (or a named) revision back, with the
+//! same blue-green switch as a promotion and no test version (what it puts back already ran).
+//! Change windows and approvals do not hold a rollback back: it undoes a change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::output::Printer;
+use crate::cli::{ExitStatus, Format, RollbackArgs};
+use crate::engine::ServiceSnapshot;
+use crate::exec::promote::Options;
+use crate::exec::report::RunKind;
+use crate::manifest::env::{Environment, Service};
+use crate::manifest::playbook::Playbook;
+use crate::plan;
+use crate::project::Project;
+use crate::store::{Revision, Store};
+
+pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let RollbackArgs { env, to, output } = args;
+    let project = Project::open(dir)?;
+    let current = super::load_environment(&project, &env, printer)?.environment;
+    let store = Store::open(&project.state_dir())?;
+    let target = match to {
+        Some(n) => store.revision(&current.name, n)?.with_context(|| {
+            format!(
+                "{} has no revision {n} (see `rollout history`)",
+                current.name
+            )
+        })?,
+        None => store.previous(&current.name)?.with_context(|| {
+            format!(
+                "{} has no previous promoted revision to go back to",
+                current.name
+            )
+        })?,
+    };
+    drop(store);
+    let desired = environment_of(&target, &current)?;
+    let engine = super::connect(&project).await?;
+    super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
+    let observed = engine.observe(&current.name).await?;
+    let playbook = Playbook::switch_only(format!("rollback to revision {}", target.number));
+    let plan = plan::compute(&desired, &observed, &playbook);
+    let json = output == Format::Json;
+    if !plan.has_changes() {
+        printer.out(&format!(
+            "Nothing to do: {} already runs revision {}.",
+            current.name, target.number
+        ));
+        return Ok(ExitStatus::Success);
+    }
+    let opts = Options {
+        bind: project.config.proxy.bind,
+        emergency: None,
+        reason: Some(format!("rollback to revision {}", target.number)),
+        kind: RunKind::Rollback,
+    };
+    super::promote::execute(
+        &project,
+        engine.as_ref(),
+        &desired,
+        &playbook,
+        &plan,
+        &opts,
+        json,
+        printer,
+    )
+    .await
+}
+
+/// The environment as revision `r` ran it: its recorded settings, with secret values read now
+/// from the sources the current manifest names (values are never stored).
+pub fn environment_of(r: &Revision, current: &Environment) -> anyhow::Result<Environment> {
+    let snapshots: BTreeMap<String, ServiceSnapshot> =
+        serde_json::from_value(r.services.clone())
+            .with_context(|| format!("revision {} records no usable settings", r.number))?;
+    let mut services = Vec::new();
+    let mut remaining: Vec<(String, ServiceSnapshot)> = snapshots.into_iter().collect();
+    // Dependency order, as a resolved environment has it.
+    while !remaining.is_empty() {
+        let ready = remaining
+            .iter()
+            .position(|(_, s)| {
+                s.depends_on
+                    .iter()
+                    .all(|d| services.iter().any(|x: &Service| &x.name == d))
+            })
+            .context("the revision's services depend on each other in a cycle")?;
+        let (name, s) = remaining.remove(ready);
+        let mut secrets = BTreeMap::new();
+        for key in &s.secret_keys {
+            let secret = current
+                .service(&name)
+                .and_then(|c| c.secrets.get(key))
+                .with_context(|| format!("revision {} of {name} uses secret {key}, which the current manifest no longer declares", r.number))?;
+            secrets.insert(key.clone(), secret.clone());
+        }
+        let ServiceSnapshot {
+            image,
+            command,
+            env,
+            secret_keys: _,
+            ports,
+            depends_on,
+            health,
+            stateful,
+            volumes,
+            managed_by,
+        } = s;
+        services.push(Service {
+            name,
+            image,
+            command,
+            env,
+            secrets,
+            ports,
+            depends_on,
+            health,
+            stateful,
+            volumes,
+            managed_by,
+        });
+    }
+    Ok(Environment {
+        services,
+        ..current.clone()
+    })
+}

@@ -1,0 +1,86 @@
+//! Waiting for a production candidate to become healthy, and noticing when it dies.
+//!
+//! Candidates start beside production one service at a time, so a short poll of the engine's
+//! state (and of the http/tcp probe from the host) is enough here; test versions, which start
+//! whole graphs, read the event stream instead.
+
+use std::time::{Duration, Instant};
+
+use crate::check::{self, Endpoint, Verdict};
+use crate::engine::{ContainerState, Engine, HealthState};
+use crate::manifest::env::{Probe, Service};
+
+const POLL: Duration = Duration::from_millis(100);
+const IMAGE_HEALTH_DEADLINE: Duration = Duration::from_secs(120);
+const NO_HEALTH_SETTLE: Duration = Duration::from_millis(500);
+
+/// Waits until `container` (running `svc`) is healthy. The error says why not, with its last logs.
+pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result<String, String> {
+    let t0 = Instant::now();
+    let deadline = match &svc.health {
+        Some(h) => h.start_period + (h.interval + h.timeout) * h.retries.max(1),
+        None => IMAGE_HEALTH_DEADLINE,
+    };
+    let mut ports = std::collections::BTreeMap::new();
+    for p in &svc.ports {
+        if let Ok(Some(host)) = engine.published_port(container, p.container).await {
+            ports.insert(p.container, host);
+        }
+    }
+    let endpoint = Endpoint {
+        container: container.to_string(),
+        ports,
+    };
+    let mut last = String::from("not checked yet");
+    loop {
+        let status = engine.status(container).await.map_err(|e| e.to_string())?;
+        let Some(status) = status else {
+            return Err(format!("{container} is gone"));
+        };
+        if let ContainerState::Exited { code } = status.state {
+            return Err(format!(
+                "{} exited with code {code}{}",
+                svc.name,
+                logs(engine, container).await
+            ));
+        }
+        if status.state == ContainerState::Running {
+            match svc.health.as_ref().map(|h| (&h.probe, h.timeout)) {
+                Some((probe @ (Probe::Http { .. } | Probe::Tcp { .. }), timeout)) => {
+                    match check::probe_once(engine, &endpoint, probe, timeout).await {
+                        Verdict::Pass { .. } => return Ok(format!("healthy ({probe})")),
+                        Verdict::Fail { reason } | Verdict::Inconclusive { reason } => {
+                            last = reason
+                        }
+                    }
+                }
+                _ if status.has_healthcheck => match status.health {
+                    Some(HealthState::Healthy) => return Ok("healthy (engine health check)".into()),
+                    other => last = format!("health is {other:?}"),
+                },
+                _ if t0.elapsed() >= NO_HEALTH_SETTLE => {
+                    return Ok("running (no health check)".into());
+                }
+                _ => {}
+            }
+        }
+        if t0.elapsed() >= deadline {
+            return Err(format!(
+                "{} did not become healthy within {}: {last}{}",
+                svc.name,
+                crate::progress::seconds(t0.elapsed()),
+                logs(engine, container).await
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn logs(engine: &dyn Engine, container: &str) -> String {
+    match engine.logs_tail(container, 10).await {
+        Ok(lines) if !lines.is_empty() => {
+            format!("\nlast log lines:\n  | {}", lines.join("\n  | "))
+        }
+        _ => String::new(),
+    }
+}

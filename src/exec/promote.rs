@@ -1,0 +1,818 @@
+//! Promotion: the playbook run against production, after its test version passed.
+//!
+//! Changed services get a candidate container beside the running one (blue-green); services
+//! with public ports are switched by the edge proxy, by weight for canary steps and wholly at
+//! `promote`, with the old version drained, not cut. Stateful services are never run twice
+//! against the same volume: they are stopped, then started at the new version. Anything that
+//! fails once production was touched puts the previous version back: the proxy routes to it
+//! again, candidates are removed, a stopped stateful container is started again. The old
+//! version's containers are removed only once the whole run has passed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::report::{Outcome, RunKind, RunReport, StepReport, StepStatus};
+use super::{first_line, run_checks, teardown};
+use crate::check::{Endpoint, Target};
+use crate::edge;
+use crate::engine::spec::{production_container, production_network, production_volume};
+use crate::engine::{ContainerState, Engine, Role, ServiceSnapshot};
+use crate::gate::window;
+use crate::manifest::env::{Environment, Service};
+use crate::manifest::playbook::{self, Analysis, Playbook, Step, Target as StepTarget};
+use crate::plan::{Action, Gate, Plan};
+use crate::progress::{Progress, Status};
+use crate::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
+use crate::proxy::stats::{StatsSnapshot, Window};
+use crate::store::{NewRevision, RevisionOutcome, Store};
+use crate::testenv::{self, TestEnv};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the edge proxy binds public ports.
+    pub bind: std::net::IpAddr,
+    /// `--emergency --reason`: go ahead outside the change window, recorded loudly.
+    pub emergency: Option<String>,
+    /// Why this change (a commit, a note), recorded in the revision.
+    pub reason: Option<String>,
+    /// A rollback: no test version, no canary; straight to the switch.
+    pub kind: RunKind,
+}
+
+/// Why the run stops: a reason, and whether production was already touched.
+struct Stop(String);
+
+/// What this run changes in production and what it has done so far, so it can be undone.
+struct Deployment<'a> {
+    engine: &'a dyn Engine,
+    env: &'a Environment,
+    run: &'a str,
+    bind: std::net::IpAddr,
+    /// Running containers per service before the run (newest first).
+    old: BTreeMap<String, Vec<String>>,
+    /// Services that get a new container, in dependency order.
+    changed: Vec<&'a Service>,
+    /// Services that run now but are no longer in the manifest.
+    removed: Vec<String>,
+    /// Candidates started so far: service -> container.
+    candidates: BTreeMap<String, String>,
+    /// Old containers of stateful services stopped for their update.
+    stopped: Vec<String>,
+    /// The proxy table was changed by this run.
+    routed: bool,
+}
+
+/// Runs `playbook` against production for the changes in `plan`.
+#[allow(clippy::too_many_arguments)]
+pub async fn promote(
+    engine: &dyn Engine,
+    store: &Arc<Store>,
+    env: &Environment,
+    playbook: &Playbook,
+    plan: &Plan,
+    run: &str,
+    now: jiff::Timestamp,
+    opts: &Options,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> RunReport {
+    let started = Instant::now();
+    let mut report = RunReport::new(opts.kind, run, env, playbook, now);
+    if let Some(reason) = refusal(playbook, plan, now, opts) {
+        report.outcome = Outcome::Refused { reason };
+        return report;
+    }
+    if let Some(r) = &opts.emergency {
+        progress.note(&format!(
+            "EMERGENCY: the change window is overridden ({r}); this is recorded in the run's report"
+        ));
+        report.steps.push(StepReport::new(
+            0,
+            "emergency override of the change window",
+            StepStatus::Ok,
+            r.clone(),
+        ));
+    }
+    let services: serde_json::Map<String, serde_json::Value> = env
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                serde_json::to_value(ServiceSnapshot::from(s)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let revision = {
+        let store = store.clone();
+        let new = NewRevision {
+            environment: env.name.clone(),
+            run: run.to_string(),
+            started: now,
+            user: report.user.clone(),
+            playbook: playbook.name.clone(),
+            reason: opts
+                .reason
+                .clone()
+                .or_else(|| opts.emergency.as_ref().map(|r| format!("emergency: {r}"))),
+            changes: serde_json::to_value(&plan.services).unwrap_or_default(),
+            services: serde_json::Value::Object(services),
+            images: env.services.iter().map(|s| s.image.clone()).collect(),
+        };
+        match store.call(move |s| s.begin_revision(new)).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.outcome = Outcome::Failed {
+                    reason: format!("the store: {e}"),
+                };
+                return report;
+            }
+        }
+    };
+    progress.note(&format!("revision {} of {}", revision.number, env.name));
+
+    let mut d = match Deployment::new(engine, env, plan, run, opts.bind).await {
+        Ok(d) => d,
+        Err(Stop(reason)) => {
+            report.outcome = Outcome::Failed { reason };
+            finish(
+                store,
+                env,
+                revision.number,
+                RevisionOutcome::Failed {
+                    reason: "could not start".into(),
+                },
+            )
+            .await;
+            return report;
+        }
+    };
+    let mut test_env: Option<TestEnv> = None;
+    let mut failed: Option<String> = None;
+    let steps: Vec<Step> = if opts.kind == RunKind::Rollback {
+        vec![Step::Promote {
+            drain: playbook::DEFAULT_DRAIN,
+        }]
+    } else {
+        playbook.steps.clone()
+    };
+    for (index, step) in steps.iter().enumerate() {
+        let description = playbook::describe(step);
+        if let Some(why) = &failed {
+            report.steps.push(StepReport::new(
+                index,
+                &description,
+                StepStatus::NotRun,
+                format!("not run: {}", first_line(why)),
+            ));
+            continue;
+        }
+        if cancel.is_cancelled() {
+            failed = Some("stopped by a signal".into());
+            continue;
+        }
+        progress.note(&format!("{}. {description}", index + 1));
+        let t0 = Instant::now();
+        let mut sr = StepReport::new(index, &description, StepStatus::Ok, String::new());
+        let result: Result<String, Stop> = match step {
+            Step::TestEnv { ttl, copy_data } => {
+                let o = testenv::Options {
+                    ttl: *ttl,
+                    copy_data: copy_data.clone(),
+                    owner: Some(testenv::owner::current()),
+                };
+                match testenv::up(engine, env, run, &o, now, progress, cancel).await {
+                    Ok(t) => {
+                        let detail = format!("test version {} is up", t.network);
+                        test_env = Some(t);
+                        Ok(detail)
+                    }
+                    Err(e) => Err(Stop(e.to_string())),
+                }
+            }
+            Step::Smoke { target, checks } => {
+                let services = match target {
+                    StepTarget::Test => test_env
+                        .as_ref()
+                        .map(|t| t.services.clone())
+                        .unwrap_or_default(),
+                    StepTarget::Production => d.production_endpoints().await,
+                };
+                let t = Target {
+                    engine,
+                    services,
+                    environment: env,
+                };
+                let results = run_checks(&t, env, checks, progress, cancel).await;
+                let failures = results.iter().filter(|r| !r.verdict.passed()).count();
+                let detail = format!(
+                    "{} of {} checks passed",
+                    results.len() - failures,
+                    results.len()
+                );
+                sr.checks = results;
+                if failures > 0 {
+                    Err(Stop(detail))
+                } else {
+                    Ok(detail)
+                }
+            }
+            Step::Approve { by } => Err(Stop(format!("approval by `{by}` is required"))),
+            Step::Canary {
+                weight,
+                hold,
+                analysis,
+            } => {
+                if d.old_public().is_empty() {
+                    sr.status = StepStatus::Skipped;
+                    Ok(
+                        "skipped: no running version of a public service to share traffic with"
+                            .into(),
+                    )
+                } else {
+                    d.canary(*weight, *hold, analysis.as_ref(), progress, cancel)
+                        .await
+                }
+            }
+            Step::Promote { drain } => d.switch(*drain, progress).await,
+        };
+        sr.elapsed_ms = t0.elapsed().as_millis() as u64;
+        match result {
+            Ok(detail) => {
+                sr.detail = detail;
+                let status = if sr.status == StepStatus::Skipped {
+                    Status::Skipped
+                } else {
+                    Status::Ok
+                };
+                progress.end(&description, status, &sr.detail, t0.elapsed());
+            }
+            Err(Stop(reason)) => {
+                sr.status = StepStatus::Failed;
+                sr.detail = reason.clone();
+                progress.end(
+                    &description,
+                    Status::Failed,
+                    &first_line(&reason),
+                    t0.elapsed(),
+                );
+                failed = Some(reason);
+            }
+        }
+        report.steps.push(sr);
+    }
+    if cancel.is_cancelled() && failed.is_none() {
+        failed = Some("stopped by a signal".into());
+    }
+    // A run must reach `promote`: a playbook that only canaries never switches production.
+    if failed.is_none() && !d.switched() {
+        failed = Some("the playbook has no promote step: production was not switched".into());
+    }
+    let touched = d.touched();
+    let outcome = match &failed {
+        None => match d.finish(progress).await {
+            Ok(()) => Outcome::Promoted,
+            Err(Stop(reason)) => Outcome::Failed {
+                reason: format!("promoted, but cleaning up the old version failed: {reason}"),
+            },
+        },
+        Some(reason) => {
+            let undone = d.undo(progress).await;
+            match (touched, undone) {
+                (false, Ok(())) if cancel.is_cancelled() => Outcome::Cancelled {
+                    reason: reason.clone(),
+                },
+                (false, Ok(())) => Outcome::Failed {
+                    reason: reason.clone(),
+                },
+                (true, Ok(())) => Outcome::RolledBack {
+                    reason: reason.clone(),
+                },
+                (_, Err(Stop(e))) => Outcome::Failed {
+                    reason: format!("{reason}; putting the previous version back failed too: {e}"),
+                },
+            }
+        }
+    };
+    if test_env.is_some()
+        || report
+            .steps
+            .iter()
+            .any(|s| s.description.starts_with("testEnv"))
+    {
+        report.teardown = Some(teardown(engine, env, run, progress).await);
+    }
+    let revision_outcome = match &outcome {
+        Outcome::Promoted => RevisionOutcome::Promoted,
+        Outcome::RolledBack { reason } => RevisionOutcome::RolledBack {
+            reason: reason.clone(),
+        },
+        Outcome::Failed { reason } | Outcome::Cancelled { reason } => RevisionOutcome::Failed {
+            reason: reason.clone(),
+        },
+        _ => RevisionOutcome::Failed {
+            reason: "unexpected outcome".into(),
+        },
+    };
+    finish(store, env, revision.number, revision_outcome).await;
+    report.outcome = outcome;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+async fn finish(store: &Arc<Store>, env: &Environment, number: u64, outcome: RevisionOutcome) {
+    let name = env.name.clone();
+    let _ = store
+        .call(move |s| s.finish_revision(&name, number, outcome, jiff::Timestamp::now()))
+        .await;
+}
+
+/// A gate that is closed before anything starts: the window, approvals, third parties.
+fn refusal(
+    playbook: &Playbook,
+    plan: &Plan,
+    now: jiff::Timestamp,
+    opts: &Options,
+) -> Option<String> {
+    if opts.kind == RunKind::Rollback {
+        return None;
+    }
+    if let (Some(w), None) = (&playbook.window, &opts.emergency) {
+        if let window::State::Closed { why, next } = window::check(w, now) {
+            let next = next
+                .map(|n| format!("; it opens next at {}", n.strftime("%a %Y-%m-%d %H:%M %Z")))
+                .unwrap_or_default();
+            return Some(format!(
+                "{why} ({} {}-{} {}){next}; use --emergency --reason TEXT to override",
+                w.days
+                    .iter()
+                    .map(|d| playbook::weekday_name(*d))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                w.from,
+                w.to,
+                w.tz
+            ));
+        }
+    }
+    for g in &plan.gates {
+        match g {
+            Gate::Approval { by } => {
+                return Some(format!(
+                    "this playbook waits for an approval by `{by}`; recorded approvals arrive with the accountability issue, so it cannot pass yet"
+                ));
+            }
+            Gate::ThirdParty { party, services } => {
+                return Some(format!(
+                    "{} managed by third party `{party}`: its recorded authorization is required",
+                    services.join(", ")
+                ));
+            }
+            Gate::Window { .. } => {}
+        }
+    }
+    None
+}
+
+impl<'a> Deployment<'a> {
+    async fn new(
+        engine: &'a dyn Engine,
+        env: &'a Environment,
+        plan: &Plan,
+        run: &'a str,
+        bind: std::net::IpAddr,
+    ) -> Result<Self, Stop> {
+        let observed = engine
+            .observe(&env.name)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        let mut old = BTreeMap::new();
+        for (name, svc) in &observed.services {
+            let mut running: Vec<_> = svc
+                .containers
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .collect();
+            running.sort_by_key(|c| std::cmp::Reverse(c.created));
+            old.insert(
+                name.clone(),
+                running.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            );
+        }
+        let changed = env
+            .services
+            .iter()
+            .filter(|s| {
+                plan.services.iter().any(|p| {
+                    p.name == s.name
+                        && matches!(p.action, Action::Create | Action::Update | Action::Restart)
+                })
+            })
+            .collect();
+        let removed = plan
+            .services
+            .iter()
+            .filter(|p| p.action == Action::Remove)
+            .map(|p| p.name.clone())
+            .collect();
+        Ok(Deployment {
+            engine,
+            env,
+            run,
+            bind,
+            old,
+            changed,
+            removed,
+            candidates: BTreeMap::new(),
+            stopped: Vec::new(),
+            routed: false,
+        })
+    }
+
+    fn touched(&self) -> bool {
+        self.routed || !self.stopped.is_empty()
+    }
+
+    fn switched(&self) -> bool {
+        self.changed
+            .iter()
+            .all(|s| self.candidates.contains_key(&s.name))
+            && (self.routed || !edge::needed(self.env))
+    }
+
+    /// Changed public services that have a running old version (the ones a canary can split).
+    fn old_public(&self) -> Vec<&'a Service> {
+        self.changed
+            .iter()
+            .copied()
+            .filter(|s| !s.stateful && s.ports.iter().any(|p| p.public.is_some()))
+            .filter(|s| self.old.get(&s.name).is_some_and(|o| !o.is_empty()))
+            .collect()
+    }
+
+    /// Starts candidates of the changed stateless services (idempotent), in dependency order.
+    async fn start_candidates(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+        let net = production_network(&self.env.name);
+        let labels = crate::engine::spec::base_labels(self.env, Role::Production, self.run);
+        self.engine
+            .ensure_network(&net, &labels)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        for svc in self.changed.clone() {
+            if svc.stateful || self.candidates.contains_key(&svc.name) {
+                continue;
+            }
+            self.start_one(svc, progress).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_one(&mut self, svc: &'a Service, progress: &dyn Progress) -> Result<(), Stop> {
+        let labels = crate::engine::spec::base_labels(self.env, Role::Production, self.run);
+        for v in &svc.volumes {
+            let name = production_volume(&self.env.name, &svc.name, &v.name);
+            self.engine
+                .ensure_volume(&name, &labels)
+                .await
+                .map_err(|e| Stop(e.to_string()))?;
+        }
+        let spec = production_container(self.env, svc, self.run);
+        let task = format!("{} {} starting", svc.name, svc.image);
+        progress.begin(&task);
+        let t0 = Instant::now();
+        self.candidates.insert(svc.name.clone(), spec.name.clone());
+        if let Err(e) = self.engine.run_container(&spec).await {
+            progress.end(&task, Status::Failed, &e.to_string(), t0.elapsed());
+            return Err(Stop(e.to_string()));
+        }
+        match super::health::wait(self.engine, svc, &spec.name).await {
+            Ok(how) => {
+                progress.end(&task, Status::Ok, &how, t0.elapsed());
+                Ok(())
+            }
+            Err(why) => {
+                progress.end(&task, Status::Failed, &first_line(&why), t0.elapsed());
+                Err(Stop(why))
+            }
+        }
+    }
+
+    /// The routing table with each changed public service's candidate at `weight` and its old
+    /// version at the rest; unchanged services on what runs.
+    async fn routes(&self, candidate_weight: u8) -> Result<Routes, Stop> {
+        let net = production_network(&self.env.name);
+        let mut listeners = BTreeMap::new();
+        for svc in &self.env.services {
+            for port in svc.ports.iter().filter(|p| p.public.is_some()) {
+                let public = port.public.expect("filtered");
+                let mut backends = Vec::new();
+                let candidate = self.candidates.get(&svc.name);
+                let old = self.old.get(&svc.name).and_then(|o| o.first());
+                let (old_weight, new_weight) = match (candidate, old) {
+                    (Some(_), Some(_)) if svc.stateful => (0, 100),
+                    (Some(_), Some(_)) => (100 - candidate_weight, candidate_weight),
+                    (Some(_), None) => (0, 100),
+                    (None, _) => (100, 0),
+                };
+                for (container, weight) in [(old, old_weight), (candidate, new_weight)] {
+                    let Some(container) = container else { continue };
+                    if self.stopped.contains(container) {
+                        continue;
+                    }
+                    let ip = self
+                        .engine
+                        .address(container, &net)
+                        .await
+                        .map_err(|e| Stop(e.to_string()))?;
+                    let Some(ip) = ip else { continue };
+                    backends.push(Backend {
+                        id: container.clone(),
+                        addr: SocketAddr::new(ip, port.container),
+                        weight: Weight::new(weight).expect("0..=100"),
+                    });
+                }
+                let protocol = match port.protocol {
+                    crate::manifest::env::Protocol::Http => Protocol::Http,
+                    crate::manifest::env::Protocol::Tcp => Protocol::Tcp,
+                };
+                listeners.insert(public, Listener { protocol, backends });
+            }
+        }
+        Ok(Routes {
+            listeners,
+            drain_ms: None,
+        })
+    }
+
+    async fn put_routes(&mut self, routes: &Routes) -> Result<(), Stop> {
+        if !edge::needed(self.env) {
+            return Ok(());
+        }
+        edge::ensure(self.engine, self.env, self.run, self.bind)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        let admin = edge::admin(self.engine, &self.env.name)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        self.routed = true;
+        admin
+            .put_routes(routes)
+            .await
+            .map_err(|e| Stop(format!("the edge proxy refused the routes: {e}")))?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StatsSnapshot, Stop> {
+        let admin = edge::admin(self.engine, &self.env.name)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        admin.stats().await.map_err(|e| Stop(e.to_string()))
+    }
+
+    async fn canary(
+        &mut self,
+        weight: playbook::Weight,
+        hold: Duration,
+        analysis: Option<&Analysis>,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<String, Stop> {
+        self.start_candidates(progress).await?;
+        let routes = self.routes(weight.percent()).await?;
+        self.put_routes(&routes).await?;
+        let before = self.stats().await?;
+        let t0 = Instant::now();
+        while t0.elapsed() < hold {
+            if cancel.is_cancelled() {
+                return Err(Stop("stopped by a signal".into()));
+            }
+            for (svc, container) in &self.candidates {
+                if let Ok(Some(s)) = self.engine.status(container).await {
+                    if let ContainerState::Exited { code } = s.state {
+                        return Err(Stop(format!(
+                            "the {svc} candidate exited with code {code} during the canary"
+                        )));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250).min(hold.saturating_sub(t0.elapsed())))
+                .await;
+        }
+        let after = self.stats().await?;
+        let mut lines = Vec::new();
+        for svc in self.old_public() {
+            let Some(container) = self.candidates.get(&svc.name) else {
+                continue;
+            };
+            let Some(now) = after.backends.get(container) else {
+                continue;
+            };
+            let w = Window::between(before.backends.get(container), now);
+            let rate = w.error_rate();
+            let p99 = w.p99();
+            let line = format!(
+                "{}: {} requests, error rate {}, p99 {}",
+                svc.name,
+                w.completed(),
+                rate.map_or("n/a".into(), |r| format!("{:.2}%", r * 100.0)),
+                p99.map_or("n/a".into(), |p| format!("{}ms", p.as_millis()))
+            );
+            progress.note(&format!("  {line}"));
+            if let Some(a) = analysis {
+                if w.completed() < a.min_requests {
+                    return Err(Stop(format!(
+                        "{line}: fewer than the {} requests the analysis needs",
+                        a.min_requests
+                    )));
+                }
+                if let (Some(max), Some(r)) = (a.max_error_rate, rate) {
+                    if r > max {
+                        return Err(Stop(format!(
+                            "{line}: error rate above {:.2}%",
+                            max * 100.0
+                        )));
+                    }
+                }
+                if let (Some(max), Some(p)) = (a.max_p99, p99) {
+                    if p > max {
+                        return Err(Stop(format!("{line}: p99 above {}ms", max.as_millis())));
+                    }
+                }
+            }
+            lines.push(line);
+        }
+        Ok(format!(
+            "{}% to the new version for {}: {}",
+            weight.percent(),
+            crate::manifest::duration::format(hold),
+            lines.join("; ")
+        ))
+    }
+
+    /// The promote step: candidates up, stateful services stop-started, all traffic switched,
+    /// the old version drained.
+    async fn switch(&mut self, drain: Duration, progress: &dyn Progress) -> Result<String, Stop> {
+        self.start_candidates(progress).await?;
+        for svc in self.changed.clone() {
+            if !svc.stateful || self.candidates.contains_key(&svc.name) {
+                continue;
+            }
+            for c in self.old.get(&svc.name).cloned().unwrap_or_default() {
+                progress.note(&format!(
+                    "  {} is stateful: stopping {c} before starting the new version",
+                    svc.name
+                ));
+                self.engine
+                    .stop_container(&c, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| Stop(e.to_string()))?;
+                self.stopped.push(c);
+            }
+            self.start_one(svc, progress).await?;
+        }
+        let routes = self.routes(100).await?;
+        let t0 = Instant::now();
+        self.put_routes(&routes).await?;
+        let switched_in = t0.elapsed();
+        let mut drained = Vec::new();
+        if self.routed {
+            let admin = edge::admin(self.engine, &self.env.name)
+                .await
+                .map_err(|e| Stop(e.to_string()))?;
+            for svc in &self.changed {
+                for c in self.old.get(&svc.name).into_iter().flatten() {
+                    match admin.wait_drained(c, drain).await {
+                        Ok(crate::proxy::client::Drain::Drained) => {
+                            drained.push(format!("{c} drained"))
+                        }
+                        Ok(crate::proxy::client::Drain::TimedOut { in_flight }) => {
+                            drained.push(format!(
+                                "{c}: {in_flight} still open after {}",
+                                crate::manifest::duration::format(drain)
+                            ))
+                        }
+                        Err(e) => drained.push(format!("{c}: {e}")),
+                    }
+                }
+            }
+        }
+        Ok(format!(
+            "all traffic on the new version (switch {} ms){}",
+            switched_in.as_millis(),
+            if drained.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", drained.join(", "))
+            }
+        ))
+    }
+
+    /// Where each service runs in production now: candidates for changed ones, else the old.
+    async fn production_endpoints(&self) -> BTreeMap<String, Endpoint> {
+        let mut out = BTreeMap::new();
+        for svc in &self.env.services {
+            let container = self
+                .candidates
+                .get(&svc.name)
+                .or_else(|| self.old.get(&svc.name).and_then(|o| o.first()));
+            if let Some(c) = container {
+                out.insert(
+                    svc.name.clone(),
+                    Endpoint {
+                        container: c.clone(),
+                        ports: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// Success: the old version's containers go; the table keeps only what runs.
+    async fn finish(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+        let mut gone = Vec::new();
+        for svc in &self.changed {
+            gone.extend(self.old.get(&svc.name).cloned().unwrap_or_default());
+        }
+        for name in &self.removed {
+            gone.extend(self.old.get(name).cloned().unwrap_or_default());
+        }
+        // Old containers leave the table first, so nothing is ever routed to a removed one.
+        self.old
+            .retain(|svc, _| !self.candidates.contains_key(svc) && !self.removed.contains(svc));
+        if self.routed || edge::needed(self.env) {
+            let routes = self.routes(100).await?;
+            self.put_routes(&routes).await?;
+        }
+        for c in &gone {
+            remove_container(self.engine, c).await.map_err(Stop)?;
+        }
+        if !gone.is_empty() {
+            progress.note(&format!(
+                "  removed the previous version: {}",
+                gone.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Failure: traffic back on the old version, candidates removed, stopped stateful services
+    /// started again.
+    async fn undo(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+        if self.routed {
+            // Routes are computed without candidates, so only the old version is in the table.
+            let candidates = std::mem::take(&mut self.candidates);
+            for c in self.stopped.clone() {
+                self.engine
+                    .start_container(&c)
+                    .await
+                    .map_err(|e| Stop(e.to_string()))?;
+            }
+            self.stopped.clear();
+            let routes = self.routes(0).await?;
+            self.put_routes(&routes).await?;
+            self.candidates = candidates;
+        } else {
+            for c in self.stopped.clone() {
+                self.engine
+                    .start_container(&c)
+                    .await
+                    .map_err(|e| Stop(e.to_string()))?;
+            }
+            self.stopped.clear();
+        }
+        let mut removed = Vec::new();
+        for c in self.candidates.values() {
+            remove_container(self.engine, c).await.map_err(Stop)?;
+            removed.push(c.clone());
+        }
+        self.candidates.clear();
+        if !removed.is_empty() || self.routed {
+            progress.note(&format!(
+                "  put the previous version back; removed {}",
+                if removed.is_empty() {
+                    "nothing".into()
+                } else {
+                    removed.join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Stops a container with a grace period, then removes it.
+async fn remove_container(engine: &dyn Engine, container: &str) -> Result<(), String> {
+    engine
+        .stop_container(container, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    engine
+        .remove_container(container)
+        .await
+        .map_err(|e| e.to_string())
+}

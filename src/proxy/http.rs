@@ -1,0 +1,569 @@
+//! HTTP listeners: accept HTTP/1.1 and HTTP/2 (h2c) from clients, forward each request to a
+//! backend picked by weight over pooled HTTP/1.1 connections, and stream both bodies.
+//!
+//! What a request is promised:
+//! - It finishes on the backend it started on, whatever updates happen meanwhile (it holds the
+//!   `Route` it read at its start).
+//! - If its backend cannot be reached (refused, reset, timed out) before the request left the
+//!   proxy, it is sent once to another backend of the same port: the next one of the weighted
+//!   cycle, else a standby at weight 0 (an old version still running while it drains). Only
+//!   requests that provably did not reach the backend are retried: hyper hands the request back,
+//!   body untouched, when it failed before writing it. One exception, as browsers and nginx do:
+//!   an idempotent request without a body (GET, HEAD, ...) written to a connection that then
+//!   broke without any answer is sent again, once.
+//! - No backend with a weight: 503. A backend that breaks the exchange: 502.
+//!
+//! Hop-by-hop headers are dropped both ways, `X-Forwarded-For` gets the client's address,
+//! `X-Forwarded-Proto` says `http`. An `Upgrade` (WebSocket) handshake is passed to the backend
+//! on its own connection; on `101` both sides are taken over and copied until either closes.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use super::ListenerCtx;
+use super::stats::InFlight;
+use super::table::Target;
+use super::upstream::{UpBody, Upstream};
+
+/// Accepts connections until the listener is stopped, then lets each connection finish its
+/// in-flight requests (idle keep-alive connections close at once).
+pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer is what lets hyper enforce its header read timeout on slow clients.
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let fwd = Arc::new(Forwarder {
+        port: ctx.port,
+        ctx: ctx.clone(),
+    });
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(port = ctx.port, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = ctx.stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let fwd = fwd.clone();
+        let stop = ctx.stop.clone();
+        let kill = ctx.kill.clone();
+        ctx.tracker.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fwd = fwd.clone();
+                async move { Ok::<_, Infallible>(fwd.forward(req, peer).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "client connection ended");
+                    }
+                    return;
+                }
+                _ = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+    tracing::debug!(port = ctx.port, "HTTP listener stopped accepting");
+}
+
+struct Forwarder {
+    port: u16,
+    ctx: ListenerCtx,
+}
+
+/// Why an attempt failed, and whether the request can still go elsewhere.
+enum Failure {
+    /// The request never reached the backend; here it is, untouched.
+    NotSent(Box<Request<UpBody>>, BoxError),
+    /// The backend may have seen (part of) the request.
+    Sent(hyper::Error),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Forwarder {
+    async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT {
+            return message(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not forwarded by this proxy\n",
+            );
+        }
+        let route = self.ctx.slot.current();
+        let (n, first) = route.next();
+        let Some(mut idx) = first else {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no backend is serving this port\n",
+            );
+        };
+        let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        prepare_request(&mut req, peer.ip(), upgrade.is_some());
+        let replay = if upgrade.is_none() {
+            Replay::of(&req)
+        } else {
+            None
+        };
+        let mut req = req.map(Either::Left);
+        let mut retried = false;
+        loop {
+            let target = &route.targets[idx];
+            target.stats.attempt();
+            let in_flight = InFlight::enter(&target.stats);
+            let started = Instant::now();
+            let failed = match send(&target.upstream, req, replay.as_ref(), upgrade.is_some()).await
+            {
+                Ok((resp, sender)) => {
+                    return self.respond(resp, sender, target, in_flight, started, upgrade);
+                }
+                Err(f) => f,
+            };
+            target.stats.connection_error();
+            drop(in_flight);
+            match failed {
+                Failure::NotSent(back, error) => {
+                    let alt = if retried {
+                        None
+                    } else {
+                        route.fallback(idx, n)
+                    };
+                    let Some(alt) = alt else {
+                        tracing::warn!(port = self.port, backend = %target.id, %error, "backend unreachable, no other backend to retry on");
+                        return bad_gateway();
+                    };
+                    tracing::info!(port = self.port, backend = %target.id, retry = %route.targets[alt].id, %error, "backend unreachable, retrying on another");
+                    idx = alt;
+                    retried = true;
+                    req = *back;
+                }
+                Failure::Sent(error) => {
+                    tracing::warn!(port = self.port, backend = %target.id, %error, "backend failed the request");
+                    return bad_gateway();
+                }
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        sender: SendRequest<UpBody>,
+        target: &Target,
+        in_flight: InFlight,
+        started: Instant,
+        upgrade: Option<OnUpgrade>,
+    ) -> Response<ProxyBody> {
+        target
+            .stats
+            .response(resp.status().as_u16(), started.elapsed());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = upgrade {
+                let backend = hyper::upgrade::on(&mut resp);
+                let upstream = target.upstream.clone();
+                let kill = self.ctx.kill.clone();
+                let id = target.id.clone();
+                self.ctx.tracker.spawn(async move {
+                    tunnel(client, backend, &upstream, kill, &id).await;
+                    drop(in_flight);
+                });
+                // The connection now belongs to the tunnel; it never goes back to the pool.
+                drop(sender);
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, ProxyBody::message(None));
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let done = Done {
+            sender,
+            upstream: target.upstream.clone(),
+            _in_flight: in_flight,
+        };
+        resp.map(|inner| {
+            ProxyBody(Kind::Upstream {
+                inner,
+                done: Some(done),
+            })
+        })
+    }
+}
+
+/// Sends `req` to `up`: on a pooled connection if one is ready, else on a new one.
+async fn send(
+    up: &Upstream,
+    mut req: Request<UpBody>,
+    replay: Option<&Replay>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, SendRequest<UpBody>), Failure> {
+    let mut replayed = false;
+    // An upgrade takes its connection over for good: give it a fresh one and keep the pool.
+    while let Some(mut sender) = if upgrade { None } else { up.checkout() } {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                // The pooled connection was already dead: try the next.
+                Some(back) => req = back,
+                None => match replay {
+                    // Written on a connection the backend was closing, with no answer.
+                    Some(r) => {
+                        tracing::debug!(addr = %up.addr, error = %e.error(), "pooled connection broke, sending again");
+                        replayed = true;
+                        req = r.rebuild();
+                        break;
+                    }
+                    None => return Err(Failure::Sent(e.into_error())),
+                },
+            },
+        }
+    }
+    let mut sender = match up.connect_http().await {
+        Ok(s) => s,
+        Err(e) => return Err(Failure::NotSent(Box::new(req), e.into())),
+    };
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(mut e) => match (e.take_message(), replay) {
+            (Some(back), _) => Err(Failure::NotSent(Box::new(back), e.into_error().into())),
+            (None, Some(r)) if !replayed => Err(Failure::NotSent(
+                Box::new(r.rebuild()),
+                e.into_error().into(),
+            )),
+            (None, _) => Err(Failure::Sent(e.into_error())),
+        },
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and its backend connection,
+/// until either side closes, the backend leaves the table and its drain deadline passes, or the
+/// proxy stops.
+async fn tunnel(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    upstream: &Upstream,
+    kill: tokio_util::sync::CancellationToken,
+    id: &str,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(backend = %id, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(e) = r {
+                tracing::debug!(backend = %id, error = %e, "upgraded connection ended");
+            }
+        }
+        _ = upstream.evicted() => {
+            tracing::info!(backend = %id, "closing an upgraded connection: its backend left the table and the drain time is over");
+        }
+        _ = kill.cancelled() => {}
+    }
+}
+
+/// Enough of a bodiless idempotent request to send it again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Incoming>) -> Option<Replay> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        (idempotent && req.body().is_end_stream()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn rebuild(&self) -> Request<UpBody> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Drops the headers that describe one connection rather than the message: those named in
+/// `Connection` and the fixed list of RFC 9110 section 7.6.1. An upgrade keeps `Upgrade` and
+/// `Connection: upgrade`, which are the handshake itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Turns a client's request into the one the backend gets, over HTTP/1.1.
+fn prepare_request(req: &mut Request<Incoming>, client: IpAddr, upgrade: bool) {
+    // HTTP/2 names the host in `:authority` and the target in absolute form; an HTTP/1.1
+    // backend wants a Host header and the origin form.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        if !req.headers().contains_key(header::HOST) {
+            let host = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map(Uri::from)
+            .unwrap_or_else(|| Uri::from_static("/"));
+        *req.uri_mut() = origin;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    let client = client.to_canonical();
+    let forwarded = {
+        let mut previous = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        if previous.peek().is_none() {
+            HeaderValue::from_str(&client.to_string())
+        } else {
+            let mut joined = previous.collect::<Vec<_>>().join(", ");
+            joined.push_str(", ");
+            joined.push_str(&client.to_string());
+            HeaderValue::from_str(&joined)
+        }
+    };
+    if let Ok(v) = forwarded {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+fn message(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::message(Some(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn bad_gateway() -> Response<ProxyBody> {
+    message(StatusCode::BAD_GATEWAY, "the backend did not answer\n")
+}
+
+/// What happens when a response body ends: its connection goes back to the pool and the
+/// request stops counting as in flight.
+struct Done {
+    sender: SendRequest<UpBody>,
+    upstream: Arc<Upstream>,
+    _in_flight: InFlight,
+}
+
+/// The body the proxy answers with: a backend's response streamed frame by frame, or a short
+/// message of the proxy's own.
+pub struct ProxyBody(Kind);
+
+enum Kind {
+    Upstream { inner: Incoming, done: Option<Done> },
+    Message(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn message(text: Option<Bytes>) -> ProxyBody {
+        ProxyBody(Kind::Message(text))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Kind::Message(text) => Poll::Ready(text.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { inner, done } => {
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(_)) if !inner.is_end_stream() => {}
+                    Some(Err(_)) => {
+                        // A body cut short leaves the connection unusable: do not pool it.
+                        done.take();
+                    }
+                    _ => {
+                        if let Some(d) = done.take() {
+                            d.upstream.checkin(d.sender);
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Message(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Message(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows is complete (empty, or exactly sized) without polling
+        // it to the end; its connection is still good.
+        if let Kind::Upstream { inner, done } = &mut self.0 {
+            if let Some(d) = done.take() {
+                if inner.is_end_stream() {
+                    d.upstream.checkin(d.sender);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn upgrade_keeps_its_handshake() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+}
