@@ -8,6 +8,7 @@ mod bad_input;
 mod checks;
 mod cli;
 mod engine_docker;
+mod gates;
 mod plan_docker;
 mod playbooks;
 mod promote;
