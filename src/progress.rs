@@ -23,6 +23,8 @@ pub trait Progress: Send + Sync {
     fn end(&self, task: &str, status: Status, detail: &str, elapsed: Duration);
     /// A line of information.
     fn note(&self, text: &str);
+    /// A running task's latest figures (shown live on a terminal; nothing is printed otherwise).
+    fn update(&self, _task: &str, _detail: &str) {}
 }
 
 /// Discards everything: for callers that report results themselves.
@@ -126,5 +128,13 @@ impl Progress for Console {
 
     fn note(&self, text: &str) {
         self.line(text);
+    }
+
+    fn update(&self, task: &str, detail: &str) {
+        if let Some((_, bars)) = &self.live {
+            if let Some(bar) = bars.lock().ok().and_then(|b| b.get(task).cloned()) {
+                bar.set_message(format!("{task}: {detail}"));
+            }
+        }
     }
 }

@@ -64,6 +64,10 @@ struct Deployment<'a> {
     stopped: Vec<String>,
     /// The proxy table was changed by this run.
     routed: bool,
+    /// How long the switch to the new version took (the routing update alone).
+    switch_ms: Option<u64>,
+    /// How long putting the old version back took, from the failure to the routes.
+    rollback_ms: Option<u64>,
 }
 
 /// Runs `playbook` against production for the changes in `plan`.
@@ -319,6 +323,8 @@ pub async fn promote(
         },
     };
     finish(store, env, revision.number, revision_outcome).await;
+    report.switch_ms = d.switch_ms;
+    report.rollback_ms = d.rollback_ms;
     report.outcome = outcome;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
@@ -430,6 +436,8 @@ impl<'a> Deployment<'a> {
             candidates: BTreeMap::new(),
             stopped: Vec::new(),
             routed: false,
+            switch_ms: None,
+            rollback_ms: None,
         })
     }
 
@@ -586,22 +594,48 @@ impl<'a> Deployment<'a> {
         self.put_routes(&routes).await?;
         let before = self.stats().await?;
         let t0 = Instant::now();
+        let task = format!("canary at {}%", weight.percent());
+        progress.begin(&task);
+        let mut last_update = Instant::now();
         while t0.elapsed() < hold {
             if cancel.is_cancelled() {
+                progress.end(&task, Status::Failed, "stopped by a signal", t0.elapsed());
                 return Err(Stop("stopped by a signal".into()));
             }
             for (svc, container) in &self.candidates {
                 if let Ok(Some(s)) = self.engine.status(container).await {
                     if let ContainerState::Exited { code } = s.state {
+                        progress.end(&task, Status::Failed, "the candidate exited", t0.elapsed());
                         return Err(Stop(format!(
                             "the {svc} candidate exited with code {code} during the canary"
                         )));
                     }
                 }
             }
+            // The weight and the candidates' figures so far, live on a terminal.
+            if last_update.elapsed() >= Duration::from_secs(1) {
+                last_update = Instant::now();
+                if let Ok(now) = self.stats().await {
+                    let figures: Vec<String> = self
+                        .candidates
+                        .iter()
+                        .filter_map(|(svc, c)| {
+                            let w = Window::between(before.backends.get(c), now.backends.get(c)?);
+                            Some(format!(
+                                "{svc} {} requests, error rate {}",
+                                w.completed(),
+                                w.error_rate()
+                                    .map_or("n/a".into(), |r| format!("{:.2}%", r * 100.0))
+                            ))
+                        })
+                        .collect();
+                    progress.update(&task, &figures.join(", "));
+                }
+            }
             tokio::time::sleep(Duration::from_millis(250).min(hold.saturating_sub(t0.elapsed())))
                 .await;
         }
+        progress.end(&task, Status::Ok, "hold done", t0.elapsed());
         let after = self.stats().await?;
         let mut lines = Vec::new();
         for svc in self.old_public() {
@@ -678,6 +712,7 @@ impl<'a> Deployment<'a> {
         let t0 = Instant::now();
         self.put_routes(&routes).await?;
         let switched_in = t0.elapsed();
+        self.switch_ms = Some(switched_in.as_millis() as u64);
         let mut drained = Vec::new();
         if self.routed {
             let admin = edge::admin(self.engine, &self.env.name)
@@ -763,6 +798,7 @@ impl<'a> Deployment<'a> {
     /// Failure: traffic back on the old version, candidates removed, stopped stateful services
     /// started again.
     async fn undo(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+        let t0 = Instant::now();
         if self.routed {
             // Routes are computed without candidates, so only the old version is in the table.
             let candidates = std::mem::take(&mut self.candidates);
@@ -775,6 +811,7 @@ impl<'a> Deployment<'a> {
             self.stopped.clear();
             let routes = self.routes(0).await?;
             self.put_routes(&routes).await?;
+            self.rollback_ms = Some(t0.elapsed().as_millis() as u64);
             self.candidates = candidates;
         } else {
             for c in self.stopped.clone() {

@@ -111,6 +111,12 @@ pub struct RunReport {
     pub elapsed_ms: u64,
     pub steps: Vec<StepReport>,
     pub teardown: Option<Teardown>,
+    /// Promotions: from "candidate healthy" to "all traffic on it", in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_ms: Option<u64>,
+    /// Failed promotions: from "failure seen" to "all traffic back", in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_ms: Option<u64>,
 }
 
 impl RunReport {
@@ -133,6 +139,8 @@ impl RunReport {
             elapsed_ms: 0,
             steps: Vec::new(),
             teardown: None,
+            switch_ms: None,
+            rollback_ms: None,
         }
     }
 

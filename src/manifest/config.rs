@@ -31,8 +31,6 @@ pub struct Config {
 pub struct ProxySettings {
     /// Where public ports face the outside (`0.0.0.0` by default; `127.0.0.1` keeps them local).
     pub bind: std::net::IpAddr,
-    pub admin: SocketAddr,
-    pub drain: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -102,8 +100,6 @@ impl Default for Config {
             docker_host: None,
             proxy: ProxySettings {
                 bind: std::net::IpAddr::from([0, 0, 0, 0]),
-                admin: "127.0.0.1:7481".parse().expect("valid"),
-                drain: Duration::from_secs(15),
             },
             daemon: None,
             notify: Vec::new(),
@@ -151,12 +147,6 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
                     defaults.proxy.bind
                 }),
             },
-            admin: p
-                .value
-                .admin
-                .as_ref()
-                .map_or(defaults.proxy.admin, |a| addr(&mut c, a, true)),
-            drain: c.duration(&p.value.drain, defaults.proxy.drain),
         },
     };
     let daemon = daemon.map(|d| resolve_daemon(&mut c, d.value));

@@ -338,10 +338,6 @@ pub struct RawDocker {
 pub struct RawProxy {
     #[serde(default)]
     pub bind: Option<Spanned<String>>,
-    #[serde(default)]
-    pub admin: Option<Spanned<String>>,
-    #[serde(default)]
-    pub drain: Option<Spanned<Text>>,
 }
 
 #[derive(Debug, Deserialize)]
