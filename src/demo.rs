@@ -39,6 +39,17 @@ pub fn web(version: &str, healthy: bool) -> std::io::Result<DemoImage> {
     if healthy {
         files.push(file("www/healthz", 0o644, "ok\n"));
     }
+    // A slow page (1 s), to have requests in flight across a switch, and an echo of POST bodies.
+    files.push(file(
+        "www/cgi-bin/slow",
+        0o755,
+        format!("#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\nshop web {version} slow\\n'\n"),
+    ));
+    files.push(file(
+        "www/cgi-bin/echo",
+        0o755,
+        format!("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nshop web {version} got '\nhead -c \"${{CONTENT_LENGTH:-0}}\"\n"),
+    ));
     let tail = format!("EXPOSE 8080\n{}", httpd(8080));
     Ok(DemoImage {
         tag: format!("shop-web:{version}"),
@@ -49,15 +60,14 @@ pub fn web(version: &str, healthy: bool) -> std::io::Result<DemoImage> {
 /// A web front that passes its health check but answers 500 on every page: what a canary's
 /// analysis must catch.
 pub fn web_failing(version: &str) -> std::io::Result<DemoImage> {
+    let broken = format!(
+        "#!/bin/sh\nprintf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nshop web {version} is broken\\n'\n"
+    );
     let files = vec![
         file("www/healthz", 0o644, "ok\n"),
-        file(
-            "www/cgi-bin/index.cgi",
-            0o755,
-            format!(
-                "#!/bin/sh\nprintf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nshop web {version} is broken\\n'\n"
-            ),
-        ),
+        file("www/cgi-bin/index.cgi", 0o755, broken.clone()),
+        file("www/cgi-bin/slow", 0o755, broken.clone()),
+        file("www/cgi-bin/echo", 0o755, broken),
     ];
     let tail = format!("EXPOSE 8080\n{}", httpd(8080));
     Ok(DemoImage {

@@ -53,13 +53,12 @@ pub async fn ensure(
     run: &str,
     bind: std::net::IpAddr,
 ) -> Result<(), EdgeError> {
-    if !engine.has_image(&proxy_image()).await? {
-        let binary = static_rollout_binary().map_err(EdgeError::Image)?;
-        engine
-            .build_image(&proxy_image(), &proxy_context(binary))
-            .await?;
+    let binary = static_rollout_binary().map_err(EdgeError::Image)?;
+    let image = proxy_image(&binary);
+    if !engine.has_image(&image).await? {
+        engine.build_image(&image, &proxy_context(binary)).await?;
     }
-    let spec = proxy_container(env, run, &bind.to_string());
+    let spec = proxy_container(env, run, &bind.to_string(), &image);
     engine
         .ensure_network(&production_network(&env.name), &spec.labels)
         .await?;

@@ -95,8 +95,14 @@ fn version_of(body: &str) -> String {
         .unwrap_or_else(|| format!("? {body:.40}"))
 }
 
-/// Steady load: `clients` threads, half on keep-alive connections (several requests each), half
-/// opening a fresh connection per request, until stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Get,
+    Post,
+    Slow,
+}
+
+/// Steady load on the public port until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Vec<Answer>>>,
@@ -105,16 +111,30 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, clients: usize) -> Load {
+    /// Six clients: GETs on keep-alive connections and on fresh ones, POSTs with a body that must
+    /// come back, and slow (1 s) requests so that some are always in flight across a switch.
+    fn start(port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|i| {
+        let kinds = [
+            Kind::Get,
+            Kind::Get,
+            Kind::Post,
+            Kind::Slow,
+            Kind::Get,
+            Kind::Post,
+        ];
+        let threads = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| {
                 let (stop, answers, sent) = (stop.clone(), answers.clone(), sent.clone());
                 std::thread::spawn(move || {
-                    let keep_alive = i % 2 == 0;
+                    // Every other client opens a fresh connection per request.
+                    let keep_alive = i % 2 == 0 || kind == Kind::Slow;
                     let deadline = Instant::now() + Duration::from_secs(600);
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         let conn = TcpStream::connect(("127.0.0.1", port));
                         let Ok(conn) = conn else {
@@ -132,15 +152,33 @@ impl Load {
                             if stop.load(Ordering::Relaxed) {
                                 break;
                             }
+                            n += 1;
                             let connection = if keep_alive { "keep-alive" } else { "close" };
+                            let body = format!("client-{i}-request-{n}");
+                            let request = match kind {
+                                Kind::Get => format!("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n"),
+                                Kind::Slow => format!("GET /cgi-bin/slow HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n"),
+                                Kind::Post => format!(
+                                    "POST /cgi-bin/echo HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                ),
+                            };
                             sent.fetch_add(1, Ordering::Relaxed);
-                            let answer = write!(writer, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n")
+                            let answer = writer
+                                .write_all(request.as_bytes())
                                 .map_err(|e| format!("write: {e}"))
-                                .and_then(|_| read_response(&mut reader));
+                                .and_then(|_| read_response(&mut reader))
+                                .and_then(|(status, text)| {
+                                    // A POST must come back whole, from whichever version took it.
+                                    if kind == Kind::Post && status == 200 && !text.contains(&body) {
+                                        return Err(format!("POST body lost: sent {body:?}, got {text:?}"));
+                                    }
+                                    Ok((status, text))
+                                });
                             let failed = answer.is_err();
                             answers.lock().unwrap().push(match answer {
-                                Ok((status, body)) => Answer::Version { status, version: version_of(&body) },
-                                Err(e) => Answer::Error(e),
+                                Ok((status, text)) => Answer::Version { status, version: version_of(&text) },
+                                Err(e) => Answer::Error(format!("{kind:?}: {e}")),
                             });
                             if failed {
                                 break;
@@ -246,7 +284,7 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
         .code(0)
         .stdout_has("promoted");
     assert_serving(port, "2.4.0");
-    let load = Load::start(port, 6);
+    let load = Load::start(port);
     std::thread::sleep(Duration::from_millis(500));
 
     // v2 through the whole playbook.
@@ -356,4 +394,108 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
     let lines: Vec<&str> = left.lines().collect();
     assert_eq!(lines.len(), 2, "one web container and the proxy: {left}");
     assert!(lines.iter().any(|l| l.contains("shop-web:2.4.0")), "{left}");
+}
+
+fn containers_of(env: &str, service: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=rollout.environment={env}"),
+            "--filter",
+            &format!("label=rollout.service={service}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn exec(container: &str, cmd: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(cmd)
+        .output()
+        .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "{cmd:?} in {container}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn stateful_services_are_stop_started_on_their_data_and_internal_ones_follow_by_name() {
+    let rt = runtime();
+    let name = unique("st");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    rt.block_on(async { demo_images(&engine().await).await });
+    let port = free_port();
+    let manifest = |version: &str| {
+        format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    dependsOn: [api]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n  api:\n    image: shop-api:1.9.0\n    env: {{ RELEASE: \"{version}\" }}\n    ports: [ {{ container: 9000 }} ]\n    dependsOn: [db]\n    health: {{ tcp: {{ port: 9000 }} }}\n  db:\n    image: shop-db:15\n    env: {{ RELEASE: \"{version}\" }}\n    stateful: true\n    ports: [ {{ container: 5432, protocol: tcp }} ]\n    volumes: [ {{ name: data, path: /var/lib/data }} ]\n"
+        )
+    };
+    let project = Project::new()
+        .file("rollout.yaml", "proxy: { bind: 127.0.0.1 }\n")
+        .playbook("quick", QUICK)
+        .manifest(&name, &manifest("1"));
+    project.run(&["promote", "--yes"]).code(0);
+    let db_v1 = containers_of(&name, "db");
+    assert_eq!(db_v1.len(), 1, "{db_v1:?}");
+    exec(
+        &db_v1[0],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo kept-across-updates > /var/lib/data/marker",
+        ],
+    );
+
+    std::fs::write(
+        project.path().join(format!("manifests/{name}.yaml")),
+        manifest("2"),
+    )
+    .expect("manifest");
+    project
+        .run(&["plan"])
+        .code(2)
+        .stdout_has("db: stop-start (stateful)")
+        .stdout_has("warning: `db` is stateful");
+    project
+        .run(&["promote", "--yes"])
+        .code(0)
+        .stdout_has("db is stateful: stopping");
+
+    let db_v2 = containers_of(&name, "db");
+    assert_eq!(db_v2.len(), 1, "the old db container is gone: {db_v2:?}");
+    assert_ne!(db_v2, db_v1);
+    assert_eq!(
+        exec(&db_v2[0], &["cat", "/var/lib/data/marker"]),
+        "kept-across-updates",
+        "the new db runs on the same data"
+    );
+    assert_eq!(exec(&db_v2[0], &["/bin/sh", "-c", "echo $RELEASE"]), "2");
+    let api = containers_of(&name, "api");
+    assert_eq!(api.len(), 1, "{api:?}");
+    assert_eq!(exec(&api[0], &["/bin/sh", "-c", "echo $RELEASE"]), "2");
+    // web still reaches `api` by name: the alias moved to the new container with the old one gone.
+    let web = containers_of(&name, "web");
+    assert!(
+        exec(
+            &web[0],
+            &["wget", "-q", "-O", "-", "http://api:9000/status"]
+        )
+        .contains("\"ok\"")
+    );
+    project.run(&["plan"]).code(0);
 }

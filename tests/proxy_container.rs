@@ -77,11 +77,12 @@ fn the_proxy_container_forwards_switches_and_survives_restarts() {
     };
     let public = free_port();
     let binary = std::fs::read(static_binary()).expect("static rollout");
+    let image = proxy_image(&binary);
     rt.block_on(async {
         let engine = engine().await;
         demo_images(&engine).await;
         engine
-            .build_image(&proxy_image(), &proxy_context(binary))
+            .build_image(&image, &proxy_context(binary))
             .await
             .expect("build the proxy image");
     });
@@ -100,7 +101,7 @@ fn the_proxy_container_forwards_switches_and_survives_restarts() {
             .run_container(&production_container(&v2, &v2.services[0], "v2"))
             .await
             .expect("v2");
-        let spec = proxy_container(&env, "v1", "127.0.0.1");
+        let spec = proxy_container(&env, "v1", "127.0.0.1", &image);
         for (volume, _) in &spec.volumes {
             engine
                 .ensure_volume(volume, &spec.labels)

@@ -286,9 +286,17 @@ pub const PROXY_STATE_DIR: &str = "/state";
 /// The edge proxy's admin port inside its container.
 pub const PROXY_ADMIN_PORT: u16 = 7481;
 
-/// The edge proxy's image tag for this version of rollout.
-pub fn proxy_image() -> String {
-    format!("rollout-proxy:{}", env!("CARGO_PKG_VERSION"))
+/// The edge proxy's image tag for a given static rollout binary: the version and a digest of
+/// the binary, so a rebuilt rollout never runs a stale proxy image of the same version.
+pub fn proxy_image(binary: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    binary.hash(&mut h);
+    format!(
+        "rollout-proxy:{}-{:016x}",
+        env!("CARGO_PKG_VERSION"),
+        h.finish()
+    )
 }
 
 /// rollout's own binary, statically linked, for the proxy image: `$ROLLOUT_STATIC_BINARY` if set,

@@ -180,12 +180,12 @@ pub fn proxy_name(env: &str) -> String {
 /// The edge proxy of `env`: on the environment's network (it forwards to container addresses
 /// there), holding every public port on `bind_ip`, its admin port published on 127.0.0.1 only,
 /// its routing table on a volume, restarted by the engine unless stopped.
-pub fn proxy_container(env: &Environment, run: &str, bind_ip: &str) -> ContainerSpec {
-    use super::image::{PROXY_ADMIN_PORT, PROXY_STATE_DIR, proxy_image};
+pub fn proxy_container(env: &Environment, run: &str, bind_ip: &str, image: &str) -> ContainerSpec {
+    use super::image::{PROXY_ADMIN_PORT, PROXY_STATE_DIR};
     let name = proxy_name(&env.name);
     ContainerSpec {
         name: name.clone(),
-        image: proxy_image(),
+        image: image.to_string(),
         command: None,
         env: BTreeMap::new(),
         labels: base_labels(env, Role::Proxy, run),
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn the_proxy_holds_every_public_port_and_nothing_else() {
-        let spec = proxy_container(&shop(), "r1", "127.0.0.1");
+        let spec = proxy_container(&shop(), "r1", "127.0.0.1", "rollout-proxy:test");
         assert_eq!(spec.name, "rollout-proxy-shop");
         let mut ports: Vec<u16> = spec.publish.iter().map(|p| p.host_port).collect();
         ports.sort();
