@@ -107,11 +107,11 @@ impl Progress for Console {
     }
 
     fn end(&self, task: &str, status: Status, detail: &str, elapsed: Duration) {
-        if let Some((multi, bars)) = &self.live {
-            if let Some(bar) = bars.lock().ok().and_then(|mut b| b.remove(task)) {
-                bar.finish_and_clear();
-                multi.remove(&bar);
-            }
+        if let Some((multi, bars)) = &self.live
+            && let Some(bar) = bars.lock().ok().and_then(|mut b| b.remove(task))
+        {
+            bar.finish_and_clear();
+            multi.remove(&bar);
         }
         let mark = match status {
             Status::Ok => self.paint.green("ok  "),
@@ -131,10 +131,10 @@ impl Progress for Console {
     }
 
     fn update(&self, task: &str, detail: &str) {
-        if let Some((_, bars)) = &self.live {
-            if let Some(bar) = bars.lock().ok().and_then(|b| b.get(task).cloned()) {
-                bar.set_message(format!("{task}: {detail}"));
-            }
+        if let Some((_, bars)) = &self.live
+            && let Some(bar) = bars.lock().ok().and_then(|b| b.get(task).cloned())
+        {
+            bar.set_message(format!("{task}: {detail}"));
         }
     }
 }

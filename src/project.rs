@@ -174,13 +174,13 @@ impl Project {
                 warnings: Vec::new(),
             }
         };
-        if let (Some(n), Some(_)) = (name, manifest) {
-            if loaded.environment.name != n {
-                return Err(ProjectError::UnknownEnvironment {
-                    name: n.to_string(),
-                    available: format!("{} declares `{}`", path.display(), loaded.environment.name),
-                });
-            }
+        if let (Some(n), Some(_)) = (name, manifest)
+            && loaded.environment.name != n
+        {
+            return Err(ProjectError::UnknownEnvironment {
+                name: n.to_string(),
+                available: format!("{} declares `{}`", path.display(), loaded.environment.name),
+            });
         }
         Ok(loaded)
     }

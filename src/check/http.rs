@@ -166,10 +166,10 @@ fn dropped(e: &hyper::Error) -> bool {
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() {
-                return true;
-            }
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return matches!(

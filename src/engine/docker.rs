@@ -973,14 +973,14 @@ impl Engine for DockerEngine {
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(info) => {
-                        if let Some(line) = info.stream.as_deref().map(str::trim_end) {
-                            if !line.is_empty() {
-                                tracing::trace!(tag, "{line}");
-                                if tail.len() == BUILD_TAIL_LINES {
-                                    tail.remove(0);
-                                }
-                                tail.push(line.to_string());
+                        if let Some(line) = info.stream.as_deref().map(str::trim_end)
+                            && !line.is_empty()
+                        {
+                            tracing::trace!(tag, "{line}");
+                            if tail.len() == BUILD_TAIL_LINES {
+                                tail.remove(0);
                             }
+                            tail.push(line.to_string());
                         }
                     }
                     Err(e) => {

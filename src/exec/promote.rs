@@ -347,23 +347,23 @@ fn refusal(
     if opts.kind == RunKind::Rollback {
         return None;
     }
-    if let (Some(w), None) = (&playbook.window, &opts.emergency) {
-        if let window::State::Closed { why, next } = window::check(w, now) {
-            let next = next
-                .map(|n| format!("; it opens next at {}", n.strftime("%a %Y-%m-%d %H:%M %Z")))
-                .unwrap_or_default();
-            return Some(format!(
-                "{why} ({} {}-{} {}){next}; use --emergency --reason TEXT to override",
-                w.days
-                    .iter()
-                    .map(|d| playbook::weekday_name(*d))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                w.from,
-                w.to,
-                w.tz
-            ));
-        }
+    if let (Some(w), None) = (&playbook.window, &opts.emergency)
+        && let window::State::Closed { why, next } = window::check(w, now)
+    {
+        let next = next
+            .map(|n| format!("; it opens next at {}", n.strftime("%a %Y-%m-%d %H:%M %Z")))
+            .unwrap_or_default();
+        return Some(format!(
+            "{why} ({} {}-{} {}){next}; use --emergency --reason TEXT to override",
+            w.days
+                .iter()
+                .map(|d| playbook::weekday_name(*d))
+                .collect::<Vec<_>>()
+                .join(","),
+            w.from,
+            w.to,
+            w.tz
+        ));
     }
     for g in &plan.gates {
         match g {
@@ -603,13 +603,13 @@ impl<'a> Deployment<'a> {
                 return Err(Stop("stopped by a signal".into()));
             }
             for (svc, container) in &self.candidates {
-                if let Ok(Some(s)) = self.engine.status(container).await {
-                    if let ContainerState::Exited { code } = s.state {
-                        progress.end(&task, Status::Failed, "the candidate exited", t0.elapsed());
-                        return Err(Stop(format!(
-                            "the {svc} candidate exited with code {code} during the canary"
-                        )));
-                    }
+                if let Ok(Some(s)) = self.engine.status(container).await
+                    && let ContainerState::Exited { code } = s.state
+                {
+                    progress.end(&task, Status::Failed, "the candidate exited", t0.elapsed());
+                    return Err(Stop(format!(
+                        "the {svc} candidate exited with code {code} during the canary"
+                    )));
                 }
             }
             // The weight and the candidates' figures so far, live on a terminal.
@@ -663,18 +663,18 @@ impl<'a> Deployment<'a> {
                         a.min_requests
                     )));
                 }
-                if let (Some(max), Some(r)) = (a.max_error_rate, rate) {
-                    if r > max {
-                        return Err(Stop(format!(
-                            "{line}: error rate above {:.2}%",
-                            max * 100.0
-                        )));
-                    }
+                if let (Some(max), Some(r)) = (a.max_error_rate, rate)
+                    && r > max
+                {
+                    return Err(Stop(format!(
+                        "{line}: error rate above {:.2}%",
+                        max * 100.0
+                    )));
                 }
-                if let (Some(max), Some(p)) = (a.max_p99, p99) {
-                    if p > max {
-                        return Err(Stop(format!("{line}: p99 above {}ms", max.as_millis())));
-                    }
+                if let (Some(max), Some(p)) = (a.max_p99, p99)
+                    && p > max
+                {
+                    return Err(Stop(format!("{line}: p99 above {}ms", max.as_millis())));
                 }
             }
             lines.push(line);

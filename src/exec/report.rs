@@ -252,10 +252,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Who runs rollout: `$USER`, else `$LOGNAME`, else the numeric uid.
 pub fn current_user() -> String {
     for var in ["USER", "LOGNAME"] {
-        if let Ok(u) = std::env::var(var) {
-            if !u.is_empty() {
-                return u;
-            }
+        if let Ok(u) = std::env::var(var)
+            && !u.is_empty()
+        {
+            return u;
         }
     }
     let uid = std::fs::read_to_string("/proc/self/status")

@@ -79,12 +79,12 @@ pub fn check(w: &Window, now: Timestamp) -> State {
 fn next_open(w: &Window, tz: &TimeZone, now: Timestamp) -> Option<Zoned> {
     let mut date = now.to_zoned(tz.clone()).date();
     for _ in 0..400 {
-        if w.days.contains(&date.weekday()) && frozen(w, date).is_none() {
-            if let Ok(start) = date.to_datetime(time(w.from.0)).to_zoned(tz.clone()) {
-                if start.timestamp() > now {
-                    return Some(start);
-                }
-            }
+        if w.days.contains(&date.weekday())
+            && frozen(w, date).is_none()
+            && let Ok(start) = date.to_datetime(time(w.from.0)).to_zoned(tz.clone())
+            && start.timestamp() > now
+        {
+            return Some(start);
         }
         date = date.tomorrow().ok()?;
     }

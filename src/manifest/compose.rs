@@ -1289,13 +1289,13 @@ impl Converter<'_> {
         if let Some(r) = restart {
             self.warn(r.referenced, "`restart` of a dependency is ignored");
         }
-        if let Some(r) = required {
-            if !r.value {
-                self.warn(
-                    r.referenced,
-                    format!("`required: false` is ignored: `{dep}` must be a service of this file"),
-                );
-            }
+        if let Some(r) = required
+            && !r.value
+        {
+            self.warn(
+                r.referenced,
+                format!("`required: false` is ignored: `{dep}` must be a service of this file"),
+            );
         }
     }
 
@@ -1404,13 +1404,13 @@ impl Converter<'_> {
                     Some(t) => (Some(first), t.to_string()),
                     None => (None, first),
                 };
-                if let Some(mode) = parts.next() {
-                    if mode.split(',').any(|m| m == "ro") {
-                        self.warn(
-                            v.referenced,
-                            "`:ro` is ignored: rollout mounts volumes read-write",
-                        );
-                    }
+                if let Some(mode) = parts.next()
+                    && mode.split(',').any(|m| m == "ro")
+                {
+                    self.warn(
+                        v.referenced,
+                        "`:ro` is ignored: rollout mounts volumes read-write",
+                    );
                 }
                 (
                     source.map(|s| located(s, v.referenced)),

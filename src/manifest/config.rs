@@ -281,16 +281,16 @@ fn resolve_daemon(c: &mut Checker<'_>, d: RawDaemon) -> Daemon {
         let tz =
             r.tz.as_ref()
                 .map_or_else(|| "UTC".to_string(), |t| t.value.clone());
-        if let Some(t) = &r.tz {
-            if jiff::tz::TimeZone::get(&t.value).is_err() {
-                c.error(
-                    pos(t),
-                    format!(
-                        "unknown time zone `{}`; expected an IANA name such as Europe/Paris",
-                        t.value
-                    ),
-                );
-            }
+        if let Some(t) = &r.tz
+            && jiff::tz::TimeZone::get(&t.value).is_err()
+        {
+            c.error(
+                pos(t),
+                format!(
+                    "unknown time zone `{}`; expected an IANA name such as Europe/Paris",
+                    t.value
+                ),
+            );
         }
         match r.schedule.value.parse::<croner::Cron>() {
             Ok(schedule) => out_rehearsals.push(Rehearsal {

@@ -320,23 +320,23 @@ pub fn resolve(
         let name = c.name(key, "service name");
         let s = resolve_service(&mut c, &name, svc, &known, lookup);
         for p in &s.ports {
-            if let Some(public) = p.public {
-                if let Some(other) = public_ports.insert(public, name.clone()) {
-                    let at = svc
-                        .value
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|rp| {
-                            rp.value
-                                .public
-                                .as_ref()
-                                .is_some_and(|x| x.value == i64::from(public))
-                        })
-                        .and_then(|rp| rp.value.public.as_ref().map(pos))
-                        .unwrap_or(pos(svc));
-                    c.error(at, format!("public port {public} is already used by service `{other}`; public ports must be unique across the environment"));
-                }
+            if let Some(public) = p.public
+                && let Some(other) = public_ports.insert(public, name.clone())
+            {
+                let at = svc
+                    .value
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|rp| {
+                        rp.value
+                            .public
+                            .as_ref()
+                            .is_some_and(|x| x.value == i64::from(public))
+                    })
+                    .and_then(|rp| rp.value.public.as_ref().map(pos))
+                    .unwrap_or(pos(svc));
+                c.error(at, format!("public port {public} is already used by service `{other}`; public ports must be unique across the environment"));
             }
         }
         resolved.push((pos(key), s));
@@ -389,15 +389,15 @@ fn resolve_service(
             format!("invalid image `{}`: {why}", image.value),
         );
     }
-    if let Some(cmd) = command {
-        if cmd.is_empty() {
-            c.error(
-                pos(svc),
-                format!(
-                    "service `{name}` has an empty command; leave `command` out to use the image's"
-                ),
-            );
-        }
+    if let Some(cmd) = command
+        && cmd.is_empty()
+    {
+        c.error(
+            pos(svc),
+            format!(
+                "service `{name}` has an empty command; leave `command` out to use the image's"
+            ),
+        );
     }
     let env_map = resolve_env(c, env.as_ref());
     let mut secret_map = BTreeMap::new();

@@ -326,10 +326,15 @@ impl Playbook {
                 {
                     if let (CheckKind::Http { port: None, .. }, Some(svc)) =
                         (&check.kind, env.service(&check.service))
+                        && !svc.ports.iter().any(|p| p.protocol == Protocol::Http)
                     {
-                        if !svc.ports.iter().any(|p| p.protocol == Protocol::Http) {
-                            c.error(r.at, format!("this http check names no port and service `{}` has no http port", svc.name));
-                        }
+                        c.error(
+                            r.at,
+                            format!(
+                                "this http check names no port and service `{}` has no http port",
+                                svc.name
+                            ),
+                        );
                     }
                 }
             }

@@ -488,10 +488,10 @@ pub fn garbage_reason(
     now: jiff::Timestamp,
     alive: &dyn Fn(&str) -> owner::Liveness,
 ) -> Option<String> {
-    if let Some(owner) = &found.owner {
-        if alive(owner) == owner::Liveness::Dead {
-            return Some(format!("the process that ran it ({owner}) is gone"));
-        }
+    if let Some(owner) = &found.owner
+        && alive(owner) == owner::Liveness::Dead
+    {
+        return Some(format!("the process that ran it ({owner}) is gone"));
     }
     match found.expires {
         Some(x) if x <= now.as_second() => Some("its TTL has passed".into()),
