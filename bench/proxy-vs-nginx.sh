@@ -89,7 +89,10 @@ nginx_conf rproxy "
     }
   }"
 
-"$bin" proxy --admin "127.0.0.1:$admin_port" --bind 127.0.0.1 --state "$work/state" > "$work/proxy.out" 2> "$work/proxy.err" &
+# In its own session, as the nginx daemons (which setsid) are: with the kernel's autogroup
+# scheduling, a process left in this script's session would share one CPU share with wrk and
+# be measured at a disadvantage.
+setsid "$bin" proxy --admin "127.0.0.1:$admin_port" --bind 127.0.0.1 --state "$work/state" > "$work/proxy.out" 2> "$work/proxy.err" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf -X PUT "http://127.0.0.1:$admin_port/routes" -H 'content-type: application/json' \
@@ -152,7 +155,9 @@ routing table set through its admin API (one backend, weight 100).
 | rollout / nginx | **${r_nginx}x** | p99 ratio ${p_nginx}x | goal: at least 1x |
 | nginx / direct | ${n_direct}x | | |
 
-The proxy counted $proxy_errors errors (5xx or connection errors) over the whole run.
+The proxy counted $proxy_errors errors (5xx or connection errors) over the whole run. Each server
+runs in its own session (nginx daemonizes; rollout is started with \`setsid\`), so the kernel's
+autogroup scheduling treats them alike.
 wrk, the backend and the proxy share the same $cores cores, so a proxied request costs CPU that
 direct requests give to the backend and wrk: on a machine this small the ratio to direct is
 bounded by that sharing for any proxy (nginx's own ratio is the reference), and the ratio to

@@ -924,6 +924,97 @@ async fn stats_give_error_rate_and_p99_over_a_window() {
     .await;
 }
 
+/// Listeners follow the table: a port added starts accepting, a port removed stops accepting
+/// while the requests already on it finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_added_and_removed_with_the_table() {
+    bounded(async {
+        let state = tempfile::tempdir().expect("tempdir");
+        let a = http_backend("A").await;
+        let proxy = start_proxy(state.path()).await;
+        let mut routes = table(Protocol::Http, &[("A", a.addr, 100)]);
+        let second = routes.listeners[&PORT].clone();
+        routes.listeners.insert(PORT + 1, second);
+        proxy.update(routes).await.expect("two listeners");
+        let extra = proxy.listener_addr(PORT + 1).expect("second listener");
+        let (status, body) = once(extra, "GET", "/", Bytes::new()).await.expect("answer");
+        assert_eq!((status, name(&body)), (200, "A"));
+
+        let slow = tokio::spawn(once(extra, "GET", "/slow", Bytes::new()));
+        for _ in 0..100 {
+            if proxy.backend("A").is_some_and(|s| s.in_flight == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy
+            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
+            .await
+            .expect("one listener");
+        assert_eq!(proxy.listener_addr(PORT + 1), None);
+        // The accept loop notices at its next turn; then the socket is closed.
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(extra).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "a removed port accepts no new connection");
+        let (status, body) = slow.await.expect("task").expect("slow request finishes");
+        assert_eq!((status, name(&body)), (200, "A"));
+        assert_eq!(proxy.shutdown().await, Shutdown::Drained);
+    })
+    .await;
+}
+
+/// busybox httpd (the demo's images) answers HTTP/1.0 and closes: the client's keep-alive
+/// connection to the proxy must not be closed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_backend_does_not_close_the_client_connection() {
+    bounded(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nold 10")
+                        .await;
+                });
+            }
+        });
+        let state = tempfile::tempdir().expect("tempdir");
+        let proxy = start_proxy(state.path()).await;
+        proxy
+            .update(table(Protocol::Http, &[("old", backend, 100)]))
+            .await
+            .expect("update");
+        let mut c = Conn::open(proxy.listener_addr(PORT).expect("listening"))
+            .await
+            .expect("connect");
+        for _ in 0..5 {
+            let (status, body, _) = c
+                .send("GET", "/", Bytes::new())
+                .await
+                .expect("same connection");
+            assert_eq!((status, body.as_str()), (200, "old 10"));
+        }
+        server.abort();
+        assert_eq!(proxy.shutdown().await, Shutdown::Drained);
+    })
+    .await;
+}
+
 /// A free port on 127.0.0.1 (free when asked; the tests that use it bind it at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

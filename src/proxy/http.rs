@@ -18,7 +18,6 @@
 //! on its own connection; on `101` both sides are taken over and copied until either closes.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -27,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -38,7 +36,7 @@ use tokio::net::TcpListener;
 use super::ListenerCtx;
 use super::stats::InFlight;
 use super::table::Target;
-use super::upstream::{UpBody, Upstream};
+use super::upstream::{UpBody, UpConn, Upstream};
 
 /// Accepts connections until the listener is stopped, then lets each connection finish its
 /// in-flight requests (idle keep-alive connections close at once).
@@ -71,9 +69,13 @@ pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
         let stop = ctx.stop.clone();
         let kill = ctx.kill.clone();
         ctx.tracker.spawn(async move {
+            // Formatted once per connection rather than once per request.
+            let client = peer.ip().to_canonical().to_string();
+            let client = HeaderValue::from_str(&client).ok();
             let svc = hyper::service::service_fn(move |req| {
                 let fwd = fwd.clone();
-                async move { Ok::<_, Infallible>(fwd.forward(req, peer).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(fwd.forward(req, client).await) }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -112,7 +114,11 @@ enum Failure {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Forwarder {
-    async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: Option<HeaderValue>,
+    ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return message(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -128,12 +134,8 @@ impl Forwarder {
             );
         };
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        prepare_request(&mut req, peer.ip(), upgrade.is_some());
-        let replay = if upgrade.is_none() {
-            Replay::of(&req)
-        } else {
-            None
-        };
+        let replayable = upgrade.is_none() && Replay::applies(&req);
+        prepare_request(&mut req, client, upgrade.is_some());
         let mut req = req.map(Either::Left);
         let mut retried = false;
         loop {
@@ -141,10 +143,17 @@ impl Forwarder {
             target.stats.attempt();
             let in_flight = InFlight::enter(&target.stats);
             let started = Instant::now();
-            let failed = match send(&target.upstream, req, replay.as_ref(), upgrade.is_some()).await
+            let failed = match send(
+                &target.upstream,
+                req,
+                replayable,
+                upgrade.is_some(),
+                started,
+            )
+            .await
             {
-                Ok((resp, sender)) => {
-                    return self.respond(resp, sender, target, in_flight, started, upgrade);
+                Ok((resp, conn)) => {
+                    return self.respond(resp, conn, target, in_flight, started, upgrade);
                 }
                 Err(f) => f,
             };
@@ -177,7 +186,7 @@ impl Forwarder {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
-        sender: SendRequest<UpBody>,
+        conn: Option<Box<UpConn>>,
         target: &Target,
         in_flight: InFlight,
         started: Instant,
@@ -186,49 +195,70 @@ impl Forwarder {
         target
             .stats
             .response(resp.status().as_u16(), started.elapsed());
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = upgrade {
-                let backend = hyper::upgrade::on(&mut resp);
-                let upstream = target.upstream.clone();
-                let kill = self.ctx.kill.clone();
-                let id = target.id.clone();
-                self.ctx.tracker.spawn(async move {
-                    tunnel(client, backend, &upstream, kill, &id).await;
-                    drop(in_flight);
-                });
-                // The connection now belongs to the tunnel; it never goes back to the pool.
-                drop(sender);
-                let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, ProxyBody::message(None));
-            }
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client) = upgrade
+        {
+            let backend = hyper::upgrade::on(&mut resp);
+            let upstream = target.upstream.clone();
+            let kill = self.ctx.kill.clone();
+            let id = target.id.clone();
+            self.ctx.tracker.spawn(async move {
+                tunnel(client, backend, &upstream, kill, &id).await;
+                drop(in_flight);
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, ProxyBody::message(None));
         }
         strip_hop_by_hop(resp.headers_mut(), false);
-        let done = Done {
-            sender,
-            upstream: target.upstream.clone(),
-            _in_flight: in_flight,
-        };
+        // The backend's HTTP version is no business of the client's: an HTTP/1.0 backend must
+        // not make hyper answer a keep-alive HTTP/1.1 client as 1.0 and close its connection.
+        *resp.version_mut() = Version::HTTP_11;
+        let upstream = target.upstream.clone();
         resp.map(|inner| {
             ProxyBody(Kind::Upstream {
                 inner,
-                done: Some(done),
+                conn: conn.map(|conn| Done { conn, upstream }),
+                _in_flight: in_flight,
             })
         })
     }
 }
 
-/// Sends `req` to `up`: on a pooled connection if one is ready, else on a new one.
+/// Sends `req` to `up`: on a pooled connection if one is ready, else on a new one. Returns the
+/// response head and the connection its body comes on (`None` for an upgrade, whose connection
+/// has a task of its own).
+///
+/// `replayable` (an idempotent request without a body) allows one resend when a connection broke
+/// after the request was written but before any answer. Copying the head for that costs an
+/// allocation per request, so it is only taken where the race is real: on a connection idle
+/// long enough that the backend may be closing it, and on a new connection (a backend that is
+/// going away accepts and then resets).
 async fn send(
     up: &Upstream,
     mut req: Request<UpBody>,
-    replay: Option<&Replay>,
+    replayable: bool,
     upgrade: bool,
-) -> Result<(Response<Incoming>, SendRequest<UpBody>), Failure> {
+    now: Instant,
+) -> Result<(Response<Incoming>, Option<Box<UpConn>>), Failure> {
+    if upgrade {
+        // An upgrade takes its connection over for good: a fresh one, outside the pool.
+        let mut sender = match up.connect_upgradable().await {
+            Ok(s) => s,
+            Err(e) => return Err(Failure::NotSent(Box::new(req), e.into())),
+        };
+        return match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, None)),
+            Err(mut e) => match e.take_message() {
+                Some(back) => Err(Failure::NotSent(Box::new(back), e.into_error().into())),
+                None => Err(Failure::Sent(e.into_error())),
+            },
+        };
+    }
     let mut replayed = false;
-    // An upgrade takes its connection over for good: give it a fresh one and keep the pool.
-    while let Some(mut sender) = if upgrade { None } else { up.checkout() } {
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, sender)),
+    while let Some((mut conn, idle)) = up.checkout(now).await {
+        let replay = (replayable && idle >= STALE_AFTER).then(|| Replay::of(&req));
+        match conn.send(req).await {
+            Ok(resp) => return Ok((resp, Some(conn))),
             Err(mut e) => match e.take_message() {
                 // The pooled connection was already dead: try the next.
                 Some(back) => req = back,
@@ -245,22 +275,27 @@ async fn send(
             },
         }
     }
-    let mut sender = match up.connect_http().await {
-        Ok(s) => s,
+    let replay = (replayable && !replayed).then(|| Replay::of(&req));
+    let mut conn = match up.connect_http().await {
+        Ok(c) => c,
         Err(e) => return Err(Failure::NotSent(Box::new(req), e.into())),
     };
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, sender)),
+    match conn.send(req).await {
+        Ok(resp) => Ok((resp, Some(conn))),
         Err(mut e) => match (e.take_message(), replay) {
             (Some(back), _) => Err(Failure::NotSent(Box::new(back), e.into_error().into())),
-            (None, Some(r)) if !replayed => Err(Failure::NotSent(
+            (None, Some(r)) => Err(Failure::NotSent(
                 Box::new(r.rebuild()),
                 e.into_error().into(),
             )),
-            (None, _) => Err(Failure::Sent(e.into_error())),
+            (None, None) => Err(Failure::Sent(e.into_error())),
         },
     }
 }
+
+/// A pooled connection idle for less than this is not one a backend's keep-alive timer is
+/// closing: the shortest common server timeouts are a few seconds.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Copies bytes both ways between an upgraded client connection and its backend connection,
 /// until either side closes, the backend leaves the table and its drain deadline passes, or the
@@ -301,8 +336,9 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(req: &Request<Incoming>) -> Option<Replay> {
-        let idempotent = matches!(
+    /// Whether the request may be sent twice: idempotent, and nothing in its body to lose.
+    fn applies(req: &Request<Incoming>) -> bool {
+        matches!(
             *req.method(),
             Method::GET
                 | Method::HEAD
@@ -310,12 +346,15 @@ impl Replay {
                 | Method::TRACE
                 | Method::PUT
                 | Method::DELETE
-        );
-        (idempotent && req.body().is_end_stream()).then(|| Replay {
+        ) && req.body().is_end_stream()
+    }
+
+    fn of(req: &Request<UpBody>) -> Replay {
+        Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
-        })
+        }
     }
 
     fn rebuild(&self) -> Request<UpBody> {
@@ -353,13 +392,18 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Connection: upgrade`, which are the handshake itself.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
+        // Usually just `keep-alive`, `close` or `upgrade`, which go anyway: collect (and
+        // allocate) only for other names.
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
         headers.remove(header::CONNECTION);
     }
@@ -381,8 +425,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Turns a client's request into the one the backend gets, over HTTP/1.1.
-fn prepare_request(req: &mut Request<Incoming>, client: IpAddr, upgrade: bool) {
+/// Turns a client's request into the one the backend gets, over HTTP/1.1. `client` is the
+/// client's address as a header value.
+fn prepare_request(req: &mut Request<Incoming>, client: Option<HeaderValue>, upgrade: bool) {
     // HTTP/2 names the host in `:authority` and the target in absolute form; an HTTP/1.1
     // backend wants a Host header and the origin form.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -406,24 +451,24 @@ fn prepare_request(req: &mut Request<Incoming>, client: IpAddr, upgrade: bool) {
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
-    let client = client.to_canonical();
-    let forwarded = {
-        let mut previous = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .peekable();
-        if previous.peek().is_none() {
-            HeaderValue::from_str(&client.to_string())
-        } else {
-            let mut joined = previous.collect::<Vec<_>>().join(", ");
+    if let Some(client) = client {
+        let forwarded = if headers.contains_key(&X_FORWARDED_FOR) {
+            // Proxies before us: append, as `$proxy_add_x_forwarded_for` does.
+            let mut joined = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
             joined.push_str(", ");
-            joined.push_str(&client.to_string());
-            HeaderValue::from_str(&joined)
+            joined.push_str(client.to_str().unwrap_or_default());
+            HeaderValue::from_str(&joined).ok()
+        } else {
+            Some(client)
+        };
+        if let Some(v) = forwarded {
+            headers.insert(X_FORWARDED_FOR, v);
         }
-    };
-    if let Ok(v) = forwarded {
-        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
@@ -444,12 +489,11 @@ fn bad_gateway() -> Response<ProxyBody> {
     message(StatusCode::BAD_GATEWAY, "the backend did not answer\n")
 }
 
-/// What happens when a response body ends: its connection goes back to the pool and the
-/// request stops counting as in flight.
+/// The connection a response body comes on, and its pool: the body drives it, and gives it back
+/// when the body ended.
 struct Done {
-    sender: SendRequest<UpBody>,
+    conn: Box<UpConn>,
     upstream: Arc<Upstream>,
-    _in_flight: InFlight,
 }
 
 /// The body the proxy answers with: a backend's response streamed frame by frame, or a short
@@ -457,7 +501,13 @@ struct Done {
 pub struct ProxyBody(Kind);
 
 enum Kind {
-    Upstream { inner: Incoming, done: Option<Done> },
+    Upstream {
+        inner: Incoming,
+        /// `None` once given back (or for an upgrade's empty body).
+        conn: Option<Done>,
+        /// The request stops counting as in flight when its body is done with.
+        _in_flight: InFlight,
+    },
     Message(Option<Bytes>),
 }
 
@@ -477,17 +527,21 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().0 {
             Kind::Message(text) => Poll::Ready(text.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { inner, done } => {
+            Kind::Upstream { inner, conn, .. } => {
+                // The connection reads the next chunk into `inner`'s channel.
+                if let Some(d) = conn.as_mut() {
+                    d.conn.drive(cx);
+                }
                 let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
                 match &frame {
                     Some(Ok(_)) if !inner.is_end_stream() => {}
                     Some(Err(_)) => {
                         // A body cut short leaves the connection unusable: do not pool it.
-                        done.take();
+                        conn.take();
                     }
                     _ => {
-                        if let Some(d) = done.take() {
-                            d.upstream.checkin(d.sender);
+                        if let Some(d) = conn.take() {
+                            d.upstream.checkin(d.conn);
                         }
                     }
                 }
@@ -517,12 +571,11 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may drop a body it knows is complete (empty, or exactly sized) without polling
         // it to the end; its connection is still good.
-        if let Kind::Upstream { inner, done } = &mut self.0 {
-            if let Some(d) = done.take() {
-                if inner.is_end_stream() {
-                    d.upstream.checkin(d.sender);
-                }
-            }
+        if let Kind::Upstream { inner, conn, .. } = &mut self.0
+            && let Some(d) = conn.take()
+            && inner.is_end_stream()
+        {
+            d.upstream.checkin(d.conn);
         }
     }
 }

@@ -148,14 +148,14 @@ impl Routes {
                 return Err(RouteError::PortZero);
             }
             // Open connections were accepted for one protocol; they cannot be re-read as another.
-            if let Some(old) = current.listeners.get(&port) {
-                if old.protocol != listener.protocol {
-                    return Err(RouteError::ProtocolChange {
-                        port,
-                        from: old.protocol,
-                        to: listener.protocol,
-                    });
-                }
+            if let Some(old) = current.listeners.get(&port)
+                && old.protocol != listener.protocol
+            {
+                return Err(RouteError::ProtocolChange {
+                    port,
+                    from: old.protocol,
+                    to: listener.protocol,
+                });
             }
             let mut ids = HashSet::new();
             let mut addrs: BTreeMap<SocketAddr, &str> = BTreeMap::new();

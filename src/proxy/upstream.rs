@@ -6,17 +6,29 @@
 //! a request left the building: a connect failure or a dead pooled connection hands the request
 //! back (hyper's `try_send_request`), so it can be retried on another backend with its body
 //! untouched. The legacy client drops the request on a connect error.
+//!
+//! A pooled connection has no task of its own: the request that checks it out drives its I/O
+//! ([`UpConn::drive`]) while it waits for the response and while the response body streams, in
+//! the task of the client connection. That saves two task wake-ups per request compared with
+//! a spawned connection task (and the cross-thread hand-offs they cause), which is most of the
+//! proxy's own overhead next to the system calls. Only upgrades (WebSocket) get a spawned
+//! connection, since their tunnel outlives the request.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -38,8 +50,59 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle connections kept per backend; more are closed on return.
 const MAX_IDLE: usize = 1024;
 
-struct Idle {
+/// An HTTP/1.1 connection to a backend, driven by whoever holds it.
+pub struct UpConn {
     sender: SendRequest<UpBody>,
+    conn: Connection<TokioIo<TcpStream>, UpBody>,
+    /// The connection future completed (closed, or broken): never use it again.
+    finished: bool,
+}
+
+impl UpConn {
+    /// Moves the connection's I/O along (writes the request, reads the response into the body
+    /// channel, notices a close), registering this task for its readiness.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if self.finished {
+            return;
+        }
+        if let Poll::Ready(r) = Pin::new(&mut self.conn).poll_without_shutdown(cx) {
+            self.finished = true;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "backend connection ended");
+            }
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        !self.finished && !self.sender.is_closed()
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives. On an error the
+    /// request comes back if it was not written.
+    pub async fn send(
+        &mut self,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpBody>>> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Whether it can take a request now, after a first look at its socket.
+    async fn usable(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            Poll::Ready(self.alive() && self.sender.is_ready())
+        })
+        .await
+    }
+}
+
+struct Idle {
+    conn: Box<UpConn>,
     since: Instant,
 }
 
@@ -72,40 +135,37 @@ impl Upstream {
         }
     }
 
-    /// A pooled connection that can take a request now. Most recently used first, so that under
-    /// light load the older ones age out instead of all staying half-warm.
-    pub fn checkout(&self) -> Option<SendRequest<UpBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        // The oldest are at the front: drop the ones past their idle time.
-        while idle
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        // A connection whose last response just ended may not be marked ready yet (its task
-        // runs on another thread); leave it for the next request rather than wait for it.
+    /// A pooled connection that can take a request now, and how long it was idle. Most recently
+    /// used first, so that under light load the older ones age out instead of all staying warm.
+    pub async fn checkout(&self, now: Instant) -> Option<(Box<UpConn>, Duration)> {
         loop {
-            let i = idle
-                .iter()
-                .rposition(|c| c.sender.is_ready() || c.sender.is_closed())?;
-            let c = idle.remove(i)?;
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+            let Idle { mut conn, since } = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                // The oldest are at the front: drop the ones past their idle time.
+                while idle
+                    .front()
+                    .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
+                {
+                    idle.pop_front();
+                }
+                idle.pop_back()?
+            };
+            // Nobody polled it while idle: this is where a close by the backend shows.
+            if conn.usable().await {
+                return Some((conn, now.saturating_duration_since(since)));
             }
         }
     }
 
     /// Gives a connection back after its response ended.
-    pub fn checkin(&self, sender: SendRequest<UpBody>) {
-        if self.retired.load(Ordering::Relaxed) || sender.is_closed() {
+    pub fn checkin(&self, conn: Box<UpConn>) {
+        if self.retired.load(Ordering::Relaxed) || !conn.alive() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -126,9 +186,24 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// A new HTTP/1.1 connection, its I/O driven by a task of its own (with upgrades, so a
-    /// WebSocket handshake can take the connection over).
-    pub async fn connect_http(&self) -> std::io::Result<SendRequest<UpBody>> {
+    /// A new HTTP/1.1 connection, to be driven by the request that uses it. Boxed: it holds
+    /// hyper's buffers and moves between the pool and requests many times.
+    pub async fn connect_http(&self) -> std::io::Result<Box<UpConn>> {
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(UpConn {
+            sender,
+            conn,
+            finished: false,
+        }))
+    }
+
+    /// A new HTTP/1.1 connection driven by a task of its own, with upgrades, so a WebSocket
+    /// handshake can take the connection over and outlive the request.
+    pub async fn connect_upgradable(&self) -> std::io::Result<SendRequest<UpBody>> {
         let stream = self.connect_tcp().await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
