@@ -212,14 +212,6 @@ impl Load {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn manifest(env: &str, port: u16, image: &str) -> String {
     format!(
         "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nservices:\n  web:\n    image: {image}\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }}, interval: 200ms, startPeriod: 3s, retries: 2 }}\n"
@@ -263,7 +255,7 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
         environment: name.clone(),
     };
     rt.block_on(async { demo_images(&engine().await).await });
-    let port = free_port();
+    let port = crate::support::free_port();
     let project = Project::new()
         .file("rollout.yaml", "proxy: { bind: 127.0.0.1 }\n")
         .playbook("full", FULL)
@@ -439,7 +431,7 @@ fn stateful_services_are_stop_started_on_their_data_and_internal_ones_follow_by_
         environment: name.clone(),
     };
     rt.block_on(async { demo_images(&engine().await).await });
-    let port = free_port();
+    let port = crate::support::free_port();
     let manifest = |version: &str| {
         format!(
             "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    dependsOn: [api]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n  api:\n    image: shop-api:1.9.0\n    env: {{ RELEASE: \"{version}\" }}\n    ports: [ {{ container: 9000 }} ]\n    dependsOn: [db]\n    health: {{ tcp: {{ port: 9000 }} }}\n  db:\n    image: shop-db:15\n    env: {{ RELEASE: \"{version}\" }}\n    stateful: true\n    ports: [ {{ container: 5432, protocol: tcp }} ]\n    volumes: [ {{ name: data, path: /var/lib/data }} ]\n"

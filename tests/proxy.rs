@@ -1015,14 +1015,6 @@ async fn http10_backend_does_not_close_the_client_connection() {
     .await;
 }
 
-/// A free port on 127.0.0.1 (free when asked; the tests that use it bind it at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_proxy_runs_until_sigterm() {
     bounded(async {
@@ -1058,7 +1050,7 @@ async fn rollout_proxy_runs_until_sigterm() {
         let admin = AdminClient::new(admin);
         admin.healthz().await.expect("healthy");
 
-        let public = free_port();
+        let public = crate::support::free_port();
         let mut routes = Routes::default();
         routes.listeners.insert(
             public,

@@ -37,14 +37,6 @@ fn static_binary() -> std::path::PathBuf {
     root.join(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn get(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -75,7 +67,7 @@ fn the_proxy_container_forwards_switches_and_survives_restarts() {
     let _cleanup = Cleanup {
         environment: name.clone(),
     };
-    let public = free_port();
+    let public = crate::support::free_port();
     let binary = std::fs::read(static_binary()).expect("static rollout");
     let image = proxy_image(&binary);
     rt.block_on(async {

@@ -166,3 +166,13 @@ pub fn one_service(env: &str, image: &str) -> String {
         "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nservices:\n  web:\n    image: {image}\n"
     )
 }
+
+/// A loopback port nobody listens on right now (for public ports of test environments, which
+/// must not collide across tests running in parallel).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
