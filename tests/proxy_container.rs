@@ -16,27 +16,6 @@ use rollout::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
 use crate::support::docker::{Cleanup, demo_images, engine, runtime, start_production};
 use crate::support::{Project, unique};
 
-/// A statically linked rollout: `$ROLLOUT_STATIC_BINARY` (set by .ci/run), else built once here
-/// with scripts/build-static.sh under a lock, so parallel tests build it once.
-fn static_binary() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("ROLLOUT_STATIC_BINARY") {
-        return p.into();
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lock = std::fs::File::create(std::env::temp_dir().join("rollout-static-build.lock"))
-        .expect("lock file");
-    lock.lock().expect("lock");
-    let out = Command::new(root.join("scripts/build-static.sh"))
-        .output()
-        .expect("scripts/build-static.sh");
-    assert!(
-        out.status.success(),
-        "static build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 fn get(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -68,7 +47,7 @@ fn the_proxy_container_forwards_switches_and_survives_restarts() {
         environment: name.clone(),
     };
     let public = crate::support::free_port();
-    let binary = std::fs::read(static_binary()).expect("static rollout");
+    let binary = std::fs::read(crate::support::static_binary()).expect("static rollout");
     let image = proxy_image(&binary);
     rt.block_on(async {
         let engine = engine().await;

@@ -58,6 +58,10 @@ impl Project {
             .args(args)
             .envs(&self.env)
             .env_remove("NO_COLOR");
+        // Promotions start the edge proxy, whose image is a static rollout.
+        if args.iter().any(|a| matches!(*a, "promote" | "rollback")) {
+            cmd.env("ROLLOUT_STATIC_BINARY", static_binary());
+        }
         let out = cmd.output().expect("run rollout");
         Output {
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -175,4 +179,25 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// A statically linked rollout: `$ROLLOUT_STATIC_BINARY` (set by .ci/run), else built once here
+/// with scripts/build-static.sh under a lock, so parallel tests build it once.
+pub fn static_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("ROLLOUT_STATIC_BINARY") {
+        return p.into();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock = std::fs::File::create(std::env::temp_dir().join("rollout-static-build.lock"))
+        .expect("lock file");
+    lock.lock().expect("lock");
+    let out = Command::new(root.join("scripts/build-static.sh"))
+        .output()
+        .expect("scripts/build-static.sh");
+    assert!(
+        out.status.success(),
+        "static build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.join(String::from_utf8_lossy(&out.stdout).trim())
 }
