@@ -10,6 +10,14 @@
 //! - [`manifest`]: the files a user writes, parsed with positions and resolved into valid types.
 //! - [`plan`]: `compute(desired, observed, playbook) -> Plan`, pure; and its rendering.
 //! - [`engine`]: the seam to the container platform (Docker through bollard; a fake for tests).
+//! - [`testenv`]: test versions: isolated copies brought up in dependency order, torn down always.
+//! - [`check`]: smoke checks (http, tcp, exec) from the host, with typed verdicts.
+//! - [`gate`]: what must hold before production is touched (change windows).
+//! - [`exec`]: the executor: rehearsals and promotions walking a playbook, with their reports.
+//! - [`proxy`]: the edge proxy: weighted routing, draining, stats, admin API.
+//! - [`edge`]: the proxy of an environment as a container, and its admin client.
+//! - [`store`]: the embedded store (SQLite, WAL): revisions and runs.
+//! - [`progress`]: live progress for people; [`run_id`]: run ids.
 //! - [`demo`]: the demo client's images, built locally from busybox.
 
 pub mod check;
