@@ -45,6 +45,17 @@ pub fn needed(env: &Environment) -> bool {
         .any(|s| s.ports.iter().any(|p| p.public.is_some()))
 }
 
+/// The proxy image's tag, computed once per process: it digests the whole static binary, and a
+/// promotion calls [`ensure`] at every routing change.
+fn image_tag() -> Result<String, EdgeError> {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(tag) = TAG.get() {
+        return Ok(tag.clone());
+    }
+    let binary = static_rollout_binary().map_err(EdgeError::Image)?;
+    Ok(TAG.get_or_init(|| proxy_image(&binary)).clone())
+}
+
 /// Starts the edge proxy of `env` if it is not running (building its image first if needed),
 /// and waits until its admin API answers.
 pub async fn ensure(
@@ -53,9 +64,9 @@ pub async fn ensure(
     run: &str,
     bind: std::net::IpAddr,
 ) -> Result<(), EdgeError> {
-    let binary = static_rollout_binary().map_err(EdgeError::Image)?;
-    let image = proxy_image(&binary);
+    let image = image_tag()?;
     if !engine.has_image(&image).await? {
+        let binary = static_rollout_binary().map_err(EdgeError::Image)?;
         engine.build_image(&image, &proxy_context(binary)).await?;
     }
     let spec = proxy_container(env, run, &bind.to_string(), &image);
