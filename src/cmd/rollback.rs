@@ -98,31 +98,7 @@ pub fn environment_of(r: &Revision, current: &Environment) -> anyhow::Result<Env
                 .with_context(|| format!("revision {} of {name} uses secret {key}, which the current manifest no longer declares", r.number))?;
             secrets.insert(key.clone(), secret.clone());
         }
-        let ServiceSnapshot {
-            image,
-            command,
-            env,
-            secret_keys: _,
-            ports,
-            depends_on,
-            health,
-            stateful,
-            volumes,
-            managed_by,
-        } = s;
-        services.push(Service {
-            name,
-            image,
-            command,
-            env,
-            secrets,
-            ports,
-            depends_on,
-            health,
-            stateful,
-            volumes,
-            managed_by,
-        });
+        services.push(s.into_service(name, secrets));
     }
     Ok(Environment {
         services,

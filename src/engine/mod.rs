@@ -122,6 +122,42 @@ impl From<&Service> for ServiceSnapshot {
     }
 }
 
+impl ServiceSnapshot {
+    /// The service these settings describe, with its secrets' values supplied by the caller
+    /// (they are never recorded): the inverse of `From<&Service>`.
+    pub fn into_service(
+        self,
+        name: String,
+        secrets: BTreeMap<String, crate::manifest::secret::Secret>,
+    ) -> Service {
+        let ServiceSnapshot {
+            image,
+            command,
+            env,
+            secret_keys: _,
+            ports,
+            depends_on,
+            health,
+            stateful,
+            volumes,
+            managed_by,
+        } = self;
+        Service {
+            name,
+            image,
+            command,
+            env,
+            secrets,
+            ports,
+            depends_on,
+            health,
+            stateful,
+            volumes,
+            managed_by,
+        }
+    }
+}
+
 /// What runs for one environment, as the engine reports it.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
