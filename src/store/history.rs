@@ -14,7 +14,7 @@
 use std::fmt;
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -199,41 +199,47 @@ impl RawRevision {
 impl Store {
     /// Records a new `InProgress` revision of `r.environment` with the next number.
     pub fn begin_revision(&self, r: NewRevision) -> Result<Revision, StoreError> {
+        self.write(|tx| self.insert_revision(tx, r))
+    }
+
+    /// [`Store::begin_revision`] inside a caller's transaction.
+    pub(super) fn insert_revision(
+        &self,
+        tx: &Transaction<'_>,
+        r: NewRevision,
+    ) -> Result<Revision, StoreError> {
         let images = serde_json::to_string(&r.images).expect("strings serialize");
-        let number = self.write(|tx| {
-            // Under the write lock taken by `write`, so no other writer sits between this read
-            // and the insert.
-            let next: i64 = tx
-                .query_row(
-                    "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE environment = ?1",
-                    [&r.environment],
-                    |row| row.get(0),
-                )
-                .map_err(|e| self.err(e))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO revisions ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9, ?10, 'inProgress', NULL)"
-                ),
-                params![
-                    r.environment,
-                    next,
-                    r.run,
-                    ts_to_sql(r.started),
-                    r.user,
-                    r.playbook,
-                    r.reason,
-                    r.changes.to_string(),
-                    r.services.to_string(),
-                    images,
-                ],
+        // Under the write lock the transaction holds, so no other writer sits between this read
+        // and the insert.
+        let next: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE environment = ?1",
+                [&r.environment],
+                |row| row.get(0),
             )
             .map_err(|e| self.err(e))?;
-            Ok(next as u64)
-        })?;
+        tx.execute(
+            &format!(
+                "INSERT INTO revisions ({COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9, ?10, 'inProgress', NULL)"
+            ),
+            params![
+                r.environment,
+                next,
+                r.run,
+                ts_to_sql(r.started),
+                r.user,
+                r.playbook,
+                r.reason,
+                r.changes.to_string(),
+                r.services.to_string(),
+                images,
+            ],
+        )
+        .map_err(|e| self.err(e))?;
         Ok(Revision {
             environment: r.environment,
-            number,
+            number: next as u64,
             run: r.run,
             started: r.started,
             finished: None,
@@ -255,24 +261,34 @@ impl Store {
         outcome: RevisionOutcome,
         finished: Timestamp,
     ) -> Result<(), StoreError> {
+        self.write(|tx| self.update_revision(tx, env, number, &outcome, finished))
+    }
+
+    /// [`Store::finish_revision`] inside a caller's transaction.
+    pub(super) fn update_revision(
+        &self,
+        tx: &Transaction<'_>,
+        env: &str,
+        number: u64,
+        outcome: &RevisionOutcome,
+        finished: Timestamp,
+    ) -> Result<(), StoreError> {
         let (status, reason) = outcome.to_sql();
-        self.write(|tx| {
-            let updated = tx
-                .execute(
-                    "UPDATE revisions SET outcome = ?3, outcome_reason = ?4, finished = ?5
-                     WHERE environment = ?1 AND number = ?2",
-                    params![env, number as i64, status, reason, ts_to_sql(finished)],
-                )
-                .map_err(|e| self.err(e))?;
-            if updated == 0 {
-                return Err(StoreError::UnknownRevision {
-                    path: self.path.clone(),
-                    environment: env.to_string(),
-                    number,
-                });
-            }
-            Ok(())
-        })
+        let updated = tx
+            .execute(
+                "UPDATE revisions SET outcome = ?3, outcome_reason = ?4, finished = ?5
+                 WHERE environment = ?1 AND number = ?2",
+                params![env, number as i64, status, reason, ts_to_sql(finished)],
+            )
+            .map_err(|e| self.err(e))?;
+        if updated == 0 {
+            return Err(StoreError::UnknownRevision {
+                path: self.path.clone(),
+                environment: env.to_string(),
+                number,
+            });
+        }
+        Ok(())
     }
 
     /// Every revision of `env`, newest first.

@@ -21,10 +21,14 @@
 //! connection; open a second `Store` for real parallelism (the tests do, to act as two processes).
 
 mod history;
+mod journal;
+mod lock;
 mod runs;
 mod schema;
 
 pub use history::{NewRevision, Revision, RevisionOutcome};
+pub use journal::{BEGIN, END, JournalEntry, Phase};
+pub use lock::{Acquired, Claim, LockHolder};
 pub use runs::RunRecord;
 
 use std::io;

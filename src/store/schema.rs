@@ -48,6 +48,31 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX runs_by_start ON runs (environment, started);
     ",
+    // 2: the run journal and the per-environment lock.
+    "
+    CREATE TABLE journal (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        environment TEXT    NOT NULL,
+        run         TEXT    NOT NULL,
+        step        TEXT    NOT NULL,
+        phase       TEXT    NOT NULL CHECK (phase IN ('intent', 'done')),
+        data        TEXT    NOT NULL,   -- JSON
+        at          TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX journal_by_run ON journal (run, seq);
+    CREATE INDEX journal_by_environment ON journal (environment, step, seq);
+
+    CREATE TABLE locks (
+        environment TEXT NOT NULL PRIMARY KEY,
+        run         TEXT NOT NULL,
+        owner       TEXT NOT NULL,      -- host:pid:start of the holding process
+        user        TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        acquired    TEXT NOT NULL,
+        renewed     TEXT NOT NULL,
+        expires     TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -105,7 +130,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 2);
+        assert_eq!(tables, 5, "revisions, runs, journal, locks and sqlite_sequence");
     }
 
     #[test]
