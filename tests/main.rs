@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod checks;
 mod cli;
+mod crash;
 mod engine_docker;
 mod gates;
 mod plan_docker;

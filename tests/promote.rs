@@ -13,13 +13,13 @@ use crate::support::{Project, unique};
 
 /// What one request got: the version that answered (from the page), or what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Answer {
+pub(crate) enum Answer {
     Version { status: u16, version: String },
     Error(String),
 }
 
 /// Reads one HTTP/1.1 response (status line, headers, Content-Length body) from a connection.
-fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
+pub(crate) fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
     let mut line = String::new();
     reader
         .read_line(&mut line)
@@ -83,7 +83,7 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), Str
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn version_of(body: &str) -> String {
+pub(crate) fn version_of(body: &str) -> String {
     body.split("shop web ")
         .nth(1)
         .map(|rest| {
@@ -103,7 +103,7 @@ enum Kind {
 }
 
 /// Steady load on the public port until stopped.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Vec<Answer>>>,
     sent: Arc<std::sync::atomic::AtomicU64>,
@@ -113,7 +113,7 @@ struct Load {
 impl Load {
     /// Six clients: GETs on keep-alive connections and on fresh ones, POSTs with a body that must
     /// come back, and slow (1 s) requests so that some are always in flight across a switch.
-    fn start(port: u16) -> Load {
+    pub(crate) fn start(port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -198,11 +198,11 @@ impl Load {
     }
 
     /// Takes the answers so far, leaving the load running.
-    fn drain(&self) -> Vec<Answer> {
+    pub(crate) fn drain(&self) -> Vec<Answer> {
         std::mem::take(&mut *self.answers.lock().unwrap())
     }
 
-    fn finish(self) -> (u64, Vec<Answer>) {
+    pub(crate) fn finish(self) -> (u64, Vec<Answer>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().expect("load thread");
@@ -212,7 +212,7 @@ impl Load {
     }
 }
 
-fn manifest(env: &str, port: u16, image: &str) -> String {
+pub(crate) fn manifest(env: &str, port: u16, image: &str) -> String {
     format!(
         "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nservices:\n  web:\n    image: {image}\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }}, interval: 200ms, startPeriod: 3s, retries: 2 }}\n"
     )
@@ -223,7 +223,7 @@ const QUICK: &str =
     "apiVersion: rollout/v1\nkind: Playbook\nname: quick\nsteps:\n  - promote: { drain: 1s }\n";
 
 /// Samples what the public port serves now, synchronously.
-fn serving(port: u16) -> Vec<String> {
+pub(crate) fn serving(port: u16) -> Vec<String> {
     (0..10)
         .map(|_| {
             let conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -239,7 +239,7 @@ fn serving(port: u16) -> Vec<String> {
         .collect()
 }
 
-fn assert_serving(port: u16, version: &str) {
+pub(crate) fn assert_serving(port: u16, version: &str) {
     let got = serving(port);
     assert!(
         got.iter().all(|g| g == &format!("200 {version}")),
@@ -388,7 +388,7 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
     assert!(lines.iter().any(|l| l.contains("shop-web:2.4.0")), "{left}");
 }
 
-fn containers_of(env: &str, service: &str) -> Vec<String> {
+pub(crate) fn containers_of(env: &str, service: &str) -> Vec<String> {
     let out = std::process::Command::new("docker")
         .args([
             "ps",

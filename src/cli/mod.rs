@@ -128,6 +128,10 @@ pub struct PromoteArgs {
     /// Why this change: recorded in the revision and the report.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// If another run holds the environment's lock, wait for it this long (e.g. 5m) instead of
+    /// refusing at once.
+    #[arg(long, value_name = "DURATION", value_parser = crate::manifest::duration::parse)]
+    pub wait: Option<std::time::Duration>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -139,6 +143,9 @@ pub struct RollbackArgs {
     /// The revision to put back (default: the previous one).
     #[arg(long = "to", value_name = "REVISION")]
     pub to: Option<u64>,
+    /// If another run holds the environment's lock, wait for it this long instead of refusing.
+    #[arg(long, value_name = "DURATION", value_parser = crate::manifest::duration::parse)]
+    pub wait: Option<std::time::Duration>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }

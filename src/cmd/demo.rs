@@ -84,6 +84,7 @@ async fn live(engine: &dyn crate::engine::Engine, printer: Printer) -> anyhow::R
                 yes: true,
                 emergency: false,
                 reason: Some(format!("demo: web {version}")),
+                wait: None,
                 output: Format::Text,
             };
             super::promote::run(&live, args, printer).await

@@ -68,7 +68,7 @@ pub(crate) async fn connect(project: &Project) -> anyhow::Result<Box<dyn Engine>
             let engine = DockerEngine::connect(project.config.docker_host.as_deref())
                 .await
                 .context("the docker backend needs a running Docker engine")?;
-            Ok(Box::new(engine))
+            Ok(Box::new(crate::engine::retry::Retrying::new(engine)))
         }
         Backend::Kubernetes => {
             anyhow::bail!(
@@ -116,4 +116,125 @@ pub(crate) async fn collect_garbage(
         printer.warn(&line);
     }
     Ok(())
+}
+
+/// Takes `env`'s lock for `run` (waiting up to `wait` if another run holds it), then settles the
+/// runs of `env` that were interrupted, saying what it did. `Err(status)` when the command must
+/// stop: the lock is held by a live run (exit 3, the holder named), or an interrupted run could
+/// not be settled (exit 1: nothing else is done before it is).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn lock_and_recover(
+    project: &Project,
+    engine: &dyn Engine,
+    store: &std::sync::Arc<crate::store::Store>,
+    env: &crate::manifest::env::Environment,
+    run: &str,
+    command: &str,
+    wait: Option<std::time::Duration>,
+    cancel: &tokio_util::sync::CancellationToken,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<Result<crate::exec::lock::LockGuard, ExitStatus>> {
+    use crate::exec::lock::{self, LockError};
+    let refuse = |status: ExitStatus, outcome: &str, reason: String| -> anyhow::Result<_> {
+        if json {
+            printer.json(&serde_json::json!({
+                "environment": env.name,
+                "run": run,
+                "outcome": { "outcome": outcome, "reason": reason },
+            }))?;
+        } else {
+            printer.warn(&reason);
+        }
+        Ok(Err(status))
+    };
+    let acquired = tokio::select! {
+        r = lock::acquire(store, &env.name, run, command, wait, cancel.clone()) => r,
+        () = cancel.cancelled() => {
+            return refuse(ExitStatus::Failure, "cancelled", "stopped by a signal while waiting for the lock".into());
+        }
+    };
+    let guard = match acquired {
+        Ok((guard, replaced)) => {
+            if let Some(old) = replaced {
+                let why = if old.expires < jiff::Timestamp::now() {
+                    "its lease ran out"
+                } else {
+                    "its process is gone"
+                };
+                printer.warn(&format!(
+                    "took over the lock of {} from {} ({why})",
+                    env.name,
+                    old.describe()
+                ));
+                let (e, r) = (env.name.clone(), run.to_string());
+                let data = serde_json::to_value(&old).unwrap_or_default();
+                store
+                    .call(move |s| {
+                        s.journal_append(&e, &r, "takeover", crate::store::Phase::Done, &data)
+                    })
+                    .await?;
+            }
+            guard
+        }
+        Err(e @ (LockError::Held { .. } | LockError::TimedOut { .. })) => {
+            return refuse(ExitStatus::Refused, "refused", e.to_string());
+        }
+        Err(LockError::Store(e)) => return Err(e.into()),
+    };
+    let name = env.name.clone();
+    let unfinished = store.call(move |s| s.unfinished_runs(&name)).await?;
+    for begin in unfinished.iter().filter(|b| b.run != run) {
+        // The environment as that run deployed it, so its routes and containers are the ones
+        // it made; its own manifest may have changed since.
+        let number = begin.data["revision"].as_u64().unwrap_or(0);
+        let name = env.name.clone();
+        let revision = store.call(move |s| s.revision(&name, number)).await?;
+        let deployed = revision
+            .and_then(|r| rollback::environment_of(&r, env).ok())
+            .unwrap_or_else(|| env.clone());
+        let progress = crate::progress::Console::new(printer.paint(), json);
+        match crate::exec::recover::recover(
+            engine,
+            store,
+            &deployed,
+            &begin.run,
+            run,
+            project.config.proxy.bind,
+            &progress,
+        )
+        .await
+        {
+            Ok(done) => {
+                if !json {
+                    printer.out(&format!(
+                        "Recovered run {} (revision {}): {} after `{}`, left by {}",
+                        done.run, done.revision, done.action, done.last_step, done.left_by
+                    ));
+                }
+                let r = begin.run.clone();
+                if let Ok(Some(mut record)) = store.call(move |s| s.run(&r)).await {
+                    record.finished = Some(jiff::Timestamp::now());
+                    record.outcome = serde_json::to_value(&done.outcome)
+                        .ok()
+                        .and_then(|v| v["outcome"].as_str().map(String::from))
+                        .unwrap_or_default();
+                    record.report["outcome"] = serde_json::to_value(&done.outcome)?;
+                    record.report["recoveredBy"] = run.into();
+                    store.call(move |s| s.record_run(&record)).await?;
+                }
+            }
+            Err(e) => {
+                return refuse(
+                    ExitStatus::Failure,
+                    "failed",
+                    format!(
+                        "run {} of {} was interrupted and could not be settled: {e}; nothing else was done",
+                        begin.run, env.name
+                    ),
+                );
+            }
+        }
+    }
+    Ok(Ok(guard))
 }

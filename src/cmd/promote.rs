@@ -24,6 +24,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         yes,
         emergency,
         reason,
+        wait,
         output,
     } = args;
     let project = Project::open(dir)?;
@@ -31,10 +32,32 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
     let engine = super::connect(&project).await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    let json = output == Format::Json;
+    let store = Arc::new(Store::open(&project.state_dir())?);
+    let now = jiff::Timestamp::now();
+    let run = crate::run_id::new(now);
+    let cancel = super::cancel_on_signal(printer);
+    let guard = match super::lock_and_recover(
+        &project,
+        engine.as_ref(),
+        &store,
+        &environment,
+        &run,
+        "promote",
+        wait,
+        &cancel,
+        json,
+        printer,
+    )
+    .await?
+    {
+        Ok(g) => g,
+        Err(status) => return Ok(status),
+    };
     let observed = engine.observe(&environment.name).await?;
     let plan = plan::compute(&environment, &observed, &playbook);
-    let json = output == Format::Json;
     if !plan.has_changes() {
+        guard.release().await?;
         if json {
             printer.json(&serde_json::json!({ "environment": environment.name, "outcome": { "outcome": "nothingToDo" } }))?;
         } else {
@@ -54,17 +77,22 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         reason,
         kind: RunKind::Promotion,
     };
-    execute(
+    let status = execute(
         &project,
         engine.as_ref(),
+        &store,
+        &run,
         &environment,
         &playbook,
         &plan,
         &opts,
+        &cancel,
         json,
         printer,
     )
-    .await
+    .await;
+    guard.release().await?;
+    status
 }
 
 /// Asks on a terminal; refuses without one, since nobody could have read the plan.
@@ -90,16 +118,21 @@ fn confirm(plan: &Plan, printer: Printer) -> anyhow::Result<()> {
 pub(crate) async fn execute(
     project: &Project,
     engine: &dyn Engine,
+    store: &Arc<Store>,
+    run: &str,
     environment: &Environment,
     playbook: &Playbook,
     plan: &Plan,
     opts: &Options,
+    cancel: &tokio_util::sync::CancellationToken,
     json: bool,
     printer: Printer,
 ) -> anyhow::Result<ExitStatus> {
-    let store = Arc::new(Store::open(&project.state_dir())?);
     let now = jiff::Timestamp::now();
-    let run = crate::run_id::new(now);
+    // Recorded as running from the start, so `status` and `report` see it from any process.
+    let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
+    started.outcome = Outcome::Running;
+    save_record(store, &started, None, printer);
     if !json {
         printer.out(&format!("run {run}"));
         let verb = if opts.kind == RunKind::Rollback {
@@ -115,21 +148,21 @@ pub(crate) async fn execute(
         ));
     }
     let progress = Console::new(printer.paint(), json);
-    let cancel = super::cancel_on_signal(printer);
+    let journal = crate::exec::journal::Journal::new(store.clone(), &environment.name, run);
     let report = promote::promote(
         engine,
-        &store,
+        &journal,
         environment,
         playbook,
         plan,
-        &run,
+        run,
         now,
         opts,
         &progress,
-        &cancel,
+        cancel,
     )
     .await;
-    save(project, &store, &report, printer);
+    save(project, store, &report, printer);
     if json {
         printer.json(&report)?;
     } else {
@@ -155,6 +188,15 @@ fn save(project: &Project, store: &Store, report: &RunReport, printer: Printer) 
     if let Err(e) = report.save(&project.state_dir()) {
         printer.warn(&format!("the report could not be written: {e}"));
     }
+    save_record(store, report, Some(jiff::Timestamp::now()), printer);
+}
+
+fn save_record(
+    store: &Store,
+    report: &RunReport,
+    finished: Option<jiff::Timestamp>,
+    printer: Printer,
+) {
     let record = RunRecord {
         run: report.run.clone(),
         environment: report.environment.clone(),
@@ -163,7 +205,7 @@ fn save(project: &Project, store: &Store, report: &RunReport, printer: Printer) 
             .started
             .parse()
             .unwrap_or_else(|_| jiff::Timestamp::now()),
-        finished: Some(jiff::Timestamp::now()),
+        finished,
         user: report.user.clone(),
         outcome: serde_json::to_value(&report.outcome)
             .ok()

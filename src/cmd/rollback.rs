@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -19,10 +20,38 @@ use crate::project::Project;
 use crate::store::{Revision, Store};
 
 pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let RollbackArgs { env, to, output } = args;
+    let RollbackArgs {
+        env,
+        to,
+        wait,
+        output,
+    } = args;
     let project = Project::open(dir)?;
     let current = super::load_environment(&project, &env, printer)?.environment;
-    let store = Store::open(&project.state_dir())?;
+    let store = Arc::new(Store::open(&project.state_dir())?);
+    let engine = super::connect(&project).await?;
+    super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
+    let json = output == Format::Json;
+    let run = crate::run_id::new(jiff::Timestamp::now());
+    let cancel = super::cancel_on_signal(printer);
+    // The lock first: the previous revision is only known once interrupted runs are settled.
+    let guard = match super::lock_and_recover(
+        &project,
+        engine.as_ref(),
+        &store,
+        &current,
+        &run,
+        "rollback",
+        wait,
+        &cancel,
+        json,
+        printer,
+    )
+    .await?
+    {
+        Ok(g) => g,
+        Err(status) => return Ok(status),
+    };
     let target = match to {
         Some(n) => store.revision(&current.name, n)?.with_context(|| {
             format!(
@@ -37,15 +66,12 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
             )
         })?,
     };
-    drop(store);
     let desired = environment_of(&target, &current)?;
-    let engine = super::connect(&project).await?;
-    super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
     let observed = engine.observe(&current.name).await?;
     let playbook = Playbook::switch_only(format!("rollback to revision {}", target.number));
     let plan = plan::compute(&desired, &observed, &playbook);
-    let json = output == Format::Json;
     if !plan.has_changes() {
+        guard.release().await?;
         printer.out(&format!(
             "Nothing to do: {} already runs revision {}.",
             current.name, target.number
@@ -58,17 +84,22 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
         reason: Some(format!("rollback to revision {}", target.number)),
         kind: RunKind::Rollback,
     };
-    super::promote::execute(
+    let status = super::promote::execute(
         &project,
         engine.as_ref(),
+        &store,
+        &run,
         &desired,
         &playbook,
         &plan,
         &opts,
+        &cancel,
         json,
         printer,
     )
-    .await
+    .await;
+    guard.release().await?;
+    status
 }
 
 /// The environment as revision `r` ran it: its recorded settings, with secret values read now

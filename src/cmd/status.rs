@@ -16,11 +16,32 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         .iter()
         .find(|r| r.outcome == RevisionOutcome::Promoted)
         .cloned();
-    let in_flight: Vec<_> = history
-        .iter()
-        .filter(|r| r.outcome == RevisionOutcome::InProgress)
-        .cloned()
-        .collect();
+    // A run that began and never ended is in flight while its process holds the lock, and
+    // interrupted otherwise (the next promote or rollback settles it).
+    let lock = store.lock_holder(&env.name)?;
+    let lock_alive = lock.as_ref().is_some_and(|h| {
+        h.expires >= jiff::Timestamp::now()
+            && crate::testenv::owner::liveness(&h.owner) != crate::testenv::owner::Liveness::Dead
+    });
+    let mut in_flight = Vec::new();
+    let mut interrupted = Vec::new();
+    for begin in store.unfinished_runs(&env.name)? {
+        let running = lock_alive && lock.as_ref().is_some_and(|h| h.run == begin.run);
+        let journal = store.journal(&begin.run)?;
+        let entry = serde_json::json!({
+            "run": begin.run,
+            "revision": begin.data["revision"],
+            "kind": begin.data["kind"],
+            "started": begin.at,
+            "leftBy": crate::exec::recover::left_by(&begin),
+            "lastStep": journal.last().map(|e| e.label()),
+        });
+        if running {
+            in_flight.push(entry);
+        } else {
+            interrupted.push(entry);
+        }
+    }
     let engine = super::connect(&project).await?;
     let observed = engine.observe(&env.name).await?;
     let tests = crate::testenv::list(engine.as_ref(), Some(&env.name)).await?;
@@ -43,7 +64,9 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     if args.output == Format::Json {
         printer.json(&serde_json::json!({
             "environment": env.name, "client": env.client,
-            "revision": current, "inFlight": in_flight, "services": services, "testVersions": tests,
+            "revision": current, "inFlight": in_flight, "interrupted": interrupted,
+            "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
+            "services": services, "testVersions": tests,
         }))?;
         return Ok(ExitStatus::Success);
     }
@@ -60,8 +83,28 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     }
     for r in &in_flight {
         out.push_str(&format!(
-            "In flight: revision {} (run {}, started {} by {})\n",
-            r.number, r.run, r.started, r.user
+            "In flight: revision {} (run {}, started {} by {}), now at `{}`\n",
+            r["revision"],
+            r["run"].as_str().unwrap_or_default(),
+            r["started"].as_str().unwrap_or_default(),
+            r["leftBy"].as_str().unwrap_or_default(),
+            r["lastStep"].as_str().unwrap_or_default(),
+        ));
+    }
+    for r in &interrupted {
+        out.push_str(&format!(
+            "Interrupted: revision {} (run {}, started {}), left by {} after `{}`; the next `rollout promote` or `rollout rollback` settles it\n",
+            r["revision"],
+            r["run"].as_str().unwrap_or_default(),
+            r["started"].as_str().unwrap_or_default(),
+            r["leftBy"].as_str().unwrap_or_default(),
+            r["lastStep"].as_str().unwrap_or_default(),
+        ));
+    }
+    if let (Some(h), false) = (&lock, lock_alive) {
+        out.push_str(&format!(
+            "Stale lock: {} (its holder is gone; the next run takes it over)\n",
+            h.describe()
         ));
     }
     out.push('\n');

@@ -103,11 +103,55 @@ impl Failure {
     }
 
     fn call(self, action: &'static str, object: &str) -> EngineError {
+        if self.is_connection_lost() {
+            return EngineError::Lost {
+                action,
+                object: object.to_string(),
+                reason: self.reason(),
+            };
+        }
         EngineError::Call {
             action,
             object: object.to_string(),
             reason: self.reason(),
         }
+    }
+
+    /// The engine did not answer, or the connection to it failed (socket gone, refused, reset,
+    /// closed mid-answer): worth asking again; an answer from the engine is not.
+    fn is_connection_lost(&self) -> bool {
+        let Failure::Docker(e) = self else {
+            return true;
+        };
+        if matches!(e, BollardError::DockerResponseServerError { .. }) {
+            return false;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::NotConnected
+                )
+            {
+                return true;
+            }
+            if let Some(h) = s.downcast_ref::<hyper::Error>()
+                && (h.is_closed() || h.is_incomplete_message() || h.is_canceled())
+            {
+                return true;
+            }
+            source = s.source();
+        }
+        // hyper-util's client wraps connect failures without exposing the type.
+        let text = error_chain(e);
+        text.contains("client error (Connect)") || text.contains("connection closed")
     }
 }
 

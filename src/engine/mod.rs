@@ -8,6 +8,7 @@
 pub mod docker;
 pub mod fake;
 pub mod image;
+pub mod retry;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -314,6 +315,13 @@ pub enum EngineError {
     ImageMissing { image: String },
     #[error("building image `{tag}` failed: {reason}")]
     Build { tag: String, reason: String },
+    /// The engine stopped answering or the connection to it broke: transient, retried.
+    #[error("lost the Docker engine during {action} `{object}`: {reason}")]
+    Lost {
+        action: &'static str,
+        object: String,
+        reason: String,
+    },
     #[error("{action} `{object}` failed: {reason}")]
     Call {
         action: &'static str,

@@ -5,7 +5,10 @@
 //! which only matter before production is touched) are reported "skipped in rehearsal".
 
 pub mod health;
+pub mod journal;
+pub mod lock;
 pub mod promote;
+pub mod recover;
 pub mod report;
 
 use std::time::{Duration, Instant};

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::journal::Journal;
 use super::report::{Outcome, RunKind, RunReport, StepReport, StepStatus};
 use super::{first_line, run_checks, teardown};
 use crate::check::{Endpoint, Target};
@@ -28,7 +28,7 @@ use crate::plan::{Action, Gate, Plan};
 use crate::progress::{Progress, Status};
 use crate::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
 use crate::proxy::stats::{StatsSnapshot, Window};
-use crate::store::{NewRevision, RevisionOutcome, Store};
+use crate::store::{NewRevision, RevisionOutcome};
 use crate::testenv::{self, TestEnv};
 
 #[derive(Debug, Clone)]
@@ -43,12 +43,14 @@ pub struct Options {
     pub kind: RunKind,
 }
 
-/// Why the run stops: a reason, and whether production was already touched.
-struct Stop(String);
+/// Why the run stops.
+pub(super) struct Stop(pub String);
 
 /// What this run changes in production and what it has done so far, so it can be undone.
-struct Deployment<'a> {
+pub(super) struct Deployment<'a> {
     engine: &'a dyn Engine,
+    journal: Journal,
+    cancel: CancellationToken,
     env: &'a Environment,
     run: &'a str,
     bind: std::net::IpAddr,
@@ -74,7 +76,7 @@ struct Deployment<'a> {
 #[allow(clippy::too_many_arguments)]
 pub async fn promote(
     engine: &dyn Engine,
-    store: &Arc<Store>,
+    journal: &Journal,
     env: &Environment,
     playbook: &Playbook,
     plan: &Plan,
@@ -101,6 +103,13 @@ pub async fn promote(
             r.clone(),
         ));
     }
+    let mut d = match Deployment::new(engine, env, plan, run, opts.bind, journal, cancel).await {
+        Ok(d) => d,
+        Err(Stop(reason)) => {
+            report.outcome = Outcome::Failed { reason };
+            return report;
+        }
+    };
     let services: serde_json::Map<String, serde_json::Value> = env
         .services
         .iter()
@@ -112,7 +121,6 @@ pub async fn promote(
         })
         .collect();
     let revision = {
-        let store = store.clone();
         let new = NewRevision {
             environment: env.name.clone(),
             run: run.to_string(),
@@ -127,7 +135,17 @@ pub async fn promote(
             services: serde_json::Value::Object(services),
             images: env.services.iter().map(|s| s.image.clone()).collect(),
         };
-        match store.call(move |s| s.begin_revision(new)).await {
+        let begin = serde_json::to_value(Begin {
+            kind: opts.kind,
+            revision: 0,
+            user: report.user.clone(),
+            owner: crate::testenv::owner::current(),
+            old: d.old.clone(),
+            changed: d.changed.iter().map(|s| s.name.clone()).collect(),
+            removed: d.removed.clone(),
+        })
+        .unwrap_or_default();
+        match journal.store().call(move |s| s.begin_run(new, begin)).await {
             Ok(r) => r,
             Err(e) => {
                 report.outcome = Outcome::Failed {
@@ -137,24 +155,9 @@ pub async fn promote(
             }
         }
     };
+    crate::exec::journal::crash_point("begin.done");
     progress.note(&format!("revision {} of {}", revision.number, env.name));
 
-    let mut d = match Deployment::new(engine, env, plan, run, opts.bind).await {
-        Ok(d) => d,
-        Err(Stop(reason)) => {
-            report.outcome = Outcome::Failed { reason };
-            finish(
-                store,
-                env,
-                revision.number,
-                RevisionOutcome::Failed {
-                    reason: "could not start".into(),
-                },
-            )
-            .await;
-            return report;
-        }
-    };
     let mut test_env: Option<TestEnv> = None;
     let mut failed: Option<String> = None;
     let steps: Vec<Step> = if opts.kind == RunKind::Rollback {
@@ -189,13 +192,22 @@ pub async fn promote(
                     copy_data: copy_data.clone(),
                     owner: Some(testenv::owner::current()),
                 };
-                match testenv::up(engine, env, run, &o, now, progress, cancel).await {
+                let up = match journal.intent("testEnv", serde_json::json!({})).await {
+                    Ok(()) => testenv::up(engine, env, run, &o, now, progress, cancel)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match up {
                     Ok(t) => {
+                        if let Err(e) = journal.done("testEnv", serde_json::json!({})).await {
+                            progress.note(&format!("  {e}"));
+                        }
                         let detail = format!("test version {} is up", t.network);
                         test_env = Some(t);
                         Ok(detail)
                     }
-                    Err(e) => Err(Stop(e.to_string())),
+                    Err(e) => Err(Stop(e)),
                 }
             }
             Step::Smoke { target, checks } => {
@@ -269,7 +281,8 @@ pub async fn promote(
         }
         report.steps.push(sr);
     }
-    if cancel.is_cancelled() && failed.is_none() {
+    let signalled = cancel.is_cancelled();
+    if signalled && failed.is_none() {
         failed = Some("stopped by a signal".into());
     }
     // A run must reach `promote`: a playbook that only canaries never switches production.
@@ -277,30 +290,73 @@ pub async fn promote(
         failed = Some("the playbook has no promote step: production was not switched".into());
     }
     let touched = d.touched();
-    let outcome = match &failed {
+    // Stopped by a signal after the switch: the new version serves, drained into; finishing is
+    // the safe way out (as recovery does), switching back would be a second change.
+    let keep = signalled && d.switched();
+    let unsettled = |what: &str, e: &str| Outcome::Failed {
+        reason: format!(
+            "{what}: {e}; the journal keeps the run open, so the next rollout command for {} finishes it",
+            env.name
+        ),
+    };
+    let (outcome, settled) = match &failed {
         None => match d.finish(progress).await {
-            Ok(()) => Outcome::Promoted,
-            Err(Stop(reason)) => Outcome::Failed {
-                reason: format!("promoted, but cleaning up the old version failed: {reason}"),
-            },
+            Ok(()) => (Outcome::Promoted, true),
+            Err(Stop(e)) => (
+                unsettled("promoted, but removing the old version failed", &e),
+                false,
+            ),
         },
-        Some(reason) => {
-            let undone = d.undo(progress).await;
-            match (touched, undone) {
-                (false, Ok(())) if cancel.is_cancelled() => Outcome::Cancelled {
+        Some(reason) if keep => match d.finish(progress).await {
+            Ok(()) => (
+                Outcome::Cancelled {
+                    reason: format!(
+                        "{reason} after the switch: the new version serves; the steps after it did not run"
+                    ),
+                },
+                true,
+            ),
+            Err(Stop(e)) => (
+                unsettled(
+                    &format!("{reason} after the switch; removing the old version failed"),
+                    &e,
+                ),
+                false,
+            ),
+        },
+        Some(reason) => match (touched, d.undo(progress).await) {
+            (false, Ok(())) if signalled => (
+                Outcome::Cancelled {
                     reason: reason.clone(),
                 },
-                (false, Ok(())) => Outcome::Failed {
+                true,
+            ),
+            (false, Ok(())) => (
+                Outcome::Failed {
                     reason: reason.clone(),
                 },
-                (true, Ok(())) => Outcome::RolledBack {
+                true,
+            ),
+            (true, Ok(())) if signalled => (
+                Outcome::Cancelled {
+                    reason: format!("{reason}; the previous version was put back"),
+                },
+                true,
+            ),
+            (true, Ok(())) => (
+                Outcome::RolledBack {
                     reason: reason.clone(),
                 },
-                (_, Err(Stop(e))) => Outcome::Failed {
-                    reason: format!("{reason}; putting the previous version back failed too: {e}"),
-                },
-            }
-        }
+                true,
+            ),
+            (_, Err(Stop(e))) => (
+                unsettled(
+                    &format!("{reason}; putting the previous version back failed too"),
+                    &e,
+                ),
+                false,
+            ),
+        },
     };
     if test_env.is_some()
         || report
@@ -310,19 +366,37 @@ pub async fn promote(
     {
         report.teardown = Some(teardown(engine, env, run, progress).await);
     }
-    let revision_outcome = match &outcome {
-        Outcome::Promoted => RevisionOutcome::Promoted,
-        Outcome::RolledBack { reason } => RevisionOutcome::RolledBack {
-            reason: reason.clone(),
-        },
-        Outcome::Failed { reason } | Outcome::Cancelled { reason } => RevisionOutcome::Failed {
-            reason: reason.clone(),
-        },
-        _ => RevisionOutcome::Failed {
-            reason: "unexpected outcome".into(),
-        },
-    };
-    finish(store, env, revision.number, revision_outcome).await;
+    if settled {
+        let revision_outcome = match &outcome {
+            Outcome::Promoted => RevisionOutcome::Promoted,
+            Outcome::Cancelled { .. } if keep => RevisionOutcome::Promoted,
+            Outcome::RolledBack { reason } => RevisionOutcome::RolledBack {
+                reason: reason.clone(),
+            },
+            Outcome::Cancelled { reason } if touched => RevisionOutcome::RolledBack {
+                reason: reason.clone(),
+            },
+            Outcome::Failed { reason } | Outcome::Cancelled { reason } => RevisionOutcome::Failed {
+                reason: reason.clone(),
+            },
+            other => RevisionOutcome::Failed {
+                reason: format!("unexpected outcome {other:?}"),
+            },
+        };
+        let (name, r, number) = (env.name.clone(), run.to_string(), revision.number);
+        let data = serde_json::to_value(&outcome).unwrap_or_default();
+        if let Err(e) = journal
+            .store()
+            .call(move |s| s.end_run(&name, &r, number, revision_outcome, &data))
+            .await
+        {
+            progress.note(&format!(
+                "  the run could not be closed in the journal ({e}); the next command settles it"
+            ));
+        } else {
+            crate::exec::journal::crash_point("end.done");
+        }
+    }
     report.switch_ms = d.switch_ms;
     report.rollback_ms = d.rollback_ms;
     report.outcome = outcome;
@@ -330,11 +404,23 @@ pub async fn promote(
     report
 }
 
-async fn finish(store: &Arc<Store>, env: &Environment, number: u64, outcome: RevisionOutcome) {
-    let name = env.name.clone();
-    let _ = store
-        .call(move |s| s.finish_revision(&name, number, outcome, jiff::Timestamp::now()))
-        .await;
+/// What a run's `begin` entry records: enough to finish or undo it from the journal alone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Begin {
+    pub kind: RunKind,
+    /// Filled in by the store with the revision number.
+    #[serde(default)]
+    pub revision: u64,
+    pub user: String,
+    /// `host:pid:start` of the process that ran it.
+    pub owner: String,
+    /// Running containers per service before the run, newest first.
+    pub old: BTreeMap<String, Vec<String>>,
+    /// Services that get a new container.
+    pub changed: Vec<String>,
+    /// Services that are removed.
+    pub removed: Vec<String>,
 }
 
 /// A gate that is closed before anything starts: the window, approvals, third parties.
@@ -391,6 +477,8 @@ impl<'a> Deployment<'a> {
         plan: &Plan,
         run: &'a str,
         bind: std::net::IpAddr,
+        journal: &Journal,
+        cancel: &CancellationToken,
     ) -> Result<Self, Stop> {
         let observed = engine
             .observe(&env.name)
@@ -427,6 +515,8 @@ impl<'a> Deployment<'a> {
             .collect();
         Ok(Deployment {
             engine,
+            journal: journal.clone(),
+            cancel: cancel.clone(),
             env,
             run,
             bind,
@@ -441,15 +531,62 @@ impl<'a> Deployment<'a> {
         })
     }
 
-    fn touched(&self) -> bool {
+    /// The deployment an interrupted run left, as its journal tells it: what ran before, which
+    /// candidates it may have started, which stateful containers it may have stopped, whether it
+    /// may have changed the proxy's table. Every entry with an intent counts, done or not: each
+    /// undo step is a no-op for what never happened.
+    pub(super) fn from_journal(
+        engine: &'a dyn Engine,
+        env: &'a Environment,
+        run: &'a str,
+        bind: std::net::IpAddr,
+        journal: &Journal,
+        begin: &Begin,
+        entries: &[crate::store::JournalEntry],
+    ) -> Self {
+        let mut candidates = BTreeMap::new();
+        let mut stopped = Vec::new();
+        let mut routed = false;
+        for e in entries {
+            let text = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
+            match e.step.as_str() {
+                "candidate" => {
+                    candidates.insert(text("service"), text("container"));
+                }
+                "stop" => stopped.push(text("container")),
+                "canary" | "switch" | "finish" | "undo" => routed = true,
+                _ => {}
+            }
+        }
+        Deployment {
+            engine,
+            journal: journal.clone(),
+            cancel: CancellationToken::new(),
+            env,
+            run,
+            bind,
+            old: begin.old.clone(),
+            changed: env
+                .services
+                .iter()
+                .filter(|s| begin.changed.contains(&s.name))
+                .collect(),
+            removed: begin.removed.clone(),
+            candidates,
+            stopped,
+            routed: routed && edge::needed(env),
+            switch_ms: None,
+            rollback_ms: None,
+        }
+    }
+
+    pub(super) fn touched(&self) -> bool {
         self.routed || !self.stopped.is_empty()
     }
 
+    /// The promote step's switch happened: all traffic went to the new version.
     fn switched(&self) -> bool {
-        self.changed
-            .iter()
-            .all(|s| self.candidates.contains_key(&s.name))
-            && (self.routed || !edge::needed(self.env))
+        self.switch_ms.is_some()
     }
 
     /// Changed public services that have a running old version (the ones a canary can split).
@@ -492,14 +629,24 @@ impl<'a> Deployment<'a> {
         let task = format!("{} {} starting", svc.name, svc.image);
         progress.begin(&task);
         let t0 = Instant::now();
+        let entry = serde_json::json!({ "service": svc.name, "container": spec.name });
+        self.journal
+            .intent("candidate", entry.clone())
+            .await
+            .map_err(Stop)?;
         self.candidates.insert(svc.name.clone(), spec.name.clone());
         if let Err(e) = self.engine.run_container(&spec).await {
             progress.end(&task, Status::Failed, &e.to_string(), t0.elapsed());
             return Err(Stop(e.to_string()));
         }
-        match super::health::wait(self.engine, svc, &spec.name).await {
+        let healthy = tokio::select! {
+            r = super::health::wait(self.engine, svc, &spec.name) => r,
+            () = self.cancel.cancelled() => Err("stopped by a signal".to_string()),
+        };
+        match healthy {
             Ok(how) => {
                 progress.end(&task, Status::Ok, &how, t0.elapsed());
+                self.journal.done("candidate", entry).await.map_err(Stop)?;
                 Ok(())
             }
             Err(why) => {
@@ -591,7 +738,13 @@ impl<'a> Deployment<'a> {
     ) -> Result<String, Stop> {
         self.start_candidates(progress).await?;
         let routes = self.routes(weight.percent()).await?;
+        let entry = serde_json::json!({ "weight": weight.percent() });
+        self.journal
+            .intent("canary", entry.clone())
+            .await
+            .map_err(Stop)?;
         self.put_routes(&routes).await?;
+        self.journal.done("canary", entry).await.map_err(Stop)?;
         let before = self.stats().await?;
         let t0 = Instant::now();
         let task = format!("canary at {}%", weight.percent());
@@ -700,41 +853,41 @@ impl<'a> Deployment<'a> {
                     "  {} is stateful: stopping {c} before starting the new version",
                     svc.name
                 ));
+                let entry = serde_json::json!({ "service": svc.name, "container": c });
+                self.journal
+                    .intent("stop", entry.clone())
+                    .await
+                    .map_err(Stop)?;
+                self.stopped.push(c.clone());
                 self.engine
                     .stop_container(&c, Duration::from_secs(10))
                     .await
                     .map_err(|e| Stop(e.to_string()))?;
-                self.stopped.push(c);
+                self.journal.done("stop", entry).await.map_err(Stop)?;
             }
             self.start_one(svc, progress).await?;
         }
         let routes = self.routes(100).await?;
+        self.journal
+            .intent("switch", serde_json::json!({}))
+            .await
+            .map_err(Stop)?;
         let t0 = Instant::now();
         self.put_routes(&routes).await?;
         let switched_in = t0.elapsed();
+        self.journal
+            .done(
+                "switch",
+                serde_json::json!({ "ms": switched_in.as_millis() as u64 }),
+            )
+            .await
+            .map_err(Stop)?;
         self.switch_ms = Some(switched_in.as_millis() as u64);
-        let mut drained = Vec::new();
-        if self.routed {
-            let admin = edge::admin(self.engine, &self.env.name)
-                .await
-                .map_err(|e| Stop(e.to_string()))?;
-            for svc in &self.changed {
-                for c in self.old.get(&svc.name).into_iter().flatten() {
-                    match admin.wait_drained(c, drain).await {
-                        Ok(crate::proxy::client::Drain::Drained) => {
-                            drained.push(format!("{c} drained"))
-                        }
-                        Ok(crate::proxy::client::Drain::TimedOut { in_flight }) => {
-                            drained.push(format!(
-                                "{c}: {in_flight} still open after {}",
-                                crate::manifest::duration::format(drain)
-                            ))
-                        }
-                        Err(e) => drained.push(format!("{c}: {e}")),
-                    }
-                }
-            }
-        }
+        let drained = self.drain_old(drain).await?;
+        let _ = self
+            .journal
+            .done("drain", serde_json::json!({ "drained": drained }))
+            .await;
         Ok(format!(
             "all traffic on the new version (switch {} ms){}",
             switched_in.as_millis(),
@@ -744,6 +897,35 @@ impl<'a> Deployment<'a> {
                 format!("; {}", drained.join(", "))
             }
         ))
+    }
+
+    /// Waits (up to `drain`) for the requests in flight to the old version to finish, now that
+    /// no new ones reach it. Says per container how it went.
+    pub(super) async fn drain_old(&self, drain: Duration) -> Result<Vec<String>, Stop> {
+        let mut drained = Vec::new();
+        if !self.routed {
+            return Ok(drained);
+        }
+        let admin = edge::admin(self.engine, &self.env.name)
+            .await
+            .map_err(|e| Stop(e.to_string()))?;
+        for svc in &self.changed {
+            for c in self.old.get(&svc.name).into_iter().flatten() {
+                match admin.wait_drained(c, drain).await {
+                    Ok(crate::proxy::client::Drain::Drained) => {
+                        drained.push(format!("{c} drained"))
+                    }
+                    Ok(crate::proxy::client::Drain::TimedOut { in_flight }) => {
+                        drained.push(format!(
+                            "{c}: {in_flight} still open after {}",
+                            crate::manifest::duration::format(drain)
+                        ))
+                    }
+                    Err(e) => drained.push(format!("{c}: {e}")),
+                }
+            }
+        }
+        Ok(drained)
     }
 
     /// Where each service runs in production now: candidates for changed ones, else the old.
@@ -768,7 +950,7 @@ impl<'a> Deployment<'a> {
     }
 
     /// Success: the old version's containers go; the table keeps only what runs.
-    async fn finish(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+    pub(super) async fn finish(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
         let mut gone = Vec::new();
         for svc in &self.changed {
             gone.extend(self.old.get(&svc.name).cloned().unwrap_or_default());
@@ -776,6 +958,10 @@ impl<'a> Deployment<'a> {
         for name in &self.removed {
             gone.extend(self.old.get(name).cloned().unwrap_or_default());
         }
+        self.journal
+            .intent("finish", serde_json::json!({ "remove": gone }))
+            .await
+            .map_err(Stop)?;
         // Old containers leave the table first, so nothing is ever routed to a removed one.
         self.old
             .retain(|svc, _| !self.candidates.contains_key(svc) && !self.removed.contains(svc));
@@ -792,13 +978,19 @@ impl<'a> Deployment<'a> {
                 gone.join(", ")
             ));
         }
-        Ok(())
+        self.journal
+            .done("finish", serde_json::json!({ "removed": gone }))
+            .await
+            .map_err(Stop)
     }
 
     /// Failure: traffic back on the old version, candidates removed, stopped stateful services
     /// started again.
-    async fn undo(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
+    pub(super) async fn undo(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
         let t0 = Instant::now();
+        // Undo runs even when the journal cannot be written (a full disk): putting production
+        // back matters more, and every undo step is idempotent for the next command.
+        let _ = self.journal.intent("undo", serde_json::json!({})).await;
         if self.routed {
             // Routes are computed without candidates, so only the old version is in the table.
             let candidates = std::mem::take(&mut self.candidates);
@@ -838,6 +1030,10 @@ impl<'a> Deployment<'a> {
                 }
             ));
         }
+        let _ = self
+            .journal
+            .done("undo", serde_json::json!({ "removed": removed }))
+            .await;
         Ok(())
     }
 }

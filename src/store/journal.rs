@@ -195,7 +195,14 @@ impl Store {
         tx.execute(
             "INSERT INTO journal (environment, run, step, phase, data, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![env, run, step, phase.as_str(), data.to_string(), ts_to_sql(at)],
+            params![
+                env,
+                run,
+                step,
+                phase.as_str(),
+                data.to_string(),
+                ts_to_sql(at)
+            ],
         )
         .map_err(|e| self.err(e))?;
         Ok(tx.last_insert_rowid() as u64)
@@ -244,10 +251,18 @@ mod tests {
     fn a_run_is_unfinished_from_begin_to_end() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let r = store.begin_run(revision("r1"), json!({"kind": "promotion"})).unwrap();
+        let r = store
+            .begin_run(revision("r1"), json!({"kind": "promotion"}))
+            .unwrap();
         assert_eq!(r.number, 1);
         store
-            .journal_append("shop", "r1", "candidate", Phase::Intent, &json!({"service": "web"}))
+            .journal_append(
+                "shop",
+                "r1",
+                "candidate",
+                Phase::Intent,
+                &json!({"service": "web"}),
+            )
             .unwrap();
         let open = store.unfinished_runs("shop").unwrap();
         assert_eq!(open.len(), 1);
@@ -259,13 +274,21 @@ mod tests {
             .end_run("shop", "r1", 1, RevisionOutcome::Promoted, &json!({}))
             .unwrap();
         assert!(store.unfinished_runs("shop").unwrap().is_empty());
-        let labels: Vec<String> = store.journal("r1").unwrap().iter().map(|e| e.label()).collect();
+        let labels: Vec<String> = store
+            .journal("r1")
+            .unwrap()
+            .iter()
+            .map(|e| e.label())
+            .collect();
         assert_eq!(labels, ["begin.done", "candidate.intent", "end.done"]);
         assert_eq!(
             store.revision("shop", 1).unwrap().unwrap().outcome,
             RevisionOutcome::Promoted
         );
-        assert_eq!(store.run_environment("r1").unwrap().as_deref(), Some("shop"));
+        assert_eq!(
+            store.run_environment("r1").unwrap().as_deref(),
+            Some("shop")
+        );
     }
 
     #[test]

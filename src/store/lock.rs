@@ -238,7 +238,10 @@ mod tests {
         let got = store
             .acquire_lock(&claim("r2", "h:2:2"), LEASE, now, |h| h.owner == "h:1:1")
             .unwrap();
-        let Acquired::Granted { replaced: Some(old) } = got else {
+        let Acquired::Granted {
+            replaced: Some(old),
+        } = got
+        else {
             panic!("{got:?}")
         };
         assert_eq!(old.run, "r1");

@@ -130,7 +130,10 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 5, "revisions, runs, journal, locks and sqlite_sequence");
+        assert_eq!(
+            tables, 5,
+            "revisions, runs, journal, locks and sqlite_sequence"
+        );
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Project {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    /// The command `run` would run, to spawn it in the background (and signal it).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollout"));
         cmd.arg("-C")
             .arg(self.dir.path())
@@ -62,6 +67,13 @@ impl Project {
         if args.iter().any(|a| matches!(*a, "promote" | "rollback")) {
             cmd.env("ROLLOUT_STATIC_BINARY", static_binary());
         }
+        cmd
+    }
+
+    /// `run` with extra environment variables for this run only.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(vars.iter().copied());
         let out = cmd.output().expect("run rollout");
         Output {
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -98,6 +110,25 @@ pub struct Output {
 }
 
 impl Output {
+    /// Wraps a finished child's output (from [`Project::command`]).
+    pub fn from_child(args: &[&str], out: std::process::Output) -> Output {
+        Output {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The run id a promote or rollback printed first (`run <id>`).
+    pub fn run_id(&self) -> String {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run "))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("no `run <id>` line in\n{self}"))
+    }
+
     pub fn code(self, expected: i32) -> Self {
         assert_eq!(
             self.code,

@@ -1,0 +1,101 @@
+//! The executor's side of the run journal: every effect on production is written as an intent
+//! before and as done after, and the fault-injection hook can end the process right after any
+//! entry so tests can crash a run at every step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::store::{Phase, Store};
+
+/// The environment variable naming a journal entry after which rollout exits at once, as if
+/// killed: `STEP.PHASE` (e.g. `switch.done`), optionally `@N` for its N-th occurrence in the run
+/// (e.g. `candidate.intent@2`). For tests; see `tests/crash.rs`.
+pub const CRASH_AFTER: &str = "ROLLOUT_CRASH_AFTER";
+
+/// The exit code of a process ended by the fault-injection hook.
+pub const CRASH_EXIT: i32 = 86;
+
+/// One run's journal writer.
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<Store>,
+    environment: String,
+    run: String,
+}
+
+impl Journal {
+    pub fn new(store: Arc<Store>, environment: &str, run: &str) -> Self {
+        Journal {
+            store,
+            environment: environment.to_string(),
+            run: run.to_string(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// Records that `step` is about to happen. An error means it must not happen: the journal
+    /// could not say so, and a crash after it would leave it unknown.
+    pub async fn intent(&self, step: &str, data: serde_json::Value) -> Result<(), String> {
+        self.append(step, Phase::Intent, data).await
+    }
+
+    /// Records that `step` happened.
+    pub async fn done(&self, step: &str, data: serde_json::Value) -> Result<(), String> {
+        self.append(step, Phase::Done, data).await
+    }
+
+    async fn append(
+        &self,
+        step: &str,
+        phase: Phase,
+        data: serde_json::Value,
+    ) -> Result<(), String> {
+        let (env, run, s) = (self.environment.clone(), self.run.clone(), step.to_string());
+        self.store
+            .call(move |store| store.journal_append(&env, &run, &s, phase, &data))
+            .await
+            .map_err(|e| format!("the journal: {e}"))?;
+        crash_point(&format!("{step}.{}", phase.as_str()));
+        Ok(())
+    }
+}
+
+/// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).
+pub fn crash_point(label: &str) {
+    static TARGET: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    static SEEN: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| {
+        let value = std::env::var(CRASH_AFTER).ok()?;
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        Some(match value.split_once('@') {
+            Some((label, n)) => (label.to_string(), n.parse().unwrap_or(1)),
+            None => (value.to_string(), 1),
+        })
+    });
+    let Some((wanted, nth)) = target else { return };
+    if wanted != label {
+        return;
+    }
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = seen.entry(label.to_string()).or_default();
+    *count += 1;
+    if *count == *nth {
+        eprintln!(
+            "rollout: {CRASH_AFTER}={wanted}@{nth}: exiting at once after this journal entry"
+        );
+        std::process::exit(CRASH_EXIT);
+    }
+}

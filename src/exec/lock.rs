@@ -1,0 +1,150 @@
+//! Holding an environment's lock for the length of a run: taken (or taken over from a dead
+//! holder) at the start, renewed in the background while the run works, released at the end —
+//! also when the run fails or is stopped by a signal. A process killed outright leaves its row
+//! behind; the next command sees its pid gone (or its lease over) and takes over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
+use crate::testenv::owner::{self, Liveness};
+
+/// How long a lock stays valid without being renewed.
+pub const LEASE: Duration = Duration::from_secs(15);
+/// How often the holder renews it.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How often `--wait` asks again.
+const POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "{env} is locked by another run: {}; wait for it, or pass --wait DURATION",
+        .holder.describe()
+    )]
+    Held { env: String, holder: LockHolder },
+    #[error(
+        "{env} was still locked after waiting {}: {}",
+        crate::manifest::duration::format(*.waited),
+        .holder.describe()
+    )]
+    TimedOut {
+        env: String,
+        holder: LockHolder,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A held lock. Release it with [`LockGuard::release`]; dropping it releases it too.
+pub struct LockGuard {
+    store: Arc<Store>,
+    env: String,
+    run: String,
+    renewer: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+/// A dead holder: its process is gone (on this host). Another host's holder only by its lease.
+fn is_dead(h: &LockHolder) -> bool {
+    owner::liveness(&h.owner) == Liveness::Dead
+}
+
+/// Takes `env`'s lock for `run`, waiting up to `wait` for a live holder to let go. Returns the
+/// guard and the dead holder it replaced, if any. `lost` is cancelled if the lock is lost while
+/// held (its lease ran out and another process took it).
+pub async fn acquire(
+    store: &Arc<Store>,
+    env: &str,
+    run: &str,
+    command: &str,
+    wait: Option<Duration>,
+    lost: CancellationToken,
+) -> Result<(LockGuard, Option<LockHolder>), LockError> {
+    let claim = Claim {
+        environment: env.to_string(),
+        run: run.to_string(),
+        owner: owner::current(),
+        user: super::report::current_user(),
+        command: command.to_string(),
+    };
+    let t0 = Instant::now();
+    let replaced = loop {
+        let c = claim.clone();
+        let got = store
+            .call(move |s| s.acquire_lock(&c, LEASE, jiff::Timestamp::now(), is_dead))
+            .await?;
+        match got {
+            Acquired::Granted { replaced } => break replaced,
+            Acquired::Held(holder) => match wait {
+                None => {
+                    return Err(LockError::Held {
+                        env: env.to_string(),
+                        holder,
+                    });
+                }
+                Some(limit) if t0.elapsed() >= limit => {
+                    return Err(LockError::TimedOut {
+                        env: env.to_string(),
+                        holder,
+                        waited: limit,
+                    });
+                }
+                Some(_) => tokio::time::sleep(POLL).await,
+            },
+        }
+    };
+    let renewer = {
+        let (store, env, run) = (store.clone(), env.to_string(), run.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                let (e, r) = (env.clone(), run.clone());
+                match store
+                    .call(move |s| s.renew_lock(&e, &r, LEASE, jiff::Timestamp::now()))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(%env, %run, "the lock was taken over by another process");
+                        lost.cancel();
+                        return;
+                    }
+                    // A busy or full store: try again at the next tick, within the lease.
+                    Err(e) => tracing::warn!(%env, %run, "renewing the lock: {e}"),
+                }
+            }
+        })
+    };
+    Ok((
+        LockGuard {
+            store: store.clone(),
+            env: env.to_string(),
+            run: run.to_string(),
+            renewer,
+            released: false,
+        },
+        replaced,
+    ))
+}
+
+impl LockGuard {
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        self.renewer.abort();
+        self.released = true;
+        let (env, run) = (self.env.clone(), self.run.clone());
+        self.store.call(move |s| s.release_lock(&env, &run)).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if !self.released {
+            let _ = self.store.release_lock(&self.env, &self.run);
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Crash safety against the real engine: a promotion killed after every journal step in turn
+//! (by the fault-injection hook) and at random moments (by SIGKILL), with steady load on the
+//! public port. The next promote settles what was left and completes; not one request fails;
+//! history has every revision once; no lock, test version or candidate is left behind.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::promote::{Answer, Load, assert_serving, containers_of, manifest};
+use crate::support::docker::{Cleanup, demo_images, engine, runtime};
+use crate::support::{Output, Project, unique};
+
+const FULL: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: full\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, path: /healthz } } ] }\n  - canary: { weight: 25, hold: 1s }\n  - promote: { drain: 1s }\n  - smoke: { target: production, checks: [ { http: { service: web, path: /healthz } } ] }\n";
+
+/// The exit code of a process ended by `ROLLOUT_CRASH_AFTER`.
+const CRASHED: i32 = 86;
+
+struct Setup {
+    name: String,
+    port: u16,
+    project: Project,
+}
+
+impl Setup {
+    fn new(prefix: &str, playbook: &str) -> Setup {
+        let name = unique(prefix);
+        runtime().block_on(async { demo_images(&engine().await).await });
+        let port = crate::support::free_port();
+        let project = Project::new()
+            .file("rollout.yaml", "proxy: { bind: 127.0.0.1 }\n")
+            .playbook("full", playbook);
+        std::fs::create_dir_all(project.path().join("manifests")).expect("mkdir");
+        Setup {
+            name,
+            port,
+            project,
+        }
+    }
+
+    fn write(&self, version: &str) {
+        std::fs::write(
+            self.project
+                .path()
+                .join(format!("manifests/{}.yaml", self.name)),
+            manifest(&self.name, self.port, &format!("shop-web:{version}")),
+        )
+        .expect("manifest");
+    }
+
+    fn store(&self) -> rollout::store::Store {
+        rollout::store::Store::open(&self.project.path().join(".rollout")).expect("store")
+    }
+
+    /// Nothing of a run may be left: no lock, no open run, no test version, no candidate.
+    fn assert_settled(&self, context: &str) {
+        let store = self.store();
+        assert_eq!(
+            store.lock_holder(&self.name).expect("lock"),
+            None,
+            "{context}: the lock was released"
+        );
+        assert_eq!(
+            store.unfinished_runs(&self.name).expect("journal"),
+            vec![],
+            "{context}: no run is left open"
+        );
+        let web = containers_of(&self.name, "web");
+        assert_eq!(web.len(), 1, "{context}: one web container: {web:?}");
+        let tests = docker_lines(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=rollout.environment={}", self.name),
+            "--filter",
+            "label=rollout.role=test",
+        ]);
+        assert!(tests.is_empty(), "{context}: test version left: {tests:?}");
+    }
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `label@n` for every entry of a journal, n counting that label's occurrences.
+fn crash_points(entries: &[rollout::store::JournalEntry]) -> Vec<String> {
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    entries
+        .iter()
+        .map(|e| {
+            let n = seen.entry(e.label()).or_default();
+            *n += 1;
+            format!("{}@{n}", e.label())
+        })
+        .collect()
+}
+
+/// Checks the history: every revision once, numbered 1..=n, none left in progress, one per run.
+fn assert_history(project: &Project) -> usize {
+    let history = project.run(&["history", "-o", "json"]).code(0).json();
+    let revisions = history["revisions"].as_array().expect("revisions").clone();
+    let numbers: Vec<u64> = revisions
+        .iter()
+        .map(|r| r["number"].as_u64().expect("number"))
+        .collect();
+    let expected: Vec<u64> = (1..=revisions.len() as u64).rev().collect();
+    assert_eq!(numbers, expected, "no revision lost or doubled");
+    let mut runs: Vec<&str> = revisions
+        .iter()
+        .map(|r| r["run"].as_str().expect("run"))
+        .collect();
+    runs.sort();
+    runs.dedup();
+    assert_eq!(runs.len(), revisions.len(), "one revision per run");
+    for r in &revisions {
+        assert_ne!(
+            r["outcome"]["status"], "inProgress",
+            "a revision left in progress: {r}"
+        );
+    }
+    revisions.len()
+}
+
+fn assert_no_failed_request(load: Load) {
+    let (sent, all) = load.finish();
+    assert_eq!(all.len() as u64, sent, "every request was answered");
+    let errors: Vec<&Answer> = all
+        .iter()
+        .filter(|a| !matches!(a, Answer::Version { status: 200, .. }))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(sent > 300, "the load was steady: {sent} requests");
+}
+
+#[test]
+fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
+    let s = Setup::new("crash", FULL);
+    let _cleanup = Cleanup {
+        environment: s.name.clone(),
+    };
+    s.write("2.4.0");
+    s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+    let load = Load::start(s.port);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A complete run shows every journal step a promotion writes.
+    s.write("2.5.0");
+    let reference = s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+    let entries = s.store().journal(&reference.run_id()).expect("journal");
+    let points = crash_points(&entries);
+    for step in [
+        "begin.done@1",
+        "testEnv.done@1",
+        "candidate.intent@1",
+        "candidate.done@1",
+        "canary.done@1",
+        "switch.intent@1",
+        "switch.done@1",
+        "finish.done@1",
+        "end.done@1",
+    ] {
+        assert!(points.contains(&step.to_string()), "{step} in {points:?}");
+    }
+    s.assert_settled("reference run");
+
+    let mut version = "2.5.0";
+    for point in &points {
+        version = if version == "2.5.0" { "2.4.0" } else { "2.5.0" };
+        s.write(version);
+        let crashed = s.project.run_with(
+            &["promote", "-p", "full", "--yes"],
+            &[("ROLLOUT_CRASH_AFTER", point)],
+        );
+        let crashed = crashed.code(CRASHED);
+        let status = s.project.run(&["status", "-o", "json"]).code(0).json();
+        let interrupted = status["interrupted"].as_array().expect("interrupted");
+        if point.starts_with("end.") {
+            assert!(interrupted.is_empty(), "after {point}: {status}");
+        } else {
+            assert_eq!(interrupted.len(), 1, "after {point}: {status}");
+            assert_eq!(interrupted[0]["run"], crashed.run_id().as_str());
+            assert!(
+                interrupted[0]["leftBy"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("no longer running"),
+                "{status}"
+            );
+        }
+        let next = s
+            .project
+            .run(&["promote", "-p", "full", "--yes"])
+            .code(0)
+            .stderr_has("took over the lock");
+        if !point.starts_with("end.") {
+            let next = next.stdout_has(&format!("Recovered run {}", crashed.run_id()));
+            let _ = next;
+        }
+        assert_serving(s.port, version);
+        s.assert_settled(&format!("after a crash at {point}"));
+    }
+
+    // SIGKILL at moments the test picks (seeded, printed to reproduce).
+    let mut seed = std::env::var("ROLLOUT_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+        });
+    eprintln!("SIGKILL delays from ROLLOUT_CRASH_SEED={seed}");
+    for _ in 0..3 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(300 + (seed >> 33) % 5000);
+        version = if version == "2.5.0" { "2.4.0" } else { "2.5.0" };
+        s.write(version);
+        let args = ["promote", "-p", "full", "--yes"];
+        let mut child = s
+            .project
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let t0 = Instant::now();
+        while t0.elapsed() < delay && child.try_wait().expect("wait").is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        // Reaped, so its pid is really gone (a zombie would still look alive).
+        let _ = child.wait_with_output().expect("wait");
+        s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+        assert_serving(s.port, version);
+        s.assert_settled(&format!("after SIGKILL at {delay:?}"));
+    }
+
+    assert_no_failed_request(load);
+    let n = assert_history(&s.project);
+    assert!(n > points.len(), "{n} revisions");
+}
+
+/// Waits until the run of `env` holds the lock and its journal reached `label`.
+fn wait_for_step(s: &Setup, label: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let store = s.store();
+        if let Some(h) = store.lock_holder(&s.name).expect("lock")
+            && store
+                .journal(&h.run)
+                .expect("journal")
+                .iter()
+                .any(|e| e.label() == label)
+        {
+            return h.run;
+        }
+        assert!(Instant::now() < deadline, "no run reached {label}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const LONG_CANARY: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: full\nsteps:\n  - canary: { weight: 50, hold: 8s }\n  - promote: { drain: 1s }\n";
+
+#[test]
+fn a_second_run_is_refused_naming_the_holder_waits_with_wait_and_a_stale_lock_is_taken_over() {
+    let s = Setup::new("lock", LONG_CANARY);
+    let _cleanup = Cleanup {
+        environment: s.name.clone(),
+    };
+    s.write("2.4.0");
+    s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+    let load = Load::start(s.port);
+
+    s.write("2.5.0");
+    let args = ["promote", "-p", "full", "--yes"];
+    let first = s
+        .project
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let holder = wait_for_step(&s, "canary.done");
+
+    let refused = s.project.run(&args).code(3);
+    let text = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(text.contains("is locked by another run"), "{refused}");
+    assert!(
+        text.contains(&format!("run {holder} (promote)")),
+        "{refused}"
+    );
+    assert!(
+        text.contains(&format!("pid {}", first.id())),
+        "names the pid: {refused}"
+    );
+    let json = s
+        .project
+        .run(&["promote", "-p", "full", "--yes", "-o", "json"])
+        .code(3)
+        .json();
+    assert_eq!(json["outcome"]["outcome"], "refused", "{json}");
+    s.project
+        .run(&["promote", "-p", "full", "--yes", "--wait", "500ms"])
+        .code(3)
+        .stderr_has("still locked after waiting 500ms");
+
+    // --wait long enough: runs once the first one is done (and finds nothing left to do).
+    let waiter = s
+        .project
+        .command(&["promote", "-p", "full", "--yes", "--wait", "2m"])
+        .output()
+        .expect("waiter");
+    let first = Output::from_child(&args, first.wait_with_output().expect("first"));
+    first.code(0).stdout_has("promoted");
+    Output::from_child(&args, waiter)
+        .code(0)
+        .stdout_has("Nothing to do");
+    assert_serving(s.port, "2.5.0");
+
+    // A lock left by a process on another host whose lease ran out is taken over.
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+    let claim = rollout::store::Claim {
+        environment: s.name.clone(),
+        run: "r-elsewhere".into(),
+        owner: "elsewhere:4242:1".into(),
+        user: "bob".into(),
+        command: "promote".into(),
+    };
+    s.store()
+        .acquire_lock(&claim, Duration::from_secs(15), long_ago, |_| false)
+        .expect("plant a lock");
+    let status = s.project.run(&["status"]).code(0);
+    assert!(
+        status.stdout.contains("Stale lock: run r-elsewhere"),
+        "{status}"
+    );
+    s.write("2.4.0");
+    s.project
+        .run(&args)
+        .code(0)
+        .stderr_has("took over the lock")
+        .stderr_has("run r-elsewhere (promote) by bob on elsewhere, pid 4242")
+        .stderr_has("its lease ran out");
+    assert_serving(s.port, "2.4.0");
+    s.assert_settled("after the takeover");
+    assert_no_failed_request(load);
+}
+
+const HOLD_30S: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: full\nsteps:\n  - canary: { weight: 50, hold: 30s }\n  - promote: { drain: 1s }\n";
+
+#[test]
+fn sigint_mid_canary_puts_the_previous_version_back_and_releases_the_lock() {
+    let s = Setup::new("sigint", HOLD_30S);
+    let _cleanup = Cleanup {
+        environment: s.name.clone(),
+    };
+    s.write("2.4.0");
+    s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+    let load = Load::start(s.port);
+    s.write("2.5.0");
+    let args = ["promote", "-p", "full", "--yes"];
+    let child = s
+        .project
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_step(&s, "canary.done");
+    let t0 = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = Output::from_child(&args, child.wait_with_output().expect("wait"));
+    let stopped_in = t0.elapsed();
+    let out = out.code(1).stdout_has("stopped by a signal");
+    assert!(
+        out.stdout.contains("the previous version was put back"),
+        "{out}"
+    );
+    assert!(
+        stopped_in < Duration::from_secs(20),
+        "stopped at the next safe point, not after the hold: {stopped_in:?}"
+    );
+    assert_serving(s.port, "2.4.0");
+    s.assert_settled("after SIGINT");
+    let history = s.project.run(&["history", "-o", "json"]).code(0).json();
+    assert_eq!(
+        history["revisions"][0]["outcome"]["status"], "rolledBack",
+        "{history}"
+    );
+    assert_no_failed_request(load);
+}
