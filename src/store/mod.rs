@@ -20,10 +20,12 @@
 //! A `Store` is `Send + Sync`: share one behind an `Arc`. Its calls are serialized on one
 //! connection; open a second `Store` for real parallelism (the tests do, to act as two processes).
 
+mod audit;
 mod history;
 mod runs;
 mod schema;
 
+pub use audit::AuditHead;
 pub use history::{NewRevision, Revision, RevisionOutcome};
 pub use runs::RunRecord;
 

@@ -48,6 +48,14 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX runs_by_start ON runs (environment, started);
     ",
+    // 2: the audit trail's anchor (the log itself is <state>/audit.log; see src/audit.rs).
+    "
+    CREATE TABLE audit_head (
+        id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL CHECK (seq > 0),
+        hash TEXT    NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -105,7 +113,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 2);
+        assert_eq!(tables, 3);
     }
 
     #[test]
