@@ -4,11 +4,13 @@
 
 mod support;
 
+mod audit;
 mod bad_input;
 mod checks;
 mod cli;
 mod engine_docker;
 mod gates;
+mod notify;
 mod plan_docker;
 mod playbooks;
 mod promote;
