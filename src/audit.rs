@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::exec::report::{Outcome as ReportOutcome, RunKind, RunReport};
 use crate::store::{AuditHead, Store, StoreError};
 
 /// The log's file name inside the state directory.
@@ -148,6 +149,43 @@ impl Event {
             Event::AuthorizationRecorded { .. } => "authorizationRecorded",
             Event::EmergencyOverride { .. } => "emergencyOverride",
             Event::LockTakeover { .. } => "lockTakeover",
+        }
+    }
+}
+
+impl Event {
+    /// The start of the run `report` describes (a report as made by `RunReport::new`).
+    pub fn run_started(report: &RunReport, reason: Option<&str>) -> Event {
+        Event::RunStarted {
+            run: report.run.clone(),
+            environment: report.environment.clone(),
+            command: match report.kind {
+                RunKind::Promotion => RunCommand::Promote,
+                RunKind::Rollback => RunCommand::Rollback,
+                RunKind::Rehearsal => RunCommand::Rehearse,
+            },
+            user: report.user.clone(),
+            playbook: Some(report.playbook.clone()),
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    /// The end of the run `report` describes, with its outcome and reason.
+    pub fn run_finished(report: &RunReport) -> Event {
+        let (outcome, reason) = match &report.outcome {
+            ReportOutcome::Running => (RunOutcome::Cancelled, Some("still running".to_string())),
+            ReportOutcome::Passed => (RunOutcome::Passed, None),
+            ReportOutcome::Promoted => (RunOutcome::Promoted, None),
+            ReportOutcome::Failed { reason } => (RunOutcome::Failed, Some(reason.clone())),
+            ReportOutcome::Cancelled { reason } => (RunOutcome::Cancelled, Some(reason.clone())),
+            ReportOutcome::RolledBack { reason } => (RunOutcome::RolledBack, Some(reason.clone())),
+            ReportOutcome::Refused { reason } => (RunOutcome::Refused, Some(reason.clone())),
+        };
+        Event::RunFinished {
+            run: report.run.clone(),
+            environment: report.environment.clone(),
+            outcome,
+            reason,
         }
     }
 }

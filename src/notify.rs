@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::exec::report::{Outcome, RunKind, RunReport};
 pub use crate::manifest::config::Event;
 use crate::manifest::config::Notify;
 
@@ -90,6 +91,35 @@ impl Notification {
         }
     }
 }
+
+impl Notification {
+    /// What a finished run tells webhooks, if anything: a failed, cancelled, promoted or rolled
+    /// back promotion or rollback, or a failed or cancelled rehearsal. A passed rehearsal and a
+    /// refusal tell nothing (a run parked at an approval gate sends [`Event::AwaitingApproval`]
+    /// itself, with [`Notification::new`]).
+    pub fn for_report(report: &RunReport, now: Timestamp) -> Option<Notification> {
+        let rehearsal = report.kind == RunKind::Rehearsal;
+        let (event, reason) = match &report.outcome {
+            Outcome::Running | Outcome::Passed | Outcome::Refused { .. } => return None,
+            Outcome::Promoted => (Event::Promoted, None),
+            Outcome::RolledBack { reason } => (Event::RolledBack, Some(reason.as_str())),
+            Outcome::Failed { reason } | Outcome::Cancelled { reason } if rehearsal => {
+                (Event::RehearsalFailed, Some(reason.as_str()))
+            }
+            Outcome::Failed { reason } | Outcome::Cancelled { reason } => {
+                (Event::Failed, Some(reason.as_str()))
+            }
+        };
+        let mut n = Notification::new(event, &report.environment, &report.run, reason, now);
+        if let Outcome::Cancelled { .. } = report.outcome {
+            n.outcome = "cancelled".into();
+        }
+        Some(n)
+    }
+}
+
+/// How long a command waits for its notifications before it exits.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How hard a delivery tries.
 #[derive(Debug, Clone, Copy)]
@@ -252,6 +282,14 @@ impl Notifier {
                 last_error,
                 handle,
             });
+        }
+    }
+
+    /// One call for the executor: sends what a finished run tells webhooks (see
+    /// [`Notification::for_report`]), if anything.
+    pub fn run_finished(&self, report: &RunReport) {
+        if let Some(n) = Notification::for_report(report, Timestamp::now()) {
+            self.send(&n);
         }
     }
 

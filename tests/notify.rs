@@ -381,3 +381,77 @@ fn an_unknown_event_in_rollout_yaml_is_located_and_changes_nothing() {
         .stderr_has("unknown event `promotd`");
     assert_eq!(p.snapshot(), before);
 }
+
+/// End to end on the real engine: a rehearsal whose smoke check fails tells the webhook, and
+/// leaves its start and end in the audit trail.
+#[test]
+fn a_failed_rehearsal_notifies_its_webhook_and_is_audited() {
+    use crate::support::docker::{Cleanup, demo_images, engine, runtime};
+    use crate::support::unique;
+
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let name = unique("ntf");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    // A runtime with its own worker, so the receiver answers while the CLI runs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rx = rt.block_on(Receiver::start(
+        vec![Reply::Status(500)],
+        Reply::Status(200),
+    ));
+    let project = Project::new()
+        .file(
+            "rollout.yaml",
+            format!(
+                "notify:\n  - {{ webhook: \"{}\", on: [rehearsalFailed] }}\n",
+                rx.url
+            ),
+        )
+        .manifest(
+            &name,
+            &format!(
+                "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: acme\nservices:\n  app:\n    image: shop-web:2.4.0\n    ports: [ {{ container: 8080 }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n"
+            ),
+        )
+        .playbook(
+            "p",
+            "apiVersion: rollout/v1\nkind: Playbook\nname: p\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: app, path: /, expectBody: \"shop web 9.9\", retries: 0 } } ] }\n",
+        );
+    let out = project.run(&["rehearse"]).code(1);
+    let run = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("run ")
+        .unwrap()
+        .to_string();
+    let hits = rx.hits.lock().unwrap();
+    assert_eq!(hits.len(), 2, "one 500, then the delivery\n{out}");
+    assert_eq!(hits[1].body["event"], "rehearsalFailed");
+    assert_eq!(hits[1].body["run"], run.as_str());
+    assert_eq!(hits[1].body["environment"], name.as_str());
+    assert_eq!(hits[1].body["outcome"], "failed");
+    let audit = project
+        .run(&["audit", "--run", &run, "-o", "json"])
+        .code(0)
+        .json();
+    let kinds: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["kind"].as_str().unwrap(),
+                e["event"]["outcome"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("runStarted", "-"), ("runFinished", "failed")]);
+    project.run(&["audit", "verify"]).code(0);
+}
