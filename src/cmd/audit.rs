@@ -105,7 +105,10 @@ fn details(e: &Value) -> String {
             opt("playbook", "playbook"),
             opt("reason", "reason:")
         ),
-        "runFinished" => format!("{}{}", s("outcome"), opt("reason", ":")),
+        "runFinished" => match e["reason"].as_str() {
+            Some(r) => format!("{}: {r}", s("outcome")),
+            None => s("outcome"),
+        },
         "approvalRecorded" => format!(
             "{} approved as {}{}",
             s("by"),
