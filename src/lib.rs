@@ -17,9 +17,12 @@
 //! - [`proxy`]: the edge proxy: weighted routing, draining, stats, admin API.
 //! - [`edge`]: the proxy of an environment as a container, and its admin client.
 //! - [`store`]: the embedded store (SQLite, WAL): revisions and runs.
+//! - [`audit`]: the tamper-evident audit trail (`<state>/audit.log`, a hash chain anchored in the store).
+//! - [`notify`]: webhook notifications, delivered in the background with retries.
 //! - [`progress`]: live progress for people; [`run_id`]: run ids.
 //! - [`demo`]: the demo client's images, built locally from busybox.
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cmd;
@@ -29,6 +32,7 @@ pub mod engine;
 pub mod exec;
 pub mod gate;
 pub mod manifest;
+pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod project;

@@ -4,12 +4,14 @@
 
 mod support;
 
+mod audit;
 mod bad_input;
 mod checks;
 mod cli;
 mod crash;
 mod engine_docker;
 mod gates;
+mod notify;
 mod plan_docker;
 mod playbooks;
 mod promote;

@@ -81,6 +81,8 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Build the demo client's images on the local Docker engine and show what rollout would do.
     Demo(DemoArgs),
+    /// The tamper-evident audit trail: list its entries (the default), or verify its hash chain.
+    Audit(AuditArgs),
 }
 
 /// Which environment: `-e NAME` among manifests/, or a file with `-m` (a rollout manifest or a
@@ -268,4 +270,43 @@ pub struct DemoArgs {
     /// Only build the demo images.
     #[arg(long)]
     pub build_only: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: Option<AuditAction>,
+    #[command(flatten)]
+    pub list: AuditListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Show the entries (runs, approvals, authorizations, overrides, lock takeovers).
+    List(AuditListArgs),
+    /// Check the hash chain; exit 0 intact, 1 tampered with (naming the entry).
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct AuditListArgs {
+    /// Only entries about this environment.
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub env: Option<String>,
+    /// Only entries about this run.
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// A head printed by an earlier verify (`#N sha256:HEX`), kept where the log's writers
+    /// cannot reach: the log must still hold that entry with that hash. Repeatable.
+    #[arg(long, value_name = "HEAD")]
+    pub expect: Vec<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }

@@ -1,6 +1,7 @@
 //! One file per command; [`run`] dispatches. Commands return an [`ExitStatus`] or an error that
 //! `lib::run` prints once.
 
+pub mod audit;
 pub mod demo;
 pub mod history;
 pub mod plan;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::Report(_) => not_built("report", "change accountability (issue #6)"),
         Command::Proxy(args) => proxy::run(args, printer).await,
         Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),
+        Command::Audit(args) => audit::run(&dir, args, printer),
     }
 }
 

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
+use crate::audit;
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, RehearseArgs};
 use crate::exec;
+use crate::notify::{self, Notifier};
 use crate::progress::Console;
 use crate::project::Project;
 
@@ -36,6 +38,23 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
             engine.describe()
         ));
     }
+    let state = project.state_dir();
+    let notifier = Notifier::new(&project.config.notify);
+    let audit_warn = |e: crate::audit::AuditError| {
+        printer.warn(&format!(
+            "the audit trail could not record the rehearsal: {e}"
+        ));
+    };
+    let start = exec::report::RunReport::new(
+        exec::report::RunKind::Rehearsal,
+        &run,
+        &environment,
+        &playbook,
+        now,
+    );
+    if let Err(e) = audit::append(&state, audit::Event::run_started(&start, None)) {
+        audit_warn(e);
+    }
     let report = exec::rehearse(
         engine.as_ref(),
         &environment,
@@ -46,7 +65,11 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
         &cancel,
     )
     .await;
-    let saved = report.save(&project.state_dir());
+    let saved = report.save(&state);
+    if let Err(e) = audit::append(&state, audit::Event::run_finished(&report)) {
+        audit_warn(e);
+    }
+    notifier.run_finished(&report);
     if json {
         printer.json(&report)?;
     } else {
@@ -60,6 +83,9 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
         Ok(path) if !json => printer.out(&format!("Report: {}", path.display())),
         Ok(_) => {}
         Err(e) => printer.warn(&format!("the report could not be written: {e}")),
+    }
+    for undelivered in notifier.flush(notify::FLUSH_DEADLINE).await {
+        printer.warn(&undelivered.to_string());
     }
     Ok(if report.passed() {
         ExitStatus::Success

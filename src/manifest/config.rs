@@ -83,6 +83,7 @@ pub struct Notify {
     pub on: Vec<Event>,
 }
 
+/// What a webhook can be told about (see [`crate::notify`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Failed,
@@ -90,6 +91,27 @@ pub enum Event {
     RolledBack,
     AwaitingApproval,
     RehearsalFailed,
+}
+
+impl Event {
+    pub const ALL: [Event; 5] = [
+        Event::Failed,
+        Event::Promoted,
+        Event::RolledBack,
+        Event::AwaitingApproval,
+        Event::RehearsalFailed,
+    ];
+
+    /// The name written in rollout.yaml and in webhook bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Failed => "failed",
+            Event::Promoted => "promoted",
+            Event::RolledBack => "rolledBack",
+            Event::AwaitingApproval => "awaitingApproval",
+            Event::RehearsalFailed => "rehearsalFailed",
+        }
+    }
 }
 
 impl Default for Config {
@@ -161,23 +183,14 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
         }
         let mut on = Vec::new();
         for e in n.value.on.iter().flatten() {
-            match e.value.as_str() {
-                "failed" => on.push(Event::Failed),
-                "promoted" => on.push(Event::Promoted),
-                "rolledBack" => on.push(Event::RolledBack),
-                "awaitingApproval" => on.push(Event::AwaitingApproval),
-                "rehearsalFailed" => on.push(Event::RehearsalFailed),
-                other => c.error(pos(e), format!("unknown event `{other}`; expected failed, promoted, rolledBack, awaitingApproval or rehearsalFailed")),
+            match Event::ALL.into_iter().find(|k| k.name() == e.value) {
+                Some(k) if on.contains(&k) => {}
+                Some(k) => on.push(k),
+                None => c.error(pos(e), format!("unknown event `{}`; expected failed, promoted, rolledBack, awaitingApproval or rehearsalFailed", e.value)),
             }
         }
         if n.value.on.is_none() {
-            on = vec![
-                Event::Failed,
-                Event::Promoted,
-                Event::RolledBack,
-                Event::AwaitingApproval,
-                Event::RehearsalFailed,
-            ];
+            on = Event::ALL.to_vec();
         }
         out_notify.push(Notify {
             webhook: url.value.clone(),

@@ -20,12 +20,14 @@
 //! A `Store` is `Send + Sync`: share one behind an `Arc`. Its calls are serialized on one
 //! connection; open a second `Store` for real parallelism (the tests do, to act as two processes).
 
+mod audit;
 mod history;
 mod journal;
 mod lock;
 mod runs;
 mod schema;
 
+pub use audit::AuditHead;
 pub use history::{NewRevision, Revision, RevisionOutcome};
 pub use journal::{BEGIN, END, JournalEntry, Phase};
 pub use lock::{Acquired, Claim, LockHolder};

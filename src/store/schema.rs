@@ -73,6 +73,14 @@ const MIGRATIONS: &[&str] = &[
         expires     TEXT NOT NULL
     ) STRICT;
     ",
+    // 3: the audit trail's anchor (the log itself is <state>/audit.log; see src/audit.rs).
+    "
+    CREATE TABLE audit_head (
+        id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL CHECK (seq > 0),
+        hash TEXT    NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -131,8 +139,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            tables, 5,
-            "revisions, runs, journal, locks and sqlite_sequence"
+            tables, 6,
+            "revisions, runs, journal, locks, sqlite_sequence and audit_head"
         );
     }
 
