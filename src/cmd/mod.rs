@@ -7,6 +7,7 @@ pub mod plan;
 pub mod promote;
 pub mod proxy;
 pub mod rehearse;
+pub mod report;
 pub mod rollback;
 pub mod status;
 pub mod test_env;
@@ -36,7 +37,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(_) => not_built("approve", "change accountability (issue #6)"),
-        Command::Report(_) => not_built("report", "change accountability (issue #6)"),
+        Command::Report(args) => report::run(&dir, args, printer).await,
         Command::Proxy(args) => proxy::run(args, printer).await,
         Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),
     }
@@ -116,4 +117,38 @@ pub(crate) async fn collect_garbage(
         printer.warn(&line);
     }
     Ok(())
+}
+
+/// Writes a run's report files and records the run in the store, so `rollout report RUN` and
+/// `latest` find it; failures are warnings (the run itself is over).
+pub(crate) fn save_run(
+    project: &Project,
+    store: &crate::store::Store,
+    report: &crate::exec::report::RunReport,
+    printer: Printer,
+) -> Option<std::path::PathBuf> {
+    let saved = report
+        .save(&project.state_dir())
+        .map_err(|e| printer.warn(&format!("the report could not be written: {e}")))
+        .ok();
+    let record = crate::store::RunRecord {
+        run: report.run.clone(),
+        environment: report.environment.clone(),
+        kind: format!("{:?}", report.kind).to_lowercase(),
+        started: report
+            .started
+            .parse()
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+        finished: Some(jiff::Timestamp::now()),
+        user: report.user.clone(),
+        outcome: serde_json::to_value(&report.outcome)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(String::from))
+            .unwrap_or_default(),
+        report: serde_json::to_value(report).unwrap_or_default(),
+    };
+    if let Err(e) = store.record_run(&record) {
+        printer.warn(&format!("the run could not be recorded: {e}"));
+    }
+    saved
 }

@@ -9,13 +9,13 @@ use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, PromoteArgs};
 use crate::engine::Engine;
 use crate::exec::promote::{self, Options};
-use crate::exec::report::{Outcome, RunKind, RunReport};
+use crate::exec::report::{Outcome, RunKind};
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::Playbook;
 use crate::plan::{self, Plan};
 use crate::progress::Console;
 use crate::project::Project;
-use crate::store::{RunRecord, Store};
+use crate::store::Store;
 
 pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let PromoteArgs {
@@ -129,7 +129,7 @@ pub(crate) async fn execute(
         &cancel,
     )
     .await;
-    save(project, &store, &report, printer);
+    super::save_run(project, &store, &report, printer);
     if json {
         printer.json(&report)?;
     } else {
@@ -149,29 +149,4 @@ pub(crate) async fn execute(
         Outcome::Refused { .. } => ExitStatus::Refused,
         _ => ExitStatus::Failure,
     })
-}
-
-fn save(project: &Project, store: &Store, report: &RunReport, printer: Printer) {
-    if let Err(e) = report.save(&project.state_dir()) {
-        printer.warn(&format!("the report could not be written: {e}"));
-    }
-    let record = RunRecord {
-        run: report.run.clone(),
-        environment: report.environment.clone(),
-        kind: format!("{:?}", report.kind).to_lowercase(),
-        started: report
-            .started
-            .parse()
-            .unwrap_or_else(|_| jiff::Timestamp::now()),
-        finished: Some(jiff::Timestamp::now()),
-        user: report.user.clone(),
-        outcome: serde_json::to_value(&report.outcome)
-            .ok()
-            .and_then(|v| v["outcome"].as_str().map(String::from))
-            .unwrap_or_default(),
-        report: serde_json::to_value(report).unwrap_or_default(),
-    };
-    if let Err(e) = store.record_run(&record) {
-        printer.warn(&format!("the run could not be recorded: {e}"));
-    }
 }

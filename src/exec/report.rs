@@ -1,15 +1,22 @@
-//! What a run did, step by step: kept as JSON and Markdown in the state directory so the client
-//! can read it (`rollout report` renders richer documents from the accountability issue on).
+//! What a run did, step by step: the data of a run's change document, kept as JSON and
+//! Markdown in the state directory and in the store's `runs` table, and rendered by
+//! [`crate::report`] (`rollout report RUN -o md|html|json`).
+//!
+//! # Compatibility
+//! Reports of runs already stored are read back with this type, so every field added after the
+//! first release carries `#[serde(default)]`: an old report reads with the field empty.
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::check::CheckResult;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::Playbook;
+use crate::plan::{Action, Change, ServicePlan};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RunKind {
     Rehearsal,
@@ -17,7 +24,7 @@ pub enum RunKind {
     Rollback,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum Outcome {
     Running,
@@ -55,7 +62,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum StepStatus {
     Ok,
@@ -64,31 +71,141 @@ pub enum StepStatus {
     NotRun,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     pub index: usize,
     pub description: String,
     pub status: StepStatus,
     pub detail: String,
+    /// When the step began (or was passed over): for the timeline. Absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
     pub elapsed_ms: u64,
+    #[serde(default)]
     pub checks: Vec<CheckResult>,
+    /// Canary steps: what the proxy counted on each candidate during the hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<CanaryFigures>,
 }
 
 impl StepReport {
+    /// A step's report is made when the executor reaches the step, so it takes the wall clock
+    /// then as the step's start (elapsed times are measured by the executor, monotonically).
     pub fn new(index: usize, description: &str, status: StepStatus, detail: String) -> Self {
         StepReport {
             index,
             description: description.to_string(),
             status,
             detail,
+            started: Some(Timestamp::now()),
             elapsed_ms: 0,
             checks: Vec::new(),
+            canary: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One candidate's figures over a canary step's hold, and what the analysis made of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryFigures {
+    pub service: String,
+    /// Percent of the service's requests sent to the new version.
+    pub weight: u8,
+    pub hold_ms: u64,
+    /// Requests that completed on the new version (responses and connection errors).
+    pub requests: u64,
+    /// 5xx responses and connection errors among them.
+    pub errors: u64,
+    /// `errors / requests`; `None` without traffic.
+    pub error_rate: Option<f64>,
+    /// 99th percentile latency (the upper bound of its bucket); `None` without responses.
+    pub p99_ms: Option<u64>,
+    /// The playbook's thresholds, when the step has an analysis.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    #[serde(default)]
+    pub max_p99_ms: Option<u64>,
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    pub analysis: Analysis,
+}
+
+/// What a canary's analysis concluded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "verdict")]
+pub enum Analysis {
+    /// The step has no `analysis`: figures only.
+    NotAnalysed,
+    Pass,
+    Fail {
+        reason: String,
+    },
+}
+
+/// Per changed service: what it was and what it became. Secret values are never here: a
+/// secret is only named, with `added`, `removed` or `changed (value hidden)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceChange {
+    pub service: String,
+    pub action: Action,
+    #[serde(default)]
+    pub stateful: bool,
+    #[serde(default)]
+    pub managed_by: Option<String>,
+    pub changes: Vec<FieldChange>,
+}
+
+/// One setting of a service before and after (`None`: it was not set, or is not any more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldChange {
+    /// `image`, `env API_URL`, `secret SESSION_KEY`, `port http`...
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// A recorded approval of a run (`rollout approve RUN --by ROLE --note TEXT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// Who approved.
+    pub by: String,
+    /// The role the playbook's `approve: { by: ROLE }` asked for.
+    pub role: String,
+    pub at: Timestamp,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A third party's recorded authorization to change the services it manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// The third party (`managedBy: { thirdParty: NAME }`).
+    pub party: String,
+    /// Its own reference for the authorization (a ticket, a change number).
+    pub reference: String,
+    /// Who recorded it.
+    pub by: String,
+    #[serde(default)]
+    pub note: Option<String>,
+    /// After this it no longer counts.
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+}
+
+/// `--emergency --reason TEXT`: the change window was overridden.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Emergency {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Teardown {
     pub containers: usize,
@@ -97,7 +214,7 @@ pub struct Teardown {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     pub run: String,
@@ -112,11 +229,27 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     pub teardown: Option<Teardown>,
     /// Promotions: from "candidate healthy" to "all traffic on it", in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch_ms: Option<u64>,
     /// Failed promotions: from "failure seen" to "all traffic back", in milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_ms: Option<u64>,
+    /// Why: the commit or note given with `--reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The revision a promotion or rollback recorded.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// What changed, per service (before and after). For a rehearsal: what the rehearsed
+    /// version changes compared with production when it ran.
+    #[serde(default)]
+    pub changes: Vec<ServiceChange>,
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+    #[serde(default)]
+    pub emergency: Option<Emergency>,
 }
 
 impl RunReport {
@@ -141,6 +274,12 @@ impl RunReport {
             teardown: None,
             switch_ms: None,
             rollback_ms: None,
+            reason: None,
+            revision: None,
+            changes: Vec::new(),
+            approvals: Vec::new(),
+            authorizations: Vec::new(),
+            emergency: None,
         }
     }
 
@@ -148,83 +287,9 @@ impl RunReport {
         matches!(self.outcome, Outcome::Passed | Outcome::Promoted)
     }
 
-    /// The report as Markdown, for a person.
+    /// The report as Markdown, for a person (the document `rollout report -o md` prints).
     pub fn markdown(&self) -> String {
-        let mut out = format!(
-            "# {} {} of {} (client {})\n\n- playbook: {}\n- started: {} by {}\n- outcome: **{}**\n- duration: {:.1}s\n\n## Steps\n\n| # | step | status | detail | time |\n| --- | --- | --- | --- | --- |\n",
-            match self.kind {
-                RunKind::Rehearsal => "Rehearsal",
-                RunKind::Promotion => "Promotion",
-                RunKind::Rollback => "Rollback",
-            },
-            self.run,
-            self.environment,
-            self.client,
-            self.playbook,
-            self.started,
-            self.user,
-            match &self.outcome {
-                Outcome::Running => "running".to_string(),
-                Outcome::Passed => "passed".to_string(),
-                Outcome::Failed { reason } => format!("failed: {reason}"),
-                Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
-                Outcome::Promoted => "promoted".to_string(),
-                Outcome::RolledBack { reason } => format!("rolled back: {reason}"),
-                Outcome::Refused { reason } => format!("refused: {reason}"),
-            },
-            self.elapsed_ms as f64 / 1000.0
-        );
-        for s in &self.steps {
-            let detail = s
-                .detail
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .replace('|', "\\|");
-            out.push_str(&format!(
-                "| {} | {} | {:?} | {} | {:.1}s |\n",
-                s.index + 1,
-                s.description.replace('|', "\\|"),
-                s.status,
-                detail,
-                s.elapsed_ms as f64 / 1000.0
-            ));
-        }
-        let checks: Vec<&CheckResult> = self.steps.iter().flat_map(|s| &s.checks).collect();
-        if !checks.is_empty() {
-            out.push_str(
-                "\n## Checks\n\n| check | result | attempts | time |\n| --- | --- | --- | --- |\n",
-            );
-            for c in checks {
-                let result = match &c.verdict {
-                    crate::check::Verdict::Pass { detail } => format!("pass: {detail}"),
-                    crate::check::Verdict::Fail { reason } => format!("FAIL: {reason}"),
-                    crate::check::Verdict::Inconclusive { reason } => {
-                        format!("FAIL (inconclusive): {reason}")
-                    }
-                };
-                out.push_str(&format!(
-                    "| {} | {} | {} | {:.1}s |\n",
-                    c.description.replace('|', "\\|"),
-                    result.replace('|', "\\|"),
-                    c.attempts,
-                    c.elapsed.as_secs_f64()
-                ));
-            }
-        }
-        if let Some(t) = &self.teardown {
-            out.push_str(&format!(
-                "\n## Teardown\n\nRemoved {} containers, {} networks, {} volumes{}.\n",
-                t.containers,
-                t.networks,
-                t.volumes,
-                t.error
-                    .as_ref()
-                    .map(|e| format!(" (error: {e})"))
-                    .unwrap_or_default()
-            ));
-        }
-        out
+        crate::report::markdown(self)
     }
 
     /// Writes `<dir>/reports/<env>/<run>.json` and `.md`, each through a temporary file and a
@@ -266,4 +331,103 @@ pub fn current_user() -> String {
                 .and_then(|l| l.split_whitespace().nth(1).map(String::from))
         });
     format!("uid {}", uid.unwrap_or_else(|| "unknown".into()))
+}
+
+/// What the plan changes, per service, as before/after pairs; unchanged services are left out.
+/// Plans never hold secret values, and neither does the result.
+pub fn changes(plan: &[ServicePlan]) -> Vec<ServiceChange> {
+    plan.iter()
+        .filter(|s| s.action != Action::Unchanged)
+        .map(|s| ServiceChange {
+            service: s.name.clone(),
+            action: s.action,
+            stateful: s.stateful,
+            managed_by: s.managed_by.clone(),
+            changes: s.changes.iter().map(field_change).collect(),
+        })
+        .collect()
+}
+
+fn field_change(c: &Change) -> FieldChange {
+    use crate::plan::render::port_text;
+    let f = |field: String, before: Option<String>, after: Option<String>| FieldChange {
+        field,
+        before,
+        after,
+    };
+    let command = |c: &Option<Vec<String>>| {
+        Some(c.as_ref().map_or("(image default)".into(), |c| c.join(" ")))
+    };
+    let hidden = || Some("set (value hidden)".to_string());
+    match c {
+        Change::Image { from, to } => f("image".into(), Some(from.clone()), Some(to.clone())),
+        Change::Command { from, to } => f("command".into(), command(from), command(to)),
+        Change::EnvAdded { key, value } => f(format!("env {key}"), None, Some(value.clone())),
+        Change::EnvRemoved { key } => f(format!("env {key}"), Some("set".into()), None),
+        Change::EnvChanged { key, from, to } => {
+            f(format!("env {key}"), Some(from.clone()), Some(to.clone()))
+        }
+        Change::SecretAdded { key } => f(format!("secret {key}"), None, hidden()),
+        Change::SecretRemoved { key } => f(format!("secret {key}"), hidden(), None),
+        Change::SecretChanged { key } => f(
+            format!("secret {key}"),
+            hidden(),
+            Some("changed (value hidden)".into()),
+        ),
+        Change::PortAdded { port } => f(format!("port {}", port.name), None, Some(port_text(port))),
+        Change::PortRemoved { port } => {
+            f(format!("port {}", port.name), Some(port_text(port)), None)
+        }
+        Change::PortChanged { from, to } => f(
+            format!("port {}", to.name),
+            Some(port_text(from)),
+            Some(port_text(to)),
+        ),
+        Change::VolumeAdded { volume } => f(
+            format!("volume {}", volume.name),
+            None,
+            Some(volume.path.clone()),
+        ),
+        Change::VolumeRemoved { volume } => f(
+            format!("volume {}", volume.name),
+            Some(volume.path.clone()),
+            Some("detached (its data is kept)".into()),
+        ),
+        Change::Health { from, to } if from == to => f(
+            "health".into(),
+            from.clone(),
+            Some("timing settings changed".into()),
+        ),
+        Change::Health { from, to } => f("health".into(), from.clone(), to.clone()),
+        Change::DependsOn { from, to } => f(
+            "dependsOn".into(),
+            Some(from.join(", ")),
+            Some(to.join(", ")),
+        ),
+        Change::Stateful { from, to } => f(
+            "stateful".into(),
+            Some(from.to_string()),
+            Some(to.to_string()),
+        ),
+        Change::ManagedBy { from, to } => f(
+            "managed by".into(),
+            Some(from.clone().unwrap_or_else(|| "(the provider)".into())),
+            Some(to.clone().unwrap_or_else(|| "(the provider)".into())),
+        ),
+        Change::NotRunning { state } => f(
+            "state".into(),
+            Some(format!("not running ({state})")),
+            Some("started again".into()),
+        ),
+        Change::Unhealthy => f(
+            "state".into(),
+            Some("running, unhealthy".into()),
+            Some("started again".into()),
+        ),
+        Change::Unrecorded => f(
+            "settings".into(),
+            Some("not recorded on its containers".into()),
+            Some("replaced".into()),
+        ),
+    }
 }
