@@ -26,8 +26,10 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.
     let observed = engine.observe(&environment.name).await?;
-    let changes =
-        exec::report::changes(&plan::compute(&environment, &observed, &playbook).services);
+    let changes = exec::report::changes(
+        &plan::compute(&environment, &observed, &playbook).services,
+        &exec::report::snapshots(&environment),
+    );
     let store = Store::open(&project.state_dir())?;
 
     let now = jiff::Timestamp::now();

@@ -92,7 +92,7 @@ pub async fn promote(
     let mut report = RunReport::new(opts.kind, run, env, playbook, now);
     report.reason = opts.reason.clone();
     report.emergency = opts.emergency.clone().map(|reason| Emergency { reason });
-    report.changes = report::changes(&plan.services);
+    report.changes = report::changes(&plan.services, &report::snapshots(env));
     if let Some(reason) = refusal(playbook, plan, now, opts) {
         report.outcome = Outcome::Refused { reason };
         return report;

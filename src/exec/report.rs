@@ -6,12 +6,14 @@
 //! Reports of runs already stored are read back with this type, so every field added after the
 //! first release carries `#[serde(default)]`: an old report reads with the field empty.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::check::CheckResult;
+use crate::engine::ServiceSnapshot;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::Playbook;
 use crate::plan::{Action, Change, ServicePlan};
@@ -333,9 +335,22 @@ pub fn current_user() -> String {
     format!("uid {}", uid.unwrap_or_else(|| "unknown".into()))
 }
 
+/// The settings each service of `env` runs with (secret names, never values): what a created
+/// service's "after" column shows.
+pub fn snapshots(env: &Environment) -> BTreeMap<String, ServiceSnapshot> {
+    env.services
+        .iter()
+        .map(|s| (s.name.clone(), ServiceSnapshot::from(s)))
+        .collect()
+}
+
 /// What the plan changes, per service, as before/after pairs; unchanged services are left out.
-/// Plans never hold secret values, and neither does the result.
-pub fn changes(plan: &[ServicePlan]) -> Vec<ServiceChange> {
+/// A created service lists its settings from `desired`. Plans and snapshots never hold secret
+/// values, and neither does the result.
+pub fn changes(
+    plan: &[ServicePlan],
+    desired: &BTreeMap<String, ServiceSnapshot>,
+) -> Vec<ServiceChange> {
     plan.iter()
         .filter(|s| s.action != Action::Unchanged)
         .map(|s| ServiceChange {
@@ -343,9 +358,60 @@ pub fn changes(plan: &[ServicePlan]) -> Vec<ServiceChange> {
             action: s.action,
             stateful: s.stateful,
             managed_by: s.managed_by.clone(),
-            changes: s.changes.iter().map(field_change).collect(),
+            changes: match (s.action, desired.get(&s.name)) {
+                (Action::Create, Some(snapshot)) if s.changes.is_empty() => created(snapshot),
+                _ => s.changes.iter().map(field_change).collect(),
+            },
         })
         .collect()
+}
+
+fn created(s: &ServiceSnapshot) -> Vec<FieldChange> {
+    let ServiceSnapshot {
+        image,
+        command,
+        env,
+        secret_keys,
+        ports,
+        depends_on,
+        health,
+        stateful: _,
+        volumes,
+        managed_by: _,
+    } = s;
+    let new = |field: String, after: String| FieldChange {
+        field,
+        before: None,
+        after: Some(after),
+    };
+    let mut out = vec![new("image".into(), image.clone())];
+    if let Some(c) = command {
+        out.push(new("command".into(), c.join(" ")));
+    }
+    out.extend(env.iter().map(|(k, v)| new(format!("env {k}"), v.clone())));
+    out.extend(
+        secret_keys
+            .iter()
+            .map(|k| new(format!("secret {k}"), "set (value hidden)".into())),
+    );
+    out.extend(ports.iter().map(|p| {
+        new(
+            format!("port {}", p.name),
+            crate::plan::render::port_text(p),
+        )
+    }));
+    out.extend(
+        volumes
+            .iter()
+            .map(|v| new(format!("volume {}", v.name), v.path.clone())),
+    );
+    if let Some(h) = health {
+        out.push(new("health".into(), h.probe.to_string()));
+    }
+    if !depends_on.is_empty() {
+        out.push(new("dependsOn".into(), depends_on.join(", ")));
+    }
+    out
 }
 
 fn field_change(c: &Change) -> FieldChange {

@@ -208,7 +208,8 @@ fn complete(store: &Store, mut report: RunReport) -> Result<RunReport, FindError
     if report.changes.is_empty()
         && let Ok(plan) = serde_json::from_value::<Vec<ServicePlan>>(rev.changes)
     {
-        report.changes = report::changes(&plan);
+        let desired = serde_json::from_value(rev.services).unwrap_or_default();
+        report.changes = report::changes(&plan, &desired);
     }
     Ok(report)
 }

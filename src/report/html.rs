@@ -56,7 +56,8 @@ dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 table { width: 100%; border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
 th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid var(--line);
          overflow-wrap: anywhere; }
-th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
+th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line);
+     white-space: nowrap; overflow-wrap: normal; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 td.when { white-space: nowrap; }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; }
@@ -66,6 +67,7 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 1
 .st-ok, .v-pass { color: var(--good); font-weight: 600; }
 .st-failed, .v-fail { color: var(--bad); font-weight: 600; }
 .st-skipped, .st-notrun { color: var(--muted); }
+td[class^="st-"] { white-space: nowrap; }
 .hidden-secret { color: var(--muted); font-style: italic; }
 footer { margin-top: 32px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
 @media print {
@@ -181,7 +183,7 @@ pub fn render(r: &RunReport) -> String {
             action_word(s.action)
         );
         if s.changes.is_empty() {
-            let _ = writeln!(out, "<p class=\"empty\">Whole service.</p>");
+            let _ = writeln!(out, "<p class=\"empty\">No setting recorded.</p>");
             continue;
         }
         let _ = writeln!(
@@ -387,10 +389,8 @@ pub fn render(r: &RunReport) -> String {
     if let Some(t) = &r.teardown {
         let _ = writeln!(
             out,
-            "<p>Test version removed: {} containers, {} networks, {} volumes{}.</p>",
-            t.containers,
-            t.networks,
-            t.volumes,
+            "<p>Test version removed: {}{}.</p>",
+            removed(t),
             t.error
                 .as_ref()
                 .map(|e| format!(" (error: {})", escape(e)))

@@ -84,7 +84,7 @@ pub fn render(r: &RunReport) -> String {
             action_word(s.action)
         );
         if s.changes.is_empty() {
-            let _ = writeln!(out, "Whole service.\n");
+            let _ = writeln!(out, "No setting recorded.\n");
             continue;
         }
         let _ = writeln!(out, "| setting | before | after |\n| --- | --- | --- |");
@@ -257,10 +257,8 @@ pub fn render(r: &RunReport) -> String {
     if let Some(t) = &r.teardown {
         let _ = writeln!(
             out,
-            "\nTest version removed: {} containers, {} networks, {} volumes{}.",
-            t.containers,
-            t.networks,
-            t.volumes,
+            "\nTest version removed: {}{}.",
+            removed(t),
             t.error
                 .as_ref()
                 .map(|e| format!(" (error: {})", cell(e)))
@@ -302,7 +300,7 @@ mod tests {
             "- traffic back on the previous version in 38 ms",
             "| 3 | canary: 25% of traffic for 2s | failed | 2026-03-02 21:30:03 UTC | 2.0 s |",
             "| 4 | promote (drain 2s) | not run |",
-            "Test version removed: 2 containers, 1 networks, 0 volumes.",
+            "Test version removed: 2 containers, 1 network, 0 volumes.",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }

@@ -133,7 +133,7 @@ fn thresholds(f: &crate::exec::report::CanaryFigures) -> String {
         t.push(format!("error rate ≤ {}", percent(Some(m))));
     }
     if let Some(m) = f.max_p99_ms {
-        t.push(format!("p99 ≤ {m} ms"));
+        t.push(format!("p99 ≤ {}", duration_ms(m)));
     }
     if let Some(m) = f.min_requests {
         t.push(format!("≥ {m} requests"));
@@ -143,6 +143,18 @@ fn thresholds(f: &crate::exec::report::CanaryFigures) -> String {
     } else {
         t.join(", ")
     }
+}
+
+/// `2 containers, 1 network, 0 volumes`.
+fn removed(t: &crate::exec::report::Teardown) -> String {
+    let n =
+        |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+    format!(
+        "{}, {}, {}",
+        n(t.containers, "container"),
+        n(t.networks, "network"),
+        n(t.volumes, "volume")
+    )
 }
 
 /// The step that made the run fail, if one did.

@@ -52,11 +52,18 @@ impl Project {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    /// As [`Project::run`], with environment variables for this run only (on top of the
+    /// project's): e.g. a secret whose value changes between two promotions.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollout"));
         cmd.arg("-C")
             .arg(self.dir.path())
             .args(args)
             .envs(&self.env)
+            .envs(vars.iter().copied())
             .env_remove("NO_COLOR");
         // Promotions start the edge proxy, whose image is a static rollout.
         if args.iter().any(|a| matches!(*a, "promote" | "rollback")) {
