@@ -358,6 +358,41 @@ fn a_real_promotion_reports_in_three_formats_and_renders_in_chromium() {
     );
     let pdf_bytes = std::fs::read(&pdf).expect("pdf");
     assert!(pdf_bytes.starts_with(b"%PDF") && pdf_bytes.len() > 10_000);
+
+    // v3 answers 500: the canary's analysis fails and the report carries the rollback evidence.
+    std::fs::write(
+        project.path().join(format!("manifests/{name}.yaml")),
+        manifest(&name, port, "shop-web:2.7.0", "http://api:9001"),
+    )
+    .expect("manifest");
+    let traffic = Traffic::start(port);
+    let failed = project
+        .run_with(
+            &["promote", "-p", "full", "--yes", "--reason", "web 2.7.0"],
+            &[("REPORT_SESSION_KEY", SECRET_V2)],
+        )
+        .code(1);
+    drop(traffic);
+    let run = run_id(&failed.stdout);
+    let md = project.run(&["report", "latest"]).code(0).stdout;
+    std::fs::write(dir.join("rolled-back.md"), &md).expect("write md");
+    assert!(md.contains(&format!("# Promotion {run} of {name}")), "{md}");
+    assert!(md.contains("| Outcome | **rolled back**: web: "), "{md}");
+    assert!(md.contains("### Rollback evidence"), "{md}");
+    assert!(
+        md.contains("- failed step: 3. canary: 50% of traffic"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- traffic back on the previous version in "),
+        "{md}"
+    );
+    assert!(md.contains("| FAIL: error rate above 5.00% |"), "{md}");
+    assert!(md.contains("| 4 | promote: switch all traffic"), "{md}");
+    assert!(md.contains("| not run |"), "{md}");
+    let data = project.run(&["report", &run, "-o", "json"]).code(0).json();
+    assert!(data["rollbackMs"].as_u64().is_some(), "{data}");
+    assert_eq!(data["outcome"]["outcome"], "rolledBack");
 }
 
 #[test]
