@@ -497,3 +497,112 @@ fn field_change(c: &Change) -> FieldChange {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::engine::fake::FakeEngine;
+    use crate::manifest::source::Source;
+    use crate::manifest::{env, yaml};
+
+    const SHOP: &str = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  web:\n    image: web:1\n    env: { MODE: fast }\n    secrets: { KEY: { fromEnv: K } }\n    ports: [ { name: http, container: 8080, public: 18080 } ]\n    health: { http: { port: 8080, path: /healthz } }\n";
+
+    fn environment(yaml_text: &str, secret: &str) -> Environment {
+        let src = Source::new("shop.yaml", yaml_text);
+        let raw = yaml::parse(&src, "a manifest").expect("parses");
+        env::resolve(&src, raw, &|_| Some(secret.to_string())).expect("resolves")
+    }
+
+    #[tokio::test]
+    async fn changes_pair_before_and_after_and_only_name_secrets() {
+        let old = environment(SHOP, "old-secret-value");
+        let engine = FakeEngine::new();
+        engine
+            .ensure_network(
+                &crate::engine::spec::production_network(&old.name),
+                &crate::engine::spec::base_labels(&old, crate::engine::Role::Production, "r1"),
+            )
+            .await
+            .unwrap();
+        for s in &old.services {
+            engine
+                .run_container(&crate::engine::spec::production_container(&old, s, "r1"))
+                .await
+                .unwrap();
+        }
+        let new = environment(
+            &SHOP.replace("web:1", "web:2").replace("fast", "safe"),
+            "new-secret-value",
+        );
+        let plan = crate::plan::compute(
+            &new,
+            &engine.observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        let changes = changes(&plan.services, &snapshots(&new));
+        let pair = |field: &str, before: &str, after: &str| FieldChange {
+            field: field.into(),
+            before: Some(before.into()),
+            after: Some(after.into()),
+        };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].action, Action::Update);
+        assert_eq!(
+            changes[0].changes,
+            [
+                pair("image", "web:1", "web:2"),
+                pair("env MODE", "fast", "safe"),
+                pair("secret KEY", "set (value hidden)", "changed (value hidden)"),
+            ]
+        );
+        let json = serde_json::to_string(&changes).unwrap();
+        assert!(!json.contains("secret-value"), "{json}");
+    }
+
+    #[tokio::test]
+    async fn a_created_service_lists_its_settings() {
+        let env = environment(SHOP, "a-secret-value");
+        let plan = crate::plan::compute(
+            &env,
+            &FakeEngine::new().observe("shop").await.unwrap(),
+            &Playbook::builtin_default(),
+        );
+        let changes = changes(&plan.services, &snapshots(&env));
+        assert_eq!(changes[0].action, Action::Create);
+        let after: Vec<(&str, Option<&str>)> = changes[0]
+            .changes
+            .iter()
+            .map(|c| (c.field.as_str(), c.after.as_deref()))
+            .collect();
+        assert_eq!(
+            after,
+            [
+                ("image", Some("web:1")),
+                ("env MODE", Some("fast")),
+                ("secret KEY", Some("set (value hidden)")),
+                ("port http", Some("http 8080/http (public 18080)")),
+                ("health", Some("http :8080/healthz")),
+            ]
+        );
+        assert!(changes[0].changes.iter().all(|c| c.before.is_none()));
+    }
+
+    #[test]
+    fn a_report_stored_before_the_accountability_fields_reads_back() {
+        // The shape promotions stored until now.
+        let old = serde_json::json!({
+            "run": "t1", "kind": "promotion", "environment": "shop", "client": "acme",
+            "playbook": "standard", "started": "2026-03-01T10:00:00Z", "user": "ops",
+            "outcome": { "outcome": "rolledBack", "reason": "canary" }, "elapsedMs": 900,
+            "steps": [ { "index": 0, "description": "promote", "status": "failed",
+                         "detail": "x", "elapsedMs": 5, "checks": [] } ],
+            "teardown": null, "rollbackMs": 12
+        });
+        let r: RunReport = serde_json::from_value(old).unwrap();
+        assert_eq!(r.rollback_ms, Some(12));
+        assert!(r.approvals.is_empty() && r.authorizations.is_empty());
+        assert!(r.emergency.is_none() && r.reason.is_none() && r.changes.is_empty());
+        assert_eq!(r.steps[0].started, None);
+    }
+}
