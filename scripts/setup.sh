@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what rollout's demo and tests need on a Debian machine, idempotently:
-# a Docker engine that answers, and Debian's static busybox (every image is built FROM scratch
-# from it: no image is ever pulled).
+# a Docker engine that answers, Debian's static busybox (every image is built FROM scratch
+# from it: no image is ever pulled), and Chromium (the report tests render HTML in it, headless).
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -15,6 +15,11 @@ apt_install() {
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
   echo "setup: installing busybox-static"
   apt_install busybox-static
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (headless, for the report tests)"
+  apt_install chromium
 fi
 
 if ! docker info >/dev/null 2>&1; then

@@ -14,6 +14,7 @@
 //! - [`check`]: smoke checks (http, tcp, exec) from the host, with typed verdicts.
 //! - [`gate`]: what must hold before production is touched (change windows).
 //! - [`exec`]: the executor: rehearsals and promotions walking a playbook, with their reports.
+//! - [`report`]: change documents of runs (Markdown, self-contained HTML, JSON), found by run id.
 //! - [`proxy`]: the edge proxy: weighted routing, draining, stats, admin API.
 //! - [`edge`]: the proxy of an environment as a container, and its admin client.
 //! - [`store`]: the embedded store (SQLite, WAL): revisions and runs.
@@ -37,6 +38,7 @@ pub mod plan;
 pub mod progress;
 pub mod project;
 pub mod proxy;
+pub mod report;
 pub mod run_id;
 pub mod store;
 pub mod testenv;

@@ -105,6 +105,25 @@ impl Project {
         Ok(out)
     }
 
+    /// The environment `-e` names, or the project's only one, by name alone: for commands that
+    /// read what was recorded (reports) and so must not need the manifest's secrets.
+    pub fn environment_name(&self, name: Option<&str>) -> Result<String, ProjectError> {
+        if let Some(n) = name {
+            return Ok(n.to_string());
+        }
+        let all = self.manifests()?;
+        match all.as_slice() {
+            [] => Err(ProjectError::NoManifests(self.dir.join("manifests"))),
+            [(n, _)] => Ok(n.clone()),
+            _ => Err(ProjectError::AmbiguousEnvironment(
+                all.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
     /// Loads and resolves the environment named by `-e` (or the only one), or the file named by `-m`.
     pub fn environment(
         &self,

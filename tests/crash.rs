@@ -23,11 +23,18 @@ struct Setup {
 
 impl Setup {
     fn new(prefix: &str, playbook: &str) -> Setup {
+        Setup::with_config(prefix, playbook, "")
+    }
+
+    fn with_config(prefix: &str, playbook: &str, config: &str) -> Setup {
         let name = unique(prefix);
         runtime().block_on(async { demo_images(&engine().await).await });
         let port = crate::support::free_port();
         let project = Project::new()
-            .file("rollout.yaml", "proxy: { bind: 127.0.0.1 }\n")
+            .file(
+                "rollout.yaml",
+                format!("proxy: {{ bind: 127.0.0.1 }}\n{config}"),
+            )
             .playbook("full", playbook);
         std::fs::create_dir_all(project.path().join("manifests")).expect("mkdir");
         Setup {
@@ -359,13 +366,72 @@ fn a_second_run_is_refused_naming_the_holder_waits_with_wait_and_a_stale_lock_is
     assert_serving(s.port, "2.4.0");
     s.assert_settled("after the takeover");
     assert_no_failed_request(load);
+
+    // The takeover is in the audit trail, whose chain is intact.
+    let audit = s
+        .project
+        .run(&["audit", "list", "-o", "json"])
+        .code(0)
+        .json();
+    let kinds: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert!(kinds.contains(&"lockTakeover"), "{kinds:?}");
+    assert!(kinds.contains(&"runStarted") && kinds.contains(&"runFinished"));
+    s.project.run(&["audit", "verify"]).code(0);
 }
 
 const HOLD_30S: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: full\nsteps:\n  - canary: { weight: 50, hold: 30s }\n  - promote: { drain: 1s }\n";
 
+/// A webhook receiver on 127.0.0.1 that answers 200 and keeps each JSON body.
+fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            kept.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or_default());
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
 #[test]
 fn sigint_mid_canary_puts_the_previous_version_back_and_releases_the_lock() {
-    let s = Setup::new("sigint", HOLD_30S);
+    let (hook, bodies) = receiver();
+    let s = Setup::with_config(
+        "sigint",
+        HOLD_30S,
+        &format!("notify:\n  - {{ webhook: \"{hook}\", on: [failed, promoted, rolledBack] }}\n"),
+    );
     let _cleanup = Cleanup {
         environment: s.name.clone(),
     };
@@ -407,4 +473,22 @@ fn sigint_mid_canary_puts_the_previous_version_back_and_releases_the_lock() {
         "{history}"
     );
     assert_no_failed_request(load);
+
+    // The webhook heard of the first promotion and of the stopped one, before each exited.
+    let bodies = bodies.lock().unwrap().clone();
+    let events: Vec<(&str, &str)> = bodies
+        .iter()
+        .map(|b| {
+            (
+                b["event"].as_str().unwrap_or_default(),
+                b["outcome"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("promoted", "promoted"), ("failed", "cancelled")],
+        "{bodies:?}"
+    );
+    assert_eq!(bodies[1]["run"], out.run_id().as_str());
 }

@@ -17,5 +17,6 @@ mod playbooks;
 mod promote;
 mod proxy;
 mod proxy_container;
+mod report;
 mod store;
 mod testenv;

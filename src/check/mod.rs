@@ -29,7 +29,7 @@ use crate::manifest::playbook::{Check, CheckKind};
 
 /// The outcome of one check. Inconclusive (could not decide: e.g. no published port, connection
 /// refused on the last try) counts as a failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Verdict {
     Pass { detail: String },
@@ -72,7 +72,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// What one check found, for the journal, the printer and reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckResult {
     /// The check as a user reads it (`http GET web / expects 200`).

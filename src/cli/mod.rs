@@ -232,13 +232,19 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The run id (or `latest`).
+    /// The run id (the first line a run prints; also in `rollout history`), or `latest`.
     #[arg(value_name = "RUN")]
     pub run: String,
+    /// md: GitHub-flavoured Markdown; html: one self-contained, printable file; json: the data.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Md)]
     pub output: ReportFormat,
-    #[command(flatten)]
-    pub env: EnvArgs,
+    /// Write the document to FILE instead of stdout.
+    #[arg(long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The environment: needed for `latest` when the project has several; checked against the
+    /// run's otherwise.
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub env: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod promote;
 pub mod proxy;
 pub mod rehearse;
+pub mod report;
 pub mod rollback;
 pub mod status;
 pub mod test_env;
@@ -37,7 +38,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(_) => not_built("approve", "change accountability (issue #6)"),
-        Command::Report(_) => not_built("report", "change accountability (issue #6)"),
+        Command::Report(args) => report::run(&dir, args, printer).await,
         Command::Proxy(args) => proxy::run(args, printer).await,
         Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),
         Command::Audit(args) => audit::run(&dir, args, printer),
@@ -169,6 +170,20 @@ pub(crate) async fn lock_and_recover(
                     env.name,
                     old.describe()
                 ));
+                if let Err(e) = crate::audit::append(
+                    &project.state_dir(),
+                    crate::audit::Event::LockTakeover {
+                        environment: env.name.clone(),
+                        run: run.to_string(),
+                        user: crate::exec::report::current_user(),
+                        previous_holder: old.describe(),
+                        reason: why.to_string(),
+                    },
+                ) {
+                    printer.warn(&format!(
+                        "the audit trail could not record the takeover: {e}"
+                    ));
+                }
                 let (e, r) = (env.name.clone(), run.to_string());
                 let data = serde_json::to_value(&old).unwrap_or_default();
                 store
@@ -239,4 +254,48 @@ pub(crate) async fn lock_and_recover(
         }
     }
     Ok(Ok(guard))
+}
+
+/// Writes a run's report files and records the run in the store, so `rollout report RUN` and
+/// `latest` find it; failures are warnings (the run itself is over).
+pub(crate) fn save_run(
+    project: &Project,
+    store: &crate::store::Store,
+    report: &crate::exec::report::RunReport,
+    printer: Printer,
+) -> Option<std::path::PathBuf> {
+    let saved = report
+        .save(&project.state_dir())
+        .map_err(|e| printer.warn(&format!("the report could not be written: {e}")))
+        .ok();
+    record_run(store, report, Some(jiff::Timestamp::now()), printer);
+    saved
+}
+
+/// Records a run in the store (`finished` unset while it runs); a failure is a warning.
+pub(crate) fn record_run(
+    store: &crate::store::Store,
+    report: &crate::exec::report::RunReport,
+    finished: Option<jiff::Timestamp>,
+    printer: Printer,
+) {
+    let record = crate::store::RunRecord {
+        run: report.run.clone(),
+        environment: report.environment.clone(),
+        kind: format!("{:?}", report.kind).to_lowercase(),
+        started: report
+            .started
+            .parse()
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+        finished,
+        user: report.user.clone(),
+        outcome: serde_json::to_value(&report.outcome)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(String::from))
+            .unwrap_or_default(),
+        report: serde_json::to_value(report).unwrap_or_default(),
+    };
+    if let Err(e) = store.record_run(&record) {
+        printer.warn(&format!("the run could not be recorded: {e}"));
+    }
 }

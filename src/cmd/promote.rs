@@ -15,7 +15,7 @@ use crate::manifest::playbook::Playbook;
 use crate::plan::{self, Plan};
 use crate::progress::Console;
 use crate::project::Project;
-use crate::store::{RunRecord, Store};
+use crate::store::Store;
 
 pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let PromoteArgs {
@@ -132,7 +132,26 @@ pub(crate) async fn execute(
     // Recorded as running from the start, so `status` and `report` see it from any process.
     let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
     started.outcome = Outcome::Running;
-    save_record(store, &started, None, printer);
+    super::record_run(store, &started, None, printer);
+    let state = project.state_dir();
+    let audit = |event: crate::audit::Event| {
+        if let Err(e) = crate::audit::append(&state, event) {
+            printer.warn(&format!("the audit trail could not record run {run}: {e}"));
+        }
+    };
+    audit(crate::audit::Event::run_started(
+        &started,
+        opts.reason.as_deref(),
+    ));
+    if let Some(reason) = &opts.emergency {
+        audit(crate::audit::Event::EmergencyOverride {
+            run: run.to_string(),
+            environment: environment.name.clone(),
+            user: started.user.clone(),
+            reason: reason.clone(),
+        });
+    }
+    let notifier = crate::notify::Notifier::new(&project.config.notify);
     if !json {
         printer.out(&format!("run {run}"));
         let verb = if opts.kind == RunKind::Rollback {
@@ -162,7 +181,9 @@ pub(crate) async fn execute(
         cancel,
     )
     .await;
-    save(project, store, &report, printer);
+    super::save_run(project, store, &report, printer);
+    audit(crate::audit::Event::run_finished(&report));
+    notifier.run_finished(&report);
     if json {
         printer.json(&report)?;
     } else {
@@ -177,43 +198,12 @@ pub(crate) async fn execute(
             report.elapsed_ms as f64 / 1000.0
         ));
     }
+    for undelivered in notifier.flush(crate::notify::FLUSH_DEADLINE).await {
+        printer.warn(&undelivered.to_string());
+    }
     Ok(match report.outcome {
         Outcome::Promoted => ExitStatus::Success,
         Outcome::Refused { .. } => ExitStatus::Refused,
         _ => ExitStatus::Failure,
     })
-}
-
-fn save(project: &Project, store: &Store, report: &RunReport, printer: Printer) {
-    if let Err(e) = report.save(&project.state_dir()) {
-        printer.warn(&format!("the report could not be written: {e}"));
-    }
-    save_record(store, report, Some(jiff::Timestamp::now()), printer);
-}
-
-fn save_record(
-    store: &Store,
-    report: &RunReport,
-    finished: Option<jiff::Timestamp>,
-    printer: Printer,
-) {
-    let record = RunRecord {
-        run: report.run.clone(),
-        environment: report.environment.clone(),
-        kind: format!("{:?}", report.kind).to_lowercase(),
-        started: report
-            .started
-            .parse()
-            .unwrap_or_else(|_| jiff::Timestamp::now()),
-        finished,
-        user: report.user.clone(),
-        outcome: serde_json::to_value(&report.outcome)
-            .ok()
-            .and_then(|v| v["outcome"].as_str().map(String::from))
-            .unwrap_or_default(),
-        report: serde_json::to_value(report).unwrap_or_default(),
-    };
-    if let Err(e) = store.record_run(&record) {
-        printer.warn(&format!("the run could not be recorded: {e}"));
-    }
 }

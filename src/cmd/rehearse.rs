@@ -1,5 +1,6 @@
 //! `rollout rehearse`: the whole playbook against a test version only, then teardown; a report
-//! is written to the state directory. Exit 0 passed, 1 failed.
+//! is written to the state directory and the run recorded in the store (for `rollout report`).
+//! Exit 0 passed, 1 failed.
 
 use std::path::Path;
 
@@ -8,8 +9,10 @@ use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, RehearseArgs};
 use crate::exec;
 use crate::notify::{self, Notifier};
+use crate::plan;
 use crate::progress::Console;
 use crate::project::Project;
+use crate::store::Store;
 
 pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let RehearseArgs {
@@ -23,6 +26,13 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
     let engine = super::connect(&project).await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    // What the rehearsed version would change in production, for the report.
+    let observed = engine.observe(&environment.name).await?;
+    let changes = exec::report::changes(
+        &plan::compute(&environment, &observed, &playbook).services,
+        &exec::report::snapshots(&environment),
+    );
+    let store = Store::open(&project.state_dir())?;
 
     let now = jiff::Timestamp::now();
     let run = crate::run_id::new(now);
@@ -55,7 +65,7 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     if let Err(e) = audit::append(&state, audit::Event::run_started(&start, None)) {
         audit_warn(e);
     }
-    let report = exec::rehearse(
+    let mut report = exec::rehearse(
         engine.as_ref(),
         &environment,
         &playbook,
@@ -65,7 +75,8 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
         &cancel,
     )
     .await;
-    let saved = report.save(&state);
+    report.changes = changes;
+    let saved = super::save_run(&project, &store, &report, printer);
     if let Err(e) = audit::append(&state, audit::Event::run_finished(&report)) {
         audit_warn(e);
     }
@@ -79,10 +90,13 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
             report.elapsed_ms as f64 / 1000.0
         ));
     }
-    match saved {
-        Ok(path) if !json => printer.out(&format!("Report: {}", path.display())),
-        Ok(_) => {}
-        Err(e) => printer.warn(&format!("the report could not be written: {e}")),
+    if let Some(path) = saved
+        && !json
+    {
+        printer.out(&format!(
+            "Report: {} (or `rollout report {run} -o html`)",
+            path.display()
+        ));
     }
     for undelivered in notifier.flush(notify::FLUSH_DEADLINE).await {
         printer.warn(&undelivered.to_string());

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
-use super::report::{Outcome, RunKind, RunReport, StepReport, StepStatus};
+use super::report::{
+    self, CanaryFigures, Emergency, Outcome, RunKind, RunReport, StepReport, StepStatus,
+};
 use super::{first_line, run_checks, teardown};
 use crate::check::{Endpoint, Target};
 use crate::edge;
@@ -70,6 +72,8 @@ pub(super) struct Deployment<'a> {
     switch_ms: Option<u64>,
     /// How long putting the old version back took, from the failure to the routes.
     rollback_ms: Option<u64>,
+    /// The current canary step's figures, per candidate, for the report.
+    canary_figures: Vec<CanaryFigures>,
 }
 
 /// Runs `playbook` against production for the changes in `plan`.
@@ -88,6 +92,9 @@ pub async fn promote(
 ) -> RunReport {
     let started = Instant::now();
     let mut report = RunReport::new(opts.kind, run, env, playbook, now);
+    report.reason = opts.reason.clone();
+    report.emergency = opts.emergency.clone().map(|reason| Emergency { reason });
+    report.changes = report::changes(&plan.services, &report::snapshots(env));
     if let Some(reason) = refusal(playbook, plan, now, opts) {
         report.outcome = Outcome::Refused { reason };
         return report;
@@ -157,6 +164,7 @@ pub async fn promote(
     };
     crate::exec::journal::crash_point("begin.done");
     progress.note(&format!("revision {} of {}", revision.number, env.name));
+    report.revision = Some(revision.number);
 
     let mut test_env: Option<TestEnv> = None;
     let mut failed: Option<String> = None;
@@ -257,6 +265,7 @@ pub async fn promote(
             Step::Promote { drain } => d.switch(*drain, progress).await,
         };
         sr.elapsed_ms = t0.elapsed().as_millis() as u64;
+        sr.canary = std::mem::take(&mut d.canary_figures);
         match result {
             Ok(detail) => {
                 sr.detail = detail;
@@ -528,6 +537,7 @@ impl<'a> Deployment<'a> {
             routed: false,
             switch_ms: None,
             rollback_ms: None,
+            canary_figures: Vec::new(),
         })
     }
 
@@ -575,6 +585,7 @@ impl<'a> Deployment<'a> {
             candidates,
             stopped,
             routed: routed && edge::needed(env),
+            canary_figures: Vec::new(),
             switch_ms: None,
             rollback_ms: None,
         }
@@ -809,26 +820,47 @@ impl<'a> Deployment<'a> {
                 p99.map_or("n/a".into(), |p| format!("{}ms", p.as_millis()))
             );
             progress.note(&format!("  {line}"));
-            if let Some(a) = analysis {
+            let failure = analysis.and_then(|a| {
                 if w.completed() < a.min_requests {
-                    return Err(Stop(format!(
-                        "{line}: fewer than the {} requests the analysis needs",
+                    Some(format!(
+                        "fewer than the {} requests the analysis needs",
                         a.min_requests
-                    )));
-                }
-                if let (Some(max), Some(r)) = (a.max_error_rate, rate)
+                    ))
+                } else if let (Some(max), Some(r)) = (a.max_error_rate, rate)
                     && r > max
                 {
-                    return Err(Stop(format!(
-                        "{line}: error rate above {:.2}%",
-                        max * 100.0
-                    )));
-                }
-                if let (Some(max), Some(p)) = (a.max_p99, p99)
+                    Some(format!("error rate above {:.2}%", max * 100.0))
+                } else if let (Some(max), Some(p)) = (a.max_p99, p99)
                     && p > max
                 {
-                    return Err(Stop(format!("{line}: p99 above {}ms", max.as_millis())));
+                    Some(format!("p99 above {}ms", max.as_millis()))
+                } else {
+                    None
                 }
+            });
+            self.canary_figures.push(CanaryFigures {
+                service: svc.name.clone(),
+                weight: weight.percent(),
+                hold_ms: hold.as_millis() as u64,
+                requests: w.completed(),
+                errors: w.responses.server_error + w.connection_errors,
+                error_rate: rate,
+                p99_ms: p99.map(|p| p.as_millis() as u64),
+                max_error_rate: analysis.and_then(|a| a.max_error_rate),
+                max_p99_ms: analysis
+                    .and_then(|a| a.max_p99)
+                    .map(|p| p.as_millis() as u64),
+                min_requests: analysis.map(|a| a.min_requests),
+                analysis: match (analysis, &failure) {
+                    (None, _) => report::Analysis::NotAnalysed,
+                    (Some(_), None) => report::Analysis::Pass,
+                    (Some(_), Some(reason)) => report::Analysis::Fail {
+                        reason: reason.clone(),
+                    },
+                },
+            });
+            if let Some(reason) = failure {
+                return Err(Stop(format!("{line}: {reason}")));
             }
             lines.push(line);
         }

@@ -6,7 +6,7 @@
 
 pub mod render;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{HealthState, Observed, ObservedService, ServiceSnapshot};
 use crate::manifest::env::{Environment, Port, Service, Volume};
@@ -43,7 +43,7 @@ pub struct PlaybookUsed {
     pub file: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePlan {
     pub name: String,
@@ -53,7 +53,7 @@ pub struct ServicePlan {
     pub managed_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Action {
     Create,
@@ -65,7 +65,7 @@ pub enum Action {
     Remove,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "change")]
 pub enum Change {
     Image {

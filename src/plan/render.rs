@@ -36,7 +36,7 @@ impl Paint {
     }
 }
 
-fn port_text(p: &Port) -> String {
+pub(crate) fn port_text(p: &Port) -> String {
     let proto = match p.protocol {
         crate::manifest::env::Protocol::Http => "http",
         crate::manifest::env::Protocol::Tcp => "tcp",
