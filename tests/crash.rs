@@ -492,3 +492,138 @@ fn sigint_mid_canary_puts_the_previous_version_back_and_releases_the_lock() {
     );
     assert_eq!(bodies[1]["run"], out.run_id().as_str());
 }
+
+/// A stand-in for the Docker socket: forwards a unix socket of the test's to the real engine's,
+/// and can vanish (listener gone, open connections cut, file removed) and come back.
+struct SocketForwarder {
+    path: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SocketForwarder {
+    fn start(path: &std::path::Path) -> SocketForwarder {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::Ordering;
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind the socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, open2) = (stop.clone(), open.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).expect("blocking");
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                    continue;
+                };
+                {
+                    let mut open = open2.lock().unwrap();
+                    open.push(client.try_clone().expect("clone"));
+                    open.push(engine.try_clone().expect("clone"));
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().expect("clone"), engine.try_clone().expect("clone")),
+                    (engine, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        SocketForwarder {
+            path: path.to_path_buf(),
+            stop,
+            open,
+            thread: Some(thread),
+        }
+    }
+
+    /// The socket disappears: no new connection, the open ones cut.
+    fn vanish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("forwarder");
+        }
+        let _ = std::fs::remove_file(&self.path);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn the_docker_socket_vanishing_mid_run_fails_within_the_retry_budget_and_the_next_run_recovers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("docker.sock");
+    let forwarder = SocketForwarder::start(&socket);
+    let s = Setup::with_config(
+        "nosock",
+        LONG_CANARY,
+        &format!("docker: {{ host: \"unix://{}\" }}\n", socket.display()),
+    );
+    let _cleanup = Cleanup {
+        environment: s.name.clone(),
+    };
+    s.write("2.4.0");
+    s.project.run(&["promote", "-p", "full", "--yes"]).code(0);
+    let load = Load::start(s.port);
+
+    s.write("2.5.0");
+    let args = ["promote", "-p", "full", "--yes"];
+    let child = s
+        .project
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let interrupted = wait_for_step(&s, "canary.done");
+    forwarder.vanish();
+    let t0 = Instant::now();
+    let out = Output::from_child(&args, child.wait_with_output().expect("wait"));
+    let failed_in = t0.elapsed();
+    let out = out.code(1).stdout_has("lost the Docker engine");
+    assert!(
+        out.stdout.contains("the next rollout command"),
+        "says who finishes it: {out}"
+    );
+    // Within the hold plus the retry budget and the calls' own timeouts: never a hang.
+    assert!(failed_in < Duration::from_secs(90), "{failed_in:?}");
+    // The canary's routes stay: both versions answer, nothing is dropped.
+    assert!(
+        crate::promote::serving(s.port)
+            .iter()
+            .all(|v| v == "200 2.4.0" || v == "200 2.5.0")
+    );
+    let store = s.store();
+    assert_eq!(store.lock_holder(&s.name).expect("lock"), None, "lock released");
+    let open = store.unfinished_runs(&s.name).expect("journal");
+    assert_eq!(open.len(), 1, "the journal keeps the run open");
+    assert_eq!(open[0].run, interrupted);
+
+    // The engine is back: the next promote settles the run, then promotes.
+    let _forwarder = SocketForwarder::start(&socket);
+    s.project
+        .run(&["status"])
+        .code(0)
+        .stdout_has(&format!("Interrupted: revision 2 (run {interrupted}"));
+    s.project
+        .run(&args)
+        .code(0)
+        .stdout_has(&format!("Recovered run {interrupted} (revision 2): undone"))
+        .stdout_has("promoted");
+    assert_serving(s.port, "2.5.0");
+    s.assert_settled("after the engine came back");
+    assert_no_failed_request(load);
+}

@@ -767,7 +767,12 @@ impl<'a> Deployment<'a> {
                 return Err(Stop("stopped by a signal".into()));
             }
             for (svc, container) in &self.candidates {
-                if let Ok(Some(s)) = self.engine.status(container).await
+                // An engine lost past its retries ends the canary now, not after the hold.
+                let status = self.engine.status(container).await.map_err(|e| {
+                    progress.end(&task, Status::Failed, "the engine was lost", t0.elapsed());
+                    Stop(e.to_string())
+                })?;
+                if let Some(s) = status
                     && let ContainerState::Exited { code } = s.state
                 {
                     progress.end(&task, Status::Failed, "the candidate exited", t0.elapsed());
