@@ -531,7 +531,10 @@ impl SocketForwarder {
                     open.push(engine.try_clone().expect("clone"));
                 }
                 for (mut from, mut to) in [
-                    (client.try_clone().expect("clone"), engine.try_clone().expect("clone")),
+                    (
+                        client.try_clone().expect("clone"),
+                        engine.try_clone().expect("clone"),
+                    ),
                     (engine, client),
                 ] {
                     std::thread::spawn(move || {
@@ -607,7 +610,11 @@ fn the_docker_socket_vanishing_mid_run_fails_within_the_retry_budget_and_the_nex
             .all(|v| v == "200 2.4.0" || v == "200 2.5.0")
     );
     let store = s.store();
-    assert_eq!(store.lock_holder(&s.name).expect("lock"), None, "lock released");
+    assert_eq!(
+        store.lock_holder(&s.name).expect("lock"),
+        None,
+        "lock released"
+    );
     let open = store.unfinished_runs(&s.name).expect("journal");
     assert_eq!(open.len(), 1, "the journal keeps the run open");
     assert_eq!(open[0].run, interrupted);
@@ -618,6 +625,10 @@ fn the_docker_socket_vanishing_mid_run_fails_within_the_retry_budget_and_the_nex
         .run(&["status"])
         .code(0)
         .stdout_has(&format!("Interrupted: revision 2 (run {interrupted}"));
+    // What `plan` compares with is mid-run (the candidate runs beside the old version): it warns.
+    s.project
+        .run(&["plan", "-p", "full"])
+        .stderr_has(&format!("run {interrupted} of {} was interrupted", s.name));
     s.project
         .run(&args)
         .code(0)

@@ -176,8 +176,9 @@ fn three_services_come_up_healthy_in_order_and_go_away() {
         Vec::<String>::new(),
         "nothing of the test version is left"
     );
+    // Scoped to this environment: other tests' test versions may be up meanwhile.
     project
-        .run(&["test-env", "list"])
+        .run(&["test-env", "list", "-e", &name])
         .code(0)
         .stdout_has("no test versions");
 }

@@ -20,6 +20,7 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     let engine = super::connect(&project).await?;
     let observed = engine.observe(&loaded.environment.name).await?;
     let plan = plan::compute(&loaded.environment, &observed, &playbook);
+    warn_interrupted(&project, &loaded.environment.name, printer);
     match output {
         Format::Json => printer.json(&plan)?,
         Format::Text => printer.out(&plan::render::text(&plan, printer.paint())),
@@ -29,4 +30,34 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     } else {
         ExitStatus::Success
     })
+}
+
+/// A run of `env` that was interrupted is settled by the next promote before it plans again:
+/// say so, since what this plan compares against may still change. Reads an existing store
+/// only (a project without one has no run to settle).
+fn warn_interrupted(project: &Project, env: &str, printer: Printer) {
+    if !project.state_dir().join(crate::store::FILE_NAME).is_file() {
+        return;
+    }
+    let Ok(store) = crate::store::Store::open(&project.state_dir()) else {
+        return;
+    };
+    let holder = store.lock_holder(env).ok().flatten();
+    for begin in store.unfinished_runs(env).unwrap_or_default() {
+        let running = holder.as_ref().is_some_and(|h| {
+            h.run == begin.run
+                && crate::testenv::owner::liveness(&h.owner)
+                    != crate::testenv::owner::Liveness::Dead
+        });
+        let what = if running {
+            "is still running"
+        } else {
+            "was interrupted; the next `rollout promote` or `rollback` settles it first"
+        };
+        printer.warn(&format!(
+            "run {} of {env} {what} ({}); this plan compares with what runs now",
+            begin.run,
+            crate::exec::recover::left_by(&begin)
+        ));
+    }
 }
