@@ -97,7 +97,7 @@ fn approvals_and_third_parties_refuse_until_they_are_recorded() {
         .playbook("p", approve)
         .run(&["promote", "--yes"])
         .code(3)
-        .stdout_has("waits for an approval by `client`");
+        .stdout_has("waiting for an approval by `client`");
     nothing_runs(&name);
     let managed = one(&name).replace(
         "    ports:",
@@ -111,4 +111,233 @@ fn approvals_and_third_parties_refuse_until_they_are_recorded() {
             "web managed by third party `hosting-co`: its recorded authorization is required",
         );
     nothing_runs(&name);
+}
+
+/// The parked run's id, from a refused promote's first line.
+fn parked_run(out: &crate::support::Output) -> String {
+    out.run_id()
+}
+
+fn web_serves(env: &str, image: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--format",
+            "{{.Image}}",
+            "--filter",
+            &format!("label=rollout.environment={env}"),
+            "--filter",
+            "label=rollout.service=web",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).trim() == image
+}
+
+#[test]
+fn an_approval_gate_parks_the_run_until_another_person_approves_and_promote_resumes_it() {
+    let name = unique("apv");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let playbook = "apiVersion: rollout/v1\nkind: Playbook\nname: p\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, path: /healthz } } ] }\n  - approve: { by: client }\n  - promote: { drain: 1s }\n";
+    let project = Project::new()
+        .manifest(&name, &one(&name))
+        .playbook("p", playbook);
+    let as_ana = [("USER", "ana")];
+    let as_bob = [("USER", "bob")];
+
+    // Parked at the gate: exit 3, nothing in production, the test version gone.
+    let parked = project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(3)
+        .stdout_has("waiting for an approval by `client`")
+        .stdout_has("by someone other than ana (two-person rule)");
+    let run = parked_run(&parked);
+    nothing_runs(&name);
+    project
+        .run(&["status"])
+        .code(0)
+        .stdout_has(&format!("Waiting: run {run} (started by ana"))
+        .stdout_has("an approval by `client`");
+
+    // The starter cannot approve; an unknown role is bad input; another person can.
+    project
+        .run_with(&["approve", &run, "--by", "client"], &as_ana)
+        .code(3)
+        .stderr_has("two-person rule: ana started run");
+    project
+        .run_with(&["approve", &run, "--by", "ops"], &as_bob)
+        .code(1)
+        .stderr_has("does not wait for `ops`; it waits for an approval by `client`");
+    project
+        .run_with(&["approve", "nosuchrun", "--by", "client"], &as_bob)
+        .code(1)
+        .stderr_has("run nosuchrun is not waiting for an approval");
+    project
+        .run_with(
+            &[
+                "approve",
+                &run,
+                "--by",
+                "client",
+                "--note",
+                "go ahead tonight",
+            ],
+            &as_bob,
+        )
+        .code(0)
+        .stdout_has(&format!(
+            "Recorded the approval by `client` (bob) for run {run}"
+        ));
+
+    // The next promote resumes the same run from the gate: the test steps are not run again.
+    let resumed = project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(0)
+        .stdout_has(&format!("resuming run {run} (started by ana) at step 3"))
+        .stdout_has("approved by bob as `client`: go ahead tonight")
+        .stdout_has("promoted");
+    assert_eq!(resumed.run_id(), run, "the same run");
+    assert!(!resumed.stdout.contains("1. testEnv"), "{resumed}");
+    assert!(web_serves(&name, "shop-web:2.4.0"));
+
+    let report = project.run(&["report", &run, "-o", "json"]).code(0).json();
+    assert_eq!(report["approvals"][0]["by"], "bob");
+    assert_eq!(report["approvals"][0]["role"], "client");
+    assert_eq!(report["approvals"][0]["note"], "go ahead tonight");
+    assert_eq!(report["user"], "ana");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(steps, ["ok", "ok", "ok", "ok"], "{report}");
+    project
+        .run(&["report", &run, "-o", "md"])
+        .code(0)
+        .stdout_has("go ahead tonight");
+    let audit = project.run(&["audit", "list", "-o", "json"]).code(0).json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["event"]["kind"] == "approvalRecorded" && e["event"]["by"] == "bob"),
+        "{audit}"
+    );
+    project.run(&["audit", "verify"]).code(0);
+
+    // Once it ran, the run is no longer waiting.
+    project
+        .run_with(&["approve", &run, "--by", "client"], &as_bob)
+        .code(1)
+        .stderr_has("is not waiting for an approval");
+}
+
+#[test]
+fn a_third_party_service_needs_an_unexpired_authorization_and_the_rule_can_be_turned_off() {
+    let name = unique("tpa");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let managed = one(&name).replace(
+        "    ports:",
+        "    managedBy: { thirdParty: hosting-co }\n    ports:",
+    );
+    let playbook = "apiVersion: rollout/v1\nkind: Playbook\nname: p\ntwoPersonRule: false\nsteps:\n  - approve: { by: lead }\n  - promote: { drain: 1s }\n";
+    let project = Project::new()
+        .manifest(&name, &managed)
+        .playbook("p", playbook);
+    let as_ana = [("USER", "ana")];
+
+    let refused = project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(3)
+        .stdout_has(
+            "web managed by third party `hosting-co`: its recorded authorization is required",
+        );
+    let run = parked_run(&refused);
+    nothing_runs(&name);
+    project
+        .run_with(&["approve", &run, "--by", "hosting-co"], &as_ana)
+        .code(1)
+        .stderr_has("needs its reference: --reference REF");
+    project
+        .run_with(
+            &[
+                "approve",
+                &run,
+                "--by",
+                "hosting-co",
+                "--reference",
+                "CHG-1",
+                "--expires",
+                "soon",
+            ],
+            &as_ana,
+        )
+        .code(1)
+        .stderr_has("--expires `soon`: expected a duration");
+    project
+        .run_with(
+            &[
+                "approve",
+                &run,
+                "--by",
+                "hosting-co",
+                "--reference",
+                "CHG-1",
+                "--expires",
+                "1s",
+            ],
+            &as_ana,
+        )
+        .code(0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Expired: it does not count.
+    project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(3)
+        .stdout_has("its authorization expired at");
+    nothing_runs(&name);
+    project
+        .run_with(
+            &[
+                "approve",
+                &run,
+                "--by",
+                "hosting-co",
+                "--reference",
+                "CHG-2",
+                "--expires",
+                "1h",
+                "--note",
+                "window agreed with their NOC",
+            ],
+            &as_ana,
+        )
+        .code(0)
+        .stdout_has("reference CHG-2");
+    // Authorized; now the approval gate, which the starter may pass with twoPersonRule: false.
+    project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(3)
+        .stdout_has("waiting for an approval by `lead`");
+    nothing_runs(&name);
+    project
+        .run_with(&["approve", &run, "--by", "lead"], &as_ana)
+        .code(0);
+    project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(0)
+        .stdout_has("promoted");
+    assert!(web_serves(&name, "shop-web:2.4.0"));
+    let report = project.run(&["report", &run, "-o", "json"]).code(0).json();
+    assert_eq!(report["authorizations"][0]["party"], "hosting-co");
+    assert_eq!(report["authorizations"][0]["reference"], "CHG-2");
+    assert_eq!(report["approvals"][0]["by"], "ana");
 }

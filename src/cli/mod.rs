@@ -211,16 +211,26 @@ pub struct RehearseArgs {
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
-    /// The run id (or `latest`).
+    /// The run waiting at its gate (or `latest`: the run parked in the environment).
     #[arg(value_name = "RUN")]
     pub run: String,
-    /// The role or third party approving.
+    /// The role the playbook's `approve` step names, or the third party authorizing.
     #[arg(long, value_name = "ROLE")]
     pub by: String,
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
+    /// A third party's own reference for its authorization (ticket, change number); required
+    /// for an authorization.
+    #[arg(long, value_name = "REF")]
+    pub reference: Option<String>,
+    /// When a third party's authorization stops counting: a duration from now (`24h`) or a
+    /// time (`2026-12-01T18:00:00Z`, `2026-12-01T18:00[Europe/Paris]`).
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
     #[command(flatten)]
     pub env: EnvArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

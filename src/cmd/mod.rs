@@ -1,6 +1,7 @@
 //! One file per command; [`run`] dispatches. Commands return an [`ExitStatus`] or an error that
 //! `lib::run` prints once.
 
+pub mod approve;
 pub mod audit;
 pub mod demo;
 pub mod history;
@@ -37,7 +38,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::History(args) => history::run(&dir, args, printer).await,
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
-        Command::Approve(_) => not_built("approve", "change accountability (issue #6)"),
+        Command::Approve(args) => approve::run(&dir, args, printer).await,
         Command::Report(args) => report::run(&dir, args, printer).await,
         Command::Proxy(args) => proxy::run(args, printer).await,
         Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),

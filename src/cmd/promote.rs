@@ -15,7 +15,9 @@ use crate::manifest::playbook::Playbook;
 use crate::plan::{self, Plan};
 use crate::progress::Console;
 use crate::project::Project;
-use crate::store::Store;
+use anyhow::Context;
+
+use crate::store::{Awaited, GrantKind, Parked, Store};
 
 pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let PromoteArgs {
@@ -35,7 +37,15 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let json = output == Format::Json;
     let store = Arc::new(Store::open(&project.state_dir())?);
     let now = jiff::Timestamp::now();
-    let run = crate::run_id::new(now);
+    // A run parked at a gate for this very change resumes under its own id; any other change
+    // gets a new run (and the parked one is superseded below).
+    let digest = change_digest(&environment, &playbook);
+    let name = environment.name.clone();
+    let parked = store.call(move |s| s.parked(&name)).await?;
+    let resuming = parked.filter(|p| p.digest == digest);
+    let run = resuming
+        .as_ref()
+        .map_or_else(|| crate::run_id::new(now), |p| p.run.clone());
     let cancel = super::cancel_on_signal(printer);
     let guard = match super::lock_and_recover(
         &project,
@@ -56,6 +66,56 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     };
     let observed = engine.observe(&environment.name).await?;
     let plan = plan::compute(&environment, &observed, &playbook);
+    // Under the lock: the parked run as it is now.
+    let name = environment.name.clone();
+    if let Some(old) = store.call(move |s| s.parked(&name)).await?
+        && (old.run != run || !plan.has_changes())
+    {
+        let (e, r) = (old.environment.clone(), old.run.clone());
+        store.call(move |s| s.unpark(&e, &r)).await?;
+        if !json {
+            printer.out(&format!(
+                "Run {} was waiting for {}; it is superseded by this {}.",
+                old.run,
+                awaited_text(&old.awaiting),
+                if plan.has_changes() {
+                    "change"
+                } else {
+                    "state (nothing to do)"
+                }
+            ));
+        }
+        let r = old.run.clone();
+        if let Ok(Some(mut record)) = store.call(move |s| s.run(&r)).await {
+            record.outcome = "superseded".into();
+            record.finished = Some(jiff::Timestamp::now());
+            let _ = store.call(move |s| s.record_run(&record)).await;
+        }
+    }
+    let resume = match &resuming {
+        Some(p) if p.run == run => {
+            let report: crate::exec::report::RunReport =
+                serde_json::from_value(p.report.clone()).context("the parked run's report")?;
+            // The steps before the gate; the gate itself runs again, approved this time.
+            let steps = report
+                .steps
+                .into_iter()
+                .filter(|st| {
+                    st.index < p.gate_step
+                        || st.description == "emergency override of the change window"
+                })
+                .collect();
+            Some(crate::exec::promote::Resume {
+                gate_step: p.gate_step,
+                steps,
+                user: p.user.clone(),
+                started: report.started,
+            })
+        }
+        _ => None,
+    };
+    let r = run.clone();
+    let grants = store.call(move |s| s.grants(&r)).await?;
     if !plan.has_changes() {
         guard.release().await?;
         if json {
@@ -76,6 +136,8 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         emergency: if emergency { reason.clone() } else { None },
         reason,
         kind: RunKind::Promotion,
+        grants,
+        resume,
     };
     let status = execute(
         &project,
@@ -91,8 +153,69 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         printer,
     )
     .await;
+    // Parked at a gate: kept for `rollout approve` and the next promote; else off its gate.
+    let name = environment.name.clone();
+    let r = run.clone();
+    match &status {
+        Ok(Executed { report, .. }) if !report.awaiting.is_empty() => {
+            let parked = Parked {
+                environment: environment.name.clone(),
+                run: run.clone(),
+                digest,
+                user: report.user.clone(),
+                two_person: playbook.two_person_rule,
+                awaiting: report.awaiting.clone(),
+                gate_step: report.gate_step.unwrap_or(0),
+                report: serde_json::to_value(report)?,
+                at: jiff::Timestamp::now(),
+            };
+            store.call(move |s| s.park(&parked)).await?;
+        }
+        _ => store.call(move |s| s.unpark(&name, &r)).await?,
+    }
     guard.release().await?;
-    status
+    status.map(|e| e.status)
+}
+
+/// Identifies the change a run asks for: every service's settings and image (secret values
+/// excluded) and the playbook's name and steps, hashed.
+fn change_digest(env: &Environment, playbook: &Playbook) -> String {
+    use sha2::Digest;
+    let steps: Vec<String> = playbook
+        .steps
+        .iter()
+        .map(crate::manifest::playbook::describe)
+        .collect();
+    let text = serde_json::json!({
+        "environment": env.name,
+        "services": crate::exec::report::snapshots(env),
+        "playbook": playbook.name,
+        "steps": steps,
+    })
+    .to_string();
+    format!("sha256:{:x}", sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// "an approval by `client`, an authorization by `hosting-co`".
+pub(crate) fn awaited_text(awaiting: &[Awaited]) -> String {
+    awaiting
+        .iter()
+        .map(|a| match a.kind {
+            GrantKind::Approval => format!("an approval by `{}`", a.gate),
+            GrantKind::Authorization => format!(
+                "an authorization by third party `{}` (for {})",
+                a.gate,
+                a.services.join(", ")
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What `execute` did: the exit status and the run's report.
+pub(crate) struct Executed {
+    pub status: ExitStatus,
+    pub report: RunReport,
 }
 
 /// Asks on a terminal; refuses without one, since nobody could have read the plan.
@@ -127,7 +250,7 @@ pub(crate) async fn execute(
     cancel: &tokio_util::sync::CancellationToken,
     json: bool,
     printer: Printer,
-) -> anyhow::Result<ExitStatus> {
+) -> anyhow::Result<Executed> {
     let now = jiff::Timestamp::now();
     // Recorded as running from the start, so `status` and `report` see it from any process.
     let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
@@ -198,12 +321,22 @@ pub(crate) async fn execute(
             report.elapsed_ms as f64 / 1000.0
         ));
     }
+    if !report.awaiting.is_empty() {
+        notifier.send(&crate::notify::Notification::new(
+            crate::notify::Event::AwaitingApproval,
+            &environment.name,
+            run,
+            Some(&format!("waiting for {}", awaited_text(&report.awaiting))),
+            jiff::Timestamp::now(),
+        ));
+    }
     for undelivered in notifier.flush(crate::notify::FLUSH_DEADLINE).await {
         printer.warn(&undelivered.to_string());
     }
-    Ok(match report.outcome {
+    let status = match report.outcome {
         Outcome::Promoted => ExitStatus::Success,
         Outcome::Refused { .. } => ExitStatus::Refused,
         _ => ExitStatus::Failure,
-    })
+    };
+    Ok(Executed { status, report })
 }

@@ -83,6 +83,8 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
         emergency: None,
         reason: Some(format!("rollback to revision {}", target.number)),
         kind: RunKind::Rollback,
+        grants: Vec::new(),
+        resume: None,
     };
     let status = super::promote::execute(
         &project,
@@ -99,7 +101,7 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
     )
     .await;
     guard.release().await?;
-    status
+    status.map(|e| e.status)
 }
 
 /// The environment as revision `r` ran it: its recorded settings, with secret values read now

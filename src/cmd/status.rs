@@ -19,6 +19,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     // A run that began and never ended is in flight while its process holds the lock, and
     // interrupted otherwise (the next promote or rollback settles it).
     let lock = store.lock_holder(&env.name)?;
+    let parked = store.parked(&env.name)?;
     let lock_alive = lock.as_ref().is_some_and(|h| {
         h.expires >= jiff::Timestamp::now()
             && crate::testenv::owner::liveness(&h.owner) != crate::testenv::owner::Liveness::Dead
@@ -64,7 +65,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     if args.output == Format::Json {
         printer.json(&serde_json::json!({
             "environment": env.name, "client": env.client,
-            "revision": current, "inFlight": in_flight, "interrupted": interrupted,
+            "revision": current, "inFlight": in_flight, "interrupted": interrupted, "waiting": parked,
             "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
             "services": services, "testVersions": tests,
         }))?;
@@ -99,6 +100,16 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             r["started"].as_str().unwrap_or_default(),
             r["leftBy"].as_str().unwrap_or_default(),
             r["lastStep"].as_str().unwrap_or_default(),
+        ));
+    }
+    if let Some(p) = &parked {
+        out.push_str(&format!(
+            "Waiting: run {} (started by {} at {}) waits for {}; `rollout approve {} --by ...`, then `rollout promote` resumes it\n",
+            p.run,
+            p.user,
+            p.at.strftime("%Y-%m-%d %H:%M UTC"),
+            super::promote::awaited_text(&p.awaiting),
+            p.run
         ));
     }
     if let (Some(h), false) = (&lock, lock_alive) {

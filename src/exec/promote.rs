@@ -30,7 +30,7 @@ use crate::plan::{Action, Gate, Plan};
 use crate::progress::{Progress, Status};
 use crate::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
 use crate::proxy::stats::{StatsSnapshot, Window};
-use crate::store::{NewRevision, RevisionOutcome};
+use crate::store::{Awaited, Grant, GrantKind, NewRevision, RevisionOutcome};
 use crate::testenv::{self, TestEnv};
 
 #[derive(Debug, Clone)]
@@ -43,6 +43,21 @@ pub struct Options {
     pub reason: Option<String>,
     /// A rollback: no test version, no canary; straight to the switch.
     pub kind: RunKind,
+    /// Approvals and authorizations recorded for this run (`rollout approve`).
+    pub grants: Vec<Grant>,
+    /// A run parked at a gate, resumed: where, and what it did before.
+    pub resume: Option<Resume>,
+}
+
+/// Where a parked run resumes.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub gate_step: usize,
+    /// The steps done before the gate, as reported then.
+    pub steps: Vec<StepReport>,
+    /// Who started it and when (the report's own fields).
+    pub user: String,
+    pub started: String,
 }
 
 /// Why the run stops.
@@ -95,7 +110,7 @@ pub async fn promote(
     report.reason = opts.reason.clone();
     report.emergency = opts.emergency.clone().map(|reason| Emergency { reason });
     report.changes = report::changes(&plan.services, &report::snapshots(env));
-    if let Some(reason) = refusal(playbook, plan, now, opts) {
+    if let Some(reason) = refusal(playbook, now, opts) {
         report.outcome = Outcome::Refused { reason };
         return report;
     }
@@ -110,6 +125,71 @@ pub async fn promote(
             r.clone(),
         ));
     }
+    // Third parties first: without their authorization nothing starts.
+    let mut awaiting = Vec::new();
+    let mut gate_reasons = Vec::new();
+    for g in &plan.gates {
+        let Gate::ThirdParty { party, services } = g else {
+            continue;
+        };
+        let recorded: Vec<&Grant> = opts
+            .grants
+            .iter()
+            .filter(|x| x.kind == GrantKind::Authorization && &x.gate == party)
+            .collect();
+        match recorded.iter().rev().find(|x| x.valid_at(now)) {
+            Some(x) => report.authorizations.push(report::Authorization {
+                party: party.clone(),
+                reference: x.reference.clone().unwrap_or_default(),
+                by: x.who.clone(),
+                note: x.note.clone(),
+                expires: x.expires,
+            }),
+            None => {
+                let expired = recorded
+                    .last()
+                    .and_then(|x| x.expires)
+                    .map(|e| {
+                        format!(
+                            " (its authorization expired at {})",
+                            e.strftime("%Y-%m-%d %H:%M UTC")
+                        )
+                    })
+                    .unwrap_or_default();
+                gate_reasons.push(format!(
+                    "{} managed by third party `{party}`: its recorded authorization is required{expired}; record it with `rollout approve {run} --by {party} --reference REF [--expires WHEN]`",
+                    services.join(", ")
+                ));
+                awaiting.push(Awaited {
+                    kind: GrantKind::Authorization,
+                    gate: party.clone(),
+                    services: services.clone(),
+                });
+            }
+        }
+    }
+    if !awaiting.is_empty() {
+        report.awaiting = awaiting;
+        report.gate_step = Some(opts.resume.as_ref().map_or(0, |r| r.gate_step));
+        report.outcome = Outcome::Refused {
+            reason: gate_reasons.join("; "),
+        };
+        return report;
+    }
+    let first_step = match &opts.resume {
+        Some(r) => {
+            report.steps = r.steps.clone();
+            report.user = r.user.clone();
+            report.started = r.started.clone();
+            progress.note(&format!(
+                "resuming run {run} (started by {}) at step {}",
+                r.user,
+                r.gate_step + 1
+            ));
+            r.gate_step
+        }
+        None => 0,
+    };
     let mut d = match Deployment::new(engine, env, plan, run, opts.bind, journal, cancel).await {
         Ok(d) => d,
         Err(Stop(reason)) => {
@@ -117,54 +197,9 @@ pub async fn promote(
             return report;
         }
     };
-    let services: serde_json::Map<String, serde_json::Value> = env
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                serde_json::to_value(ServiceSnapshot::from(s)).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let revision = {
-        let new = NewRevision {
-            environment: env.name.clone(),
-            run: run.to_string(),
-            started: now,
-            user: report.user.clone(),
-            playbook: playbook.name.clone(),
-            reason: opts
-                .reason
-                .clone()
-                .or_else(|| opts.emergency.as_ref().map(|r| format!("emergency: {r}"))),
-            changes: serde_json::to_value(&plan.services).unwrap_or_default(),
-            services: serde_json::Value::Object(services),
-            images: env.services.iter().map(|s| s.image.clone()).collect(),
-        };
-        let begin = serde_json::to_value(Begin {
-            kind: opts.kind,
-            revision: 0,
-            user: report.user.clone(),
-            owner: crate::testenv::owner::current(),
-            old: d.old.clone(),
-            changed: d.changed.iter().map(|s| s.name.clone()).collect(),
-            removed: d.removed.clone(),
-        })
-        .unwrap_or_default();
-        match journal.store().call(move |s| s.begin_run(new, begin)).await {
-            Ok(r) => r,
-            Err(e) => {
-                report.outcome = Outcome::Failed {
-                    reason: format!("the store: {e}"),
-                };
-                return report;
-            }
-        }
-    };
-    crate::exec::journal::crash_point("begin.done");
-    progress.note(&format!("revision {} of {}", revision.number, env.name));
-    report.revision = Some(revision.number);
+    // The revision begins with the first step that changes production: a run stopped before
+    // (a failed test version, a gate waiting for people) never touched it.
+    let mut revision: Option<u64> = None;
 
     let mut test_env: Option<TestEnv> = None;
     let mut failed: Option<String> = None;
@@ -175,7 +210,11 @@ pub async fn promote(
     } else {
         playbook.steps.clone()
     };
+    let mut parked = false;
     for (index, step) in steps.iter().enumerate() {
+        if index < first_step {
+            continue;
+        }
         let description = playbook::describe(step);
         if let Some(why) = &failed {
             report.steps.push(StepReport::new(
@@ -191,6 +230,19 @@ pub async fn promote(
             continue;
         }
         progress.note(&format!("{}. {description}", index + 1));
+        if matches!(step, Step::Canary { .. } | Step::Promote { .. }) && revision.is_none() {
+            match begin_revision(journal, env, playbook, plan, run, now, opts, &report, &d).await {
+                Ok(n) => {
+                    progress.note(&format!("revision {n} of {}", env.name));
+                    report.revision = Some(n);
+                    revision = Some(n);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            }
+        }
         let t0 = Instant::now();
         let mut sr = StepReport::new(index, &description, StepStatus::Ok, String::new());
         let result: Result<String, Stop> = match step {
@@ -245,7 +297,50 @@ pub async fn promote(
                     Ok(detail)
                 }
             }
-            Step::Approve { by } => Err(Stop(format!("approval by `{by}` is required"))),
+            Step::Approve { by } => {
+                let starter = report.user.clone();
+                let approval = opts.grants.iter().rev().find(|x| {
+                    x.kind == GrantKind::Approval
+                        && &x.gate == by
+                        && !(playbook.two_person_rule && x.who == starter)
+                });
+                match approval {
+                    Some(x) => {
+                        report.approvals.push(report::Approval {
+                            by: x.who.clone(),
+                            role: by.clone(),
+                            at: x.at,
+                            note: x.note.clone(),
+                        });
+                        Ok(format!(
+                            "approved by {} as `{by}`{}",
+                            x.who,
+                            x.note
+                                .as_deref()
+                                .map(|n| format!(": {n}"))
+                                .unwrap_or_default()
+                        ))
+                    }
+                    None => {
+                        parked = true;
+                        report.awaiting = vec![Awaited {
+                            kind: GrantKind::Approval,
+                            gate: by.clone(),
+                            services: Vec::new(),
+                        }];
+                        report.gate_step = Some(index);
+                        sr.status = StepStatus::NotRun;
+                        Err(Stop(format!(
+                            "waiting for an approval by `{by}`: `rollout approve {run} --by {by} [--note TEXT]`{}, then `rollout promote` resumes the run from this step",
+                            if playbook.two_person_rule {
+                                format!(" by someone other than {starter} (two-person rule)")
+                            } else {
+                                String::new()
+                            }
+                        )))
+                    }
+                }
+            }
             Step::Canary {
                 weight,
                 hold,
@@ -277,11 +372,19 @@ pub async fn promote(
                 progress.end(&description, status, &sr.detail, t0.elapsed());
             }
             Err(Stop(reason)) => {
-                sr.status = StepStatus::Failed;
+                sr.status = if parked {
+                    StepStatus::NotRun
+                } else {
+                    StepStatus::Failed
+                };
                 sr.detail = reason.clone();
                 progress.end(
                     &description,
-                    Status::Failed,
+                    if parked {
+                        Status::Skipped
+                    } else {
+                        Status::Failed
+                    },
                     &first_line(&reason),
                     t0.elapsed(),
                 );
@@ -309,6 +412,13 @@ pub async fn promote(
         ),
     };
     let (outcome, settled) = match &failed {
+        // Parked at a gate: approve steps come before anything changes production.
+        Some(reason) if parked => (
+            Outcome::Refused {
+                reason: reason.clone(),
+            },
+            true,
+        ),
         None => match d.finish(progress).await {
             Ok(()) => (Outcome::Promoted, true),
             Err(Stop(e)) => (
@@ -375,7 +485,7 @@ pub async fn promote(
     {
         report.teardown = Some(teardown(engine, env, run, progress).await);
     }
-    if settled {
+    if let (true, Some(number)) = (settled, revision) {
         let revision_outcome = match &outcome {
             Outcome::Promoted => RevisionOutcome::Promoted,
             Outcome::Cancelled { .. } if keep => RevisionOutcome::Promoted,
@@ -392,7 +502,7 @@ pub async fn promote(
                 reason: format!("unexpected outcome {other:?}"),
             },
         };
-        let (name, r, number) = (env.name.clone(), run.to_string(), revision.number);
+        let (name, r) = (env.name.clone(), run.to_string());
         let data = serde_json::to_value(&outcome).unwrap_or_default();
         if let Err(e) = journal
             .store()
@@ -411,6 +521,62 @@ pub async fn promote(
     report.outcome = outcome;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// Records the run's revision and its journal's `begin`, just before production is changed.
+#[allow(clippy::too_many_arguments)]
+async fn begin_revision(
+    journal: &Journal,
+    env: &Environment,
+    playbook: &Playbook,
+    plan: &Plan,
+    run: &str,
+    now: jiff::Timestamp,
+    opts: &Options,
+    report: &RunReport,
+    d: &Deployment<'_>,
+) -> Result<u64, String> {
+    let services: serde_json::Map<String, serde_json::Value> = env
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                serde_json::to_value(ServiceSnapshot::from(s)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let new = NewRevision {
+        environment: env.name.clone(),
+        run: run.to_string(),
+        started: now,
+        user: report.user.clone(),
+        playbook: playbook.name.clone(),
+        reason: opts
+            .reason
+            .clone()
+            .or_else(|| opts.emergency.as_ref().map(|r| format!("emergency: {r}"))),
+        changes: serde_json::to_value(&plan.services).unwrap_or_default(),
+        services: serde_json::Value::Object(services),
+        images: env.services.iter().map(|s| s.image.clone()).collect(),
+    };
+    let begin = serde_json::to_value(Begin {
+        kind: opts.kind,
+        revision: 0,
+        user: report.user.clone(),
+        owner: crate::testenv::owner::current(),
+        old: d.old.clone(),
+        changed: d.changed.iter().map(|s| s.name.clone()).collect(),
+        removed: d.removed.clone(),
+    })
+    .unwrap_or_default();
+    let revision = journal
+        .store()
+        .call(move |s| s.begin_run(new, begin))
+        .await
+        .map_err(|e| format!("the store: {e}"))?;
+    crate::exec::journal::crash_point("begin.done");
+    Ok(revision.number)
 }
 
 /// What a run's `begin` entry records: enough to finish or undo it from the journal alone.
@@ -433,12 +599,7 @@ pub(super) struct Begin {
 }
 
 /// A gate that is closed before anything starts: the window, approvals, third parties.
-fn refusal(
-    playbook: &Playbook,
-    plan: &Plan,
-    now: jiff::Timestamp,
-    opts: &Options,
-) -> Option<String> {
+fn refusal(playbook: &Playbook, now: jiff::Timestamp, opts: &Options) -> Option<String> {
     if opts.kind == RunKind::Rollback {
         return None;
     }
@@ -459,22 +620,6 @@ fn refusal(
             w.to,
             w.tz
         ));
-    }
-    for g in &plan.gates {
-        match g {
-            Gate::Approval { by } => {
-                return Some(format!(
-                    "this playbook waits for an approval by `{by}`; recorded approvals arrive with the accountability issue, so it cannot pass yet"
-                ));
-            }
-            Gate::ThirdParty { party, services } => {
-                return Some(format!(
-                    "{} managed by third party `{party}`: its recorded authorization is required",
-                    services.join(", ")
-                ));
-            }
-            Gate::Window { .. } => {}
-        }
     }
     None
 }

@@ -252,6 +252,12 @@ pub struct RunReport {
     pub authorizations: Vec<Authorization>,
     #[serde(default)]
     pub emergency: Option<Emergency>,
+    /// A run parked at a gate: what it waits for (`rollout approve`), and the step it resumes
+    /// from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting: Vec<crate::store::Awaited>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_step: Option<usize>,
 }
 
 impl RunReport {
@@ -282,6 +288,8 @@ impl RunReport {
             approvals: Vec::new(),
             authorizations: Vec::new(),
             emergency: None,
+            awaiting: Vec::new(),
+            gate_step: None,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Playbook {
     pub window: Option<Window>,
     pub steps: Vec<Step>,
     pub on_failure: OnFailure,
+    /// The person who started a run cannot approve it (`twoPersonRule`, on unless set false).
+    pub two_person_rule: bool,
     /// Where each step and check names a service, for errors when checked against an environment.
     #[serde(skip)]
     refs: Vec<ServiceRef>,
@@ -272,6 +274,7 @@ impl Playbook {
                 },
             ],
             on_failure: OnFailure::Rollback,
+            two_person_rule: true,
             refs: Vec::new(),
         }
     }
@@ -286,6 +289,7 @@ impl Playbook {
                 drain: DEFAULT_DRAIN,
             }],
             on_failure: OnFailure::Rollback,
+            two_person_rule: true,
             refs: Vec::new(),
         }
     }
@@ -352,6 +356,7 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
         window,
         steps,
         on_failure,
+        two_person_rule,
     } = raw;
     let mut c = Checker::new(src);
     c.api_version(&api_version);
@@ -382,6 +387,10 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
         .count();
     let first_test_env = out.iter().position(|s| matches!(s, Step::TestEnv { .. }));
     let first_promote = out.iter().position(|s| matches!(s, Step::Promote { .. }));
+    let first_production = out
+        .iter()
+        .position(|s| matches!(s, Step::Canary { .. } | Step::Promote { .. }));
+    let last_approve = out.iter().rposition(|s| matches!(s, Step::Approve { .. }));
     if promotes > 1 {
         c.error(
             pos(&steps),
@@ -404,6 +413,15 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
                 }
                 last_weight = weight.percent();
             }
+            Step::Approve { by } if first_production.is_some_and(|p| p < i) => c.error(
+                pos(raw),
+                format!("the approval by `{by}` comes after a step that changes production; approve steps go before canary and promote"),
+            ),
+            Step::TestEnv { .. } | Step::Smoke { target: Target::Test, .. }
+                if last_approve.is_some_and(|a| a < i) =>
+            {
+                c.error(pos(raw), "a test-version step after an `approve` step: a run waiting for approval lets its test version go, so test steps go before approve")
+            }
             Step::TestEnv { .. } if first_promote.is_some_and(|p| p < i) => {
                 c.error(pos(raw), "testEnv comes after `promote`: production would be changed before the test version ran")
             }
@@ -416,6 +434,7 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
         window,
         steps: out,
         on_failure,
+        two_person_rule: two_person_rule.is_none_or(|t| t.value),
         refs,
     };
     c.finish(playbook)

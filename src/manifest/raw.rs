@@ -161,6 +161,8 @@ pub struct RawPlaybook {
     pub steps: Spanned<Vec<Spanned<RawStep>>>,
     #[serde(default)]
     pub on_failure: Option<Spanned<String>>,
+    #[serde(default)]
+    pub two_person_rule: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -314,6 +314,8 @@ pub(crate) mod fixture {
             emergency: Some(Emergency {
                 reason: "payment outage <fix>".into(),
             }),
+            awaiting: Vec::new(),
+            gate_step: None,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! connection; open a second `Store` for real parallelism (the tests do, to act as two processes).
 
 mod audit;
+mod gates;
 mod history;
 mod journal;
 mod lock;
@@ -28,6 +29,7 @@ mod runs;
 mod schema;
 
 pub use audit::AuditHead;
+pub use gates::{Awaited, Grant, GrantKind, Parked};
 pub use history::{NewRevision, Revision, RevisionOutcome};
 pub use journal::{BEGIN, END, JournalEntry, Phase};
 pub use lock::{Acquired, Claim, LockHolder};

@@ -81,6 +81,34 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT    NOT NULL
     ) STRICT;
     ",
+    // 4: approvals and third-party authorizations, and runs parked at a gate.
+    "
+    CREATE TABLE grants (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        run         TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('approval', 'authorization')),
+        gate        TEXT NOT NULL,     -- the role, or the third party
+        who         TEXT NOT NULL,     -- the person who recorded it
+        reference   TEXT,
+        note        TEXT,
+        expires     TEXT,
+        at          TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX grants_by_run ON grants (run, seq);
+
+    CREATE TABLE parked (
+        environment TEXT NOT NULL PRIMARY KEY,
+        run         TEXT NOT NULL,
+        digest      TEXT NOT NULL,     -- what was asked for: the desired state and playbook
+        user        TEXT NOT NULL,     -- who started the run
+        two_person  INTEGER NOT NULL,
+        awaiting    TEXT NOT NULL,     -- JSON: [{kind, gate, services}]
+        gate_step   INTEGER NOT NULL,  -- the step to resume from
+        report      TEXT NOT NULL,     -- JSON: the run's report so far
+        at          TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -139,8 +167,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            tables, 6,
-            "revisions, runs, journal, locks, sqlite_sequence and audit_head"
+            tables, 8,
+            "revisions, runs, journal, locks, sqlite_sequence, audit_head, grants and parked"
         );
     }
 
