@@ -14,5 +14,6 @@ mod playbooks;
 mod promote;
 mod proxy;
 mod proxy_container;
+mod proxy_http1;
 mod store;
 mod testenv;
