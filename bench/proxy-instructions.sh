@@ -53,8 +53,9 @@ http {
 }
 EOF
 }
-backend_port=$(free_port)
-nginx_conf backend "daemon on; worker_processes $(nproc);" "server { listen 127.0.0.1:$backend_port; root $work/www; }"
+backend_port=$(free_port); backend_status_port=$(free_port)
+nginx_conf backend "daemon on; worker_processes $(nproc);" "server { listen 127.0.0.1:$backend_port; root $work/www; }
+  server { listen 127.0.0.1:$backend_status_port; location / { stub_status; } }"
 "$NGINX" -c "$work/backend.conf"
 
 # Prints "instructions_per_request" for the proxy whose process is $1, listening on port $2,
@@ -73,16 +74,31 @@ callgrind_measure() {
   python3 -c "print(round($total / ($after - $before)))"
 }
 
-# Prints "cpu_microseconds_per_request" for process $1 on port $2 under wrk -c64.
+ticks() { # user+system clock ticks of the given pids
+  local sum=0 p
+  for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
+
+# Prints "proxy backend wrk" CPU microseconds per request under wrk -t2 -c64 on port $2, $1
+# being the proxy's pid ("-" for none: direct to the backend), $3 the request counter.
 cpu_measure() {
-  local pid=$1 port=$2 count=$3
+  local pid=$1 port=$2 count=$3 workers
+  workers=$(pgrep -P "$(cat "$work/backend.pid")" | tr '\n' ' ')
   wrk -t2 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null
-  local t0; t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  local before; before=$($count)
-  wrk -t2 -c64 -d10s "http://127.0.0.1:$port/" >/dev/null
-  local after; after=$($count)
-  local t1; t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  python3 -c "print(f'{($t1 - $t0) / $(getconf CLK_TCK) * 1e6 / ($after - $before):.1f}')"
+  local p0=0 p1=0 b0 b1 before after wrk_cpu
+  [ "$pid" = - ] || p0=$(ticks "$pid")
+  # shellcheck disable=SC2086
+  b0=$(ticks $workers)
+  before=$($count)
+  wrk_cpu=$( { TIMEFORMAT="%U %S"; time wrk -t2 -c64 -d10s "http://127.0.0.1:$port/" >/dev/null; } 2>&1 | awk '{print $1 + $2}')
+  after=$($count)
+  [ "$pid" = - ] || p1=$(ticks "$pid")
+  # shellcheck disable=SC2086
+  b1=$(ticks $workers)
+  python3 -c "
+n = $after - $before; hz = $(getconf CLK_TCK)
+print(f'{($p1 - $p0) / hz * 1e6 / n:.1f} {($b1 - $b0) / hz * 1e6 / n:.1f} {$wrk_cpu * 1e6 / n:.1f} {n / 10:.0f}')"
 }
 
 rollout_count() {
@@ -101,16 +117,23 @@ start_rollout() { # $1: binary, $2: wrapper (or empty)
     -d "{\"listeners\":{\"$proxy_port\":{\"protocol\":\"http\",\"backends\":[{\"id\":\"nginx\",\"addr\":\"127.0.0.1:$backend_port\",\"weight\":100}]}}}" >/dev/null
 }
 
-echo "| proxy | user-space instructions per request (callgrind) | CPU time per request (user+sys) |"
-echo "| --- | --- | --- |"
+# The backend's own request counter: its stub_status.
+backend_count() { curl -sf "http://127.0.0.1:$backend_status_port/" | awk 'NR == 3 {print $3}'; }
+
+echo "CPU time per request (user+sys, µs) under wrk -t2 -c64 -d10s; instructions: user space only."
+echo
+echo "| setup | proxy: instructions per request (callgrind) | proxy: CPU µs per request | backend: CPU µs | wrk: CPU µs | requests/s in that run |"
+echo "| --- | --- | --- | --- | --- | --- |"
+read -r _ b w r < <(cpu_measure - "$backend_port" backend_count)
+echo "| direct to the backend | | | $b | $w | $r |"
 for bin in "${bins[@]}"; do
   start_rollout "$bin" "valgrind --tool=callgrind --callgrind-out-file=$work/callgrind.out.%p"
   ins=$(callgrind_measure "$rpid" "$proxy_port" rollout_count)
   kill "$rpid"; wait "$rpid" 2>/dev/null || true
   start_rollout "$bin" ""
-  cpu=$(cpu_measure "$rpid" "$proxy_port" rollout_count)
+  read -r p b w r < <(cpu_measure "$rpid" "$proxy_port" rollout_count)
   kill "$rpid"; wait "$rpid" 2>/dev/null || true
-  echo "| \`$bin\` | $ins | $cpu µs |"
+  echo "| \`$bin\` | $ins | $p | $b | $w | $r |"
 done
 
 # nginx as the reverse proxy, one process (no master) so one pid has all the work; its
@@ -140,5 +163,5 @@ kill "$npid"; wait "$npid" 2>/dev/null || true
 setsid "$NGINX" -c "$work/rproxy.conf" 2>/dev/null &
 npid=$!; pids+=("$npid")
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$status_port/" >/dev/null && break; sleep 0.1; done
-cpu=$(cpu_measure "$npid" "$rproxy_port" nginx_count)
-echo "| nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||') (one process) | $ins | $cpu µs |"
+read -r p b w r < <(cpu_measure "$npid" "$rproxy_port" nginx_count)
+echo "| nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||') as reverse proxy (one process) | $ins | $p | $b | $w | $r |"
