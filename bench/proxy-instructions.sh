@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# CPU cost per proxied request, measured in ways that do not depend on what else the machine is
+# CPU cost per proxied request, measured in ways that depend little on what else the machine is
 # doing: user-space instructions counted by callgrind (repeatable to a fraction of a percent),
-# plus the CPU time (user + system, from /proc) the proxy process used per request under wrk.
+# and the CPU time (user + system, from /proc and bash's `time`) that the proxy, the backend and
+# wrk each used per request.
 #
 #   bench/proxy-instructions.sh [ROLLOUT_BINARY...]     (default: target/release/rollout)
 #
-# Each binary given (e.g. a build of an older commit beside the current one) is measured, and
-# nginx as a reverse proxy beside them, all against the same nginx backend serving a 512-byte
-# file on 127.0.0.1. Instructions: the proxy runs under `valgrind --tool=callgrind`, counters are
-# zeroed after a warm-up and dumped after `wrk -t1 -c8 -d10s`, and divided by the requests the
-# proxy served meanwhile. callgrind counts user-space instructions only: the kernel's share
-# (the system calls, which dominate a proxy's cost) shows in the CPU-time column, measured on
-# a native run of `wrk -t2 -c64 -d10s`.
+# Each binary given (e.g. a build of an older commit beside the current one) is measured, then
+# nginx as a reverse proxy, all against the same nginx backend serving a 512-byte file on
+# 127.0.0.1, with a first row direct to the backend. Instructions: the proxy runs under
+# `valgrind --tool=callgrind`, counters are zeroed after a warm-up and dumped after
+# `wrk -t1 -c8 -d10s`, and divided by the requests the proxy served meanwhile. callgrind counts
+# user space only: the kernel's share (system calls and loopback TCP, most of a proxy's cost)
+# shows in the CPU-time columns, from a native run of `wrk -t2 -c64 -d10s`. The requests/s
+# column is that run's, for context only (nginx is measured as one process there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bins=("$@")
