@@ -6,6 +6,7 @@
 # "Proxy throughput and latency"; other sections are left as they are).
 #
 #   bench/proxy-vs-nginx.sh [RUNS] [SECONDS] [CONNECTIONS]     (default 5 runs of 10 s, 64 connections)
+#   ROLLOUT_BIN=path/to/rollout bench/proxy-vs-nginx.sh ...    (another build; prints only)
 #
 # Everything runs on this one machine, wrk included, so the proxied setups share the CPU with
 # the load generator and the backend: the ratio to direct is a lower bound of what a proxy on
@@ -30,8 +31,14 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v curl >/dev/null || { echo "bench: needs curl" >&2; exit 1; }
 
-cargo build --release --quiet
-bin=target/release/rollout
+# ROLLOUT_BIN measures another build (an older commit's, for a before/after in the same
+# conditions); BENCHMARKS.md is only updated for the current release build.
+if [ -n "${ROLLOUT_BIN:-}" ]; then
+  bin=$ROLLOUT_BIN
+else
+  cargo build --release --quiet
+  bin=target/release/rollout
+fi
 cores=$(nproc)
 
 work=$(mktemp -d)
@@ -163,6 +170,7 @@ direct requests give to the backend and wrk: on a machine this small the ratio t
 bounded by that sharing for any proxy (nginx's own ratio is the reference), and the ratio to
 nginx is the like-for-like comparison.
 "
+[ -z "${ROLLOUT_BIN:-}" ] || exit 0
 touch BENCHMARKS.md
 python3 - "$section" <<'PY'
 import sys, re

@@ -17,6 +17,7 @@ mod playbooks;
 mod promote;
 mod proxy;
 mod proxy_container;
+mod proxy_http1;
 mod report;
 mod store;
 mod testenv;

@@ -24,11 +24,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-const SLOW: Duration = Duration::from_millis(500);
-const PORT: u16 = 18080;
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const SLOW: Duration = Duration::from_millis(500);
+pub(crate) const PORT: u16 = 18080;
 
-async fn bounded<F: Future>(f: F) -> F::Output {
+pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, f)
         .await
         .expect("test took too long")
@@ -36,11 +36,11 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 
 /// An HTTP backend answering `<name> <request body length>`; `/slow` waits 500 ms first,
 /// `/status/500` answers 500, an `Upgrade` request gets 101 and its bytes echoed back.
-struct HttpBackend {
-    addr: SocketAddr,
-    served: Arc<AtomicU64>,
+pub(crate) struct HttpBackend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) served: Arc<AtomicU64>,
     /// Connections open on it now (the proxy's pooled ones included).
-    open: Arc<AtomicI64>,
+    pub(crate) open: Arc<AtomicI64>,
     task: JoinHandle<()>,
 }
 
@@ -50,7 +50,7 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn http_backend(name: &'static str) -> HttpBackend {
+pub(crate) async fn http_backend(name: &'static str) -> HttpBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let served = Arc::new(AtomicU64::new(0));
@@ -154,7 +154,7 @@ async fn closed_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-async fn start_proxy(state: &std::path::Path) -> ProxyHandle {
+pub(crate) async fn start_proxy(state: &std::path::Path) -> ProxyHandle {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), state.to_path_buf());
     config.bind = "127.0.0.1".parse().expect("ip");
     config.ephemeral_ports = true;
@@ -162,7 +162,7 @@ async fn start_proxy(state: &std::path::Path) -> ProxyHandle {
     Proxy::start(config).await.expect("proxy starts")
 }
 
-fn table(protocol: Protocol, backends: &[(&str, SocketAddr, u8)]) -> Routes {
+pub(crate) fn table(protocol: Protocol, backends: &[(&str, SocketAddr, u8)]) -> Routes {
     let mut routes = Routes::default();
     routes.listeners.insert(
         PORT,
@@ -182,12 +182,12 @@ fn table(protocol: Protocol, backends: &[(&str, SocketAddr, u8)]) -> Routes {
 }
 
 /// A keep-alive HTTP/1.1 client connection.
-struct Conn {
+pub(crate) struct Conn {
     sender: SendRequest<Full<Bytes>>,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, String> {
+    pub(crate) async fn open(addr: SocketAddr) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
@@ -201,7 +201,7 @@ impl Conn {
     }
 
     /// Status, body, and the `x-seen-forwarded-for` the backend reported.
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         path: &str,
@@ -240,7 +240,7 @@ impl Conn {
 }
 
 /// One request on a fresh connection.
-async fn once(
+pub(crate) async fn once(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -250,7 +250,7 @@ async fn once(
     c.send(method, path, body).await.map(|(s, b, _)| (s, b))
 }
 
-fn name(body: &str) -> &str {
+pub(crate) fn name(body: &str) -> &str {
     body.split(' ').next().unwrap_or("")
 }
 

@@ -1,6 +1,10 @@
 //! HTTP listeners: accept HTTP/1.1 and HTTP/2 (h2c) from clients, forward each request to a
 //! backend picked by weight over pooled HTTP/1.1 connections, and stream both bodies.
 //!
+//! Plain HTTP/1.1 requests go through the fast path (`fast.rs`, `h1.rs`), which keeps the
+//! promises below with its own code; hyper (this file) serves HTTP/2, upgrades, streamed
+//! uploads and anything unusual, from the first such request of a connection on.
+//!
 //! What a request is promised:
 //! - It finishes on the backend it started on, whatever updates happen meanwhile (it holds the
 //!   `Route` it read at its start).
@@ -34,6 +38,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use super::ListenerCtx;
+use super::fast::{self, Prefixed};
 use super::stats::InFlight;
 use super::table::Target;
 use super::upstream::{UpBody, UpConn, Upstream};
@@ -69,8 +74,20 @@ pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
         let stop = ctx.stop.clone();
         let kill = ctx.kill.clone();
         ctx.tracker.spawn(async move {
+            let mut stream = stream;
             // Formatted once per connection rather than once per request.
             let client = peer.ip().to_canonical().to_string();
+            // Plain HTTP/1.1 requests take the fast path; hyper serves the rest of the
+            // connection from the first request that is not one (or from the HTTP/2 preface).
+            let end = tokio::select! {
+                biased;
+                end = fast::serve(&mut stream, &fwd.ctx, &client) => end,
+                _ = kill.cancelled() => return,
+            };
+            let fast::End::HandOff(read) = end else {
+                return;
+            };
+            let stream = Prefixed::new(read, stream);
             let client = HeaderValue::from_str(&client).ok();
             let svc = hyper::service::service_fn(move |req| {
                 let fwd = fwd.clone();
@@ -295,7 +312,7 @@ async fn send(
 
 /// A pooled connection idle for less than this is not one a backend's keep-alive timer is
 /// closing: the shortest common server timeouts are a few seconds.
-const STALE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Copies bytes both ways between an upgraded client connection and its backend connection,
 /// until either side closes, the backend leaves the table and its drain deadline passes, or the

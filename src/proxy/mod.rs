@@ -4,6 +4,8 @@
 //! - [`routes`]: the routing table (what the admin API reads and writes) and the weighted pick.
 //! - `table`: the live, compiled form of a listener's routes, swapped atomically.
 //! - `http` / `tcp`: one accept loop per public port, by protocol.
+//! - `fast` / `h1`: the HTTP/1.1 fast path `http` runs first on each client connection (plain
+//!   requests on plain pooled sockets), and its wire format as pure functions.
 //! - `upstream`: per backend address, pooled HTTP/1.1 connections and the drain-deadline signal.
 //! - [`stats`]: per-backend counters and the pure window arithmetic canary analysis uses.
 //! - [`state`]: the table on disk.
@@ -18,6 +20,8 @@
 
 mod admin;
 pub mod client;
+mod fast;
+mod h1;
 mod http;
 pub mod routes;
 pub mod state;

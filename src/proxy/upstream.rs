@@ -2,6 +2,9 @@
 //! a new one, and the signal that closes long-lived connections once the address left the table
 //! and its drain deadline passed.
 //!
+//! Two pools: hyper connections for requests hyper serves (HTTP/2 clients, upgrades, streamed
+//! uploads), plain sockets for the HTTP/1.1 fast path (`fast.rs`).
+//!
 //! The pool is ours rather than hyper-util's legacy `Client` because the proxy must know whether
 //! a request left the building: a connect failure or a dead pooled connection hands the request
 //! back (hyper's `try_send_request`), so it can be retried on another backend with its body
@@ -106,9 +109,38 @@ struct Idle {
     since: Instant,
 }
 
+/// A plain keep-alive connection for the HTTP/1.1 fast path (`fast.rs`), with the bytes read
+/// from it and not yet used.
+pub struct RawConn {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Read capacity of a backend connection's buffer: one read takes a small response whole.
+    pub const BUF: usize = 16 * 1024;
+
+    /// Whether a pooled connection can take a request: nothing arrived on it while idle (a close
+    /// by the backend, or bytes no request asked for). Costs no system call when the reactor saw
+    /// no readiness since the last read.
+    fn usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+struct IdleRaw {
+    conn: RawConn,
+    since: Instant,
+}
+
 pub struct Upstream {
     pub addr: SocketAddr,
     idle: Mutex<VecDeque<Idle>>,
+    idle_raw: Mutex<VecDeque<IdleRaw>>,
     /// True once the address left the table: returned connections are closed, not pooled.
     retired: AtomicBool,
     /// Bumped on every retire/revive so a stale drain timer knows it lost.
@@ -129,6 +161,7 @@ impl Upstream {
         Upstream {
             addr,
             idle: Mutex::new(VecDeque::new()),
+            idle_raw: Mutex::new(VecDeque::new()),
             retired: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             evict: CancellationToken::new(),
@@ -169,6 +202,46 @@ impl Upstream {
                 since: Instant::now(),
             });
         }
+    }
+
+    /// A pooled fast-path connection that can take a request now, and how long it was idle.
+    pub fn checkout_raw(&self, now: Instant) -> Option<(RawConn, Duration)> {
+        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        while let Some(IdleRaw { mut conn, since }) = idle.pop_back() {
+            if conn.usable() {
+                return Some((conn, now.saturating_duration_since(since)));
+            }
+        }
+        None
+    }
+
+    /// Gives a fast-path connection back after a whole response was read from it, and nothing
+    /// more.
+    pub fn checkin_raw(&self, conn: RawConn) {
+        if self.retired.load(Ordering::Relaxed) || !conn.buf.is_empty() {
+            return;
+        }
+        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push_back(IdleRaw {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new fast-path connection.
+    pub async fn connect_raw(&self) -> std::io::Result<RawConn> {
+        Ok(RawConn {
+            stream: self.connect_tcp().await?,
+            buf: Vec::with_capacity(RawConn::BUF),
+        })
     }
 
     /// A new TCP connection, with Nagle off: the proxy writes whole heads and bodies and must
@@ -223,6 +296,10 @@ impl Upstream {
     pub fn retire(&self) -> u64 {
         self.retired.store(true, Ordering::Relaxed);
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.idle_raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
