@@ -51,7 +51,7 @@ fn command_flags_match_the_spec() {
 #[test]
 fn unbuilt_commands_fail_in_one_clear_line() {
     let p = Project::new();
-    for args in [vec!["approve", "latest", "--by", "client"], vec!["daemon"]] {
+    for args in [vec!["daemon"]] {
         let out = p.run(&args).code(1);
         assert!(out.stdout.is_empty(), "no fake output on stdout\n{out}");
         assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");

@@ -182,8 +182,15 @@ fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
     }
     s.assert_settled("reference run");
 
+    // Entries before `begin` (the test version's) belong to a run with no revision yet: the
+    // garbage collector, not recovery, removes what they left.
+    let begin = points
+        .iter()
+        .position(|p| p == "begin.done@1")
+        .expect("begin");
     let mut version = "2.5.0";
-    for point in &points {
+    for (i, point) in points.iter().enumerate() {
+        let recovered = i >= begin && !point.starts_with("end.");
         version = if version == "2.5.0" { "2.4.0" } else { "2.5.0" };
         s.write(version);
         let crashed = s.project.run_with(
@@ -193,7 +200,7 @@ fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
         let crashed = crashed.code(CRASHED);
         let status = s.project.run(&["status", "-o", "json"]).code(0).json();
         let interrupted = status["interrupted"].as_array().expect("interrupted");
-        if point.starts_with("end.") {
+        if !recovered {
             assert!(interrupted.is_empty(), "after {point}: {status}");
         } else {
             assert_eq!(interrupted.len(), 1, "after {point}: {status}");
@@ -211,9 +218,8 @@ fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
             .run(&["promote", "-p", "full", "--yes"])
             .code(0)
             .stderr_has("took over the lock");
-        if !point.starts_with("end.") {
-            let next = next.stdout_has(&format!("Recovered run {}", crashed.run_id()));
-            let _ = next;
+        if recovered {
+            next.stdout_has(&format!("Recovered run {}", crashed.run_id()));
         }
         assert_serving(s.port, version);
         s.assert_settled(&format!("after a crash at {point}"));

@@ -93,3 +93,21 @@ fn several_environments_need_e() {
         .code(1)
         .stderr_has("this project has several environments (a, b); choose one with -e");
 }
+
+#[test]
+fn approve_steps_must_come_before_production_and_after_test_steps() {
+    let late = "apiVersion: rollout/v1\nkind: Playbook\nname: late\nsteps:\n  - testEnv: {}\n  - canary: { weight: 10, hold: 1s }\n  - approve: { by: client }\n  - smoke: { target: test, checks: [] }\n  - promote: {}\n";
+    let p = project("pb9").playbook("late", late);
+    let before = p.snapshot();
+    p.run(&["plan", "-p", "late"])
+        .code(1)
+        .stderr_has("playbooks/late.yaml:7:5: the approval by `client` comes after a step that changes production")
+        .stderr_has("playbooks/late.yaml:8:5: a test-version step after an `approve` step");
+    assert_eq!(p.snapshot(), before, "bad input changes nothing");
+    let bad_flag = "apiVersion: rollout/v1\nkind: Playbook\nname: p\ntwoPersonRule: maybe\nsteps:\n  - promote: {}\n";
+    project("pb10")
+        .playbook("p", bad_flag)
+        .run(&["plan", "-p", "p"])
+        .code(1)
+        .stderr_has("playbooks/p.yaml:4:");
+}

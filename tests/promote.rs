@@ -356,10 +356,11 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
 
     let history = project.run(&["history", "-o", "json"]).code(0).json();
     let revisions = history["revisions"].as_array().expect("revisions");
+    // v3 failed in its test version, before production was touched: a run, not a revision.
     assert_eq!(
         revisions.len(),
-        25,
-        "v1, v2, v3, v4, the rollback and 20 cycles"
+        24,
+        "v1, v2, v4, the rollback and 20 cycles"
     );
     let outcomes: Vec<&str> = revisions
         .iter()
@@ -367,8 +368,8 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
         .map(|r| r["outcome"]["status"].as_str().unwrap_or("?"))
         .collect();
     assert_eq!(
-        &outcomes[..5],
-        ["promoted", "promoted", "failed", "rolledBack", "promoted"]
+        &outcomes[..4],
+        ["promoted", "promoted", "rolledBack", "promoted"]
     );
     // Nothing of the failed candidates or of the test versions is left.
     let left = std::process::Command::new("docker")
