@@ -51,12 +51,10 @@ fn command_flags_match_the_spec() {
 #[test]
 fn unbuilt_commands_fail_in_one_clear_line() {
     let p = Project::new();
-    for args in [vec!["daemon"]] {
-        let out = p.run(&args).code(1);
-        assert!(out.stdout.is_empty(), "no fake output on stdout\n{out}");
-        assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");
-        assert!(out.stderr.contains("is not built yet"), "{out}");
-    }
+    let out = p.run(&["daemon"]).code(1);
+    assert!(out.stdout.is_empty(), "no fake output on stdout\n{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");
+    assert!(out.stderr.contains("is not built yet"), "{out}");
 }
 
 #[test]
