@@ -145,6 +145,15 @@ pub async fn promote(
                 note: x.note.clone(),
                 expires: x.expires,
             }),
+            None if opts.kind == RunKind::Rollback => {
+                report.outcome = Outcome::Refused {
+                    reason: format!(
+                        "{} managed by third party `{party}`: a rollback changes it too and needs its authorization, which only a parked promotion can wait for; promote the previous manifest instead (`rollout promote` parks until `rollout approve RUN --by {party}` records it)",
+                        services.join(", ")
+                    ),
+                };
+                return report;
+            }
             None => {
                 let expired = recorded
                     .last()
