@@ -71,9 +71,14 @@ impl Project {
         })
     }
 
-    /// The state directory, resolved against the project folder.
+    /// The state directory, resolved against the project folder. `ROLLOUT_STATE` overrides
+    /// it: the GitOps controller runs promotions in its checkout of the repository with the
+    /// daemon project's state, so history, locks and reports stay the project's.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(&self.config.state)
+        match std::env::var_os("ROLLOUT_STATE") {
+            Some(dir) if !dir.is_empty() => self.dir.join(dir),
+            _ => self.dir.join(&self.config.state),
+        }
     }
 
     fn yaml_files(&self, sub: &str) -> Vec<PathBuf> {
