@@ -247,5 +247,5 @@ fn invalid_json_path_is_located() {
 #[test]
 fn self_heal_must_be_a_boolean() {
     let yaml = format!("{HEAD}selfHeal: sometimes\nservices:\n  web:\n    image: x:1\n");
-    plan_fails(yaml.as_bytes(), "5:11", "");
+    plan_fails(yaml.as_bytes(), "5:11", "expected true or false here");
 }

@@ -48,6 +48,8 @@ impl Repo {
         std::fs::create_dir_all(&origin).expect("mkdir");
         std::fs::create_dir_all(&work).expect("mkdir");
         git(&origin, &["init", "--quiet", "--bare", "-b", "main"]);
+        // Like a hosted remote, where the followed branch need not be the default one.
+        git(&origin, &["config", "receive.denyDeleteCurrent", "ignore"]);
         git(&work, &["init", "--quiet", "-b", "main"]);
         git(
             &work,
