@@ -392,3 +392,129 @@ fn force_pushes_a_deleted_branch_and_an_unreachable_remote_leave_a_clear_status(
             .contains("unreachable")
     );
 }
+
+/// Waits (polling the handle) until `done` holds for the environment's status, or panics.
+fn wait_for(
+    handle: &rollout::daemon::gitops::GitopsHandle,
+    env: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&rollout::daemon::gitops::EnvStatus) -> bool,
+) -> rollout::daemon::gitops::EnvStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(e) = handle.status().environments.get(env)
+            && done(e)
+        {
+            return e.clone();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; status {:#?}",
+            handle.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_loop_promotes_a_commit_within_a_couple_of_intervals_and_a_failed_run_waits_for_a_new_commit()
+{
+    let name = unique("glp");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let repo = Repo::new();
+    let state = tempfile::tempdir().expect("state");
+    let file = format!("manifests/{name}.yaml");
+    repo.commit(
+        "first version",
+        &[
+            (&file, &manifest(&name, "shop-web:2.4.0", false)),
+            ("playbooks/quick.yaml", QUICK),
+        ],
+    );
+    let interval = Duration::from_secs(2);
+    let mut s = settings(&repo.origin.display().to_string(), state.path());
+    s.interval = interval;
+    let controller = Controller::new(s);
+    let handle = controller.handle();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let task = rt.spawn(controller.run(cancel.clone()));
+
+    let first = wait_for(
+        &handle,
+        &name,
+        Duration::from_secs(120),
+        "first promotion",
+        |e| {
+            e.last
+                .as_ref()
+                .is_some_and(|a| a.outcome == Outcome::Promoted)
+        },
+    );
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
+    assert!(first.commit.is_some());
+
+    // A commit whose version never becomes healthy (2.6.0): the run starts within a couple of
+    // intervals, fails and rolls back; production keeps serving 2.4.0.
+    let committed = jiff::Timestamp::now();
+    let bad = repo.commit(
+        "web 2.6.0",
+        &[(&file, &manifest(&name, "shop-web:2.6.0", false))],
+    );
+    let failed = wait_for(
+        &handle,
+        &name,
+        Duration::from_secs(120),
+        "failed run",
+        |e| e.last.as_ref().is_some_and(|a| a.commit == bad),
+    );
+    let attempt = failed.last.clone().expect("attempt");
+    assert_eq!(attempt.outcome, Outcome::Failed, "{attempt:?}");
+    assert!(attempt.run.is_some());
+    let waited = attempt.at.duration_since(committed);
+    assert!(
+        waited
+            <= jiff::SignedDuration::try_from(interval * 2).expect("span")
+                + jiff::SignedDuration::from_secs(3),
+        "the commit waited {waited:?} before its run started"
+    );
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
+
+    // Not retried on the same commit: several intervals later, the same attempt.
+    std::thread::sleep(interval * 3);
+    assert_eq!(
+        handle.status().environments[&name].last.as_ref(),
+        Some(&attempt)
+    );
+
+    // A new commit (even one that does not touch the manifest) tries again.
+    let other = repo.commit("notes", &[("NOTES.md", "deploy notes\n")]);
+    let again = wait_for(
+        &handle,
+        &name,
+        Duration::from_secs(120),
+        "retry on a new commit",
+        |e| e.last.as_ref().is_some_and(|a| a.commit == other),
+    );
+    assert_eq!(
+        again.last.as_ref().map(|a| a.outcome),
+        Some(Outcome::Failed)
+    );
+    assert_ne!(again.last.as_ref().map(|a| a.at), Some(attempt.at));
+    assert_eq!(
+        again.commit, first.commit,
+        "the promoted commit is still the first"
+    );
+
+    cancel.cancel();
+    rt.block_on(task).expect("controller loop");
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
+}

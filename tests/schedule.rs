@@ -162,3 +162,105 @@ fn runs_missed_while_the_daemon_was_down_are_recorded_once_not_run() {
     let lines = std::fs::read_to_string(dir.path().join("rehearsals.jsonl")).expect("log");
     assert_eq!(lines.lines().count(), 4);
 }
+
+/// Counts the POSTs a webhook receiver on 127.0.0.1 gets, answering each with 200.
+fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            recorded
+                .lock()
+                .expect("hits")
+                .push(serde_json::from_slice(&body).unwrap_or_default());
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn a_failed_scheduled_rehearsal_is_recorded_and_notifies_once() {
+    let name = unique("shf");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let (url, hits) = receiver();
+    let project = Project::new()
+        .file(
+            "rollout.yaml",
+            format!("notify:\n  - {{ webhook: \"{url}\", on: [rehearsalFailed] }}\n"),
+        )
+        .manifest(
+            &name,
+            &format!(
+                "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n    ports: [ {{ container: 8080 }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n"
+            ),
+        )
+        .playbook(
+            "nightly",
+            "apiVersion: rollout/v1\nkind: Playbook\nname: nightly\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, path: /, expectBody: \"shop web 9.9\", retries: 0 } } ] }\n",
+        );
+    let due = Timestamp::from_second(Timestamp::now().as_second() + 3)
+        .expect("time")
+        .to_zoned(TimeZone::UTC);
+    let cron = format!("{} {} {} * * *", due.second(), due.minute(), due.hour());
+    let scheduler = Scheduler::new(Settings {
+        project_dir: project.path().to_path_buf(),
+        state_dir: project.path().join(".rollout"),
+        rollout_bin: env!("CARGO_BIN_EXE_rollout").into(),
+        child_env: Vec::new(),
+        entries: vec![entry(&name, &cron, "UTC")],
+    });
+    let handle = scheduler.handle();
+    let cancel = CancellationToken::new();
+    let records = runtime().block_on(async {
+        let task = tokio::spawn(scheduler.run(cancel.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while handle.records().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cancel.cancel();
+        task.await.expect("scheduler");
+        handle.records()
+    });
+    assert_eq!(records.len(), 1, "{records:?}");
+    let RunResult::Ran {
+        run, outcome, exit, ..
+    } = &records[0].result
+    else {
+        panic!("expected a run: {records:?}");
+    };
+    assert_eq!(outcome, "failed");
+    assert_eq!(*exit, Some(1));
+    assert!(!records[0].result.passed());
+    // `rollout rehearse` delivered the webhook itself (it flushes before exiting); the
+    // scheduler sent nothing more.
+    std::thread::sleep(Duration::from_secs(1));
+    let hits = hits.lock().expect("hits");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["event"], "rehearsalFailed");
+    assert_eq!(hits[0]["run"], run.as_deref().expect("run id"));
+}
