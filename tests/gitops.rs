@@ -10,7 +10,7 @@ use std::time::Duration;
 use rollout::daemon::gitops::{Controller, Drift, FetchState, Outcome, Settings, Trigger};
 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
-use crate::support::{static_binary, unique};
+use crate::support::{static_binary, unique, webhook_receiver};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -89,6 +89,7 @@ fn settings(repo: &str, state: &Path) -> Settings {
             "ROLLOUT_STATIC_BINARY".into(),
             static_binary().display().to_string(),
         )],
+        notify: Vec::new(),
     }
 }
 
@@ -162,8 +163,13 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
             ("playbooks/quick.yaml", QUICK),
         ],
     );
-    let mut controller =
-        Controller::new(settings(&repo.origin.display().to_string(), state.path()));
+    let (hook, hits) = webhook_receiver();
+    let mut s = settings(&repo.origin.display().to_string(), state.path());
+    s.notify = vec![rollout::manifest::config::Notify {
+        webhook: hook,
+        on: vec![rollout::notify::Event::Drifted],
+    }];
+    let mut controller = Controller::new(s);
     let rt = runtime();
 
     // The first tick promotes the environment at the first commit.
@@ -286,6 +292,27 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
     assert_eq!(r.attempts[0].1.outcome, Outcome::Promoted, "{r:?}");
     assert_eq!(web_images(&name), ["shop-web:2.5.0"]);
     assert_eq!(controller.status().environments[&name].drift, Drift::InSync);
+
+    // Each drift episode was told to the webhook once (not on every tick).
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });
+    let hits = hits.lock().expect("hits").clone();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    for h in &hits {
+        assert_eq!(h["event"], "drifted");
+        assert_eq!(h["environment"], name.as_str());
+    }
+    assert!(
+        hits[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("selfHeal is off")),
+        "{hits:?}"
+    );
+    assert!(
+        hits[1]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("putting it back")),
+        "{hits:?}"
+    );
 
     // The state survives a restart: a new controller promotes nothing again.
     let mut again = Controller::new(settings(&repo.origin.display().to_string(), state.path()));

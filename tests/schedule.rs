@@ -10,7 +10,7 @@ use rollout::daemon::schedule::{Entry, RunResult, Scheduler, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
-use crate::support::{Project, unique};
+use crate::support::{Project, unique, webhook_receiver};
 
 fn entry(env: &str, cron: &str, tz: &str) -> Entry {
     Entry {
@@ -163,43 +163,6 @@ fn runs_missed_while_the_daemon_was_down_are_recorded_once_not_run() {
     assert_eq!(lines.lines().count(), 4);
 }
 
-/// Counts the POSTs a webhook receiver on 127.0.0.1 gets, answering each with 200.
-fn receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorded = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            recorded
-                .lock()
-                .expect("hits")
-                .push(serde_json::from_slice(&body).unwrap_or_default());
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    (url, hits)
-}
-
 #[test]
 fn a_failed_scheduled_rehearsal_is_recorded_and_notifies_once() {
     let name = unique("shf");
@@ -207,7 +170,7 @@ fn a_failed_scheduled_rehearsal_is_recorded_and_notifies_once() {
         environment: name.clone(),
     };
     runtime().block_on(async { demo_images(&engine().await).await });
-    let (url, hits) = receiver();
+    let (url, hits) = webhook_receiver();
     let project = Project::new()
         .file(
             "rollout.yaml",

@@ -333,6 +333,9 @@ pub struct Settings {
     pub rollout_bin: PathBuf,
     /// Extra environment variables for the children.
     pub child_env: Vec<(String, String)>,
+    /// The daemon project's webhooks: told `drifted` when an environment starts to drift (the
+    /// promotions the controller runs notify through their own project's `notify:`).
+    pub notify: Vec<crate::manifest::config::Notify>,
 }
 
 impl Settings {
@@ -357,6 +360,7 @@ impl Settings {
             state_dir: project.state_dir(),
             rollout_bin: std::env::current_exe()?,
             child_env: Vec::new(),
+            notify: project.config.notify.clone(),
         })
     }
 }
@@ -387,6 +391,7 @@ pub struct Controller {
     git: Box<dyn Git>,
     handle: GitopsHandle,
     cancel: CancellationToken,
+    notifier: crate::notify::Notifier,
 }
 
 impl Controller {
@@ -404,6 +409,7 @@ impl Controller {
         status.branch = settings.branch.clone();
         status.path = settings.path.clone();
         Controller {
+            notifier: crate::notify::Notifier::new(&settings.notify),
             settings,
             git,
             handle: GitopsHandle {
@@ -677,6 +683,24 @@ impl Controller {
         }
     }
 
+    /// Tells the webhooks that `env` started to drift (once per episode, not every tick).
+    fn notify_drift(&self, env: &str, commit: &str, self_heal: bool, now: Timestamp) {
+        let short = &commit[..commit.len().min(12)];
+        let what = if self_heal {
+            "putting it back (selfHeal)"
+        } else {
+            "selfHeal is off: reported only"
+        };
+        let reason = format!("what runs differs from the manifest at {short}; {what}");
+        self.notifier.send(&crate::notify::Notification::new(
+            crate::notify::Event::Drifted,
+            env,
+            short,
+            Some(&reason),
+            now,
+        ));
+    }
+
     fn record(&self, status: Status) {
         let path = state_file(&self.settings.state_dir);
         let tmp = path.with_extension("json.tmp");
@@ -765,8 +789,12 @@ impl Controller {
                 .as_ref()
                 .is_some_and(|a| a.commit == commit && a.outcome == Outcome::Invalid);
             if !invalid_here {
+                let before = std::mem::take(&mut env.drift);
                 env.drift = self.drift(&manifest).await;
                 env.drift_checked = Some(now);
+                if env.drift == Drift::Drifted && before != Drift::Drifted {
+                    self.notify_drift(&name, &commit, self_heal, now);
+                }
                 if !promoted_now && should_heal(&env, &commit) {
                     let attempt = self
                         .promote(&manifest, &hash, &commit, &subject, Trigger::SelfHeal)
