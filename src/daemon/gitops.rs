@@ -434,7 +434,7 @@ impl Controller {
     }
 
     fn checkout(&self) -> PathBuf {
-        self.settings.state_dir.join("gitops").join("checkout")
+        checkout_dir(&self.settings.state_dir)
     }
 
     fn project_dir(&self) -> PathBuf {
@@ -842,6 +842,11 @@ struct ManifestFile {
     /// The environment it declares (or, when it does not parse, the name it had).
     name: String,
     self_heal: bool,
+}
+
+/// Where the controller keeps its checkout of the repository.
+pub fn checkout_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("gitops").join("checkout")
 }
 
 fn state_file(state_dir: &Path) -> PathBuf {

@@ -166,7 +166,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings from a project's `daemon.rehearsals`, running this very binary.
+    /// Settings from a project's `daemon.rehearsals`, running this very binary. With
+    /// `daemon.gitops` set, rehearsals run on the GitOps checkout (the manifests of the followed
+    /// commit) with the project's state directory, like the controller's promotions.
     pub fn from_project(project: &crate::project::Project) -> anyhow::Result<Settings> {
         let entries = project
             .config
@@ -175,11 +177,27 @@ impl Settings {
             .flat_map(|d| d.rehearsals.iter())
             .map(Entry::from_config)
             .collect::<Result<Vec<_>, _>>()?;
+        let state_dir = project.state_dir();
+        let gitops = project
+            .config
+            .daemon
+            .as_ref()
+            .and_then(|d| d.gitops.as_ref());
+        let (project_dir, child_env) = match gitops {
+            Some(g) => (
+                super::gitops::checkout_dir(&state_dir).join(&g.path),
+                vec![(
+                    super::gitops::STATE_ENV.to_string(),
+                    state_dir.display().to_string(),
+                )],
+            ),
+            None => (project.dir.clone(), Vec::new()),
+        };
         Ok(Settings {
-            project_dir: project.dir.clone(),
-            state_dir: project.state_dir(),
+            project_dir,
+            state_dir,
             rollout_bin: std::env::current_exe()?,
-            child_env: Vec::new(),
+            child_env,
             entries,
         })
     }
@@ -579,6 +597,32 @@ mod tests {
             at("2026-06-11T00:00:00Z"),
         );
         assert_eq!(many.len(), MISSED_LIMIT);
+    }
+
+    #[test]
+    fn with_gitops_rehearsals_run_on_the_checkout_with_the_project_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "daemon:\n  rehearsals:\n    - { environment: shop, schedule: \"0 2 * * *\", tz: Europe/Paris }\n";
+        std::fs::write(dir.path().join("rollout.yaml"), yaml).unwrap();
+        let project = crate::project::Project::open(dir.path()).unwrap();
+        let s = Settings::from_project(&project).unwrap();
+        assert_eq!(s.project_dir, dir.path());
+        assert!(s.child_env.is_empty());
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.entries[0].key(), "shop/-@0 2 * * * Europe/Paris");
+
+        let yaml = format!(
+            "{yaml}  gitops: {{ repo: \"https://git.example/acme/infra.git\", branch: main, path: envs/prod }}\n"
+        );
+        std::fs::write(dir.path().join("rollout.yaml"), yaml).unwrap();
+        let project = crate::project::Project::open(dir.path()).unwrap();
+        let s = Settings::from_project(&project).unwrap();
+        let state = project.state_dir();
+        assert_eq!(s.project_dir, state.join("gitops/checkout/envs/prod"));
+        assert_eq!(
+            s.child_env,
+            [("ROLLOUT_STATE".to_string(), state.display().to_string())]
+        );
     }
 
     #[test]
