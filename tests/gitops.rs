@@ -384,21 +384,29 @@ fn force_pushes_a_deleted_branch_and_an_unreachable_remote_leave_a_clear_status(
     assert!(matches!(status.fetch, FetchState::BranchMissing { .. }));
 
     // An unreachable remote (nothing listens on 127.0.0.1:1): a clear status, no crash.
-    let mut unreachable =
-        Controller::new(settings("http://127.0.0.1:1/acme/infra.git", state.path()));
+    let mut unreachable = Controller::new(settings(
+        "http://bot:s3cr3t@127.0.0.1:1/acme/infra.git",
+        state.path(),
+    ));
     let r = rt.block_on(unreachable.tick(jiff::Timestamp::now()));
     match &r.fetch {
         FetchState::Unreachable { message } => {
             assert!(
-                message.contains("cannot fetch http://127.0.0.1:1/acme/infra.git"),
+                message.contains("cannot fetch http://***@127.0.0.1:1/acme/infra.git"),
                 "{message}"
             )
         }
         other => panic!("expected an unreachable remote, got {other:?}"),
     }
     assert!(r.attempts.is_empty());
-    // What it knew survives: the environment and its last attempt.
+    // What it knew survives: the environment and its last attempt. The credential in the
+    // address appears nowhere in the status.
     let status = unreachable.status();
+    assert!(
+        !serde_json::to_string(&status)
+            .expect("json")
+            .contains("s3cr3t")
+    );
     assert_eq!(status.commit.as_deref(), Some(c2.as_str()));
     assert_eq!(
         status.environments[&name]

@@ -50,13 +50,16 @@ pub trait Git: Send + Sync {
     async fn run(&self, dir: &Path, args: &[&str]) -> Result<String, String>;
 }
 
-/// git through the `git` command line.
+/// git through the `git` command line. A command that takes longer than [`GIT_TIMEOUT`] (a
+/// remote that accepts the connection and never answers) is killed and reported.
 pub struct GitCli;
+
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[async_trait::async_trait]
 impl Git for GitCli {
     async fn run(&self, dir: &Path, args: &[&str]) -> Result<String, String> {
-        let out = tokio::process::Command::new("git")
+        let run = tokio::process::Command::new("git")
             .arg("-C")
             .arg(dir)
             .args(args)
@@ -65,8 +68,10 @@ impl Git for GitCli {
             .env("GIT_ASKPASS", "true")
             .stdin(Stdio::null())
             .kill_on_drop(true)
-            .output()
+            .output();
+        let out = tokio::time::timeout(GIT_TIMEOUT, run)
             .await
+            .map_err(|_| format!("git {} took longer than {GIT_TIMEOUT:?}", args[0]))?
             .map_err(|e| format!("cannot run git: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -243,6 +248,18 @@ pub fn should_heal(env: &EnvStatus, commit: &str) -> bool {
         })
 }
 
+/// A repository address fit for messages and the API: credentials in a URL
+/// (`https://user:token@host/...`) are replaced by `***`.
+pub fn redact(repo: &str) -> String {
+    if let Some((scheme, rest)) = repo.split_once("://") {
+        let end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    repo.to_string()
+}
+
 /// Keeps the last `MAX` bytes' worth of lines of a child's stderr.
 pub fn tail(text: &str) -> String {
     const MAX: usize = 4000;
@@ -405,7 +422,7 @@ impl Controller {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        status.repo = settings.repo.clone();
+        status.repo = redact(&settings.repo);
         status.branch = settings.branch.clone();
         status.path = settings.path.clone();
         Controller {
@@ -445,7 +462,12 @@ impl Controller {
     async fn fetch(&self) -> Result<(String, String), FetchState> {
         let dir = self.checkout();
         let git = self.git.as_ref();
-        let err = |message: String| FetchState::Error { message };
+        let shown = redact(&self.settings.repo);
+        // git may echo the address it was given; never let a credential reach the status.
+        let clean = |m: String| m.replace(&self.settings.repo, &shown);
+        let err = |message: String| FetchState::Error {
+            message: clean(message),
+        };
         if !dir.join(".git").exists() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
@@ -474,13 +496,12 @@ impl Controller {
                 {
                     Ok(heads) if heads.trim().is_empty() => FetchState::BranchMissing {
                         message: format!(
-                            "branch `{branch}` does not exist on {}; following nothing until it is back",
-                            self.settings.repo
+                            "branch `{branch}` does not exist on {shown}; following nothing until it is back"
                         ),
                     },
-                    Ok(_) => FetchState::Error { message },
+                    Ok(_) => err(message),
                     Err(_) => FetchState::Unreachable {
-                        message: format!("cannot fetch {}: {message}", self.settings.repo),
+                        message: format!("cannot fetch {shown}: {}", clean(message)),
                     },
                 },
             );
@@ -912,6 +933,23 @@ mod tests {
         assert_eq!(Outcome::from_exit(Some(1), true), Outcome::Failed);
         assert_eq!(Outcome::from_exit(Some(1), false), Outcome::Invalid);
         assert_eq!(Outcome::from_exit(None, false), Outcome::Failed);
+    }
+
+    #[test]
+    fn credentials_in_a_repository_url_are_never_shown() {
+        assert_eq!(
+            redact("https://bot:s3cr3t@git.example/acme/infra.git"),
+            "https://***@git.example/acme/infra.git"
+        );
+        assert_eq!(
+            redact("https://git.example/acme/infra@v2.git"),
+            "https://git.example/acme/infra@v2.git"
+        );
+        assert_eq!(
+            redact("git@git.example:acme/infra.git"),
+            "git@git.example:acme/infra.git"
+        );
+        assert_eq!(redact("/srv/git/infra.git"), "/srv/git/infra.git");
     }
 
     #[test]
