@@ -56,7 +56,12 @@ impl Project {
         if !dir.is_dir() {
             return Err(ProjectError::NoDir(dir.to_path_buf()));
         }
-        let path = dir.join("rollout.yaml");
+        // `ROLLOUT_SETTINGS` names another settings file: the GitOps controller runs promotions
+        // in its checkout of a client's repository with the daemon project's settings.
+        let path = match std::env::var_os("ROLLOUT_SETTINGS") {
+            Some(file) if !file.is_empty() => PathBuf::from(file),
+            _ => dir.join("rollout.yaml"),
+        };
         let config = if path.exists() {
             let src = Source::read(&path)?;
             let raw: RawConfig =

@@ -89,6 +89,7 @@ fn settings(repo: &str, state: &Path) -> Settings {
             "ROLLOUT_STATIC_BINARY".into(),
             static_binary().display().to_string(),
         )],
+        settings_file: None,
         notify: Vec::new(),
     }
 }
@@ -169,6 +170,16 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
         webhook: hook,
         on: vec![rollout::notify::Event::Drifted],
     }];
+    // The daemon project's settings (not the repository's) apply to the promotions it runs.
+    let (promoted_hook, promoted_hits) = webhook_receiver();
+    let daemon_project = tempfile::tempdir().expect("project");
+    let settings_file = daemon_project.path().join("rollout.yaml");
+    std::fs::write(
+        &settings_file,
+        format!("notify:\n  - {{ webhook: \"{promoted_hook}\", on: [promoted] }}\n"),
+    )
+    .expect("write");
+    s.settings_file = Some(settings_file);
     let mut controller = Controller::new(s);
     let rt = runtime();
 
@@ -312,6 +323,14 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
             .as_str()
             .is_some_and(|s| s.contains("putting it back")),
         "{hits:?}"
+    );
+
+    let promoted = promoted_hits.lock().expect("hits").clone();
+    assert!(
+        promoted
+            .iter()
+            .any(|h| h["event"] == "promoted" && h["run"] == run.as_str()),
+        "the 2.5.0 promotion was not notified through the daemon's settings: {promoted:?}"
     );
 
     // The state survives a restart: a new controller promotes nothing again.

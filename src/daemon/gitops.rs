@@ -40,6 +40,8 @@ use crate::manifest::source::Source;
 
 /// The variable that points a child `rollout` at the daemon's state directory.
 pub const STATE_ENV: &str = "ROLLOUT_STATE";
+/// The variable that points a child `rollout` at the daemon project's settings file.
+pub const SETTINGS_ENV: &str = "ROLLOUT_SETTINGS";
 
 // ---------------------------------------------------------------- git seam
 
@@ -350,6 +352,9 @@ pub struct Settings {
     pub rollout_bin: PathBuf,
     /// Extra environment variables for the children.
     pub child_env: Vec<(String, String)>,
+    /// The daemon project's rollout.yaml, used by the children instead of one in the
+    /// repository (`ROLLOUT_SETTINGS`): backend, engine, proxy and webhooks are the provider's.
+    pub settings_file: Option<PathBuf>,
     /// The daemon project's webhooks: told `drifted` when an environment starts to drift (the
     /// promotions the controller runs notify through their own project's `notify:`).
     pub notify: Vec<crate::manifest::config::Notify>,
@@ -377,6 +382,7 @@ impl Settings {
             state_dir: project.state_dir(),
             rollout_bin: std::env::current_exe()?,
             child_env: Vec::new(),
+            settings_file: settings_file(project),
             notify: project.config.notify.clone(),
         })
     }
@@ -597,6 +603,9 @@ impl Controller {
             STATE_ENV.to_string(),
             self.settings.state_dir.display().to_string(),
         ));
+        if let Some(f) = &self.settings.settings_file {
+            env.push((SETTINGS_ENV.to_string(), f.display().to_string()));
+        }
         env
     }
 
@@ -863,6 +872,12 @@ struct ManifestFile {
     /// The environment it declares (or, when it does not parse, the name it had).
     name: String,
     self_heal: bool,
+}
+
+/// The project's rollout.yaml, if it has one (as an absolute path when the project's is).
+pub fn settings_file(project: &crate::project::Project) -> Option<PathBuf> {
+    let f = project.dir.join("rollout.yaml");
+    f.is_file().then_some(f)
 }
 
 /// Where the controller keeps its checkout of the repository.

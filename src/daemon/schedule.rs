@@ -184,13 +184,19 @@ impl Settings {
             .as_ref()
             .and_then(|d| d.gitops.as_ref());
         let (project_dir, child_env) = match gitops {
-            Some(g) => (
-                super::gitops::checkout_dir(&state_dir).join(&g.path),
-                vec![(
+            Some(g) => {
+                let mut env = vec![(
                     super::gitops::STATE_ENV.to_string(),
                     state_dir.display().to_string(),
-                )],
-            ),
+                )];
+                if let Some(f) = super::gitops::settings_file(project) {
+                    env.push((
+                        super::gitops::SETTINGS_ENV.to_string(),
+                        f.display().to_string(),
+                    ));
+                }
+                (super::gitops::checkout_dir(&state_dir).join(&g.path), env)
+            }
             None => (project.dir.clone(), Vec::new()),
         };
         Ok(Settings {
@@ -621,7 +627,13 @@ mod tests {
         assert_eq!(s.project_dir, state.join("gitops/checkout/envs/prod"));
         assert_eq!(
             s.child_env,
-            [("ROLLOUT_STATE".to_string(), state.display().to_string())]
+            [
+                ("ROLLOUT_STATE".to_string(), state.display().to_string()),
+                (
+                    "ROLLOUT_SETTINGS".to_string(),
+                    dir.path().join("rollout.yaml").display().to_string()
+                )
+            ]
         );
     }
 
