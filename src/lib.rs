@@ -17,6 +17,7 @@
 //! - [`report`]: change documents of runs (Markdown, self-contained HTML, JSON), found by run id.
 //! - [`proxy`]: the edge proxy: weighted routing, draining, stats, admin API.
 //! - [`edge`]: the proxy of an environment as a container, and its admin client.
+//! - [`daemon`]: the daemon's background loops: the GitOps controller and scheduled rehearsals.
 //! - [`store`]: the embedded store (SQLite, WAL): revisions and runs.
 //! - [`audit`]: the tamper-evident audit trail (`<state>/audit.log`, a hash chain anchored in the store).
 //! - [`notify`]: webhook notifications, delivered in the background with retries.
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod cmd;
+pub mod daemon;
 pub mod demo;
 pub mod edge;
 pub mod engine;

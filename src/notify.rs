@@ -1,5 +1,6 @@
 //! Webhook notifications (`notify:` in rollout.yaml): a JSON POST per subscribed webhook when a
-//! run fails, is promoted, is rolled back, awaits an approval, or a rehearsal fails.
+//! run fails, is promoted, is rolled back, awaits an approval, a rehearsal fails, or the GitOps
+//! controller finds an environment drifted from its manifest (`drifted`; its `run` is the commit).
 //!
 //! # Never blocking a run
 //! [`Notifier::send`] returns at once: each delivery is a task on the runtime that retries with
@@ -75,6 +76,7 @@ impl Notification {
             Event::RolledBack => "was rolled back",
             Event::AwaitingApproval => "is awaiting approval",
             Event::RehearsalFailed => "(rehearsal) failed",
+            Event::Drifted => "found drift",
         };
         let summary = match reason {
             Some(r) => format!("{environment}: run {run} {what}: {r}"),
@@ -171,6 +173,7 @@ impl std::fmt::Display for Undelivered {
                 Event::RolledBack => "was rolled back",
                 Event::AwaitingApproval => "awaits approval",
                 Event::RehearsalFailed => "failed its rehearsal",
+                Event::Drifted => "found drift",
             },
             self.why
         )

@@ -56,7 +56,12 @@ impl Project {
         if !dir.is_dir() {
             return Err(ProjectError::NoDir(dir.to_path_buf()));
         }
-        let path = dir.join("rollout.yaml");
+        // `ROLLOUT_SETTINGS` names another settings file: the GitOps controller runs promotions
+        // in its checkout of a client's repository with the daemon project's settings.
+        let path = match std::env::var_os("ROLLOUT_SETTINGS") {
+            Some(file) if !file.is_empty() => PathBuf::from(file),
+            _ => dir.join("rollout.yaml"),
+        };
         let config = if path.exists() {
             let src = Source::read(&path)?;
             let raw: RawConfig =
@@ -71,9 +76,14 @@ impl Project {
         })
     }
 
-    /// The state directory, resolved against the project folder.
+    /// The state directory, resolved against the project folder. `ROLLOUT_STATE` overrides
+    /// it: the GitOps controller runs promotions in its checkout of the repository with the
+    /// daemon project's state, so history, locks and reports stay the project's.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(&self.config.state)
+        match std::env::var_os("ROLLOUT_STATE") {
+            Some(dir) if !dir.is_empty() => self.dir.join(dir),
+            _ => self.dir.join(&self.config.state),
+        }
     }
 
     fn yaml_files(&self, sub: &str) -> Vec<PathBuf> {

@@ -243,3 +243,9 @@ fn invalid_json_path_is_located() {
     );
     project.run(&["plan"]).code(1).stderr_has("standard.yaml:6:78: invalid JSON path: JSON path `$.a[`: expected an index or a quoted key after `[`");
 }
+
+#[test]
+fn self_heal_must_be_a_boolean() {
+    let yaml = format!("{HEAD}selfHeal: sometimes\nservices:\n  web:\n    image: x:1\n");
+    plan_fails(yaml.as_bytes(), "5:11", "expected true or false here");
+}

@@ -91,15 +91,18 @@ pub enum Event {
     RolledBack,
     AwaitingApproval,
     RehearsalFailed,
+    /// The GitOps controller found an environment drifted from its manifest.
+    Drifted,
 }
 
 impl Event {
-    pub const ALL: [Event; 5] = [
+    pub const ALL: [Event; 6] = [
         Event::Failed,
         Event::Promoted,
         Event::RolledBack,
         Event::AwaitingApproval,
         Event::RehearsalFailed,
+        Event::Drifted,
     ];
 
     /// The name written in rollout.yaml and in webhook bodies.
@@ -110,6 +113,7 @@ impl Event {
             Event::RolledBack => "rolledBack",
             Event::AwaitingApproval => "awaitingApproval",
             Event::RehearsalFailed => "rehearsalFailed",
+            Event::Drifted => "drifted",
         }
     }
 }
@@ -186,7 +190,7 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
             match Event::ALL.into_iter().find(|k| k.name() == e.value) {
                 Some(k) if on.contains(&k) => {}
                 Some(k) => on.push(k),
-                None => c.error(pos(e), format!("unknown event `{}`; expected failed, promoted, rolledBack, awaitingApproval or rehearsalFailed", e.value)),
+                None => c.error(pos(e), format!("unknown event `{}`; expected failed, promoted, rolledBack, awaitingApproval, rehearsalFailed or drifted", e.value)),
             }
         }
         if n.value.on.is_none() {

@@ -232,3 +232,40 @@ pub fn static_binary() -> std::path::PathBuf {
     );
     root.join(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// Counts the POSTs a webhook receiver on 127.0.0.1 gets, answering each with 200.
+pub fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            recorded
+                .lock()
+                .expect("hits")
+                .push(serde_json::from_slice(&body).unwrap_or_default());
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, hits)
+}

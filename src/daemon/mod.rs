@@ -1,0 +1,2 @@
+pub mod gitops;
+pub mod schedule;
