@@ -711,7 +711,7 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
             "rollout_runs_total",
             &[
                 ("environment", &acme),
-                ("kind", "promote"),
+                ("kind", "promotion"),
                 ("outcome", "promoted")
             ]
         ),

@@ -72,7 +72,8 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Request {
-    /// A run id or `latest`.
+    /// A run id or `latest` (the API's default).
+    #[serde(default)]
     pub run: String,
     /// The role, or the third party.
     pub by: String,

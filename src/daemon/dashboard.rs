@@ -443,7 +443,7 @@ async fn environment_page(
         )
     };
     let head = "<table><tr><th>Run</th><th>Kind</th><th>Started</th><th>By</th><th>Outcome</th><th>Reason</th><th></th></tr>";
-    let rehearsals: Vec<&Value> = runs.iter().filter(|r| r["kind"] == "rehearse").collect();
+    let rehearsals: Vec<&Value> = runs.iter().filter(|r| r["kind"] == "rehearsal").collect();
     body.push_str("<h2>Rehearsals</h2><section>");
     if rehearsals.is_empty() {
         body.push_str("<p class=\"muted\">No rehearsal yet.</p>");

@@ -265,7 +265,7 @@ async fn runs_part(daemon: &Daemon, x: &mut Exposition, env: &str) {
     }
     if let Some(r) = runs
         .iter()
-        .find(|r| r.kind == "rehearse" && r.finished.is_some())
+        .find(|r| r.kind == "rehearsal" && r.finished.is_some())
     {
         let labels = vec![("environment", env.to_string())];
         x.sample(
