@@ -869,3 +869,112 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
         "still listening"
     );
 }
+
+/// SIGTERM while a run triggered through the API is in flight: the daemon forwards the signal,
+/// the run stops at its safe point (its test version removed, production untouched, recorded as
+/// ended), and only then does the daemon exit 0.
+#[test]
+fn sigterm_waits_for_the_run_in_flight_to_reach_its_end() {
+    let (acme, globex) = (unique("apis"), unique("apit"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "slow",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"6\"], timeout: 30s }\n  - promote: { drain: 1s }\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = p
+        .command(&["-v", "daemon", "--listen", &addr])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let auth = bearer(OPS);
+    let h = [("Authorization", auth.as_str())];
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = format!("/api/v1/environments/{acme}");
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"slow"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run").to_string();
+    // Let it reach its smoke check in the test version.
+    let started = Instant::now();
+    loop {
+        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        if json(&body)["output"]
+            .as_str()
+            .is_some_and(|o| o.to_lowercase().contains("smoke"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no smoke step: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = daemon.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = daemon.0.stderr.take() {
+        e.read_to_string(&mut err).ok();
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("forwarding SIGTERM to the run"), "{err}");
+    // The run had ended when the daemon exited: its record is final and its output kept.
+    let report = p.run(&["report", &run, "-o", "json"]).code(0).json();
+    let outcome = report["outcome"]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ["cancelled", "failed"].contains(&outcome.as_str()),
+        "the run was not stopped: {report:#}"
+    );
+    let log = std::fs::read_to_string(p.path().join(format!(".rollout/daemon/runs/{run}.log")))
+        .expect("the run's output is kept");
+    assert!(log.contains(&format!("run {run}")), "{log}");
+    let leftovers = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=rollout.environment={acme}"),
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(
+        leftovers.stdout.is_empty(),
+        "the stopped run left containers behind"
+    );
+}

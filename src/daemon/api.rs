@@ -342,7 +342,8 @@ pub async fn run_list(daemon: &Daemon, env: &str, limit: usize) -> ApiResult<Vec
             json!({
                 "run": r.run, "kind": r.kind, "started": r.started, "finished": r.finished,
                 "user": r.user, "outcome": r.outcome,
-                "reason": r.report["outcome"]["reason"],
+                // Why it ran (`--reason`), else why it ended as it did.
+                "reason": if r.report["reason"].is_string() { r.report["reason"].clone() } else { r.report["outcome"]["reason"].clone() },
                 "startedByDaemon": daemon.runs.get(&r.run).is_some(),
             })
         })

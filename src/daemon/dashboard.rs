@@ -404,10 +404,15 @@ async fn environment_page(
     } else {
         body.push_str("<table><tr><th>Revision</th><th>Run</th><th>Started</th><th>By</th><th>Outcome</th><th>Reason</th></tr>");
         for r in &history {
-            let outcome = serde_json::to_value(&r.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let outcome = serde_json::to_value(&r.outcome).unwrap_or_default();
+            let why = outcome["reason"].as_str().map(String::from);
+            let outcome = outcome["status"].as_str().unwrap_or_default().to_string();
+            let reason = match (r.reason.as_deref(), why) {
+                (Some(a), Some(b)) => format!("{a} ({b})"),
+                (Some(a), None) => a.to_string(),
+                (None, Some(b)) => b,
+                (None, None) => String::new(),
+            };
             body.push_str(&format!(
                 "<tr><td>{}</td><td><a href=\"/env/{}/runs/{}/report\"><code>{}</code></a></td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
                 r.number,
@@ -418,7 +423,7 @@ async fn environment_page(
                 esc(&r.user),
                 outcome_class(&outcome),
                 esc(&outcome),
-                esc(r.reason.as_deref().unwrap_or(""))
+                esc(&reason)
             ));
         }
         body.push_str("</table>");
