@@ -978,3 +978,80 @@ fn sigterm_waits_for_the_run_in_flight_to_reach_its_end() {
         "the stopped run left containers behind"
     );
 }
+
+/// An approval through the API is the same record as `rollout approve`'s: it names the token,
+/// the next promote resumes the run; a token that started the run cannot approve it.
+#[test]
+fn an_approval_through_the_api_is_recorded_like_rollout_approve() {
+    let (acme, globex) = (unique("apiv"), unique("apiw"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "gated",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: gated\nsteps:\n  - approve: { by: client }\n  - promote: { drain: 1s }\n",
+    );
+    let parked = p
+        .run_with(
+            &["promote", "-e", &acme, "-p", "gated", "--yes"],
+            &[("USER", "api:acme-approver")],
+        )
+        .code(3);
+    let run = parked.run_id();
+    runtime().block_on(async {
+        let d = open(&p).await;
+        let base = format!("/api/v1/environments/{acme}");
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/approvals"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["waiting"]["run"], run.as_str(), "{body}");
+        assert_eq!(v["waiting"]["awaiting"][0]["gate"], "client");
+        // The two-person rule: the token whose name started the run is refused.
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/approvals"),
+            Some(&bearer(APPROVER)),
+            r#"{"by":"client"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("two-person rule"), "{body}");
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/approvals"),
+            Some(&bearer(OPS)),
+            &format!(r#"{{"run":"{run}","by":"client","note":"ok <b>go</b>"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/approvals"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["grants"][0]["who"], "api:acme-ops", "{body}");
+        assert_eq!(v["grants"][0]["note"], "ok <b>go</b>");
+    });
+    let audit = std::fs::read_to_string(p.path().join(".rollout/audit.log")).expect("audit log");
+    assert!(
+        audit.contains("approvalRecorded") && audit.contains("api:acme-ops"),
+        "{audit}"
+    );
+    p.run(&["promote", "-e", &acme, "-p", "gated", "--yes"])
+        .code(0)
+        .stdout_has(&format!("resuming run {run}"));
+}
