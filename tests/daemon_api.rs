@@ -813,6 +813,13 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
         "{dom}"
     );
     assert!(!dom.contains(OPS), "the token is in the page");
+    // The cookie stays in the browser: the page itself, loaded directly, then its screenshot.
+    let direct = format!("http://{addr}{page}");
+    let again = chromium(profile.path(), &["--dump-dom"], &direct);
+    assert!(
+        again.contains(&format!("<h1>{acme} ")),
+        "the cookie did not stay:\n{again}"
+    );
     let png = artifacts.join("environment.png");
     chromium(
         profile.path(),
@@ -820,7 +827,7 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
             "--window-size=1200,1400",
             &format!("--screenshot={}", png.display()),
         ],
-        &url,
+        &direct,
     );
     let bytes = std::fs::read(&png).expect("screenshot");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
@@ -1054,4 +1061,59 @@ fn an_approval_through_the_api_is_recorded_like_rollout_approve() {
     p.run(&["promote", "-e", &acme, "-p", "gated", "--yes"])
         .code(0)
         .stdout_has(&format!("resuming run {run}"));
+}
+
+/// The edge proxy's per-backend counters reach `/metrics`: requests sent through an
+/// environment's public port show as requests and 2xx responses of its backend.
+#[test]
+fn metrics_carry_the_edge_proxys_per_backend_counters() {
+    let (acme, globex) = (unique("apix"), unique("apiy"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let port = free_port();
+    let p = project(&acme, &globex).manifest(
+        &acme,
+        &format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {acme}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n"
+        ),
+    );
+    p.run(&["promote", "-e", &acme, "-p", "quick", "--yes"])
+        .code(0);
+    let public = format!("127.0.0.1:{port}");
+    for _ in 0..5 {
+        let (status, _, _) = http(&public, "GET", "/", &[], "");
+        assert_eq!(status, 200);
+    }
+    runtime().block_on(async {
+        let d = open(&p).await;
+        let (status, text) = call(&d, "GET", "/metrics", Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        let samples = parse_prometheus(&text);
+        let requests: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| {
+                s.name == "rollout_proxy_backend_requests_total" && s.labels["environment"] == acme
+            })
+            .collect();
+        assert!(
+            requests.iter().map(|s| s.value).sum::<f64>() >= 5.0,
+            "the proxy's requests are not in the metrics:\n{text}"
+        );
+        let ok: f64 = samples
+            .iter()
+            .filter(|s| {
+                s.name == "rollout_proxy_backend_responses_total"
+                    && s.labels["environment"] == acme
+                    && s.labels["class"] == "2xx"
+            })
+            .map(|s| s.value)
+            .sum();
+        assert!(ok >= 5.0, "{text}");
+        assert!(
+            value(&samples, "rollout_scrape_error", &[("environment", &acme)]).is_none(),
+            "{text}"
+        );
+    });
 }
