@@ -24,7 +24,21 @@ pub async fn run(dir: &Path, args: DaemonArgs, printer: Printer) -> anyhow::Resu
     printer.out(&format!(
         "rollout daemon on http://{local}/ (API /api/v1, metrics /metrics); SIGTERM or Ctrl-C stops it"
     ));
-    daemon::serve(Arc::new(d), listener, daemon::signal()).await?;
+    let d = Arc::new(d);
+    let watched = d.clone();
+    // The first signal drains (see `daemon::serve`); a second one is passed on to the runs,
+    // which then exit at once as by hand (the journal leaves them to the next command), and the
+    // daemon exits 130 without waiting.
+    let stop = async move {
+        daemon::signal().await;
+        tokio::spawn(async move {
+            daemon::signal().await;
+            tracing::warn!("second signal: passing it on to the runs and exiting at once");
+            watched.runs.signal_all().await;
+            std::process::exit(130);
+        });
+    };
+    daemon::serve(d, listener, stop).await?;
     printer.out("rollout daemon stopped");
     Ok(ExitStatus::Success)
 }

@@ -189,6 +189,13 @@ impl Runs {
     /// Forwards SIGTERM to every child still running (each stops at its next safe point and
     /// puts production in order), then waits for them all.
     pub async fn stop_all(&self) {
+        self.signal_all().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Sends SIGTERM to every child still running.
+    pub async fn signal_all(&self) {
         for run in self.running() {
             if let Some(pid) = run.pid {
                 tracing::info!(run = %run.run, pid, "forwarding SIGTERM to the run");
@@ -199,8 +206,6 @@ impl Runs {
                     .await;
             }
         }
-        self.tracker.close();
-        self.tracker.wait().await;
     }
 }
 
