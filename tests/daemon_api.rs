@@ -1117,3 +1117,92 @@ fn metrics_carry_the_edge_proxys_per_backend_counters() {
         );
     });
 }
+
+/// A second SIGTERM does not wait: it is passed on to the run (which exits at once, leaving its
+/// journal), the daemon exits 130, and the next command cleans up after the run.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let (acme, globex) = (unique("apiz"), unique("apiu"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "slow",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"20\"], timeout: 60s }\n  - promote: { drain: 1s }\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = p
+        .command(&["daemon", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let auth = bearer(OPS);
+    let h = [("Authorization", auth.as_str())];
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = format!("/api/v1/environments/{acme}");
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"slow"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run").to_string();
+    let started = Instant::now();
+    loop {
+        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        if json(&body)["output"]
+            .as_str()
+            .is_some_and(|o| o.to_lowercase().contains("smoke"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no smoke step: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = daemon.0.id().to_string();
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the daemon waited after a second signal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    // The run was ended too: its lock has no live holder left (the next promote or rollback
+    // takes it over and settles what the journal holds).
+    let started = Instant::now();
+    loop {
+        let status = p.run(&["status", "-e", &acme, "-o", "json"]).code(0).json();
+        if status["lock"].is_null() || status["lock"]["alive"] == false {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run still holds its lock: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
