@@ -22,6 +22,7 @@
 //! - [`audit`]: the tamper-evident audit trail (`<state>/audit.log`, a hash chain anchored in the store).
 //! - [`notify`]: webhook notifications, delivered in the background with retries.
 //! - [`progress`]: live progress for people; [`run_id`]: run ids.
+//! - [`daemon`]: `rollout daemon`: the HTTP API with tenants, metrics, the dashboard, child runs.
 //! - [`demo`]: the demo client's images, built locally from busybox.
 
 pub mod audit;

@@ -115,6 +115,21 @@ impl Project {
         Ok(out)
     }
 
+    /// Every environment of the project with its client, read from the manifests' names alone
+    /// (no secret is needed): what the daemon's tenants are checked against.
+    pub fn catalog(&self) -> Result<Vec<(String, String)>, ProjectError> {
+        let mut out = Vec::new();
+        for path in self.yaml_files("manifests") {
+            let src = Source::read(&path)?;
+            let raw: RawEnvironment = yaml::parse(
+                &src,
+                "an Environment manifest (apiVersion: rollout/v1, kind: Environment)",
+            )?;
+            out.push((raw.name.value.clone(), raw.client.value.clone()));
+        }
+        Ok(out)
+    }
+
     /// The environment `-e` names, or the project's only one, by name alone: for commands that
     /// read what was recorded (reports) and so must not need the manifest's secrets.
     pub fn environment_name(&self, name: Option<&str>) -> Result<String, ProjectError> {

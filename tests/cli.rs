@@ -49,12 +49,18 @@ fn command_flags_match_the_spec() {
 }
 
 #[test]
-fn unbuilt_commands_fail_in_one_clear_line() {
+fn daemon_without_settings_or_tokens_fails_in_one_clear_line() {
     let p = Project::new();
     let out = p.run(&["daemon"]).code(1);
     assert!(out.stdout.is_empty(), "no fake output on stdout\n{out}");
     assert_eq!(out.stderr.lines().count(), 1, "one line\n{out}");
-    assert!(out.stderr.contains("is not built yet"), "{out}");
+    assert!(out.stderr.contains("needs a `daemon:` section"), "{out}");
+    let p = p.file(
+        "rollout.yaml",
+        "daemon:\n  tokens:\n    - { name: ops, fromEnv: ROLLOUT_TEST_UNSET_TOKEN, clients: [acme], may: [read] }\n",
+    );
+    let out = p.run(&["daemon"]).code(1);
+    assert!(out.stderr.contains("no daemon token is usable"), "{out}");
 }
 
 #[test]

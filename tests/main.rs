@@ -9,6 +9,7 @@ mod bad_input;
 mod checks;
 mod cli;
 mod crash;
+mod daemon_api;
 mod engine_docker;
 mod gates;
 mod gitops;

@@ -27,28 +27,134 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
     } = args;
     let project = Project::open(dir)?;
     let store = Arc::new(Store::open(&project.state_dir())?);
-    let now = jiff::Timestamp::now();
+    let request = Request {
+        run,
+        by,
+        note,
+        reference,
+        expires,
+        env: env.env,
+    };
+    let recorded = record(
+        &project,
+        &store,
+        &request,
+        &current_user(),
+        jiff::Timestamp::now(),
+    )?;
+    for w in &recorded.warnings {
+        printer.warn(w);
+    }
+    match recorded.outcome {
+        Outcome::Refused { run, reason } => {
+            if output == Format::Json {
+                printer.json(&serde_json::json!({ "run": run, "outcome": { "outcome": "refused", "reason": reason } }))?;
+            } else {
+                printer.warn(&reason);
+            }
+            Ok(ExitStatus::Refused)
+        }
+        Outcome::Recorded { grant, what } => {
+            if output == Format::Json {
+                printer.json(&serde_json::json!({ "run": grant.run, "environment": grant.environment, "recorded": grant }))?;
+            } else {
+                printer.out(&format!(
+                    "Recorded the {what} for run {} of {}. `rollout promote -e {}` resumes it.",
+                    grant.run, grant.environment, grant.environment
+                ));
+            }
+            Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// What is to be approved: `rollout approve`'s arguments, or the daemon's API request.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Request {
+    /// A run id or `latest` (the API's default).
+    #[serde(default)]
+    pub run: String,
+    /// The role, or the third party.
+    pub by: String,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// The environment, for `latest` (and checked against the run's otherwise).
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// What [`record`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    Recorded {
+        grant: Grant,
+        what: String,
+    },
+    /// The two-person rule: `who` started the run.
+    Refused {
+        run: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    /// What the caller should show: the audit trail could not record it, ...
+    pub warnings: Vec<String>,
+}
+
+/// Records `who`'s approval or authorization of a parked run, shared by `rollout approve` and the
+/// daemon's API. An error is bad input (no such parked run, nothing awaited from that role).
+pub fn record(
+    project: &Project,
+    store: &Store,
+    request: &Request,
+    who: &str,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Recorded> {
+    let Request {
+        run,
+        by,
+        note,
+        reference,
+        expires,
+        env,
+    } = request;
     let parked = if run == "latest" {
-        let name = project.environment_name(env.env.as_deref())?;
+        let name = project.environment_name(env.as_deref())?;
         store.parked(&name)?.with_context(|| {
             format!("no run of {name} is waiting for an approval (see `rollout status`)")
         })?
     } else {
-        store.parked_run(&run)?.with_context(|| {
+        store.parked_run(run)?.with_context(|| {
             format!(
                 "run {run} is not waiting for an approval: only a run parked at a gate by `rollout promote` can be approved (see `rollout status`)"
             )
         })?
     };
-    let Some(awaited) = parked.awaiting.iter().find(|a| a.gate == by) else {
+    if let Some(env) = env
+        && *env != parked.environment
+    {
+        anyhow::bail!(
+            "run {} is a run of {}, not of {env}",
+            parked.run,
+            parked.environment
+        );
+    }
+    let Some(awaited) = parked.awaiting.iter().find(|a| a.gate == *by) else {
         anyhow::bail!(
             "run {} does not wait for `{by}`; it waits for {}",
             parked.run,
             super::promote::awaited_text(&parked.awaiting)
         );
     };
-    let who = current_user();
-    let expires = match (&expires, awaited.kind) {
+    let expires = match (expires, awaited.kind) {
         (Some(text), GrantKind::Authorization) => Some(parse_when(text, now)?),
         (Some(_), GrantKind::Approval) => {
             anyhow::bail!(
@@ -67,19 +173,20 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
             "two-person rule: {who} started run {} and cannot also approve it; another person must run `rollout approve {} --by {by}`",
             parked.run, parked.run
         );
-        if output == Format::Json {
-            printer.json(&serde_json::json!({ "run": parked.run, "outcome": { "outcome": "refused", "reason": reason } }))?;
-        } else {
-            printer.warn(&reason);
-        }
-        return Ok(ExitStatus::Refused);
+        return Ok(Recorded {
+            outcome: Outcome::Refused {
+                run: parked.run.clone(),
+                reason,
+            },
+            warnings: Vec::new(),
+        });
     }
     let grant = Grant {
         run: parked.run.clone(),
         environment: parked.environment.clone(),
         kind: awaited.kind,
         gate: by.clone(),
-        who: who.clone(),
+        who: who.to_string(),
         reference: reference.clone(),
         note: note.clone(),
         expires,
@@ -91,21 +198,22 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
             run: parked.run.clone(),
             environment: parked.environment.clone(),
             role: by.clone(),
-            by: who.clone(),
+            by: who.to_string(),
             note: note.clone(),
         },
         GrantKind::Authorization => audit::Event::AuthorizationRecorded {
             run: parked.run.clone(),
             environment: parked.environment.clone(),
             third_party: by.clone(),
-            by: who.clone(),
+            by: who.to_string(),
             reference: reference.clone(),
             note: note.clone(),
             expires,
         },
     };
+    let mut warnings = Vec::new();
     if let Err(e) = audit::append(&project.state_dir(), event) {
-        printer.warn(&format!(
+        warnings.push(format!(
             "the audit trail could not record the approval: {e}"
         ));
     }
@@ -119,15 +227,10 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
                 .unwrap_or_default()
         ),
     };
-    if output == Format::Json {
-        printer.json(&serde_json::json!({ "run": parked.run, "environment": parked.environment, "recorded": grant }))?;
-    } else {
-        printer.out(&format!(
-            "Recorded the {what} for run {} of {}. `rollout promote -e {}` resumes it.",
-            parked.run, parked.environment, parked.environment
-        ));
-    }
-    Ok(ExitStatus::Success)
+    Ok(Recorded {
+        outcome: Outcome::Recorded { grant, what },
+        warnings,
+    })
 }
 
 /// A duration from `now` (`24h`) or a point in time (RFC 3339, or with a time zone).

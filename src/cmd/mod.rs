@@ -3,6 +3,7 @@
 
 pub mod approve;
 pub mod audit;
+pub mod daemon;
 pub mod demo;
 pub mod history;
 pub mod plan;
@@ -41,14 +42,9 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::Approve(args) => approve::run(&dir, args, printer).await,
         Command::Report(args) => report::run(&dir, args, printer).await,
         Command::Proxy(args) => proxy::run(args, printer).await,
-        Command::Daemon(_) => not_built("daemon", "the daemon (issue #7)"),
+        Command::Daemon(args) => daemon::run(&dir, args, printer).await,
         Command::Audit(args) => audit::run(&dir, args, printer),
     }
-}
-
-/// A command that exists in the interface but is not built yet: say so, and fail.
-fn not_built(name: &str, planned: &str) -> anyhow::Result<ExitStatus> {
-    anyhow::bail!("`rollout {name}` is not built yet (planned with {planned}); nothing was done")
 }
 
 /// Loads the environment a command is about, printing what loading warned about.

@@ -11,66 +11,23 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     let project = Project::open(dir)?;
     let env = super::load_environment(&project, &args.env, printer)?.environment;
     let store = Store::open(&project.state_dir())?;
-    let history = store.history(&env.name)?;
-    let current = history
-        .iter()
-        .find(|r| r.outcome == RevisionOutcome::Promoted)
-        .cloned();
-    // A run that began and never ended is in flight while its process holds the lock, and
-    // interrupted otherwise (the next promote or rollback settles it).
-    let lock = store.lock_holder(&env.name)?;
-    let parked = store.parked(&env.name)?;
-    let lock_alive = lock.as_ref().is_some_and(|h| {
-        h.expires >= jiff::Timestamp::now()
-            && crate::testenv::owner::liveness(&h.owner) != crate::testenv::owner::Liveness::Dead
-    });
-    let mut in_flight = Vec::new();
-    let mut interrupted = Vec::new();
-    for begin in store.unfinished_runs(&env.name)? {
-        let running = lock_alive && lock.as_ref().is_some_and(|h| h.run == begin.run);
-        let journal = store.journal(&begin.run)?;
-        let entry = serde_json::json!({
-            "run": begin.run,
-            "revision": begin.data["revision"],
-            "kind": begin.data["kind"],
-            "started": begin.at,
-            "leftBy": crate::exec::recover::left_by(&begin),
-            "lastStep": journal.last().map(|e| e.label()),
-        });
-        if running {
-            in_flight.push(entry);
-        } else {
-            interrupted.push(entry);
-        }
-    }
     let engine = super::connect(&project).await?;
-    let observed = engine.observe(&env.name).await?;
-    let tests = crate::testenv::list(engine.as_ref(), Some(&env.name)).await?;
-    let services: Vec<serde_json::Value> = env
-        .services
-        .iter()
-        .map(|s| {
-            let running = observed.services.get(&s.name);
-            let containers: Vec<serde_json::Value> = running
-                .map(|o| {
-                    o.containers
-                        .iter()
-                        .map(|c| serde_json::json!({ "name": c.name, "image": c.image, "state": c.state.to_string(), "health": c.health }))
-                        .collect()
-                })
-                .unwrap_or_default();
-            serde_json::json!({ "name": s.name, "desiredImage": s.image, "containers": containers })
-        })
-        .collect();
+    let status = gather(&env.name, &env, &store, engine.as_ref()).await?;
     if args.output == Format::Json {
-        printer.json(&serde_json::json!({
-            "environment": env.name, "client": env.client,
-            "revision": current, "inFlight": in_flight, "interrupted": interrupted, "waiting": parked,
-            "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
-            "services": services, "testVersions": tests,
-        }))?;
+        printer.json(&status.to_json(&env.client))?;
         return Ok(ExitStatus::Success);
     }
+    let Status {
+        environment: _,
+        current,
+        in_flight,
+        interrupted,
+        parked,
+        lock,
+        lock_alive,
+        services,
+        tests,
+    } = status;
     let mut out = format!("Environment {} (client {})\n", env.name, env.client);
     match &current {
         Some(r) => out.push_str(&format!(
@@ -155,4 +112,112 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     }
     printer.out(&out);
     Ok(ExitStatus::Success)
+}
+
+/// What `rollout status` shows, read from the store and the engine: shared with the daemon's API
+/// and dashboard.
+#[derive(Debug)]
+pub struct Status {
+    pub environment: String,
+    pub current: Option<crate::store::Revision>,
+    pub in_flight: Vec<serde_json::Value>,
+    pub interrupted: Vec<serde_json::Value>,
+    pub parked: Option<crate::store::Parked>,
+    pub lock: Option<crate::store::LockHolder>,
+    pub lock_alive: bool,
+    pub services: Vec<serde_json::Value>,
+    pub tests: Vec<crate::testenv::Found>,
+}
+
+impl Status {
+    pub fn to_json(&self, client: &str) -> serde_json::Value {
+        let Status {
+            environment,
+            current,
+            in_flight,
+            interrupted,
+            parked,
+            lock,
+            lock_alive,
+            services,
+            tests,
+        } = self;
+        serde_json::json!({
+            "environment": environment,
+            "client": client,
+            "revision": current, "inFlight": in_flight, "interrupted": interrupted, "waiting": parked,
+            "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
+            "services": services, "testVersions": tests,
+        })
+    }
+}
+
+/// Reads the status of `name` (whose manifest is `env`).
+pub async fn gather(
+    name: &str,
+    env: &crate::manifest::env::Environment,
+    store: &Store,
+    engine: &dyn crate::engine::Engine,
+) -> anyhow::Result<Status> {
+    let history = store.history(name)?;
+    let current = history
+        .iter()
+        .find(|r| r.outcome == RevisionOutcome::Promoted)
+        .cloned();
+    // A run that began and never ended is in flight while its process holds the lock, and
+    // interrupted otherwise (the next promote or rollback settles it).
+    let lock = store.lock_holder(name)?;
+    let parked = store.parked(name)?;
+    let lock_alive = lock.as_ref().is_some_and(|h| {
+        h.expires >= jiff::Timestamp::now()
+            && crate::testenv::owner::liveness(&h.owner) != crate::testenv::owner::Liveness::Dead
+    });
+    let mut in_flight = Vec::new();
+    let mut interrupted = Vec::new();
+    for begin in store.unfinished_runs(name)? {
+        let running = lock_alive && lock.as_ref().is_some_and(|h| h.run == begin.run);
+        let journal = store.journal(&begin.run)?;
+        let entry = serde_json::json!({
+            "run": begin.run,
+            "revision": begin.data["revision"],
+            "kind": begin.data["kind"],
+            "started": begin.at,
+            "leftBy": crate::exec::recover::left_by(&begin),
+            "lastStep": journal.last().map(|e| e.label()),
+        });
+        if running {
+            in_flight.push(entry);
+        } else {
+            interrupted.push(entry);
+        }
+    }
+    let observed = engine.observe(name).await?;
+    let tests = crate::testenv::list(engine, Some(name)).await?;
+    let services: Vec<serde_json::Value> = env
+        .services
+        .iter()
+        .map(|s| {
+            let running = observed.services.get(&s.name);
+            let containers: Vec<serde_json::Value> = running
+                .map(|o| {
+                    o.containers
+                        .iter()
+                        .map(|c| serde_json::json!({ "name": c.name, "image": c.image, "state": c.state.to_string(), "health": c.health }))
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({ "name": s.name, "desiredImage": s.image, "containers": containers })
+        })
+        .collect();
+    Ok(Status {
+        environment: name.to_string(),
+        current,
+        in_flight,
+        interrupted,
+        parked,
+        lock,
+        lock_alive,
+        services,
+        tests,
+    })
 }

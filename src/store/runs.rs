@@ -102,6 +102,30 @@ impl Store {
         })
     }
 
+    /// How many runs ended (or are going) per environment, kind and outcome: the daemon's
+    /// `rollout_runs_total`.
+    pub fn run_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT environment, kind, outcome, COUNT(*) FROM runs \
+                     GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, i64>(3)?.max(0) as u64,
+                    ))
+                })
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        })
+    }
+
     /// The run with this id, whatever its environment.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let raw = self.read(|conn| {

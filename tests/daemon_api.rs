@@ -1,0 +1,1208 @@
+//! `rollout daemon`: the API's auth and tenant isolation on every route (data-driven from the
+//! route table, so none is forgotten), `/metrics` parsed as strict Prometheus text, a promotion
+//! triggered through the API against the real Docker engine, the dashboard in headless Chromium,
+//! and a graceful shutdown on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use rollout::daemon::api::ROUTES;
+use rollout::daemon::{Daemon, router};
+
+use crate::support::docker::{Cleanup, demo_images, engine, runtime};
+use crate::support::{Project, free_port, unique};
+
+const OPS: &str = "tok-acme-ops-7c1e9a";
+const APPROVER: &str = "tok-acme-approver-41b2";
+const READER: &str = "tok-acme-reader-93d0";
+const GLOBEX: &str = "tok-globex-ops-0a6f";
+
+fn token_vars() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("T_ACME_OPS", OPS),
+        ("T_ACME_APPROVER", APPROVER),
+        ("T_ACME_READER", READER),
+        ("T_GLOBEX_OPS", GLOBEX),
+    ]
+}
+
+fn environment(name: &str, client: &str) -> String {
+    format!(
+        "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: {client}\nservices:\n  web:\n    image: shop-web:2.4.0\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n    ports: [ {{ container: 8080 }} ]\n"
+    )
+}
+
+/// Two clients, one environment each, four tokens.
+fn project(acme: &str, globex: &str) -> Project {
+    let mut p = Project::new()
+        .file(
+            "rollout.yaml",
+            "daemon:\n  listen: 127.0.0.1:7480\n  tokens:\n\
+             \x20   - { name: acme-ops, fromEnv: T_ACME_OPS, clients: [acme], may: [read, promote, rollback, rehearse, approve] }\n\
+             \x20   - { name: acme-approver, fromEnv: T_ACME_APPROVER, clients: [acme], may: [approve] }\n\
+             \x20   - { name: acme-reader, fromEnv: T_ACME_READER, clients: [acme], may: [read] }\n\
+             \x20   - { name: globex-ops, fromEnv: T_GLOBEX_OPS, clients: [globex], may: [read, promote, rollback, rehearse, approve] }\n",
+        )
+        .manifest(acme, &environment(acme, "acme"))
+        .manifest(globex, &environment(globex, "globex"))
+        .playbook(
+            "quick",
+            "apiVersion: rollout/v1\nkind: Playbook\nname: quick\nsteps:\n  - promote: { drain: 1s }\n",
+        );
+    for (k, v) in token_vars() {
+        p = p.env(k, v);
+    }
+    p
+}
+
+async fn open(project: &Project) -> Arc<Daemon> {
+    let vars: BTreeMap<&str, &str> = token_vars().into_iter().collect();
+    let lookup = move |v: &str| vars.get(v).map(|s| s.to_string());
+    Arc::new(
+        Daemon::open(
+            project.path(),
+            env!("CARGO_BIN_EXE_rollout").into(),
+            &lookup,
+        )
+        .await
+        .expect("daemon opens"),
+    )
+}
+
+async fn call(
+    daemon: &Arc<Daemon>,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let response = router(daemon.clone())
+        .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("router answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Every route of the table (and `/metrics`): 401 without or with a bad token; 403 with a token
+/// that lacks the right; 403 with another client's token, answered exactly like an environment
+/// that does not exist.
+#[test]
+fn every_route_needs_a_token_its_right_and_its_client() {
+    let (acme, globex) = (unique("apia"), unique("apig"));
+    let p = project(&acme, &globex);
+    runtime().block_on(async {
+        let d = open(&p).await;
+        let mut routes: Vec<(&str, &str, Option<rollout::manifest::config::Right>)> =
+            ROUTES.iter().map(|r| (r.method, r.path, r.right)).collect();
+        routes.push((
+            "GET",
+            "/metrics",
+            Some(rollout::manifest::config::Right::Read),
+        ));
+        assert!(routes.len() >= 13, "the route table lost routes");
+        for (method, template, right) in routes {
+            let path = template
+                .replace("{env}", &acme)
+                .replace("{run}", "nosuchrun");
+            let what = format!("{method} {template}");
+            for auth in [
+                None,
+                Some("Bearer not-a-token".to_string()),
+                Some(format!("Basic {OPS}")),
+                Some(format!("Bearer {OPS}x")),
+                Some("Bearer".to_string()),
+            ] {
+                let (status, body) = call(&d, method, &path, auth.as_deref(), "{}").await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{what} with {auth:?}: {body}"
+                );
+                assert!(!body.contains(OPS), "{what} echoed a token");
+            }
+            let Some(right) = right else {
+                // The OpenAPI document: any valid token, whatever its rights and clients.
+                for t in [READER, APPROVER, GLOBEX] {
+                    let (status, _) = call(&d, method, &path, Some(&bearer(t)), "").await;
+                    assert_eq!(status, StatusCode::OK, "{what}");
+                }
+                continue;
+            };
+            let lacking = if right == rollout::manifest::config::Right::Read {
+                APPROVER
+            } else {
+                READER
+            };
+            let (status, body) = call(&d, method, &path, Some(&bearer(lacking)), "{}").await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{what} without the right: {body}"
+            );
+            assert!(body.contains("may not"), "{what}: {body}");
+            if template.contains("{env}") {
+                let (status, other) = call(&d, method, &path, Some(&bearer(GLOBEX)), "{}").await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{what} by another client: {other}"
+                );
+                let missing = template
+                    .replace("{env}", "nosuchenv")
+                    .replace("{run}", "nosuchrun");
+                let (status, absent) = call(&d, method, &missing, Some(&bearer(OPS)), "{}").await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{what} of no environment");
+                assert_eq!(
+                    other.replace(&acme, "X"),
+                    absent.replace("nosuchenv", "X"),
+                    "{what}: another client's environment must answer like a missing one"
+                );
+                // Nothing was started or recorded by a refused call.
+                assert!(d.runs.running().is_empty(), "{what} started a run");
+            }
+        }
+
+        // What a token sees: its clients' environments only.
+        let (status, body) = call(&d, "GET", "/api/v1/environments", Some(&bearer(OPS)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains(&acme) && !body.contains(&globex), "{body}");
+        let (_, body) = call(&d, "GET", "/api/v1/environments", Some(&bearer(GLOBEX)), "").await;
+        assert!(body.contains(&globex) && !body.contains(&acme), "{body}");
+
+        // The read routes answer inside a visible environment.
+        let base = format!("/api/v1/environments/{acme}");
+        let (status, body) = call(&d, "GET", &base, Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let status_json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(status_json["environment"], acme.as_str());
+        assert_eq!(status_json["client"], "acme");
+        assert_eq!(status_json["services"][0]["desiredImage"], "shop-web:2.4.0");
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/history"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status, body.contains("\"revisions\":[]")),
+            (StatusCode::OK, true),
+            "{body}"
+        );
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/runs"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status, body.contains("\"runs\":[]")),
+            (StatusCode::OK, true),
+            "{body}"
+        );
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/runs/nosuchrun"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/runs/nosuchrun/report"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/approvals"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"waiting\":null"), "{body}");
+        // Approving with nothing parked is bad input, said clearly; a bad body comes after auth.
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/approvals"),
+            Some(&bearer(APPROVER)),
+            r#"{"by":"client"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("waiting for an approval"), "{body}");
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/promote"),
+            Some(&bearer(OPS)),
+            "{bad",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(d.runs.running().is_empty());
+
+        // The OpenAPI document lists every route of the table.
+        let (_, body) = call(&d, "GET", "/api/v1/openapi.json", Some(&bearer(READER)), "").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("openapi json");
+        assert_eq!(doc["openapi"], "3.0.3");
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+            assert!(op.is_object(), "{} {} is not documented", r.method, r.path);
+            assert!(op["responses"]["401"].is_object());
+            if r.right.is_some() {
+                assert!(op["responses"]["403"].is_object());
+            }
+        }
+
+        // Metrics: strict Prometheus text, the token's environments only, and drift computed
+        // against the engine (nothing of this environment runs: it differs from its manifest).
+        let (status, text) = call(&d, "GET", "/metrics", Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        let samples = parse_prometheus(&text);
+        assert!(
+            !text.contains(&globex),
+            "metrics leak another client:\n{text}"
+        );
+        assert_eq!(
+            value(&samples, "rollout_drift", &[("environment", &acme)]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "rollout_drift_services",
+                &[("environment", &acme)]
+            ),
+            Some(1.0)
+        );
+        let (_, text) = call(&d, "GET", "/metrics", Some(&bearer(GLOBEX)), "").await;
+        parse_prometheus(&text);
+        assert!(
+            !text.contains(&acme),
+            "metrics leak another client:\n{text}"
+        );
+    });
+}
+
+/// One sample of the exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+fn is_name(s: &str, colon: bool) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+}
+
+/// A strict parser of the Prometheus text format (0.0.4): `# HELP` and `# TYPE` once per family
+/// and before its samples, known types, valid metric and label names, quoted label values with
+/// only `\\`, `\"` and `\n` escapes, no duplicate label, a float value, a newline at the end;
+/// every name starts with `rollout_`. Panics on the first violation, naming the line.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    assert!(
+        text.ends_with('\n'),
+        "the exposition must end with a newline"
+    );
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps: BTreeMap<String, ()> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = format!("line {}: `{line}`", n + 1);
+        assert!(!line.is_empty(), "{at}: empty line");
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, tail) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("{at}: no metric name"));
+            assert!(is_name(name, true), "{at}: bad metric name");
+            match kw {
+                Some("HELP") => {
+                    assert!(helps.insert(name.into(), ()).is_none(), "{at}: second HELP");
+                    assert!(tail.is_some_and(|t| !t.is_empty()), "{at}: empty HELP");
+                }
+                Some("TYPE") => {
+                    let t = tail.unwrap_or_default();
+                    assert!(
+                        ["counter", "gauge", "summary", "histogram", "untyped"].contains(&t),
+                        "{at}: unknown type"
+                    );
+                    assert!(
+                        !samples.iter().any(|s: &Sample| s.name.starts_with(name)),
+                        "{at}: TYPE after samples"
+                    );
+                    assert!(
+                        types.insert(name.into(), t.into()).is_none(),
+                        "{at}: second TYPE"
+                    );
+                }
+                _ => panic!("{at}: a comment that is neither HELP nor TYPE"),
+            }
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => panic!("{at}: no value"),
+        };
+        assert!(is_name(name, true), "{at}: bad metric name");
+        assert!(name.starts_with("rollout_"), "{at}: no rollout_ prefix");
+        let family = ["_sum", "_count", "_bucket"]
+            .iter()
+            .find_map(|suf| {
+                let base = name.strip_suffix(suf)?;
+                matches!(
+                    types.get(base).map(String::as_str),
+                    Some("summary" | "histogram")
+                )
+                .then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{at}: sample before its TYPE");
+        let mut labels = BTreeMap::new();
+        let rest = if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices().peekable();
+            let end;
+            loop {
+                let (start, c) = chars
+                    .next()
+                    .unwrap_or_else(|| panic!("{at}: unclosed labels"));
+                if c == '}' {
+                    end = start;
+                    break;
+                }
+                let mut lname = String::from(c);
+                for (_, c) in chars.by_ref() {
+                    if c == '=' {
+                        break;
+                    }
+                    lname.push(c);
+                }
+                assert!(is_name(&lname, false), "{at}: bad label name `{lname}`");
+                assert_eq!(
+                    chars.next().map(|x| x.1),
+                    Some('"'),
+                    "{at}: unquoted label value"
+                );
+                let mut v = String::new();
+                loop {
+                    match chars.next().map(|x| x.1) {
+                        Some('"') => break,
+                        Some('\\') => match chars.next().map(|x| x.1) {
+                            Some('\\') => v.push('\\'),
+                            Some('"') => v.push('"'),
+                            Some('n') => v.push('\n'),
+                            other => panic!("{at}: bad escape {other:?}"),
+                        },
+                        Some('\n') | None => panic!("{at}: unterminated label value"),
+                        Some(c) => v.push(c),
+                    }
+                }
+                assert!(labels.insert(lname, v).is_none(), "{at}: duplicate label");
+                match chars.peek().map(|x| x.1) {
+                    Some(',') => {
+                        chars.next();
+                    }
+                    Some('}') => {}
+                    other => panic!("{at}: expected , or }} after a label, got {other:?}"),
+                }
+            }
+            &body[end + 1..]
+        } else {
+            rest
+        };
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("{at}: no space before the value"));
+        let mut fields = value.split(' ');
+        let v = fields.next().unwrap_or_default();
+        let parsed: f64 = match v {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            _ => v
+                .parse()
+                .unwrap_or_else(|_| panic!("{at}: bad value `{v}`")),
+        };
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>()
+                .unwrap_or_else(|_| panic!("{at}: bad timestamp"));
+        }
+        assert!(fields.next().is_none(), "{at}: trailing text");
+        assert!(
+            seen.insert(format!("{name}{labels:?}")),
+            "{at}: duplicate series"
+        );
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value: parsed,
+        });
+    }
+    samples
+}
+
+#[test]
+fn the_prometheus_parser_is_strict() {
+    let ok = "# HELP rollout_x X.\n# TYPE rollout_x gauge\nrollout_x{a=\"1\",b=\"q\\\"\"} 2\n";
+    assert_eq!(parse_prometheus(ok)[0].labels["b"], "q\"");
+    for bad in [
+        "rollout_x 1\n",                                          // no TYPE
+        "# TYPE rollout_x gauge\nrollout_x{a=1} 1\n",             // unquoted
+        "# TYPE rollout_x gauge\nrollout_x{a=\"1\"} one\n",       // not a number
+        "# TYPE rollout_x gauge\nrollout_x 1\nrollout_x 2\n",     // duplicate series
+        "# TYPE rollout_x gauge\nrollout_x{a=\"1\",a=\"2\"} 1\n", // duplicate label
+        "# TYPE other_x gauge\nother_x 1\n",                      // no prefix
+        "# TYPE rollout_x gauge\nrollout_x 1",                    // no final newline
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| parse_prometheus(bad)).is_err(),
+            "accepted: {bad:?}"
+        );
+    }
+}
+
+/// A tiny HTTP/1.1 client (Connection: close): status, headers (lowercase names), body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the daemon");
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, mut rest) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let hs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = String::new();
+    if hs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            if n == 0 {
+                break;
+            }
+            body.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+    } else {
+        body = rest.to_string();
+    }
+    (status, hs, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium (install it: scripts/setup.sh, or apt-get install chromium)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops the daemon process if the test fails before it does.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real daemon on 127.0.0.1: a promotion triggered through the API runs against the real
+/// engine as a child `rollout promote`, is recorded with the token's name, shows in metrics and
+/// on the dashboard (logged in through its form, in headless Chromium); SIGTERM stops it with 0.
+#[test]
+fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
+    let (acme, globex) = (unique("apip"), unique("apiq"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = p
+        .command(&["daemon", "--listen", &addr])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let auth = bearer(OPS);
+    let h = [("Authorization", auth.as_str())];
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemon does not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let base = format!("/api/v1/environments/{acme}");
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"quick","reason":"CHG-42"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run id").to_string();
+
+    // The run goes on in its own process; poll it until it ends.
+    let started = Instant::now();
+    let record = loop {
+        let (status, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        assert_eq!(status, 200, "{body}");
+        let v = json(&body);
+        if !v["daemon"]["exitCode"].is_null() {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the run did not end: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(record["daemon"]["exitCode"], 0, "{record:#}");
+    assert_eq!(record["record"]["outcome"], "promoted", "{record:#}");
+    assert_eq!(record["record"]["user"], "api:acme-ops");
+    let output = record["output"].as_str().unwrap_or_default();
+    assert!(output.contains(&format!("run {run}\n")), "{output}");
+    for t in [OPS, APPROVER, READER, GLOBEX] {
+        assert!(!output.contains(t), "a token reached the run's output");
+    }
+    assert!(record["journal"].as_array().is_some_and(|j| !j.is_empty()));
+
+    let (_, _, body) = http(&addr, "GET", &format!("{base}/history"), &h, "");
+    let history = json(&body);
+    assert_eq!(history["revisions"][0]["run"], run.as_str());
+    assert_eq!(history["revisions"][0]["user"], "api:acme-ops");
+    assert_eq!(history["revisions"][0]["reason"], "CHG-42");
+    let (status, _, body) = http(
+        &addr,
+        "GET",
+        &format!("{base}/runs/{run}/report?format=json"),
+        &h,
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["outcome"]["outcome"], "promoted");
+    let (_, _, body) = http(&addr, "GET", &base, &h, "");
+    let st = json(&body);
+    assert_eq!(st["revision"]["run"], run.as_str(), "{st:#}");
+    assert_eq!(
+        st["services"][0]["containers"][0]["image"],
+        "shop-web:2.4.0"
+    );
+
+    // Metrics after it: the run by outcome, and no drift any more.
+    let (status, hs, text) = http(&addr, "GET", "/metrics", &h, "");
+    assert_eq!(status, 200);
+    assert!(
+        hs.iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4"))
+    );
+    let samples = parse_prometheus(&text);
+    assert_eq!(
+        value(
+            &samples,
+            "rollout_runs_total",
+            &[
+                ("environment", &acme),
+                ("kind", "promotion"),
+                ("outcome", "promoted")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&samples, "rollout_drift", &[("environment", &acme)]),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &samples,
+            "rollout_step_duration_seconds_count",
+            &[("environment", &acme)]
+        )
+        .is_some(),
+        "{text}"
+    );
+
+    // The dashboard: a login page without the cookie; a bad token is refused; a good one sets
+    // an HttpOnly cookie.
+    let page = format!("/env/{acme}");
+    let (status, _, body) = http(&addr, "GET", &page, &[], "");
+    assert_eq!(status, 401);
+    assert!(
+        body.contains("<form method=\"post\" action=\"/login\">"),
+        "{body}"
+    );
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        "/login",
+        &form,
+        &format!("token=nope&next={page}"),
+    );
+    assert_eq!(status, 401);
+    assert!(body.contains("Unknown token."));
+    let (status, hs, _) = http(
+        &addr,
+        "POST",
+        "/login",
+        &form,
+        &format!("token={OPS}&next={page}"),
+    );
+    assert_eq!(status, 303);
+    let cookie = hs
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .expect("cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let (status, _, other) = http(
+        &addr,
+        "GET",
+        &format!("/env/{globex}"),
+        &[("Cookie", &format!("rollout_token={OPS}"))],
+        "",
+    );
+    assert_eq!(status, 403, "{other}");
+
+    // In Chromium: a page that submits the login form (as a person would), then the
+    // environment page it redirects to.
+    let profile = tempfile::tempdir().expect("profile");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon");
+    std::fs::create_dir_all(&artifacts).expect("artifacts");
+    let login = artifacts.join("login.html");
+    std::fs::write(
+        &login,
+        format!(
+            "<!doctype html><html><body onload=\"document.forms[0].submit()\">\
+             <form method=\"post\" action=\"http://{addr}/login\">\
+             <input name=\"token\" value=\"{OPS}\"><input name=\"next\" value=\"{page}\"></form></body></html>"
+        ),
+    )
+    .expect("write login page");
+    let url = format!("file://{}", login.display());
+    let dom = chromium(profile.path(), &["--dump-dom"], &url);
+    std::fs::write(artifacts.join("environment.dom.html"), &dom).expect("dom");
+    assert!(
+        dom.contains(&format!("<h1>{acme} ")),
+        "not the environment page:\n{dom}"
+    );
+    assert!(
+        dom.contains("What runs") && dom.contains("shop-web:2.4.0"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&run) && dom.contains("promoted") && dom.contains("CHG-42"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("/env/{acme}/runs/{run}/report")),
+        "{dom}"
+    );
+    assert!(!dom.contains(OPS), "the token is in the page");
+    // The cookie stays in the browser: the page itself, loaded directly, then its screenshot.
+    let direct = format!("http://{addr}{page}");
+    let again = chromium(profile.path(), &["--dump-dom"], &direct);
+    assert!(
+        again.contains(&format!("<h1>{acme} ")),
+        "the cookie did not stay:\n{again}"
+    );
+    let png = artifacts.join("environment.png");
+    chromium(
+        profile.path(),
+        &[
+            "--window-size=1200,1400",
+            &format!("--screenshot={}", png.display()),
+        ],
+        &direct,
+    );
+    let bytes = std::fs::read(&png).expect("screenshot");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
+    let (status, hs, report) = http(
+        &addr,
+        "GET",
+        &format!("/env/{acme}/runs/{run}/report"),
+        &[("Cookie", &format!("rollout_token={OPS}"))],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        hs.iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/html"))
+    );
+    assert!(report.contains(&run));
+
+    // SIGTERM: stops accepting and exits 0.
+    let pid = daemon.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    if let Some(mut e) = daemon.0.stderr.take() {
+        e.read_to_string(&mut err).ok();
+    }
+    for t in [OPS, APPROVER, READER, GLOBEX] {
+        assert!(!err.contains(t), "a token was logged");
+    }
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still listening"
+    );
+}
+
+/// SIGTERM while a run triggered through the API is in flight: the daemon forwards the signal,
+/// the run stops at its safe point (its test version removed, production untouched, recorded as
+/// ended), and only then does the daemon exit 0.
+#[test]
+fn sigterm_waits_for_the_run_in_flight_to_reach_its_end() {
+    let (acme, globex) = (unique("apis"), unique("apit"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "slow",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"6\"], timeout: 30s }\n  - promote: { drain: 1s }\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = p
+        .command(&["-v", "daemon", "--listen", &addr])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let auth = bearer(OPS);
+    let h = [("Authorization", auth.as_str())];
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = format!("/api/v1/environments/{acme}");
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"slow"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run").to_string();
+    // Let it reach its smoke check in the test version.
+    let started = Instant::now();
+    loop {
+        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        if json(&body)["output"]
+            .as_str()
+            .is_some_and(|o| o.to_lowercase().contains("smoke"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no smoke step: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = daemon.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = daemon.0.stderr.take() {
+        e.read_to_string(&mut err).ok();
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("forwarding SIGTERM to the run"), "{err}");
+    // The run had ended when the daemon exited: its record is final and its output kept.
+    let report = p.run(&["report", &run, "-o", "json"]).code(0).json();
+    let outcome = report["outcome"]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ["cancelled", "failed"].contains(&outcome.as_str()),
+        "the run was not stopped: {report:#}"
+    );
+    let log = std::fs::read_to_string(p.path().join(format!(".rollout/daemon/runs/{run}.log")))
+        .expect("the run's output is kept");
+    assert!(log.contains(&format!("run {run}")), "{log}");
+    let leftovers = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=rollout.environment={acme}"),
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(
+        leftovers.stdout.is_empty(),
+        "the stopped run left containers behind"
+    );
+}
+
+/// An approval through the API is the same record as `rollout approve`'s: it names the token,
+/// the next promote resumes the run; a token that started the run cannot approve it.
+#[test]
+fn an_approval_through_the_api_is_recorded_like_rollout_approve() {
+    let (acme, globex) = (unique("apiv"), unique("apiw"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "gated",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: gated\nsteps:\n  - approve: { by: client }\n  - promote: { drain: 1s }\n",
+    );
+    let parked = p
+        .run_with(
+            &["promote", "-e", &acme, "-p", "gated", "--yes"],
+            &[("USER", "api:acme-approver")],
+        )
+        .code(3);
+    let run = parked.run_id();
+    runtime().block_on(async {
+        let d = open(&p).await;
+        let base = format!("/api/v1/environments/{acme}");
+        let (status, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/approvals"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["waiting"]["run"], run.as_str(), "{body}");
+        assert_eq!(v["waiting"]["awaiting"][0]["gate"], "client");
+        // The two-person rule: the token whose name started the run is refused.
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/approvals"),
+            Some(&bearer(APPROVER)),
+            r#"{"by":"client"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("two-person rule"), "{body}");
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/approvals"),
+            Some(&bearer(OPS)),
+            &format!(r#"{{"run":"{run}","by":"client","note":"ok <b>go</b>"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, body) = call(
+            &d,
+            "GET",
+            &format!("{base}/approvals"),
+            Some(&bearer(READER)),
+            "",
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["grants"][0]["who"], "api:acme-ops", "{body}");
+        assert_eq!(v["grants"][0]["note"], "ok <b>go</b>");
+    });
+    let audit = std::fs::read_to_string(p.path().join(".rollout/audit.log")).expect("audit log");
+    assert!(
+        audit.contains("approvalRecorded") && audit.contains("api:acme-ops"),
+        "{audit}"
+    );
+    p.run(&["promote", "-e", &acme, "-p", "gated", "--yes"])
+        .code(0)
+        .stdout_has(&format!("resuming run {run}"));
+}
+
+/// The edge proxy's per-backend counters reach `/metrics`: requests sent through an
+/// environment's public port show as requests and 2xx responses of its backend.
+#[test]
+fn metrics_carry_the_edge_proxys_per_backend_counters() {
+    let (acme, globex) = (unique("apix"), unique("apiy"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let port = free_port();
+    let p = project(&acme, &globex).manifest(
+        &acme,
+        &format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {acme}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n    ports: [ {{ name: http, container: 8080, public: {port} }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }} }}\n"
+        ),
+    );
+    p.run(&["promote", "-e", &acme, "-p", "quick", "--yes"])
+        .code(0);
+    let public = format!("127.0.0.1:{port}");
+    for _ in 0..5 {
+        let (status, _, _) = http(&public, "GET", "/", &[], "");
+        assert_eq!(status, 200);
+    }
+    runtime().block_on(async {
+        let d = open(&p).await;
+        let (status, text) = call(&d, "GET", "/metrics", Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        let samples = parse_prometheus(&text);
+        let requests: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| {
+                s.name == "rollout_proxy_backend_requests_total" && s.labels["environment"] == acme
+            })
+            .collect();
+        assert!(
+            requests.iter().map(|s| s.value).sum::<f64>() >= 5.0,
+            "the proxy's requests are not in the metrics:\n{text}"
+        );
+        let ok: f64 = samples
+            .iter()
+            .filter(|s| {
+                s.name == "rollout_proxy_backend_responses_total"
+                    && s.labels["environment"] == acme
+                    && s.labels["class"] == "2xx"
+            })
+            .map(|s| s.value)
+            .sum();
+        assert!(ok >= 5.0, "{text}");
+        assert!(
+            value(&samples, "rollout_scrape_error", &[("environment", &acme)]).is_none(),
+            "{text}"
+        );
+    });
+}
+
+/// A second SIGTERM does not wait: it is passed on to the run (which exits at once, leaving its
+/// journal), the daemon exits 130, and the next command cleans up after the run.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let (acme, globex) = (unique("apiz"), unique("apiu"));
+    let _cleanup = Cleanup {
+        environment: acme.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let p = project(&acme, &globex).playbook(
+        "slow",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"20\"], timeout: 60s }\n  - promote: { drain: 1s }\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = p
+        .command(&["daemon", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let auth = bearer(OPS);
+    let h = [("Authorization", auth.as_str())];
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = format!("/api/v1/environments/{acme}");
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"slow"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run").to_string();
+    let started = Instant::now();
+    loop {
+        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        if json(&body)["output"]
+            .as_str()
+            .is_some_and(|o| o.to_lowercase().contains("smoke"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no smoke step: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = daemon.0.id().to_string();
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the daemon waited after a second signal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    // The run was ended too: its lock has no live holder left (the next promote or rollback
+    // takes it over and settles what the journal holds).
+    let started = Instant::now();
+    loop {
+        let status = p.run(&["status", "-e", &acme, "-o", "json"]).code(0).json();
+        if status["lock"].is_null() || status["lock"]["alive"] == false {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run still holds its lock: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
