@@ -572,3 +572,76 @@ fn the_loop_promotes_a_commit_within_a_couple_of_intervals_and_a_failed_run_wait
     rt.block_on(task).expect("controller loop");
     assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
 }
+
+/// `rollout daemon` with `daemon.gitops` runs the controller: a commit to the followed branch
+/// goes to production without anyone calling the API, and SIGTERM stops the daemon cleanly.
+#[test]
+fn the_daemon_runs_the_gitops_controller_in_the_background() {
+    let name = unique("gdm");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let repo = Repo::new();
+    repo.commit(
+        "v1",
+        &[
+            (
+                &format!("manifests/{name}.yaml"),
+                &manifest(&name, "shop-web:2.4.0", false),
+            ),
+            ("playbooks/quick.yaml", QUICK),
+        ],
+    );
+    let addr = format!("127.0.0.1:{}", crate::support::free_port());
+    let project = crate::support::Project::new().file(
+        "rollout.yaml",
+        format!(
+            "proxy: {{ bind: 127.0.0.1 }}\ndaemon:\n  listen: {addr}\n  tokens:\n    - {{ name: reader, fromEnv: GITOPS_TEST_TOKEN, clients: [acme], may: [read] }}\n  gitops: {{ repo: \"{}\", branch: main, path: ., interval: 1s, playbook: quick }}\n",
+            repo.origin.display()
+        ),
+    );
+    let mut daemon = project
+        .command(&["daemon"])
+        .env("GITOPS_TEST_TOKEN", "s3cret-reader-token")
+        .env("ROLLOUT_STATIC_BINARY", static_binary())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let started = std::time::Instant::now();
+    while web_images(&name) != ["shop-web:2.4.0"] {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().expect("daemon output");
+            panic!(
+                "the commit was not promoted by the daemon\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let out = daemon.wait_with_output().expect("daemon output");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Recorded in the daemon project's own store, with the commit as the reason.
+    let store = rollout::store::Store::open(&project.path().join(".rollout")).expect("store");
+    let history = store.history(&name).expect("history");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(
+        history[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("gitops: ")),
+        "{history:?}"
+    );
+}
