@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod engine_docker;
 mod gates;
+mod kube;
 mod notify;
 mod plan_docker;
 mod playbooks;

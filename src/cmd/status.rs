@@ -43,7 +43,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             interrupted.push(entry);
         }
     }
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "status").await?;
     let observed = engine.observe(&env.name).await?;
     let tests = crate::testenv::list(engine.as_ref(), Some(&env.name)).await?;
     let services: Vec<serde_json::Value> = env
