@@ -532,8 +532,10 @@ pub fn service_object(spec: &ContainerSpec) -> Option<(String, KService)> {
 }
 
 /// One observed Deployment as the planner sees a container: a pure function.
+/// `pods` may hold pods of other Deployments: those its selector picks are used.
 pub fn observed_container(
     d: &Deployment,
+    pods: &[Pod],
 ) -> Option<(String, ObservedContainer, Option<ServiceSnapshot>)> {
     let labels = d.metadata.labels.as_ref()?;
     let service = labels.get(labels::SERVICE)?.clone();
@@ -551,7 +553,8 @@ pub fn observed_container(
         .and_then(|p| p.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
-    let st = status::from_deployment(d, &[]);
+    let own: Vec<Pod> = pods.iter().filter(|p| selects(d, p)).cloned().collect();
+    let st = status::from_deployment(d, &own);
     Some((
         service,
         ObservedContainer {
@@ -572,6 +575,16 @@ pub fn observed_container(
     ))
 }
 
+/// Whether `d`'s selector picks `pod` (rollout's Deployments select by labels only).
+fn selects(d: &Deployment, pod: &Pod) -> bool {
+    let Some(want) = d.spec.selector.match_labels.as_ref() else {
+        return false;
+    };
+    let have = pod.metadata.labels.as_ref();
+    want.iter()
+        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+}
+
 #[async_trait]
 impl Engine for KubeEngine {
     fn describe(&self) -> String {
@@ -586,13 +599,24 @@ impl Engine for KubeEngine {
             labels::ROLE
         );
         let deployments: Api<Deployment> = self.api(&ns);
-        let mut found: Vec<_> = deployments
+        let deployments = deployments
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(|e| api_error(e, "list", &format!("Deployments in {ns}")))?
-            .items
+            .items;
+        // Their pods, for crash loops and pull failures the Deployment's status does not say.
+        let pods: Vec<Pod> = if deployments.is_empty() {
+            Vec::new()
+        } else {
+            let api: Api<Pod> = self.api(&ns);
+            api.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| api_error(e, "list", &format!("Pods in {ns}")))?
+                .items
+        };
+        let mut found: Vec<_> = deployments
             .iter()
-            .filter_map(observed_container)
+            .filter_map(|d| observed_container(d, &pods))
             .collect();
         // Oldest first, so the newest Deployment of a service is its last.
         found.sort_by(|a, b| (a.1.created, &a.1.name).cmp(&(b.1.created, &b.1.name)));

@@ -122,6 +122,7 @@ fn environment() -> Environment {
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/rollout-shop/deployments";
 const OBSERVE: &str = "/apis/apps/v1/namespaces/rollout-shop/deployments?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
+const PODS_OF_SHOP: &str = "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
 const SECRETS_OF_SHOP: &str = "/api/v1/namespaces/rollout-shop/secrets?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
 
 fn apply_uri(collection: &str, name: &str) -> String {
@@ -148,9 +149,9 @@ async fn plan_on_an_empty_namespace_creates_everything() {
 }
 
 /// Applies the whole environment as a first promotion would, checking every object sent, then
-/// reads it back: the planner sees no change.
+/// reads it back: the planner sees web as declared, and db's crash-looping pod as not running.
 #[tokio::test]
-async fn apply_of_a_new_environment_then_plan_sees_no_change() {
+async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     let env = environment();
     let web = env.services.iter().find(|s| s.name == "web").unwrap();
     let db = env.services.iter().find(|s| s.name == "db").unwrap();
@@ -277,6 +278,14 @@ async fn apply_of_a_new_environment_then_plan_sees_no_change() {
                 stored(web_deploy, "2026-01-01T10:00:01Z"),
             ],
         )),
+        on(Method::GET, PODS_OF_SHOP).ok(list(
+            "PodList",
+            vec![json!({
+                "metadata": { "name": "shop-db-r1-x", "labels": { "rollout.environment": "shop", "rollout.service": "db", "rollout.run": "r1" } },
+                "status": { "containerStatuses": [ { "name": "db", "image": "db:1", "imageID": "", "ready": false,
+                    "restartCount": 7, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+            })],
+        )),
         on(Method::GET, SECRETS_OF_SHOP).ok(list(
             "SecretList",
             vec![json!({ "metadata": { "name": "shop-web-r1" }, "data": { "KEY": "czNjcmV0" } })],
@@ -289,12 +298,33 @@ async fn apply_of_a_new_environment_then_plan_sees_no_change() {
     assert_eq!(web.containers[0].name, "shop-web-r1");
     assert_eq!(web.containers[0].state, ContainerState::Running);
     assert_eq!(web.containers[0].run.as_deref(), Some("r1"));
+    // db's pod crash-loops although its Deployment once counted a ready replica.
+    assert_eq!(
+        observed.services["db"].containers[0].state,
+        ContainerState::Restarting
+    );
     let plan = crate::plan::compute(
         &env,
         &observed,
         &crate::manifest::playbook::Playbook::builtin_default(),
     );
-    assert!(!plan.has_changes(), "{plan:?}");
+    let action = |name: &str| {
+        let p = plan.services.iter().find(|p| p.name == name).unwrap();
+        (p.action, format!("{:?}", p.changes))
+    };
+    assert_eq!(
+        action("web"),
+        (crate::plan::Action::Unchanged, "[]".to_string()),
+        "{plan:?}"
+    );
+    assert_eq!(
+        action("db"),
+        (
+            crate::plan::Action::Restart,
+            r#"[NotRunning { state: "restarting" }]"#.to_string()
+        ),
+        "{plan:?}"
+    );
 }
 
 #[tokio::test]
@@ -568,5 +598,144 @@ async fn our_lease_is_renewed_and_released() {
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     assert_eq!(lock.acquire(now()).await.unwrap(), Acquired::Renewed);
     assert!(lock.release().await.unwrap());
+    finished(server).await;
+}
+
+// --- objects found and removed by their labels ---
+
+const TEST_SELECTOR: &str =
+    "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr9";
+
+fn test_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+        (labels::ROLE.to_string(), "test".to_string()),
+        (labels::RUN.to_string(), "r9".to_string()),
+    ])
+}
+
+fn meta(name: &str, ns: Option<&str>) -> Value {
+    let mut m = json!({ "name": name, "labels": { "rollout.environment": "shop", "rollout.role": "test", "rollout.run": "r9" } });
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    json!({ "metadata": m })
+}
+
+fn deployment_item(name: &str, ns: &str) -> Value {
+    let mut d = meta(name, Some(ns));
+    d["spec"] = json!({ "selector": {}, "template": {} });
+    d
+}
+
+#[tokio::test]
+async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespace() {
+    let (client, server) = serve(vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "DeploymentList",
+            vec![deployment_item("shop-web-r9", "shop-test-r9")],
+        )),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
+        )
+        .ok(list("PersistentVolumeClaimList", vec![])),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let found = engine.list_labelled(&test_selector()).await.unwrap();
+    finished(server).await;
+    let kinds: Vec<(ObjectKind, &str)> = found.iter().map(|o| (o.kind, o.name.as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ObjectKind::Container, "shop-web-r9"),
+            (ObjectKind::Network, "shop-test-r9")
+        ]
+    );
+    assert_eq!(found[0].labels[labels::RUN], "r9");
+}
+
+#[tokio::test]
+async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone() {
+    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
+    let (client, server) = serve(vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "DeploymentList",
+            vec![deployment_item("shop-web-r9", "shop-test-r9")],
+        )),
+        on(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/shop-test-r9/deployments/shop-web-r9?",
+        )
+        .body(background)
+        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+            "SecretList",
+            vec![meta("shop-web-r9", Some("shop-test-r9"))],
+        )),
+        // Deleted meanwhile (by the namespace going, say): fine.
+        on(
+            Method::DELETE,
+            "/api/v1/namespaces/shop-test-r9/secrets/shop-web-r9?",
+        )
+        .body(background)
+        .reply(404, not_found("secrets", "shop-web-r9")),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "PersistentVolumeClaimList",
+            vec![meta("shop-db-data-r9", Some("shop-test-r9"))],
+        )),
+        on(
+            Method::DELETE,
+            "/api/v1/namespaces/shop-test-r9/persistentvolumeclaims/shop-db-data-r9?",
+        )
+        .body(background)
+        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::DELETE, "/api/v1/namespaces/shop-test-r9?")
+            .body(background)
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let removed = engine.remove_labelled(&test_selector()).await.unwrap();
+    finished(server).await;
+    assert_eq!(
+        removed,
+        Removed {
+            containers: 1,
+            networks: 1,
+            volumes: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn stopping_scales_the_deployment_to_zero() {
+    let (client, server) = serve(vec![
+        on(Method::GET, "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-web-r1&labelSelector=rollout.environment")
+            .ok(list("DeploymentList", vec![deployment_item("shop-web-r1", "rollout-shop")])),
+        on(Method::PATCH, "/apis/apps/v1/namespaces/rollout-shop/deployments/shop-web-r1?")
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+            .ok(deployment_item("shop-web-r1", "rollout-shop")),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    engine
+        .stop_container("shop-web-r1", Duration::from_secs(5))
+        .await
+        .unwrap();
     finished(server).await;
 }
