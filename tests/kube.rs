@@ -1,6 +1,7 @@
 //! `backend: kubernetes` from the command line. No cluster runs here: these tests check what the
-//! binary does without one (and what it refuses); the mock API server scenarios are unit tests in
-//! `src/engine/kube/mock.rs`. `real_cluster_plan_and_status` needs a cluster: run it with
+//! binary does without one (and what it refuses), and run `plan` and `status` end to end against
+//! a stand-in API server on loopback (read-only GETs answered from canned JSON, every request
+//! recorded). The request-by-request scenarios are unit tests in `src/engine/kube/mock.rs`. `real_cluster_plan_and_status` needs a cluster: run it with
 //! `KUBECONFIG=... cargo test -- --ignored real_cluster`.
 
 use crate::support::{Output, Project, one_service};
@@ -103,4 +104,149 @@ fn real_cluster_plan_and_status() {
     p.run(&["status"])
         .code(0)
         .stdout_has("not running (wants web:1)");
+}
+
+/// A stand-in API server on 127.0.0.1: answers `GET path` from `routes` (path without query;
+/// anything else is a 404 `Status`), one request per connection, and records each request line.
+struct ApiServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ApiServer {
+    fn start(routes: Vec<(&'static str, serde_json::Value)>) -> ApiServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // The rest of the head (GETs carry no body).
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                log.lock().unwrap().push(format!("{method} {target}"));
+                let path = target.split('?').next().unwrap_or("");
+                let (status, body) = match routes.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) if method == "GET" => ("200 OK", body.clone()),
+                    _ => (
+                        "404 Not Found",
+                        serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{path} not found") }),
+                    ),
+                };
+                let body = body.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        ApiServer { port, seen }
+    }
+
+    /// A kubeconfig whose current context `stand-in` points here.
+    fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: stand-in\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: stand-in\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n",
+            self.port
+        )
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn version() -> serde_json::Value {
+    serde_json::json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "x", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64" })
+}
+
+fn empty(kind: &str) -> serde_json::Value {
+    serde_json::json!({ "kind": kind, "apiVersion": "v1", "metadata": {}, "items": [] })
+}
+
+#[test]
+fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            empty("DeploymentList"),
+        ),
+    ]);
+    let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
+        .code(2)
+        .stdout_has("web");
+    let seen = api.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], "GET /version");
+    assert!(
+        seen[1].starts_with("GET /apis/apps/v1/namespaces/rollout-shop/deployments?")
+            && seen[1]
+                .contains("labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn status_shows_a_crash_looping_deployment() {
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "shop-web-r1", "namespace": "rollout-shop", "creationTimestamp": "2026-01-01T10:00:00Z",
+            "labels": { "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web", "rollout.run": "r1" } },
+        "spec": { "replicas": 1,
+            "selector": { "matchLabels": { "rollout.environment": "shop", "rollout.run": "r1", "rollout.service": "web" } },
+            "template": { "spec": { "containers": [ { "name": "web", "image": "web:1" } ] } } },
+        "status": { "replicas": 1, "readyReplicas": 0 }
+    });
+    let pod = serde_json::json!({
+        "metadata": { "name": "shop-web-r1-x", "labels": { "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web", "rollout.run": "r1" } },
+        "status": { "containerStatuses": [ { "name": "web", "image": "web:1", "imageID": "", "ready": false,
+            "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+    });
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            serde_json::json!({ "kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {}, "items": [deployment] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/pods",
+            serde_json::json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/secrets",
+            empty("SecretList"),
+        ),
+        ("/apis/apps/v1/deployments", empty("DeploymentList")),
+        ("/api/v1/namespaces", empty("NamespaceList")),
+        (
+            "/api/v1/persistentvolumeclaims",
+            empty("PersistentVolumeClaimList"),
+        ),
+    ]);
+    let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    p.run_with(&["status"], &[("KUBECONFIG", config.to_str().unwrap())])
+        .code(0)
+        .stdout_has("shop-web-r1 web:1 (restarting");
+    assert!(
+        api.seen().iter().all(|r| r.starts_with("GET ")),
+        "status only reads: {:?}",
+        api.seen()
+    );
 }
