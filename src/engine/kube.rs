@@ -327,17 +327,42 @@ fn selector_string(selector: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-/// Labels that are valid on Kubernetes objects: everything but the JSON spec, which becomes an
-/// annotation.
-fn split_labels(
+/// Whether `value` may be a Kubernetes label value: at most 63 characters of `[A-Za-z0-9-_.]`,
+/// beginning and ending with a letter or digit (or empty).
+pub fn valid_label_value(value: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric();
+    value.is_empty()
+        || (value.len() <= 63
+            && value.starts_with(ok)
+            && value.ends_with(ok)
+            && value.chars().all(|c| ok(c) || matches!(c, '-' | '_' | '.')))
+}
+
+/// rollout's labels split into what Kubernetes takes as labels and the rest, kept under the same
+/// keys as annotations: the JSON spec, and any value a label cannot hold (a client name with a
+/// space, an owner `host:pid:start`). [`found_labels`] puts them back together.
+pub fn split_labels(
     all: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut labels = all.clone();
-    let annotations = labels
-        .remove(labels::SPEC)
-        .map(|s| BTreeMap::from([(labels::SPEC.to_string(), s)]))
-        .unwrap_or_default();
-    (labels, annotations)
+    all.iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, v)| k != labels::SPEC && valid_label_value(v))
+}
+
+/// An object's rollout labels as written: its labels with rollout's annotations put back.
+fn found_labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    let mut out = meta.labels.clone().unwrap_or_default();
+    for (k, v) in meta.annotations.iter().flatten() {
+        if k.starts_with("rollout.") && k != labels::SPEC {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// `Some(map)` unless it is empty.
+fn some(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then_some(map)
 }
 
 fn probe(health: &Health) -> Probe {
@@ -671,11 +696,12 @@ impl Engine for KubeEngine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Outcome, EngineError> {
-        let (labels, _) = split_labels(labels);
+        let (labels, annotations) = split_labels(labels);
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 labels: Some(labels),
+                annotations: some(annotations),
                 ..Default::default()
             },
             ..Default::default()
@@ -696,12 +722,13 @@ impl Engine for KubeEngine {
             )));
         };
         let ns = namespace(env);
-        let (labels, _) = split_labels(labels);
+        let (labels, annotations) = split_labels(labels);
         let pvc = PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 namespace: Some(ns.clone()),
                 labels: Some(labels),
+                annotations: some(annotations),
                 ..Default::default()
             },
             spec: Some(PersistentVolumeClaimSpec {
@@ -884,7 +911,7 @@ impl Engine for KubeEngine {
         let found = |kind, meta: &ObjectMeta| LabelledObject {
             kind,
             name: meta.name.clone().unwrap_or_default(),
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: found_labels(meta),
         };
         for d in self.list_all::<Deployment>(&sel).await? {
             out.push(found(ObjectKind::Container, &d.metadata));
@@ -958,3 +985,44 @@ fn delete_ok<T>(r: Result<T, kube::Error>, object: &str) -> Result<(), EngineErr
 
 #[cfg(test)]
 mod mock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_kubernetes_cannot_hold_become_annotations() {
+        assert!(
+            valid_label_value("shop") && valid_label_value("r1.a_b-c") && valid_label_value("")
+        );
+        assert!(!valid_label_value("Acme Corp"));
+        assert!(!valid_label_value("host:12:1700000000"));
+        assert!(!valid_label_value("-x") && !valid_label_value(&"a".repeat(64)));
+        let all = BTreeMap::from([
+            (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+            (labels::CLIENT.to_string(), "Acme Corp".to_string()),
+            (
+                labels::SPEC.to_string(),
+                "{\"image\":\"web:1\"}".to_string(),
+            ),
+        ]);
+        let (labels, annotations) = split_labels(&all);
+        assert_eq!(labels.keys().collect::<Vec<_>>(), vec![labels::ENVIRONMENT]);
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![labels::CLIENT, labels::SPEC]
+        );
+        let meta = ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        };
+        let mut back = all.clone();
+        back.remove(labels::SPEC);
+        assert_eq!(
+            found_labels(&meta),
+            back,
+            "read back as written, but the spec"
+        );
+    }
+}
