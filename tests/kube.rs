@@ -190,7 +190,8 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     let config = p.path().join("kubeconfig");
     p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(2)
-        .stdout_has("web");
+        .stdout_has("web")
+        .stderr_has("not supported on the kubernetes backend yet: carrying out this plan");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0], "GET /version");
