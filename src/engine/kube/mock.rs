@@ -30,6 +30,8 @@ struct Exchange {
     check: Option<BodyCheck>,
     status: u16,
     reply: Value,
+    /// The connection breaks instead of an answer.
+    broken: bool,
 }
 
 fn on(method: Method, uri: &str) -> Exchange {
@@ -39,6 +41,7 @@ fn on(method: Method, uri: &str) -> Exchange {
         check: None,
         status: 200,
         reply: json!({}),
+        broken: false,
     }
 }
 
@@ -54,6 +57,10 @@ impl Exchange {
     }
     fn ok(self, reply: Value) -> Self {
         self.reply(200, reply)
+    }
+    fn broken(mut self) -> Self {
+        self.broken = true;
+        self
     }
 }
 
@@ -87,6 +94,10 @@ fn serve(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<()>) {
                 let body: Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e})"));
                 check(&body);
+            }
+            if ex.broken {
+                send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+                continue;
             }
             let response = Response::builder()
                 .status(ex.status)
@@ -737,5 +748,20 @@ async fn stopping_scales_the_deployment_to_zero() {
         .stop_container("shop-web-r1", Duration::from_secs(5))
         .await
         .unwrap();
+    finished(server).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_connection_is_asked_again_through_retrying_but_a_500_is_not() {
+    let (client, server) = serve(vec![
+        on(Method::GET, OBSERVE).broken(),
+        on(Method::GET, OBSERVE).ok(list("DeploymentList", vec![])),
+        on(Method::GET, OBSERVE).reply(500, status(500, "InternalError", "boom")),
+    ]);
+    let engine = crate::engine::retry::Retrying::new(KubeEngine::new(client, "mock"));
+    let observed = engine.observe("shop").await.unwrap();
+    assert!(observed.services.is_empty());
+    let err = engine.observe("shop").await.unwrap_err();
+    assert!(matches!(err, EngineError::Call { .. }), "{err}");
     finished(server).await;
 }
