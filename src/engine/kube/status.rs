@@ -18,7 +18,8 @@ const FAILED_WAITING: [&str; 5] = [
 /// The state of the one-replica Deployment `d`, from its own status and its `pods`.
 ///
 /// A crash-looping pod is `Restarting` (and `Unhealthy` when a probe is set); an image that
-/// cannot be pulled is `Other` with the reason; a Deployment scaled to zero is `Exited`.
+/// cannot be pulled, or a Deployment past its progress deadline and not ready, is `Other` with
+/// the reason; a Deployment scaled to zero is `Exited`.
 pub fn from_deployment(d: &Deployment, pods: &[Pod]) -> ContainerStatus {
     let has_healthcheck = d
         .spec
@@ -58,6 +59,16 @@ pub fn from_deployment(d: &Deployment, pods: &[Pod]) -> ContainerStatus {
             }
         }
     }
+    // The Deployment gave up waiting for progress (`progressDeadlineSeconds`).
+    let stalled = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.status.as_deref() == Some("False")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
     let probe_health = |h: HealthState| has_healthcheck.then_some(h);
     let (state, health) = if wanted == 0 {
         (ContainerState::Exited { code: 0 }, None)
@@ -70,6 +81,13 @@ pub fn from_deployment(d: &Deployment, pods: &[Pod]) -> ContainerStatus {
         (
             ContainerState::Other {
                 name: format!("failing: {reason}"),
+            },
+            probe_health(HealthState::Unhealthy),
+        )
+    } else if stalled && ready < wanted {
+        (
+            ContainerState::Other {
+                name: "failing: ProgressDeadlineExceeded".into(),
             },
             probe_health(HealthState::Unhealthy),
         )
@@ -196,5 +214,26 @@ mod tests {
         );
         assert_eq!(s.state, ContainerState::Exited { code: 3 });
         assert_eq!(s.restart_count, 1);
+    }
+
+    #[test]
+    fn past_its_progress_deadline_and_not_ready_is_failing() {
+        let mut d = deployment(1, 0, true);
+        d.status = serde_json::from_value(json!({
+            "readyReplicas": 0,
+            "conditions": [ { "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" } ]
+        }))
+        .unwrap();
+        let s = from_deployment(&d, &[pod(json!({ "running": {} }), 0)]);
+        assert_eq!(
+            s.state,
+            ContainerState::Other {
+                name: "failing: ProgressDeadlineExceeded".into()
+            }
+        );
+        assert_eq!(s.health, Some(HealthState::Unhealthy));
+        // Ready after all: the old condition no longer matters.
+        d.status.as_mut().unwrap().ready_replicas = Some(1);
+        assert_eq!(from_deployment(&d, &[]).state, ContainerState::Running);
     }
 }
