@@ -80,7 +80,8 @@ pub fn run() -> ExitCode {
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // kube-client logs the failures it returns; rollout reports them once, with their causes.
+        0 => "warn,kube_client=off",
         1 => "rollout=info",
         _ => "rollout=debug",
     };

@@ -13,6 +13,7 @@ mod daemon_api;
 mod engine_docker;
 mod gates;
 mod gitops;
+mod kube;
 mod notify;
 mod plan_docker;
 mod playbooks;

@@ -21,6 +21,7 @@ use crate::cli::output::Printer;
 use crate::cli::{Cli, Command, ExitStatus};
 use crate::engine::Engine;
 use crate::engine::docker::DockerEngine;
+use crate::engine::kube::KubeEngine;
 use crate::manifest::config::Backend;
 use crate::project::{Loaded, Project};
 
@@ -61,8 +62,12 @@ pub(crate) fn load_environment(
     Ok(loaded)
 }
 
-/// Connects to the backend named in rollout.yaml.
-pub(crate) async fn connect(project: &Project) -> anyhow::Result<Box<dyn Engine>> {
+/// The commands the kubernetes backend carries out so far (issue #8): both only read.
+const KUBERNETES_COMMANDS: [&str; 2] = ["plan", "status"];
+
+/// Connects to the backend named in rollout.yaml for `command` (as the user typed it). On the
+/// kubernetes backend a command not built there yet is refused before anything is done.
+pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<Box<dyn Engine>> {
     match project.config.backend {
         Backend::Docker => {
             let engine = DockerEngine::connect(project.config.docker_host.as_deref())
@@ -71,9 +76,15 @@ pub(crate) async fn connect(project: &Project) -> anyhow::Result<Box<dyn Engine>
             Ok(Box::new(crate::engine::retry::Retrying::new(engine)))
         }
         Backend::Kubernetes => {
-            anyhow::bail!(
-                "the kubernetes backend is not built yet (planned with issue #8); use `backend: docker`"
-            )
+            if !KUBERNETES_COMMANDS.contains(&command) {
+                anyhow::bail!(
+                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan` and `status` work there so far); nothing was done"
+                );
+            }
+            let engine = KubeEngine::connect()
+                .await
+                .context("the kubernetes backend needs a reachable cluster")?;
+            Ok(Box::new(crate::engine::retry::Retrying::new(engine)))
         }
     }
 }

@@ -17,10 +17,16 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     let project = Project::open(dir)?;
     let loaded = super::load_environment(&project, &env, printer)?;
     let playbook = project.playbook(playbook.as_deref(), &loaded.environment)?;
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "plan").await?;
     let observed = engine.observe(&loaded.environment.name).await?;
     let plan = plan::compute(&loaded.environment, &observed, &playbook);
     warn_interrupted(&project, &loaded.environment.name, printer);
+    if project.config.backend == crate::manifest::config::Backend::Kubernetes && plan.has_changes()
+    {
+        printer.warn(
+            "not supported on the kubernetes backend yet: carrying out this plan (`rollout promote`); it only shows what would change",
+        );
+    }
     match output {
         Format::Json => printer.json(&plan)?,
         Format::Text => printer.out(&plan::render::text(&plan, printer.paint())),

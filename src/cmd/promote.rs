@@ -32,7 +32,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let project = Project::open(dir)?;
     let environment = super::load_environment(&project, &env, printer)?.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "promote").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     let json = output == Format::Json;
     let store = Arc::new(Store::open(&project.state_dir())?);

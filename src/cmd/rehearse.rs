@@ -24,7 +24,7 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     let loaded = super::load_environment(&project, &env, printer)?;
     let environment = loaded.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "rehearse").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.
     let observed = engine.observe(&environment.name).await?;

@@ -29,7 +29,7 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
     let project = Project::open(dir)?;
     let current = super::load_environment(&project, &env, printer)?.environment;
     let store = Arc::new(Store::open(&project.state_dir())?);
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "rollback").await?;
     super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
     let json = output == Format::Json;
     let run = crate::run_id::new(jiff::Timestamp::now());

@@ -11,7 +11,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     let project = Project::open(dir)?;
     let env = super::load_environment(&project, &args.env, printer)?.environment;
     let store = Store::open(&project.state_dir())?;
-    let engine = super::connect(&project).await?;
+    let engine = super::connect(&project, "status").await?;
     let status = gather(&env.name, &env, &store, engine.as_ref()).await?;
     if args.output == Format::Json {
         printer.json(&status.to_json(&env.client))?;

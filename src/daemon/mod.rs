@@ -69,7 +69,7 @@ impl Daemon {
             );
         }
         let store = Arc::new(Store::open(&project.state_dir())?);
-        let engine: Arc<dyn Engine> = Arc::from(crate::cmd::connect(&project).await?);
+        let engine: Arc<dyn Engine> = Arc::from(crate::cmd::connect(&project, "daemon").await?);
         Ok(Daemon {
             project,
             store,

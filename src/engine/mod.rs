@@ -8,6 +8,7 @@
 pub mod docker;
 pub mod fake;
 pub mod image;
+pub mod kube;
 pub mod retry;
 pub mod spec;
 
@@ -322,6 +323,11 @@ pub enum EngineError {
         object: String,
         reason: String,
     },
+    #[error("cannot reach a Kubernetes cluster (tried {context}): {reason}")]
+    ClusterUnreachable { context: String, reason: String },
+    /// Something the kubernetes backend does not do yet: said, never pretended.
+    #[error("not supported on the kubernetes backend yet: {what}")]
+    Unsupported { what: String },
     #[error("{action} `{object}` failed: {reason}")]
     Call {
         action: &'static str,

@@ -1,0 +1,1028 @@
+//! The kubernetes backend: [`KubeEngine`] speaks to a cluster through kube-rs.
+//!
+//! The Docker-shaped [`Engine`] maps onto the cluster like this:
+//!
+//! | Engine            | cluster                                                               |
+//! | ----------------- | --------------------------------------------------------------------- |
+//! | network           | Namespace (the production network `rollout-<env>` is the namespace)   |
+//! | container         | Deployment of one replica, its secrets in a Secret of the same name   |
+//! | container's ports | a Service named after the manifest service, created with the first    |
+//! |                   | Deployment of the service; [`KubeEngine::switch_service`] moves it    |
+//! | volume            | PersistentVolumeClaim                                                 |
+//!
+//! Everything is written with server-side apply under the field manager `rollout`, without
+//! forcing: a field another manager owns is a 409 the user sees, never silently taken over.
+//! The JSON of a service's settings ([`labels::SPEC`]) does not fit in a label value, so it is an
+//! annotation here. Objects carry the labels SPEC.md promises.
+//!
+//! What has no meaning here yet (exec, logs, pause, volume copies, published ports, images,
+//! events) fails with [`EngineError::Unsupported`]; the commands that need it are refused before
+//! they start (see `cmd::connect`).
+
+pub mod lease;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Namespace,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, Service as KService, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume as KVolume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{
+    ContainerSpec, ContainerStatus, Engine, EngineError, EnvValue, EventStream, ExecOutput,
+    LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Removed,
+    ServiceSnapshot, image, labels,
+};
+use crate::manifest::env::{Health, Probe as HealthProbe};
+use crate::manifest::secret::SecretValue;
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "rollout";
+
+/// How long connecting waits for the API server to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The size asked for a volume's claim (the manifest has no size yet).
+const VOLUME_SIZE: &str = "1Gi";
+
+/// The namespace of an environment's production objects (also its "network").
+pub fn namespace(env: &str) -> String {
+    super::spec::production_network(env)
+}
+
+pub struct KubeEngine {
+    client: Client,
+    /// The kubeconfig context (or "in-cluster") and the server, for messages.
+    context: String,
+}
+
+impl KubeEngine {
+    /// An engine over an existing client (the mock API server in tests).
+    pub fn new(client: Client, context: impl Into<String>) -> Self {
+        KubeEngine {
+            client,
+            context: context.into(),
+        }
+    }
+
+    /// Connects to the cluster of KUBECONFIG's current context (or `~/.kube/config`), else the
+    /// in-cluster service account, and checks that the API server answers.
+    pub async fn connect() -> Result<Self, EngineError> {
+        let (config, context) = infer_config().await?;
+        let server = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|e| EngineError::ClusterUnreachable {
+            context: context.clone(),
+            reason: format!("cannot build a client for {server}: {e}"),
+        })?;
+        let version = tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version())
+            .await
+            .map_err(|_| EngineError::ClusterUnreachable {
+                context: context.clone(),
+                reason: format!(
+                    "{server} did not answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            })?
+            .map_err(|e| EngineError::ClusterUnreachable {
+                context: context.clone(),
+                reason: format!("{server}: {}", with_causes(&e)),
+            })?;
+        Ok(KubeEngine {
+            client,
+            context: format!(
+                "kubernetes {}.{} at {server} (context {context})",
+                version.major, version.minor
+            ),
+        })
+    }
+
+    fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn apply<K>(&self, api: &Api<K>, name: &str, object: &K) -> Result<K, EngineError>
+    where
+        K: Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(|e| {
+            api_error(
+                e,
+                "apply",
+                &format!("{} {name}", K::kind(&Default::default())),
+            )
+        })
+    }
+
+    /// Applies `object` only if nothing of that name exists yet.
+    async fn ensure<K>(&self, api: &Api<K>, name: &str, object: &K) -> Result<Outcome, EngineError>
+    where
+        K: Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let what = format!("{} {name}", K::kind(&Default::default()));
+        match api.get_opt(name).await {
+            Ok(Some(_)) => Ok(Outcome::Unchanged),
+            Ok(None) => {
+                self.apply(api, name, object).await?;
+                Ok(Outcome::Created)
+            }
+            Err(e) => Err(api_error(e, "read", &what)),
+        }
+    }
+
+    /// The Deployment of that name in any namespace rollout manages.
+    async fn find_deployment(&self, name: &str) -> Result<Option<Deployment>, EngineError> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let lp = ListParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .labels(labels::ENVIRONMENT);
+        let list = api
+            .list(&lp)
+            .await
+            .map_err(|e| api_error(e, "find", &format!("Deployment {name}")))?;
+        Ok(list.items.into_iter().next())
+    }
+
+    async fn scale(&self, container: &str, replicas: i32) -> Result<(), EngineError> {
+        let Some(d) = self.find_deployment(container).await? else {
+            return Ok(());
+        };
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Deployment> = self.api(&ns);
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        api.patch(container, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| api_error(e, "scale", &format!("Deployment {container}")))?;
+        Ok(())
+    }
+
+    /// The blue-green switch: points the Service of `service` in `env` at the pods of `run`.
+    /// Nothing else changes; the previous Deployment keeps running until it is removed.
+    pub async fn switch_service(
+        &self,
+        env: &str,
+        service: &str,
+        run: &str,
+    ) -> Result<(), EngineError> {
+        let api: Api<KService> = self.api(&namespace(env));
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": service },
+            "spec": { "selector": pod_selector(env, service, run) },
+        });
+        api.patch(
+            service,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
+        Ok(())
+    }
+
+    async fn list_all<K>(&self, selector: &str) -> Result<Vec<K>, EngineError>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| {
+                api_error(
+                    e,
+                    "list",
+                    &format!("{}s {selector}", K::kind(&Default::default())),
+                )
+            })?;
+        Ok(list.items)
+    }
+}
+
+/// Finds the cluster: KUBECONFIG (or `~/.kube/config`) first, then the in-cluster service
+/// account. The error says what was tried.
+async fn infer_config() -> Result<(kube::Config, String), EngineError> {
+    let source = std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".to_string());
+    match kube::config::Kubeconfig::read() {
+        Ok(file) => {
+            let context = file
+                .current_context
+                .clone()
+                .unwrap_or_else(|| "(no current-context)".to_string());
+            let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| EngineError::ClusterUnreachable {
+                    context: format!("{context} from {source}"),
+                    reason: e.to_string(),
+                })?;
+            Ok((config, format!("{context} from {source}")))
+        }
+        Err(file_err) => match kube::Config::incluster() {
+            Ok(config) => Ok((config, "in-cluster service account".to_string())),
+            Err(cluster_err) => Err(EngineError::ClusterUnreachable {
+                context: format!("kubeconfig {source}"),
+                reason: format!(
+                    "cannot read it ({file_err}), and this is not a pod in a cluster ({cluster_err})"
+                ),
+            }),
+        },
+    }
+}
+
+/// An API error as the user needs it: a conflict names the field manager problem, a 5xx is the
+/// server's fault, a broken connection is transient (retried by `retry::Retrying`).
+fn api_error(e: kube::Error, action: &'static str, object: &str) -> EngineError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => EngineError::Call {
+            action,
+            object: object.to_string(),
+            reason: format!(
+                "conflict (409): {}; another field manager owns these fields, and rollout does not take them over",
+                s.message
+            ),
+        },
+        kube::Error::Api(s) if s.code >= 500 => EngineError::Call {
+            action,
+            object: object.to_string(),
+            reason: format!("the API server failed ({}): {}", s.code, s.message),
+        },
+        kube::Error::Api(s) => EngineError::Call {
+            action,
+            object: object.to_string(),
+            reason: format!("{} ({}): {}", s.reason, s.code, s.message),
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => EngineError::Lost {
+            action,
+            object: object.to_string(),
+            reason: with_causes(&e),
+        },
+        other => EngineError::Call {
+            action,
+            object: object.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): Connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+fn unsupported(what: &str) -> EngineError {
+    EngineError::Unsupported {
+        what: what.to_string(),
+    }
+}
+
+/// The labels that pick the pods of one service's Deployment for one run.
+pub fn pod_selector(env: &str, service: &str, run: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENVIRONMENT.to_string(), env.to_string()),
+        (labels::SERVICE.to_string(), service.to_string()),
+        (labels::RUN.to_string(), run.to_string()),
+    ])
+}
+
+fn selector_string(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether `value` may be a Kubernetes label value: at most 63 characters of `[A-Za-z0-9-_.]`,
+/// beginning and ending with a letter or digit (or empty).
+pub fn valid_label_value(value: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric();
+    value.is_empty()
+        || (value.len() <= 63
+            && value.starts_with(ok)
+            && value.ends_with(ok)
+            && value.chars().all(|c| ok(c) || matches!(c, '-' | '_' | '.')))
+}
+
+/// rollout's labels split into what Kubernetes takes as labels and the rest, kept under the same
+/// keys as annotations: the JSON spec, and any value a label cannot hold (a client name with a
+/// space, an owner `host:pid:start`). [`found_labels`] puts them back together.
+pub fn split_labels(
+    all: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    all.iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, v)| k != labels::SPEC && valid_label_value(v))
+}
+
+/// An object's rollout labels as written: its labels with rollout's annotations put back.
+fn found_labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    let mut out = meta.labels.clone().unwrap_or_default();
+    for (k, v) in meta.annotations.iter().flatten() {
+        if k.starts_with("rollout.") && k != labels::SPEC {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// `Some(map)` unless it is empty.
+fn some(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then_some(map)
+}
+
+fn probe(health: &Health) -> Probe {
+    let mut p = Probe {
+        period_seconds: Some(health.interval.as_secs().max(1) as i32),
+        timeout_seconds: Some(health.timeout.as_secs().max(1) as i32),
+        initial_delay_seconds: None,
+        ..Default::default()
+    };
+    match &health.probe {
+        HealthProbe::Http { port, path } => {
+            p.http_get = Some(HTTPGetAction {
+                port: IntOrString::Int(i32::from(*port)),
+                path: Some(path.clone()),
+                ..Default::default()
+            })
+        }
+        HealthProbe::Tcp { port } => {
+            p.tcp_socket = Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(*port)),
+                ..Default::default()
+            })
+        }
+        HealthProbe::Exec { command } => {
+            p.exec = Some(ExecAction {
+                command: Some(command.clone()),
+            })
+        }
+    }
+    p
+}
+
+/// The namespace, Secret (if any), and Deployment that run `spec`: a pure function.
+pub fn objects(spec: &ContainerSpec) -> (String, Option<Secret>, Deployment) {
+    let ns = spec.network.clone();
+    let (labels, annotations) = split_labels(&spec.labels);
+    let env_name = labels.get(labels::ENVIRONMENT).cloned().unwrap_or_default();
+    let service = labels
+        .get(labels::SERVICE)
+        .cloned()
+        .unwrap_or_else(|| "main".into());
+    let run = labels.get(labels::RUN).cloned().unwrap_or_default();
+    let mut secret_data = BTreeMap::new();
+    let env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .map(|(k, v)| match v {
+            EnvValue::Plain(value) => EnvVar {
+                name: k.clone(),
+                value: Some(value.clone()),
+                value_from: None,
+            },
+            EnvValue::Secret(s) => {
+                secret_data.insert(k.clone(), s.expose().to_string());
+                EnvVar {
+                    name: k.clone(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: spec.name.clone(),
+                            key: k.clone(),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
+                    }),
+                }
+            }
+        })
+        .collect();
+    let secret = (!secret_data.is_empty()).then(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        string_data: Some(secret_data),
+        ..Default::default()
+    });
+    let selector = pod_selector(&env_name, &service, &run);
+    let mut pod_labels = labels.clone();
+    pod_labels.extend(selector.clone());
+    let container = Container {
+        name: service.clone(),
+        image: Some(spec.image.clone()),
+        args: spec.command.clone(),
+        env: (!env.is_empty()).then_some(env),
+        ports: (!spec.probe_ports.is_empty()).then(|| {
+            spec.probe_ports
+                .iter()
+                .map(|p| ContainerPort {
+                    container_port: i32::from(*p),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        readiness_probe: spec.healthcheck.as_ref().map(probe),
+        volume_mounts: (!spec.volumes.is_empty()).then(|| {
+            spec.volumes
+                .iter()
+                .map(|(claim, path)| VolumeMount {
+                    name: claim.clone(),
+                    mount_path: path.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: (!spec.volumes.is_empty()).then(|| {
+                        spec.volumes
+                            .iter()
+                            .map(|(claim, _)| KVolume {
+                                name: claim.clone(),
+                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                    claim_name: claim.clone(),
+                                    read_only: None,
+                                }),
+                                ..Default::default()
+                            })
+                            .collect()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    (ns, secret, deployment)
+}
+
+/// The Service of a manifest service, selecting the pods of `run`.
+pub fn service_object(spec: &ContainerSpec) -> Option<(String, KService)> {
+    let service = spec.labels.get(labels::SERVICE)?.clone();
+    if spec.probe_ports.is_empty() {
+        return None;
+    }
+    let env = spec.labels.get(labels::ENVIRONMENT)?.clone();
+    let run = spec.labels.get(labels::RUN).cloned().unwrap_or_default();
+    let (mut labels, _) = split_labels(&spec.labels);
+    // The Service outlives the run that created it.
+    labels.remove(labels::RUN);
+    Some((
+        service.clone(),
+        KService {
+            metadata: ObjectMeta {
+                name: Some(service.clone()),
+                namespace: Some(spec.network.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(pod_selector(&env, &service, &run)),
+                ports: Some(
+                    spec.probe_ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            name: Some(format!("p{p}")),
+                            port: i32::from(*p),
+                            target_port: Some(IntOrString::Int(i32::from(*p))),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ))
+}
+
+/// One observed Deployment as the planner sees a container: a pure function.
+/// `pods` may hold pods of other Deployments: those its selector picks are used.
+pub fn observed_container(
+    d: &Deployment,
+    pods: &[Pod],
+) -> Option<(String, ObservedContainer, Option<ServiceSnapshot>)> {
+    let labels = d.metadata.labels.as_ref()?;
+    let service = labels.get(labels::SERVICE)?.clone();
+    let spec = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::SPEC))
+        .and_then(|json| serde_json::from_str::<ServiceSnapshot>(json).ok());
+    let image = d
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let own: Vec<Pod> = pods.iter().filter(|p| selects(d, p)).cloned().collect();
+    let st = status::from_deployment(d, &own);
+    Some((
+        service,
+        ObservedContainer {
+            id: d.metadata.uid.clone().unwrap_or_default(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            image,
+            state: st.state,
+            health: st.health,
+            run: labels.get(labels::RUN).cloned(),
+            created: d
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or_default(),
+        },
+        spec,
+    ))
+}
+
+/// Whether `d`'s selector picks `pod` (rollout's Deployments select by labels only).
+fn selects(d: &Deployment, pod: &Pod) -> bool {
+    let Some(want) = d.spec.selector.match_labels.as_ref() else {
+        return false;
+    };
+    let have = pod.metadata.labels.as_ref();
+    want.iter()
+        .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+}
+
+#[async_trait]
+impl Engine for KubeEngine {
+    fn describe(&self) -> String {
+        self.context.clone()
+    }
+
+    async fn observe(&self, environment: &str) -> Result<Observed, EngineError> {
+        let ns = namespace(environment);
+        let selector = format!(
+            "{}={environment},{}=production",
+            labels::ENVIRONMENT,
+            labels::ROLE
+        );
+        let deployments: Api<Deployment> = self.api(&ns);
+        let deployments = deployments
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("Deployments in {ns}")))?
+            .items;
+        // Their pods, for crash loops and pull failures the Deployment's status does not say.
+        let pods: Vec<Pod> = if deployments.is_empty() {
+            Vec::new()
+        } else {
+            let api: Api<Pod> = self.api(&ns);
+            api.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| api_error(e, "list", &format!("Pods in {ns}")))?
+                .items
+        };
+        let mut found: Vec<_> = deployments
+            .iter()
+            .filter_map(|d| observed_container(d, &pods))
+            .collect();
+        // Oldest first, so the newest Deployment of a service is its last.
+        found.sort_by(|a, b| (a.1.created, &a.1.name).cmp(&(b.1.created, &b.1.name)));
+        let secrets: BTreeMap<String, Secret> = if found.is_empty() {
+            BTreeMap::new()
+        } else {
+            let api: Api<Secret> = self.api(&ns);
+            api.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| api_error(e, "list", &format!("Secrets in {ns}")))?
+                .items
+                .into_iter()
+                .filter_map(|s| Some((s.metadata.name.clone()?, s)))
+                .collect()
+        };
+        let mut services: BTreeMap<String, ObservedService> = BTreeMap::new();
+        for (service, container, spec) in found {
+            let values = secrets
+                .get(&container.name)
+                .and_then(|s| s.data.as_ref())
+                .map(|data| {
+                    data.iter()
+                        .filter_map(|(k, v)| {
+                            Some((
+                                k.clone(),
+                                SecretValue::new(String::from_utf8(v.0.clone()).ok()?),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let entry = services
+                .entry(service.clone())
+                .or_insert_with(|| ObservedService {
+                    name: service.clone(),
+                    containers: Vec::new(),
+                    spec: None,
+                    secrets: BTreeMap::new(),
+                });
+            entry.containers.push(container);
+            entry.spec = spec;
+            entry.secrets = values;
+        }
+        Ok(Observed {
+            environment: environment.to_string(),
+            services,
+        })
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Outcome, EngineError> {
+        let (labels, annotations) = split_labels(labels);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(labels),
+                annotations: some(annotations),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.ensure(&api, name, &ns).await
+    }
+
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Outcome, EngineError> {
+        let Some(env) = labels.get(labels::ENVIRONMENT) else {
+            return Err(unsupported(&format!(
+                "a volume without the {} label ({name})",
+                labels::ENVIRONMENT
+            )));
+        };
+        let ns = namespace(env);
+        let (labels, annotations) = split_labels(labels);
+        let pvc = PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(ns.clone()),
+                labels: Some(labels),
+                annotations: some(annotations),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(VOLUME_SIZE.to_string()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.ensure(&self.api(&ns), name, &pvc).await
+    }
+
+    async fn run_container(&self, spec: &ContainerSpec) -> Result<Outcome, EngineError> {
+        let (ns, secret, deployment) = objects(spec);
+        let deployments: Api<Deployment> = self.api(&ns);
+        let existed = deployments
+            .get_opt(&spec.name)
+            .await
+            .map_err(|e| api_error(e, "read", &format!("Deployment {}", spec.name)))?
+            .is_some();
+        if let Some(secret) = &secret {
+            self.apply(&self.api(&ns), &spec.name, secret).await?;
+        }
+        self.apply(&deployments, &spec.name, &deployment).await?;
+        if let Some((name, service)) = service_object(spec) {
+            // Created with the first Deployment only: later ones are switched to explicitly.
+            self.ensure(&self.api(&ns), &name, &service).await?;
+        }
+        Ok(if existed {
+            Outcome::Unchanged
+        } else {
+            Outcome::Created
+        })
+    }
+
+    async fn remove_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Removed, EngineError> {
+        let sel = selector_string(selector);
+        let mut removed = Removed::default();
+        let dp = DeleteParams::background();
+        for d in self.list_all::<Deployment>(&sel).await? {
+            let (Some(name), Some(ns)) = (d.metadata.name, d.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<Deployment> = self.api(&ns);
+            delete_ok(api.delete(&name, &dp).await, &format!("Deployment {name}"))?;
+            removed.containers += 1;
+        }
+        for s in self.list_all::<Secret>(&sel).await? {
+            let (Some(name), Some(ns)) = (s.metadata.name, s.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<Secret> = self.api(&ns);
+            delete_ok(api.delete(&name, &dp).await, &format!("Secret {name}"))?;
+        }
+        for c in self.list_all::<PersistentVolumeClaim>(&sel).await? {
+            let (Some(name), Some(ns)) = (c.metadata.name, c.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<PersistentVolumeClaim> = self.api(&ns);
+            delete_ok(
+                api.delete(&name, &dp).await,
+                &format!("PersistentVolumeClaim {name}"),
+            )?;
+            removed.volumes += 1;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for n in namespaces
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
+            .items
+        {
+            let Some(name) = n.metadata.name else {
+                continue;
+            };
+            delete_ok(
+                namespaces.delete(&name, &dp).await,
+                &format!("Namespace {name}"),
+            )?;
+            removed.networks += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn build_image(
+        &self,
+        tag: &str,
+        _context: &image::BuildContext,
+    ) -> Result<(), EngineError> {
+        Err(unsupported(&format!(
+            "building images ({tag}): push images to a registry the cluster pulls from"
+        )))
+    }
+
+    async fn events(
+        &self,
+        _selector: &BTreeMap<String, String>,
+    ) -> Result<EventStream, EngineError> {
+        Err(unsupported("container events (pod watches)"))
+    }
+
+    async fn status(&self, container: &str) -> Result<Option<ContainerStatus>, EngineError> {
+        let Some(d) = self.find_deployment(container).await? else {
+            return Ok(None);
+        };
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let selector = d
+            .spec
+            .selector
+            .match_labels
+            .as_ref()
+            .map(selector_string)
+            .unwrap_or_default();
+        let pods: Api<Pod> = self.api(&ns);
+        let pods = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("Pods of {container}")))?
+            .items;
+        Ok(Some(status::from_deployment(&d, &pods)))
+    }
+
+    async fn published_port(
+        &self,
+        container: &str,
+        _container_port: u16,
+    ) -> Result<Option<u16>, EngineError> {
+        Err(unsupported(&format!(
+            "probing ports of {container} from this machine (needs a port-forward)"
+        )))
+    }
+
+    async fn exec(
+        &self,
+        container: &str,
+        _command: &[String],
+        _limit: Duration,
+    ) -> Result<ExecOutput, EngineError> {
+        Err(unsupported(&format!("exec in {container}")))
+    }
+
+    async fn logs_tail(&self, container: &str, _lines: usize) -> Result<Vec<String>, EngineError> {
+        Err(unsupported(&format!("logs of {container}")))
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), EngineError> {
+        Err(unsupported(&format!("pausing {container}")))
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), EngineError> {
+        Err(unsupported(&format!("unpausing {container}")))
+    }
+
+    async fn copy_volume(
+        &self,
+        from: &str,
+        to: &str,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        Err(unsupported(&format!(
+            "copying volume {from} to {to} (VolumeSnapshots or a copy Job)"
+        )))
+    }
+
+    async fn list_labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<LabelledObject>, EngineError> {
+        let sel = selector_string(selector);
+        let mut out = Vec::new();
+        let found = |kind, meta: &ObjectMeta| LabelledObject {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+            labels: found_labels(meta),
+        };
+        for d in self.list_all::<Deployment>(&sel).await? {
+            out.push(found(ObjectKind::Container, &d.metadata));
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for n in namespaces
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
+            .items
+        {
+            out.push(found(ObjectKind::Network, &n.metadata));
+        }
+        for c in self.list_all::<PersistentVolumeClaim>(&sel).await? {
+            out.push(found(ObjectKind::Volume, &c.metadata));
+        }
+        Ok(out)
+    }
+
+    async fn stop_container(&self, container: &str, _grace: Duration) -> Result<(), EngineError> {
+        self.scale(container, 0).await
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
+        let Some(d) = self.find_deployment(container).await? else {
+            return Ok(());
+        };
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let dp = DeleteParams::background();
+        let deployments: Api<Deployment> = self.api(&ns);
+        delete_ok(
+            deployments.delete(container, &dp).await,
+            &format!("Deployment {container}"),
+        )?;
+        let secrets: Api<Secret> = self.api(&ns);
+        delete_ok(
+            secrets.delete(container, &dp).await,
+            &format!("Secret {container}"),
+        )
+    }
+
+    async fn start_container(&self, container: &str) -> Result<(), EngineError> {
+        self.scale(container, 1).await
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        Err(unsupported(&format!(
+            "checking for image {image} (the cluster's nodes pull it)"
+        )))
+    }
+
+    async fn address(
+        &self,
+        container: &str,
+        _network: &str,
+    ) -> Result<Option<std::net::IpAddr>, EngineError> {
+        Err(unsupported(&format!(
+            "the edge proxy's addresses ({container}): traffic moves through Services"
+        )))
+    }
+}
+
+/// A delete that found nothing to delete is fine: every call is idempotent.
+fn delete_ok<T>(r: Result<T, kube::Error>, object: &str) -> Result<(), EngineError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_error(e, "delete", object)),
+    }
+}
+
+#[cfg(test)]
+mod mock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_kubernetes_cannot_hold_become_annotations() {
+        assert!(
+            valid_label_value("shop") && valid_label_value("r1.a_b-c") && valid_label_value("")
+        );
+        assert!(!valid_label_value("Acme Corp"));
+        assert!(!valid_label_value("host:12:1700000000"));
+        assert!(!valid_label_value("-x") && !valid_label_value(&"a".repeat(64)));
+        let all = BTreeMap::from([
+            (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+            (labels::CLIENT.to_string(), "Acme Corp".to_string()),
+            (
+                labels::SPEC.to_string(),
+                "{\"image\":\"web:1\"}".to_string(),
+            ),
+        ]);
+        let (labels, annotations) = split_labels(&all);
+        assert_eq!(labels.keys().collect::<Vec<_>>(), vec![labels::ENVIRONMENT]);
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![labels::CLIENT, labels::SPEC]
+        );
+        let meta = ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        };
+        let mut back = all.clone();
+        back.remove(labels::SPEC);
+        assert_eq!(
+            found_labels(&meta),
+            back,
+            "read back as written, but the spec"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! One change at a time per environment, on a cluster: the lock as a `coordination.k8s.io/v1`
+//! Lease named [`LEASE_NAME`] in the environment's namespace.
+//!
+//! [`decide`] is pure (the Lease as read, who asks, `now`); [`LeaseLock`] does the I/O. Writes
+//! carry the `resourceVersion` that was read, so two processes deciding at once cannot both win:
+//! the API server answers the slower one 409, which is reported as the lock being held.
+//! Not wired into the commands yet: the store's lock still guards runs.
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+
+use super::{FIELD_MANAGER, namespace};
+
+/// The Lease's name in `rollout-<env>`.
+pub const LEASE_NAME: &str = "rollout-lock";
+
+/// What to do with the Lease as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// There is none: create it.
+    Create,
+    /// It is ours: renew it.
+    Renew,
+    /// Its holder let it expire (or released it): take it over.
+    TakeOver { from: Option<String> },
+    /// Someone else holds it until `until`.
+    Refuse { holder: String, until: Timestamp },
+}
+
+/// When the Lease expires: its last renewal (or acquisition) plus its duration.
+pub fn expiry(lease: &Lease) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    let since = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let secs = spec.lease_duration_seconds?;
+    since
+        .checked_add(jiff::SignedDuration::from_secs(i64::from(secs)))
+        .ok()
+}
+
+/// What `me` may do with `lease` at `now`.
+pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
+    let Some(lease) = lease else {
+        return Decision::Create;
+    };
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty());
+    match holder {
+        None => Decision::TakeOver { from: None },
+        Some(h) if h == me => Decision::Renew,
+        Some(h) => match expiry(lease) {
+            Some(until) if until > now => Decision::Refuse { holder: h, until },
+            // Expired, or never said how long: a lease nobody renews is not held.
+            _ => Decision::TakeOver { from: Some(h) },
+        },
+    }
+}
+
+/// What acquiring did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    Created,
+    Renewed,
+    TookOver { from: Option<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "environment {env} is locked by {holder} until {until} (Lease {LEASE_NAME} in {namespace}); try again after it finishes"
+    )]
+    Held {
+        env: String,
+        namespace: String,
+        holder: String,
+        until: String,
+    },
+    #[error("{action} Lease {LEASE_NAME} in {namespace} failed: {reason}")]
+    Api {
+        action: &'static str,
+        namespace: String,
+        reason: String,
+    },
+}
+
+pub struct LeaseLock {
+    api: Api<Lease>,
+    env: String,
+    namespace: String,
+    holder: String,
+    duration_secs: i32,
+}
+
+impl LeaseLock {
+    /// The lock of `env` for `holder` (a run id with its host and pid), held for `duration_secs`
+    /// past each renewal.
+    pub fn new(client: kube::Client, env: &str, holder: &str, duration_secs: i32) -> Self {
+        let ns = namespace(env);
+        LeaseLock {
+            api: Api::namespaced(client, &ns),
+            env: env.to_string(),
+            namespace: ns,
+            holder: holder.to_string(),
+            duration_secs,
+        }
+    }
+
+    fn api_err(&self, action: &'static str, e: kube::Error) -> LeaseError {
+        LeaseError::Api {
+            action,
+            namespace: self.namespace.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn held(&self, holder: String, until: String) -> LeaseError {
+        LeaseError::Held {
+            env: self.env.clone(),
+            namespace: self.namespace.clone(),
+            holder,
+            until,
+        }
+    }
+
+    /// Takes the lock, renews it if ours, or takes over an expired one; refuses a held one.
+    pub async fn acquire(&self, now: Timestamp) -> Result<Acquired, LeaseError> {
+        let found = self
+            .api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.api_err("read", e))?;
+        let decision = decide(found.as_ref(), &self.holder, now);
+        let stamp = MicroTime(now);
+        match (decision, found) {
+            (Decision::Refuse { holder, until }, _) => Err(self.held(holder, until.to_string())),
+            (Decision::Create, _) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(LEASE_NAME.to_string()),
+                        namespace: Some(self.namespace.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.holder.clone()),
+                        lease_duration_seconds: Some(self.duration_secs),
+                        acquire_time: Some(stamp.clone()),
+                        renew_time: Some(stamp),
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_string()),
+                    ..Default::default()
+                };
+                match self.api.create(&pp, &lease).await {
+                    Ok(_) => Ok(Acquired::Created),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Err(self.held(
+                        "another process (it created the Lease just now)".into(),
+                        "it is released".into(),
+                    )),
+                    Err(e) => Err(self.api_err("create", e)),
+                }
+            }
+            (decision, Some(mut lease)) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                let outcome = match decision {
+                    Decision::Renew => Acquired::Renewed,
+                    Decision::TakeOver { from } => {
+                        spec.holder_identity = Some(self.holder.clone());
+                        spec.acquire_time = Some(stamp.clone());
+                        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                        Acquired::TookOver { from }
+                    }
+                    Decision::Create | Decision::Refuse { .. } => unreachable!("handled above"),
+                };
+                spec.renew_time = Some(stamp);
+                spec.lease_duration_seconds = Some(self.duration_secs);
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_string()),
+                    ..Default::default()
+                };
+                // `lease` carries the resourceVersion read above: a concurrent writer makes it 409.
+                match self.api.replace(LEASE_NAME, &pp, &lease).await {
+                    Ok(_) => Ok(outcome),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Err(self.held(
+                        "another process (it changed the Lease just now)".into(),
+                        "it is released".into(),
+                    )),
+                    Err(e) => Err(self.api_err("update", e)),
+                }
+            }
+            (_, None) => unreachable!("decide returns Create when there is no lease"),
+        }
+    }
+
+    /// Gives the lock up if we hold it; a lock held by someone else is left alone.
+    pub async fn release(&self) -> Result<bool, LeaseError> {
+        let Some(lease) = self
+            .api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.api_err("read", e))?
+        else {
+            return Ok(false);
+        };
+        let ours = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.holder.as_str());
+        if !ours {
+            return Ok(false);
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: lease.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        match self.api.delete(LEASE_NAME, &dp).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(e) => Err(self.api_err("delete", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed: &str, secs: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_string()),
+                renew_time: Some(MicroTime(renewed.parse().unwrap())),
+                lease_duration_seconds: Some(secs),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        assert_eq!(decide(None, "me", now), Decision::Create);
+        let mine = lease("me", "2026-01-01T11:00:00Z", 10);
+        assert_eq!(decide(Some(&mine), "me", now), Decision::Renew);
+        let held = lease("other", "2026-01-01T11:59:55Z", 30);
+        assert_eq!(
+            decide(Some(&held), "me", now),
+            Decision::Refuse {
+                holder: "other".into(),
+                until: "2026-01-01T12:00:25Z".parse().unwrap()
+            }
+        );
+        let expired = lease("other", "2026-01-01T11:59:00Z", 30);
+        assert_eq!(
+            decide(Some(&expired), "me", now),
+            Decision::TakeOver {
+                from: Some("other".into())
+            }
+        );
+        let released = lease("", "2026-01-01T11:59:59Z", 30);
+        assert_eq!(
+            decide(Some(&released), "me", now),
+            Decision::TakeOver { from: None }
+        );
+    }
+}

@@ -1,0 +1,767 @@
+//! The kubernetes backend against a mock API server (`tower_test::mock::pair`), in the style of
+//! kube-rs/controller-rs `src/fixtures.rs`: each scenario scripts the requests the API server
+//! must see, in order (method, path with query, and body), and answers each as the server would.
+//! A request that never comes fails the test after [`WAIT`]; one that comes unasked fails it too.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::lease::{Acquired, LeaseError, LeaseLock};
+use super::*;
+use crate::engine::spec::{base_labels, production_container, production_network};
+use crate::engine::{ContainerState, Role};
+use crate::manifest::env::Environment;
+use crate::manifest::source::Source;
+use crate::manifest::{env, yaml};
+
+/// How long the mock server waits for each scripted request.
+const WAIT: Duration = Duration::from_secs(2);
+
+type BodyCheck = Box<dyn FnOnce(&Value) + Send>;
+
+/// One request the API server expects, and its answer.
+struct Exchange {
+    method: Method,
+    uri: String,
+    check: Option<BodyCheck>,
+    status: u16,
+    reply: Value,
+    /// The connection breaks instead of an answer.
+    broken: bool,
+}
+
+fn on(method: Method, uri: &str) -> Exchange {
+    Exchange {
+        method,
+        uri: uri.to_string(),
+        check: None,
+        status: 200,
+        reply: json!({}),
+        broken: false,
+    }
+}
+
+impl Exchange {
+    fn body(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+        self.check = Some(Box::new(check));
+        self
+    }
+    fn reply(mut self, status: u16, reply: Value) -> Self {
+        self.status = status;
+        self.reply = reply;
+        self
+    }
+    fn ok(self, reply: Value) -> Self {
+        self.reply(200, reply)
+    }
+    fn broken(mut self) -> Self {
+        self.broken = true;
+        self
+    }
+}
+
+/// A `Status` body as the API server sends with an error.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message })
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    status(404, "NotFound", &format!("{kind} \"{name}\" not found"))
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({ "kind": kind, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items })
+}
+
+/// A client whose API server plays `script`; await the handle to check every request came.
+fn serve(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        for ex in script {
+            let what = format!("{} {}", ex.method, ex.uri);
+            let (request, send) = tokio::time::timeout(WAIT, handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("the API server waited in vain for {what}"))
+                .unwrap_or_else(|| panic!("the client went away before {what}"));
+            assert_eq!(request.method(), ex.method, "method, expecting {what}");
+            assert_eq!(request.uri().to_string(), ex.uri, "uri, expecting {what}");
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            if let Some(check) = ex.check {
+                let body: Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e})"));
+                check(&body);
+            }
+            if ex.broken {
+                send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+                continue;
+            }
+            let response = Response::builder()
+                .status(ex.status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&ex.reply).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+        // Nothing more may be asked.
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await
+        {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    });
+    (Client::new(service, "default"), server)
+}
+
+async fn finished(server: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(WAIT * 4, server)
+        .await
+        .expect("the mock API server finished")
+        .expect("every scripted request came as expected");
+}
+
+const SHOP: &str = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  web:\n    image: web:1\n    env: { MODE: fast }\n    secrets: { KEY: { fromEnv: K } }\n    ports: [ { name: http, container: 8080, public: 18080 } ]\n    health: { http: { port: 8080, path: /healthz } }\n    dependsOn: [db]\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n";
+
+fn environment() -> Environment {
+    let src = Source::new("shop.yaml", SHOP);
+    let raw = yaml::parse(&src, "a manifest").expect("parses");
+    env::resolve(&src, raw, &|_| Some("s3cret".to_string())).expect("resolves")
+}
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/rollout-shop/deployments";
+const OBSERVE: &str = "/apis/apps/v1/namespaces/rollout-shop/deployments?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
+const PODS_OF_SHOP: &str = "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
+const SECRETS_OF_SHOP: &str = "/api/v1/namespaces/rollout-shop/secrets?&labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
+
+fn apply_uri(collection: &str, name: &str) -> String {
+    format!("{collection}/{name}?&fieldManager=rollout")
+}
+
+#[tokio::test]
+async fn plan_on_an_empty_namespace_creates_everything() {
+    let (client, server) = serve(vec![
+        on(Method::GET, OBSERVE).ok(list("DeploymentList", vec![])),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let observed = engine.observe("shop").await.unwrap();
+    finished(server).await;
+    assert!(observed.services.is_empty());
+    let env = environment();
+    let plan = crate::plan::compute(
+        &env,
+        &observed,
+        &crate::manifest::playbook::Playbook::builtin_default(),
+    );
+    assert!(plan.has_changes());
+    assert_eq!(plan.count(crate::plan::Action::Create), 2);
+}
+
+/// Applies the whole environment as a first promotion would, checking every object sent, then
+/// reads it back: the planner sees web as declared, and db's crash-looping pod as not running.
+#[tokio::test]
+async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
+    let env = environment();
+    let web = env.services.iter().find(|s| s.name == "web").unwrap();
+    let db = env.services.iter().find(|s| s.name == "db").unwrap();
+    let web_spec = production_container(&env, web, "r1");
+    let db_spec = production_container(&env, db, "r1");
+    let (_, _, web_deploy) = objects(&web_spec);
+    let (_, _, db_deploy) = objects(&db_spec);
+    let web_deploy = serde_json::to_value(&web_deploy).unwrap();
+    let db_deploy = serde_json::to_value(&db_deploy).unwrap();
+    let (sent_web, sent_db) = (web_deploy.clone(), db_deploy.clone());
+    let ns = "/api/v1/namespaces";
+    let pvcs = "/api/v1/namespaces/rollout-shop/persistentvolumeclaims";
+    let secrets = "/api/v1/namespaces/rollout-shop/secrets";
+    let services = "/api/v1/namespaces/rollout-shop/services";
+    let (client, server) = serve(vec![
+        // The namespace is the production "network".
+        on(Method::GET, &format!("{ns}/rollout-shop"))
+            .reply(404, not_found("namespaces", "rollout-shop")),
+        on(Method::PATCH, &apply_uri(ns, "rollout-shop"))
+            .body(|b| {
+                assert_eq!(b["kind"], "Namespace");
+                assert_eq!(b["metadata"]["labels"]["rollout.environment"], "shop");
+                assert_eq!(b["metadata"]["labels"]["rollout.role"], "production");
+                assert_eq!(b["metadata"]["labels"]["rollout.client"], "acme");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
+        // db's volume as a claim.
+        on(Method::GET, &format!("{pvcs}/shop-db-data"))
+            .reply(404, not_found("persistentvolumeclaims", "shop-db-data")),
+        on(Method::PATCH, &apply_uri(pvcs, "shop-db-data"))
+            .body(|b| {
+                assert_eq!(b["kind"], "PersistentVolumeClaim");
+                assert_eq!(b["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+                assert_eq!(b["spec"]["resources"]["requests"]["storage"], "1Gi");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
+        // db: a Deployment mounting it, no Secret, no ports so no Service.
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
+            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1"))
+            .body(|b| {
+                assert_eq!(b["kind"], "Deployment");
+                assert_eq!(b["spec"]["replicas"], 1);
+                let pod = &b["spec"]["template"]["spec"];
+                assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "shop-db-data");
+                assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/data");
+                assert!(b["metadata"]["labels"].get("rollout.spec").is_none(), "JSON is not a label value");
+                assert!(b["metadata"]["annotations"]["rollout.spec"].is_string());
+            })
+            .ok(db_deploy.clone()),
+        // web: its Secret, its Deployment, its Service.
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1"))
+            .reply(404, not_found("deployments.apps", "shop-web-r1")),
+        on(Method::PATCH, &apply_uri(secrets, "shop-web-r1"))
+            .body(|b| {
+                assert_eq!(b["kind"], "Secret");
+                assert_eq!(b["stringData"]["KEY"], "s3cret");
+                assert_eq!(b["metadata"]["labels"]["rollout.run"], "r1");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "shop-web-r1" } })),
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-web-r1"))
+            .body(move |b| {
+                assert_eq!(b, &sent_web);
+                let c = &b["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(c["image"], "web:1");
+                assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+                let envs = c["env"].as_array().unwrap();
+                let key = envs.iter().find(|e| e["name"] == "KEY").unwrap();
+                assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "shop-web-r1");
+                assert!(key.get("value").is_none(), "the secret's value is not in the Deployment");
+                assert!(!b.to_string().contains("s3cret"));
+                assert_eq!(
+                    b["spec"]["selector"]["matchLabels"],
+                    json!({ "rollout.environment": "shop", "rollout.run": "r1", "rollout.service": "web" })
+                );
+            })
+            .ok(web_deploy.clone()),
+        on(Method::GET, &format!("{services}/web"))
+            .reply(404, not_found("services", "web")),
+        on(Method::PATCH, &apply_uri(services, "web"))
+            .body(|b| {
+                assert_eq!(b["kind"], "Service");
+                assert_eq!(b["spec"]["selector"]["rollout.run"], "r1");
+                assert_eq!(b["spec"]["ports"][0]["port"], 8080);
+                assert!(b["metadata"]["labels"].get("rollout.run").is_none());
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let labels = base_labels(&env, Role::Production, "r1");
+    assert_eq!(
+        engine
+            .ensure_network(&production_network("shop"), &labels)
+            .await
+            .unwrap(),
+        Outcome::Created
+    );
+    assert_eq!(
+        engine.ensure_volume("shop-db-data", &labels).await.unwrap(),
+        Outcome::Created
+    );
+    assert_eq!(
+        engine.run_container(&db_spec).await.unwrap(),
+        Outcome::Created
+    );
+    assert_eq!(
+        engine.run_container(&web_spec).await.unwrap(),
+        Outcome::Created
+    );
+    finished(server).await;
+
+    // Read back as the API server stores it: a creation time, the secret as `data`.
+    let stored = |mut d: Value, t: &str| {
+        d["metadata"]["creationTimestamp"] = json!(t);
+        d["metadata"]["uid"] = json!(format!("uid-{t}"));
+        d["status"] = json!({ "replicas": 1, "readyReplicas": 1 });
+        d
+    };
+    let (client, server) = serve(vec![
+        on(Method::GET, OBSERVE).ok(list(
+            "DeploymentList",
+            vec![
+                stored(sent_db, "2026-01-01T10:00:00Z"),
+                stored(web_deploy, "2026-01-01T10:00:01Z"),
+            ],
+        )),
+        on(Method::GET, PODS_OF_SHOP).ok(list(
+            "PodList",
+            vec![json!({
+                "metadata": { "name": "shop-db-r1-x", "labels": { "rollout.environment": "shop", "rollout.service": "db", "rollout.run": "r1" } },
+                "status": { "containerStatuses": [ { "name": "db", "image": "db:1", "imageID": "", "ready": false,
+                    "restartCount": 7, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+            })],
+        )),
+        on(Method::GET, SECRETS_OF_SHOP).ok(list(
+            "SecretList",
+            vec![json!({ "metadata": { "name": "shop-web-r1" }, "data": { "KEY": "czNjcmV0" } })],
+        )),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let observed = engine.observe("shop").await.unwrap();
+    finished(server).await;
+    let web = &observed.services["web"];
+    assert_eq!(web.containers[0].name, "shop-web-r1");
+    assert_eq!(web.containers[0].state, ContainerState::Running);
+    assert_eq!(web.containers[0].run.as_deref(), Some("r1"));
+    // db's pod crash-loops although its Deployment once counted a ready replica.
+    assert_eq!(
+        observed.services["db"].containers[0].state,
+        ContainerState::Restarting
+    );
+    let plan = crate::plan::compute(
+        &env,
+        &observed,
+        &crate::manifest::playbook::Playbook::builtin_default(),
+    );
+    let action = |name: &str| {
+        let p = plan.services.iter().find(|p| p.name == name).unwrap();
+        (p.action, format!("{:?}", p.changes))
+    };
+    assert_eq!(
+        action("web"),
+        (crate::plan::Action::Unchanged, "[]".to_string()),
+        "{plan:?}"
+    );
+    assert_eq!(
+        action("db"),
+        (
+            crate::plan::Action::Restart,
+            r#"[NotRunning { state: "restarting" }]"#.to_string()
+        ),
+        "{plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn blue_green_switch_moves_only_the_service_selector() {
+    let (client, server) = serve(vec![
+        on(Method::PATCH, &apply_uri("/api/v1/namespaces/rollout-shop/services", "web"))
+            .body(|b| {
+                assert_eq!(
+                    b,
+                    &json!({
+                        "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" },
+                        "spec": { "selector": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" } }
+                    })
+                );
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    engine.switch_service("shop", "web", "r2").await.unwrap();
+    finished(server).await;
+}
+
+#[tokio::test]
+async fn status_finds_the_deployment_and_sees_a_crash_loop() {
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "shop-web-r2", "namespace": "rollout-shop" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" } },
+            "template": { "spec": { "containers": [ { "name": "web", "image": "web:2", "readinessProbe": { "tcpSocket": { "port": 8080 } } } ] } }
+        },
+        "status": { "replicas": 1, "readyReplicas": 0 }
+    });
+    let pod = json!({
+        "metadata": { "name": "shop-web-r2-x" },
+        "status": { "containerStatuses": [ { "name": "web", "image": "web:2", "imageID": "", "ready": false,
+            "restartCount": 5, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+    });
+    let (client, server) = serve(vec![
+        on(Method::GET, "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-web-r2&labelSelector=rollout.environment")
+            .ok(list("DeploymentList", vec![deployment])),
+        on(Method::GET, "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.run%3Dr2%2Crollout.service%3Dweb")
+            .ok(list("PodList", vec![pod])),
+        on(Method::GET, "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dgone&labelSelector=rollout.environment")
+            .ok(list("DeploymentList", vec![])),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let s = engine.status("shop-web-r2").await.unwrap().unwrap();
+    assert_eq!(s.state, ContainerState::Restarting);
+    assert_eq!(s.restart_count, 5);
+    assert_eq!(engine.status("gone").await.unwrap(), None);
+    finished(server).await;
+}
+
+#[tokio::test]
+async fn a_field_conflict_is_a_clear_409_and_not_forced() {
+    let env = environment();
+    let db = env.services.iter().find(|s| s.name == "db").unwrap();
+    let spec = production_container(&env, db, "r1");
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
+            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1")).reply(
+            409,
+            status(
+                409,
+                "Conflict",
+                "Apply failed with 1 conflict: conflict with \"kubectl-edit\": .spec.replicas",
+            ),
+        ),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let err = engine.run_container(&spec).await.unwrap_err().to_string();
+    finished(server).await;
+    assert!(
+        err.contains("apply `Deployment shop-db-r1` failed: conflict (409)"),
+        "{err}"
+    );
+    assert!(err.contains("kubectl-edit"), "{err}");
+    assert!(err.contains("does not take them over"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_error_is_reported_with_its_code() {
+    let (client, server) = serve(vec![on(Method::GET, OBSERVE).reply(
+        500,
+        status(500, "InternalError", "etcdserver: request timed out"),
+    )]);
+    let engine = KubeEngine::new(client, "mock");
+    let err = engine.observe("shop").await.unwrap_err();
+    finished(server).await;
+    assert_eq!(
+        err.to_string(),
+        "list `Deployments in rollout-shop` failed: the API server failed (500): etcdserver: request timed out"
+    );
+}
+
+#[tokio::test]
+async fn operations_without_meaning_here_say_so() {
+    let (client, server) = serve(vec![]);
+    let engine = KubeEngine::new(client, "mock");
+    let err = engine
+        .exec(
+            "shop-api-r1",
+            &["/bin/check".into()],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not supported on the kubernetes backend yet: exec in shop-api-r1"
+    );
+    let err = engine
+        .copy_volume("a", "b", &BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("not supported on the kubernetes backend yet: copying volume a to b")
+    );
+    finished(server).await;
+}
+
+// --- the Lease lock ---
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases";
+
+fn lease(holder: &str, renewed: &str, secs: i32) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "rollout-lock", "namespace": "rollout-shop", "resourceVersion": "41" },
+        "spec": { "holderIdentity": holder, "renewTime": renewed, "acquireTime": renewed, "leaseDurationSeconds": secs, "leaseTransitions": 2 }
+    })
+}
+
+fn now() -> jiff::Timestamp {
+    "2026-01-01T12:00:00Z".parse().unwrap()
+}
+
+#[tokio::test]
+async fn lease_absent_is_created_with_our_identity() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock"))
+            .reply(404, not_found("leases", "rollout-lock")),
+        on(Method::POST, &format!("{LEASE}?&fieldManager=rollout"))
+            .body(|b| {
+                assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
+                assert_eq!(b["spec"]["leaseDurationSeconds"], 30);
+                assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
+            })
+            .reply(201, lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
+    assert_eq!(lock.acquire(now()).await.unwrap(), Acquired::Created);
+    finished(server).await;
+}
+
+#[tokio::test]
+async fn lease_held_by_another_holder_is_refused_naming_it() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:59:50Z",
+            30,
+        )),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
+    let err = lock.acquire(now()).await.unwrap_err();
+    finished(server).await;
+    assert!(matches!(err, LeaseError::Held { .. }));
+    assert_eq!(
+        err.to_string(),
+        "environment shop is locked by ci:7:run-b until 2026-01-01T12:00:20Z (Lease rollout-lock in rollout-shop); try again after it finishes"
+    );
+}
+
+#[tokio::test]
+async fn expired_lease_is_taken_over_with_its_resource_version() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:00:00Z",
+            30,
+        )),
+        on(
+            Method::PUT,
+            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+        )
+        .body(|b| {
+            assert_eq!(
+                b["metadata"]["resourceVersion"], "41",
+                "optimistic concurrency"
+            );
+            assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
+            assert_eq!(b["spec"]["leaseTransitions"], 3);
+            assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
+        })
+        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
+    assert_eq!(
+        lock.acquire(now()).await.unwrap(),
+        Acquired::TookOver {
+            from: Some("ci:7:run-b".into())
+        }
+    );
+    finished(server).await;
+}
+
+#[tokio::test]
+async fn losing_the_takeover_race_is_a_held_lock_and_release_leaves_others_alone() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:00:00Z",
+            30,
+        )),
+        on(
+            Method::PUT,
+            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+        )
+        .reply(409, status(409, "Conflict", "the object has been modified")),
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:9:run-c",
+            "2026-01-01T12:00:00Z",
+            30,
+        )),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
+    let err = lock.acquire(now()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("changed the Lease just now"),
+        "{err}"
+    );
+    assert!(!lock.release().await.unwrap(), "not ours: left alone");
+    finished(server).await;
+}
+
+#[tokio::test]
+async fn our_lease_is_renewed_and_released() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "host:1:run-a",
+            "2026-01-01T11:59:55Z",
+            30,
+        )),
+        on(
+            Method::PUT,
+            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+        )
+        .body(|b| {
+            assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
+            assert_eq!(
+                b["spec"]["acquireTime"], "2026-01-01T11:59:55.000000Z",
+                "still the first acquisition"
+            );
+            assert_eq!(b["spec"]["leaseTransitions"], 2);
+        })
+        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "host:1:run-a",
+            "2026-01-01T12:00:00Z",
+            30,
+        )),
+        on(Method::DELETE, &format!("{LEASE}/rollout-lock?"))
+            .body(|b| assert_eq!(b["preconditions"]["resourceVersion"], "41"))
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
+    assert_eq!(lock.acquire(now()).await.unwrap(), Acquired::Renewed);
+    assert!(lock.release().await.unwrap());
+    finished(server).await;
+}
+
+// --- objects found and removed by their labels ---
+
+const TEST_SELECTOR: &str =
+    "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr9";
+
+fn test_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+        (labels::ROLE.to_string(), "test".to_string()),
+        (labels::RUN.to_string(), "r9".to_string()),
+    ])
+}
+
+fn meta(name: &str, ns: Option<&str>) -> Value {
+    let mut m = json!({ "name": name, "labels": { "rollout.environment": "shop", "rollout.role": "test", "rollout.run": "r9" } });
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    json!({ "metadata": m })
+}
+
+fn deployment_item(name: &str, ns: &str) -> Value {
+    let mut d = meta(name, Some(ns));
+    d["spec"] = json!({ "selector": {}, "template": {} });
+    d
+}
+
+#[tokio::test]
+async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespace() {
+    let (client, server) = serve(vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "DeploymentList",
+            vec![deployment_item("shop-web-r9", "shop-test-r9")],
+        )),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
+        )
+        .ok(list("PersistentVolumeClaimList", vec![])),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let found = engine.list_labelled(&test_selector()).await.unwrap();
+    finished(server).await;
+    let kinds: Vec<(ObjectKind, &str)> = found.iter().map(|o| (o.kind, o.name.as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ObjectKind::Container, "shop-web-r9"),
+            (ObjectKind::Network, "shop-test-r9")
+        ]
+    );
+    assert_eq!(found[0].labels[labels::RUN], "r9");
+}
+
+#[tokio::test]
+async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone() {
+    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
+    let (client, server) = serve(vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "DeploymentList",
+            vec![deployment_item("shop-web-r9", "shop-test-r9")],
+        )),
+        on(
+            Method::DELETE,
+            "/apis/apps/v1/namespaces/shop-test-r9/deployments/shop-web-r9?",
+        )
+        .body(background)
+        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+            "SecretList",
+            vec![meta("shop-web-r9", Some("shop-test-r9"))],
+        )),
+        // Deleted meanwhile (by the namespace going, say): fine.
+        on(
+            Method::DELETE,
+            "/api/v1/namespaces/shop-test-r9/secrets/shop-web-r9?",
+        )
+        .body(background)
+        .reply(404, not_found("secrets", "shop-web-r9")),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "PersistentVolumeClaimList",
+            vec![meta("shop-db-data-r9", Some("shop-test-r9"))],
+        )),
+        on(
+            Method::DELETE,
+            "/api/v1/namespaces/shop-test-r9/persistentvolumeclaims/shop-db-data-r9?",
+        )
+        .body(background)
+        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::DELETE, "/api/v1/namespaces/shop-test-r9?")
+            .body(background)
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let removed = engine.remove_labelled(&test_selector()).await.unwrap();
+    finished(server).await;
+    assert_eq!(
+        removed,
+        Removed {
+            containers: 1,
+            networks: 1,
+            volumes: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn stopping_scales_the_deployment_to_zero() {
+    let (client, server) = serve(vec![
+        on(Method::GET, "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-web-r1&labelSelector=rollout.environment")
+            .ok(list("DeploymentList", vec![deployment_item("shop-web-r1", "rollout-shop")])),
+        on(Method::PATCH, "/apis/apps/v1/namespaces/rollout-shop/deployments/shop-web-r1?")
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+            .ok(deployment_item("shop-web-r1", "rollout-shop")),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    engine
+        .stop_container("shop-web-r1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    finished(server).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_connection_is_asked_again_through_retrying_but_a_500_is_not() {
+    let (client, server) = serve(vec![
+        on(Method::GET, OBSERVE).broken(),
+        on(Method::GET, OBSERVE).ok(list("DeploymentList", vec![])),
+        on(Method::GET, OBSERVE).reply(500, status(500, "InternalError", "boom")),
+    ]);
+    let engine = crate::engine::retry::Retrying::new(KubeEngine::new(client, "mock"));
+    let observed = engine.observe("shop").await.unwrap();
+    assert!(observed.services.is_empty());
+    let err = engine.observe("shop").await.unwrap_err();
+    assert!(matches!(err, EngineError::Call { .. }), "{err}");
+    finished(server).await;
+}

@@ -1,0 +1,253 @@
+//! `backend: kubernetes` from the command line. No cluster runs here: these tests check what the
+//! binary does without one (and what it refuses), and run `plan` and `status` end to end against
+//! a stand-in API server on loopback (read-only GETs answered from canned JSON, every request
+//! recorded). The request-by-request scenarios are unit tests in `src/engine/kube/mock.rs`. `real_cluster_plan_and_status` needs a cluster: run it with
+//! `KUBECONFIG=... cargo test -- --ignored real_cluster`.
+
+use crate::support::{Output, Project, one_service};
+
+fn kube_project(env: &str) -> Project {
+    Project::new()
+        .file("rollout.yaml", "backend: kubernetes\n")
+        .manifest(env, &one_service(env, "web:1"))
+}
+
+#[test]
+fn no_kubeconfig_is_exit_1_naming_the_context_tried() {
+    let p = kube_project("shop");
+    let missing = p.path().join("no-such-kubeconfig");
+    p.run_with(
+        &["plan"],
+        &[
+            ("KUBECONFIG", missing.to_str().unwrap()),
+            // Not a pod either.
+            ("KUBERNETES_SERVICE_HOST", ""),
+            ("KUBERNETES_SERVICE_PORT", ""),
+        ],
+    )
+    .code(1)
+    .stderr_has("the kubernetes backend needs a reachable cluster")
+    .stderr_has(&format!(
+        "cannot reach a Kubernetes cluster (tried kubeconfig {})",
+        missing.display()
+    ))
+    .stderr_has("this is not a pod in a cluster");
+}
+
+#[test]
+fn unreachable_cluster_is_exit_1_naming_context_and_server() {
+    let p = kube_project("shop");
+    let port = crate::support::free_port();
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: acme-prod\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: acme-prod\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n"
+    );
+    let p = p.file("kubeconfig", config);
+    let path = p.path().join("kubeconfig");
+    p.run_with(&["status"], &[("KUBECONFIG", path.to_str().unwrap())])
+        .code(1)
+        .stderr_has(&format!(
+            "cannot reach a Kubernetes cluster (tried acme-prod from {})",
+            path.display()
+        ))
+        .stderr_has(&format!("http://127.0.0.1:{port}"));
+}
+
+#[test]
+fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
+    for args in [
+        &["promote", "--yes"][..],
+        &["rollback"],
+        &["rehearse"],
+        &["test-env", "up"],
+        &["test-env", "down"],
+        &["test-env", "list"],
+    ] {
+        let p = kube_project("shop");
+        let before = p.snapshot();
+        let what = args
+            .iter()
+            .filter(|a| !a.starts_with('-'))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Not `p.run`: promote and rollback would build the proxy's static binary, never used here.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+            .arg("-C")
+            .arg(p.path())
+            .args(args)
+            .output()
+            .expect("run rollout");
+        Output::from_child(args, out)
+            .code(1)
+            .stderr_has(&format!(
+                "not supported on the kubernetes backend yet: `rollout {what}`"
+            ))
+            .stderr_has("nothing was done");
+        if args[0] != "rollback" {
+            assert_eq!(p.snapshot(), before, "{args:?} changed the project");
+        }
+    }
+}
+
+/// Against a real cluster (KUBECONFIG): `plan` on a fresh environment reads nothing and wants
+/// everything created; `status` reports it not running. Creates nothing in the cluster.
+#[test]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
+fn real_cluster_plan_and_status() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "set KUBECONFIG to the cluster to test against"
+    );
+    let env = crate::support::unique("kube");
+    let p = kube_project(&env);
+    p.run(&["plan"]).code(2).stdout_has("web");
+    p.run(&["status"])
+        .code(0)
+        .stdout_has("not running (wants web:1)");
+}
+
+/// A stand-in API server on 127.0.0.1: answers `GET path` from `routes` (path without query;
+/// anything else is a 404 `Status`), one request per connection, and records each request line.
+struct ApiServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ApiServer {
+    fn start(routes: Vec<(&'static str, serde_json::Value)>) -> ApiServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // The rest of the head (GETs carry no body).
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let mut parts = line.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                log.lock().unwrap().push(format!("{method} {target}"));
+                let path = target.split('?').next().unwrap_or("");
+                let (status, body) = match routes.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) if method == "GET" => ("200 OK", body.clone()),
+                    _ => (
+                        "404 Not Found",
+                        serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{path} not found") }),
+                    ),
+                };
+                let body = body.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        ApiServer { port, seen }
+    }
+
+    /// A kubeconfig whose current context `stand-in` points here.
+    fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: stand-in\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: stand-in\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n",
+            self.port
+        )
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn version() -> serde_json::Value {
+    serde_json::json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "x", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64" })
+}
+
+fn empty(kind: &str) -> serde_json::Value {
+    serde_json::json!({ "kind": kind, "apiVersion": "v1", "metadata": {}, "items": [] })
+}
+
+#[test]
+fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            empty("DeploymentList"),
+        ),
+    ]);
+    let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
+        .code(2)
+        .stdout_has("web")
+        .stderr_has("not supported on the kubernetes backend yet: carrying out this plan");
+    let seen = api.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], "GET /version");
+    assert!(
+        seen[1].starts_with("GET /apis/apps/v1/namespaces/rollout-shop/deployments?")
+            && seen[1]
+                .contains("labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn status_shows_a_crash_looping_deployment() {
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "shop-web-r1", "namespace": "rollout-shop", "creationTimestamp": "2026-01-01T10:00:00Z",
+            "labels": { "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web", "rollout.run": "r1" } },
+        "spec": { "replicas": 1,
+            "selector": { "matchLabels": { "rollout.environment": "shop", "rollout.run": "r1", "rollout.service": "web" } },
+            "template": { "spec": { "containers": [ { "name": "web", "image": "web:1" } ] } } },
+        "status": { "replicas": 1, "readyReplicas": 0 }
+    });
+    let pod = serde_json::json!({
+        "metadata": { "name": "shop-web-r1-x", "labels": { "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web", "rollout.run": "r1" } },
+        "status": { "containerStatuses": [ { "name": "web", "image": "web:1", "imageID": "", "ready": false,
+            "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+    });
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            serde_json::json!({ "kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {}, "items": [deployment] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/pods",
+            serde_json::json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/secrets",
+            empty("SecretList"),
+        ),
+        ("/apis/apps/v1/deployments", empty("DeploymentList")),
+        ("/api/v1/namespaces", empty("NamespaceList")),
+        (
+            "/api/v1/persistentvolumeclaims",
+            empty("PersistentVolumeClaimList"),
+        ),
+    ]);
+    let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    p.run_with(&["status"], &[("KUBECONFIG", config.to_str().unwrap())])
+        .code(0)
+        .stdout_has("shop-web-r1 web:1 (restarting");
+    assert!(
+        api.seen().iter().all(|r| r.starts_with("GET ")),
+        "status only reads: {:?}",
+        api.seen()
+    );
+}
