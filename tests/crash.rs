@@ -58,6 +58,16 @@ impl Setup {
         rollout::store::Store::open(&self.project.path().join(".rollout")).expect("store")
     }
 
+    /// Starts `rollout ARGS` in the background, its output kept for [`Output::from_child`].
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.project
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+
     /// Nothing of a run may be left: no lock, no open run, no test version, no candidate.
     fn assert_settled(&self, context: &str) {
         let store = self.store();
@@ -244,13 +254,7 @@ fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
         version = if version == "2.5.0" { "2.4.0" } else { "2.5.0" };
         s.write(version);
         let args = ["promote", "-p", "full", "--yes"];
-        let mut child = s
-            .project
-            .command(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
+        let mut child = s.spawn(&args);
         let t0 = Instant::now();
         while t0.elapsed() < delay && child.try_wait().expect("wait").is_none() {
             std::thread::sleep(Duration::from_millis(20));
@@ -301,13 +305,7 @@ fn a_second_run_is_refused_naming_the_holder_waits_with_wait_and_a_stale_lock_is
 
     s.write("2.5.0");
     let args = ["promote", "-p", "full", "--yes"];
-    let first = s
-        .project
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let first = s.spawn(&args);
     let holder = wait_for_step(&s, "canary.done");
 
     let refused = s.project.run(&args).code(3);
@@ -446,13 +444,7 @@ fn sigint_mid_canary_puts_the_previous_version_back_and_releases_the_lock() {
     let load = Load::start(s.port);
     s.write("2.5.0");
     let args = ["promote", "-p", "full", "--yes"];
-    let child = s
-        .project
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = s.spawn(&args);
     wait_for_step(&s, "canary.done");
     let t0 = Instant::now();
     let kill = std::process::Command::new("kill")
@@ -590,13 +582,7 @@ fn the_docker_socket_vanishing_mid_run_fails_within_the_retry_budget_and_the_nex
 
     s.write("2.5.0");
     let args = ["promote", "-p", "full", "--yes"];
-    let child = s
-        .project
-        .command(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = s.spawn(&args);
     let interrupted = wait_for_step(&s, "canary.done");
     forwarder.vanish();
     let t0 = Instant::now();

@@ -240,10 +240,7 @@ pub(crate) async fn lock_and_recover(
                 let r = begin.run.clone();
                 if let Ok(Some(mut record)) = store.call(move |s| s.run(&r)).await {
                     record.finished = Some(jiff::Timestamp::now());
-                    record.outcome = serde_json::to_value(&done.outcome)
-                        .ok()
-                        .and_then(|v| v["outcome"].as_str().map(String::from))
-                        .unwrap_or_default();
+                    record.outcome = done.outcome.tag().to_string();
                     record.report["outcome"] = serde_json::to_value(&done.outcome)?;
                     record.report["recoveredBy"] = run.into();
                     store.call(move |s| s.record_run(&record)).await?;
@@ -297,10 +294,7 @@ pub(crate) fn record_run(
             .unwrap_or_else(|_| jiff::Timestamp::now()),
         finished,
         user: report.user.clone(),
-        outcome: serde_json::to_value(&report.outcome)
-            .ok()
-            .and_then(|v| v["outcome"].as_str().map(String::from))
-            .unwrap_or_default(),
+        outcome: report.outcome.tag().to_string(),
         report: serde_json::to_value(report).unwrap_or_default(),
     };
     if let Err(e) = store.record_run(&record) {

@@ -51,9 +51,7 @@ fn warn_interrupted(project: &Project, env: &str, printer: Printer) {
     let holder = store.lock_holder(env).ok().flatten();
     for begin in store.unfinished_runs(env).unwrap_or_default() {
         let running = holder.as_ref().is_some_and(|h| {
-            h.run == begin.run
-                && crate::testenv::owner::liveness(&h.owner)
-                    != crate::testenv::owner::Liveness::Dead
+            h.run == begin.run && crate::exec::lock::holds(h, jiff::Timestamp::now())
         });
         let what = if running {
             "is still running"

@@ -168,10 +168,10 @@ pub async fn gather(
     // interrupted otherwise (the next promote or rollback settles it).
     let lock = store.lock_holder(name)?;
     let parked = store.parked(name)?;
-    let lock_alive = lock.as_ref().is_some_and(|h| {
-        h.expires >= jiff::Timestamp::now()
-            && crate::testenv::owner::liveness(&h.owner) != crate::testenv::owner::Liveness::Dead
-    });
+    let now = jiff::Timestamp::now();
+    let lock_alive = lock
+        .as_ref()
+        .is_some_and(|h| crate::exec::lock::holds(h, now));
     let mut in_flight = Vec::new();
     let mut interrupted = Vec::new();
     for begin in store.unfinished_runs(name)? {

@@ -53,6 +53,12 @@ fn is_dead(h: &LockHolder) -> bool {
     owner::liveness(&h.owner) == Liveness::Dead
 }
 
+/// Whether `h` still holds its lock at `now`: its lease runs and its process is not known dead.
+/// Otherwise the next run takes it over, and a run it left is interrupted.
+pub fn holds(h: &LockHolder, now: jiff::Timestamp) -> bool {
+    h.expires >= now && !is_dead(h)
+}
+
 /// Takes `env`'s lock for `run`, waiting up to `wait` for a live holder to let go. Returns the
 /// guard and the dead holder it replaced, if any. `lost` is cancelled if the lock is lost while
 /// held (its lease ran out and another process took it).

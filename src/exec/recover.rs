@@ -36,10 +36,7 @@ pub struct Recovered {
 pub fn left_by(begin: &JournalEntry) -> String {
     let user = begin.data["user"].as_str().unwrap_or("someone");
     let owner_s = begin.data["owner"].as_str().unwrap_or_default();
-    let mut parts = owner_s.rsplitn(3, ':');
-    let _ = parts.next();
-    let pid = parts.next().unwrap_or("?");
-    let host = parts.next().unwrap_or("?");
+    let (host, pid) = owner::host_pid(owner_s);
     let state = match owner::liveness(owner_s) {
         Liveness::Alive => "still running",
         Liveness::Dead => "no longer running",

@@ -50,6 +50,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The name the JSON form tags it with (`promoted`, `rolledBack`…), as the store keeps it.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Passed => "passed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled { .. } => "cancelled",
+            Outcome::Promoted => "promoted",
+            Outcome::RolledBack { .. } => "rolledBack",
+            Outcome::Refused { .. } => "refused",
+        }
+    }
+
     /// One line for a person, coloured by how it went.
     pub fn summary(&self, paint: crate::plan::render::Paint) -> String {
         match self {
@@ -509,6 +522,22 @@ fn field_change(c: &Change) -> FieldChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcomes_tag_is_its_json_tag() {
+        let r = || "why".to_string();
+        for o in [
+            Outcome::Running,
+            Outcome::Passed,
+            Outcome::Failed { reason: r() },
+            Outcome::Cancelled { reason: r() },
+            Outcome::Promoted,
+            Outcome::RolledBack { reason: r() },
+            Outcome::Refused { reason: r() },
+        ] {
+            assert_eq!(serde_json::to_value(&o).unwrap()["outcome"], o.tag());
+        }
+    }
     use crate::engine::Engine;
     use crate::engine::fake::FakeEngine;
     use crate::manifest::source::Source;

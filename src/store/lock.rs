@@ -29,11 +29,7 @@ pub struct LockHolder {
 impl LockHolder {
     /// The host and pid parts of the owner, for messages.
     pub fn host_pid(&self) -> (String, String) {
-        let mut parts = self.owner.rsplitn(3, ':');
-        let _start = parts.next();
-        let pid = parts.next().unwrap_or("?").to_string();
-        let host = parts.next().unwrap_or("?").to_string();
-        (host, pid)
+        crate::testenv::owner::host_pid(&self.owner)
     }
 
     /// One line naming the holder: who, where, which run, since when.

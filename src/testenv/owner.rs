@@ -24,6 +24,15 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The host and pid of an owner string, `("?", "?")` where they are missing: for messages.
+pub fn host_pid(owner: &str) -> (String, String) {
+    let mut parts = owner.rsplitn(3, ':');
+    let _start = parts.next();
+    let pid = parts.next().unwrap_or("?").to_string();
+    let host = parts.next().unwrap_or("?").to_string();
+    (host, pid)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     Alive,
