@@ -110,47 +110,32 @@ impl Store {
 
     /// Every entry of `run`, in order.
     pub fn journal(&self, run: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, environment, run, step, phase, data, at FROM journal
-                     WHERE run = ?1 ORDER BY seq",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([run], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<Result<Vec<RawEntry>, _>>()
-                .map_err(|e| self.err(e))?;
-            rows.into_iter().map(|r| self.decode_entry(r)).collect()
-        })
+        self.entries(
+            "SELECT seq, environment, run, step, phase, data, at FROM journal
+             WHERE run = ?1 ORDER BY seq",
+            run,
+        )
     }
 
     /// Runs of `env` that began and never ended, oldest first, each with its `begin` entry.
     /// Includes a run still going in another process: callers check the lock.
     pub fn unfinished_runs(&self, env: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        self.entries(
+            "SELECT seq, environment, run, step, phase, data, at FROM journal AS b
+             WHERE environment = ?1 AND step = 'begin'
+               AND NOT EXISTS (SELECT 1 FROM journal AS e
+                               WHERE e.run = b.run AND e.step = 'end')
+             ORDER BY seq",
+            env,
+        )
+    }
+
+    /// The entries `sql` selects (the journal's columns in table order, one parameter).
+    fn entries(&self, sql: &str, param: &str) -> Result<Vec<JournalEntry>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, environment, run, step, phase, data, at FROM journal AS b
-                     WHERE environment = ?1 AND step = 'begin'
-                       AND NOT EXISTS (SELECT 1 FROM journal AS e
-                                       WHERE e.run = b.run AND e.step = 'end')
-                     ORDER BY seq",
-                )
-                .map_err(|e| self.err(e))?;
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
             let rows = stmt
-                .query_map([env], |r| {
+                .query_map([param], |r| {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
