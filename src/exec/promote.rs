@@ -22,7 +22,7 @@ use super::{first_line, run_checks, teardown};
 use crate::check::{Endpoint, Target};
 use crate::edge;
 use crate::engine::spec::{production_container, production_network, production_volume};
-use crate::engine::{ContainerState, Engine, Role, ServiceSnapshot};
+use crate::engine::{ContainerState, Engine, Role};
 use crate::gate::window;
 use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::{self, Analysis, Playbook, Step, Target as StepTarget};
@@ -545,16 +545,6 @@ async fn begin_revision(
     report: &RunReport,
     d: &Deployment<'_>,
 ) -> Result<u64, String> {
-    let services: serde_json::Map<String, serde_json::Value> = env
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                serde_json::to_value(ServiceSnapshot::from(s)).unwrap_or_default(),
-            )
-        })
-        .collect();
     let new = NewRevision {
         environment: env.name.clone(),
         run: run.to_string(),
@@ -566,7 +556,7 @@ async fn begin_revision(
             .clone()
             .or_else(|| opts.emergency.as_ref().map(|r| format!("emergency: {r}"))),
         changes: serde_json::to_value(&plan.services).unwrap_or_default(),
-        services: serde_json::Value::Object(services),
+        services: serde_json::to_value(report::snapshots(env)).unwrap_or_default(),
         images: env.services.iter().map(|s| s.image.clone()).collect(),
     };
     let begin = serde_json::to_value(Begin {
