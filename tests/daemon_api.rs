@@ -18,7 +18,7 @@ use rollout::daemon::api::ROUTES;
 use rollout::daemon::{Daemon, router};
 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
-use crate::support::{Project, free_port, unique};
+use crate::support::{Project, chromium, chromium_dom, free_port, unique};
 
 const OPS: &str = "tok-acme-ops-7c1e9a";
 const APPROVER: &str = "tok-acme-approver-41b2";
@@ -572,30 +572,26 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-fn chromium(profile: &Path, args: &[&str], url: &str) -> String {
-    let out = std::process::Command::new("timeout")
-        .arg("120")
-        .arg("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium (install it: scripts/setup.sh, or apt-get install chromium)");
-    assert!(
-        out.status.success(),
-        "chromium {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Serves `html` to every GET on a loopback port for the rest of the test process; returns its URL.
+fn serve_page(html: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+        }
+    });
+    url
 }
 
 /// Stops the daemon process if the test fails before it does.
@@ -779,22 +775,18 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
     assert_eq!(status, 403, "{other}");
 
     // In Chromium: a page that submits the login form (as a person would), then the
-    // environment page it redirects to.
+    // environment page it redirects to. The form page is served over http from 127.0.0.1 (the
+    // daemon's site): from a file:// page, the cross-site navigation swaps renderer processes
+    // and headless Chromium's --dump-dom then sometimes prints nothing on a loaded machine.
     let profile = tempfile::tempdir().expect("profile");
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon");
     std::fs::create_dir_all(&artifacts).expect("artifacts");
-    let login = artifacts.join("login.html");
-    std::fs::write(
-        &login,
-        format!(
-            "<!doctype html><html><body onload=\"document.forms[0].submit()\">\
-             <form method=\"post\" action=\"http://{addr}/login\">\
-             <input name=\"token\" value=\"{OPS}\"><input name=\"next\" value=\"{page}\"></form></body></html>"
-        ),
-    )
-    .expect("write login page");
-    let url = format!("file://{}", login.display());
-    let dom = chromium(profile.path(), &["--dump-dom"], &url);
+    let url = serve_page(format!(
+        "<!doctype html><html><body onload=\"document.forms[0].submit()\">\
+         <form method=\"post\" action=\"http://{addr}/login\">\
+         <input name=\"token\" value=\"{OPS}\"><input name=\"next\" value=\"{page}\"></form></body></html>"
+    ));
+    let dom = chromium_dom(profile.path(), &url);
     std::fs::write(artifacts.join("environment.dom.html"), &dom).expect("dom");
     assert!(
         dom.contains(&format!("<h1>{acme} ")),
@@ -815,7 +807,7 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
     assert!(!dom.contains(OPS), "the token is in the page");
     // The cookie stays in the browser: the page itself, loaded directly, then its screenshot.
     let direct = format!("http://{addr}{page}");
-    let again = chromium(profile.path(), &["--dump-dom"], &direct);
+    let again = chromium_dom(profile.path(), &direct);
     assert!(
         again.contains(&format!("<h1>{acme} ")),
         "the cookie did not stay:\n{again}"

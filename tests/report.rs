@@ -6,13 +6,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
-use crate::support::{Project, free_port, unique};
+use crate::support::{Project, chromium, chromium_dom, free_port, unique};
 
 const SECRET_V1: &str = "first-session-key-9f3a7c";
 const SECRET_V2: &str = "second-session-key-41be0d";
@@ -90,33 +89,6 @@ fn all_bytes_under(dir: &Path) -> String {
             out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).expect("read")));
         }
     }
-    out
-}
-
-/// Headless Chromium (Debian's `chromium`, which scripts/setup.sh installs); the test fails
-/// without it rather than skipping.
-fn chromium(profile: &Path, args: &[&str], url: &str) -> std::process::Output {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium (install it: scripts/setup.sh, or apt-get install chromium)");
-    assert!(
-        out.status.success(),
-        "chromium {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     out
 }
 
@@ -313,8 +285,7 @@ fn a_real_promotion_reports_in_three_formats_and_renders_in_chromium() {
     // reason's script as text (no <script> element at all), the checks and the outcome.
     let profile = tempfile::tempdir().expect("profile");
     let url = format!("file://{}", html_path.display());
-    let dom = String::from_utf8(chromium(profile.path(), &["--dump-dom"], &url).stdout)
-        .expect("utf-8 DOM");
+    let dom = chromium_dom(profile.path(), &url);
     std::fs::write(dir.join("promotion.dom.html"), &dom).expect("write dom");
     assert!(
         dom.contains("OK for &lt;b&gt;tonight&lt;/b&gt; after the \"backup\" &amp; only then"),

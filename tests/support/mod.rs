@@ -269,3 +269,37 @@ pub fn webhook_receiver() -> (
     });
     (url, hits)
 }
+
+/// Headless Chromium (Debian's `chromium`, which scripts/setup.sh installs) on `url` with a
+/// profile of its own; the test fails without it rather than skipping. Scripts get 10 s of
+/// virtual time to settle before Chromium dumps, screenshots or prints.
+pub fn chromium(profile: &std::path::Path, args: &[&str], url: &str) -> std::process::Output {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium (install it: scripts/setup.sh, or apt-get install chromium)");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The DOM of `url` as headless Chromium leaves it once its scripts ran.
+pub fn chromium_dom(profile: &std::path::Path, url: &str) -> String {
+    String::from_utf8(chromium(profile, &["--dump-dom"], url).stdout).expect("utf-8 DOM")
+}
