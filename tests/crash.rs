@@ -81,6 +81,14 @@ impl Setup {
             vec![],
             "{context}: no run is left open"
         );
+        let open: Vec<String> = store
+            .runs(&self.name, 1000)
+            .expect("runs")
+            .into_iter()
+            .filter(|r| r.finished.is_none())
+            .map(|r| format!("{} ({})", r.run, r.outcome))
+            .collect();
+        assert!(open.is_empty(), "{context}: runs left open: {open:?}");
         let web = containers_of(&self.name, "web");
         assert_eq!(web.len(), 1, "{context}: one web container: {web:?}");
         let tests = docker_lines(&[
@@ -230,6 +238,9 @@ fn a_promotion_killed_after_any_journal_step_is_settled_by_the_next_one() {
             .stderr_has("took over the lock");
         if recovered {
             next.stdout_has(&format!("Recovered run {}", crashed.run_id()));
+        } else {
+            // Its journal was complete (or not begun): only its run record was left open.
+            next.stdout_has(&format!("Closed the record of run {}", crashed.run_id()));
         }
         assert_serving(s.port, version);
         s.assert_settled(&format!("after a crash at {point}"));

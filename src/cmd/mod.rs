@@ -258,7 +258,60 @@ pub(crate) async fn lock_and_recover(
             }
         }
     }
+    settle_open_runs(store, &env.name, run, json, printer).await?;
     Ok(Ok(guard))
+}
+
+/// Closes the run records that promotions and rollbacks killed outside their journal left
+/// "running" (before `begin`: only a test version was touched, which the garbage collector
+/// removes; after `end`: the journal has the outcome). Called under the lock, where no other
+/// such run of `env` can be in flight.
+async fn settle_open_runs(
+    store: &std::sync::Arc<crate::store::Store>,
+    env: &str,
+    run: &str,
+    json: bool,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    use crate::exec::report::Outcome;
+    let name = env.to_string();
+    let open = store.call(move |s| s.open_runs(&name)).await?;
+    for mut record in open.into_iter().filter(|r| r.run != run) {
+        let r = record.run.clone();
+        let journal = store.call(move |s| s.journal(&r)).await?;
+        let end = journal.iter().find(|e| e.step == crate::store::END);
+        let (outcome, finished) = match end {
+            Some(end) => (
+                serde_json::from_value::<Outcome>(end.data.clone()).unwrap_or_else(|e| {
+                    Outcome::Failed {
+                        reason: format!("its journal's end entry is unreadable ({e})"),
+                    }
+                }),
+                end.at,
+            ),
+            // An unfinished journal is settled by recovery, which finishes the record too.
+            None if journal.iter().any(|e| e.step == crate::store::BEGIN) => continue,
+            None => (
+                Outcome::Failed {
+                    reason: "its process stopped before production was touched".into(),
+                },
+                jiff::Timestamp::now(),
+            ),
+        };
+        if !json {
+            printer.out(&format!(
+                "Closed the record of run {}, left open by a process that is gone: {}",
+                record.run,
+                outcome.summary(printer.paint())
+            ));
+        }
+        record.finished = Some(finished);
+        record.outcome = outcome.tag().to_string();
+        record.report["outcome"] = serde_json::to_value(&outcome)?;
+        record.report["recoveredBy"] = run.into();
+        store.call(move |s| s.record_run(&record)).await?;
+    }
+    Ok(())
 }
 
 /// Writes a run's report files and records the run in the store, so `rollout report RUN` and

@@ -166,6 +166,26 @@ impl Store {
         })?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
+
+    /// Promotions and rollbacks of `env` recorded as started and never finished, oldest first.
+    /// Those runs hold the environment's lock from before their record is written until after
+    /// it is finished, so under the lock every one of them was left by a process that is gone.
+    pub fn open_runs(&self, env: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let raw = self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
+                     AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([env], RawRun::from_row)
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.err(e))
+        })?;
+        raw.into_iter().map(|r| r.decode(self)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -181,7 +201,7 @@ mod tests {
         RunRecord {
             run: run.to_string(),
             environment: env.to_string(),
-            kind: "promote".to_string(),
+            kind: "promotion".to_string(),
             started,
             finished: None,
             user: "ops".to_string(),
@@ -210,6 +230,29 @@ mod tests {
         assert_eq!(store.run("t1abc").unwrap().as_ref(), Some(&r));
         assert_eq!(store.runs("shop", 10).unwrap().len(), 1);
         assert_eq!(store.run("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn open_runs_are_unfinished_promotions_and_rollbacks_of_that_environment() {
+        let (_dir, store) = store();
+        let open = record("a", "shop", at(10));
+        let mut rollback = record("b", "shop", at(20));
+        rollback.kind = "rollback".into();
+        let mut done = record("c", "shop", at(30));
+        done.finished = Some(at(40));
+        let mut rehearsal = record("d", "shop", at(50));
+        rehearsal.kind = "rehearsal".into();
+        let other = record("e", "other", at(60));
+        for r in [&open, &rollback, &done, &rehearsal, &other] {
+            store.record_run(r).unwrap();
+        }
+        let runs: Vec<String> = store
+            .open_runs("shop")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run)
+            .collect();
+        assert_eq!(runs, ["a", "b"]);
     }
 
     #[test]
