@@ -341,3 +341,58 @@ fn a_third_party_service_needs_an_unexpired_authorization_and_the_rule_can_be_tu
     assert_eq!(report["authorizations"][0]["reference"], "CHG-2");
     assert_eq!(report["approvals"][0]["by"], "ana");
 }
+
+/// A rollback would change a third party's service without a run to authorize: it is refused
+/// before anything starts, says how to go back instead, and production and history stay.
+#[test]
+fn a_rollback_of_a_third_partys_service_is_refused_and_changes_nothing() {
+    let name = unique("tpr");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let managed = |image: &str| {
+        one(&name).replace("shop-web:2.4.0", image).replace(
+            "    ports:",
+            "    managedBy: { thirdParty: hosting-co }\n    ports:",
+        )
+    };
+    let playbook =
+        "apiVersion: rollout/v1\nkind: Playbook\nname: p\nsteps:\n  - promote: { drain: 1s }\n";
+    let project = Project::new()
+        .manifest(&name, &managed("shop-web:2.4.0"))
+        .playbook("p", playbook);
+    let authorized_promote = |project: &Project, reference: &str| {
+        let run = parked_run(&project.run(&["promote", "--yes"]).code(3));
+        project
+            .run(&[
+                "approve",
+                &run,
+                "--by",
+                "hosting-co",
+                "--reference",
+                reference,
+            ])
+            .code(0);
+        project
+            .run(&["promote", "--yes"])
+            .code(0)
+            .stdout_has("promoted");
+    };
+    authorized_promote(&project, "CHG-1");
+    let project = project.manifest(&name, &managed("shop-web:2.5.0"));
+    authorized_promote(&project, "CHG-2");
+    assert!(web_serves(&name, "shop-web:2.5.0"));
+    let before = project.run(&["history", "-o", "json"]).code(0).json();
+
+    project
+        .run(&["rollback"])
+        .code(3)
+        .stdout_has("web managed by third party `hosting-co`: a rollback changes it too")
+        .stdout_has("rollout approve RUN --by hosting-co");
+    assert!(web_serves(&name, "shop-web:2.5.0"));
+    assert_eq!(
+        project.run(&["history", "-o", "json"]).code(0).json(),
+        before
+    );
+}
