@@ -4,7 +4,8 @@
 //! [`decide`] is pure (the Lease as read, who asks, `now`); [`LeaseLock`] does the I/O. Writes
 //! carry the `resourceVersion` that was read, so two processes deciding at once cannot both win:
 //! the API server answers the slower one 409, which is reported as the lock being held.
-//! Not wired into the commands yet: the store's lock still guards runs.
+//! `promote` and `rollback` take it through `exec::lock::acquire_shared`, after the local
+//! store's lock, and renew it every third of its duration while they run.
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -107,6 +108,11 @@ impl LeaseLock {
             holder: holder.to_string(),
             duration_secs,
         }
+    }
+
+    /// How often a holder renews: a third of the duration, so two renewals may fail in a row.
+    pub fn renew_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.duration_secs / 3).unwrap_or(1).max(1))
     }
 
     fn api_err(&self, action: &'static str, e: kube::Error) -> LeaseError {

@@ -2,6 +2,9 @@
 //! kube-rs/controller-rs `src/fixtures.rs`: each scenario scripts the requests the API server
 //! must see, in order (method, path with query, and body), and answers each as the server would.
 //! A request that never comes fails the test after [`WAIT`]; one that comes unasked fails it too.
+//! Whole promotions and rollbacks, driven through the executor, are in [`promote`].
+
+mod promote;
 
 use std::time::Duration;
 
@@ -338,24 +341,58 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     );
 }
 
+/// The switch applies the whole Service (a server-side apply of the selector alone would drop the
+/// ports rollout applied before), selecting exactly the target Deployment's pods.
 #[tokio::test]
-async fn blue_green_switch_moves_only_the_service_selector() {
+async fn blue_green_switch_applies_the_whole_service_selecting_the_new_deployment() {
+    let env = environment();
+    let web = env.services.iter().find(|s| s.name == "web").unwrap();
+    let (_, _, d) = objects(&production_container(&env, web, "r2"));
+    let d = serde_json::to_value(&d).unwrap();
     let (client, server) = serve(vec![
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(d),
         on(Method::PATCH, &apply_uri("/api/v1/namespaces/rollout-shop/services", "web"))
             .body(|b| {
                 assert_eq!(
                     b,
                     &json!({
-                        "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" },
-                        "spec": { "selector": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" } }
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": { "name": "web", "namespace": "rollout-shop", "labels": {
+                            "rollout.client": "acme", "rollout.environment": "shop",
+                            "rollout.role": "production", "rollout.service": "web" } },
+                        "spec": {
+                            "selector": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" },
+                            "ports": [ { "name": "p8080", "port": 8080, "targetPort": 8080 } ]
+                        }
                     })
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-gone"))
+            .reply(404, not_found("deployments.apps", "shop-web-gone")),
     ]);
     let engine = KubeEngine::new(client, "mock");
-    engine.switch_service("shop", "web", "r2").await.unwrap();
+    engine
+        .route_service("shop", "web", "shop-web-r2")
+        .await
+        .unwrap();
+    let err = engine
+        .route_service("shop", "web", "shop-web-gone")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "switch `Service web` failed: its target, Deployment shop-web-gone, is not in rollout-shop"
+    );
     finished(server).await;
+}
+
+#[test]
+fn pods_of_a_deployment_are_told_by_their_generated_names() {
+    assert!(pod_of("shop-web-r1-5d9f8c-abcde", "shop-web-r1"));
+    assert!(!pod_of("shop-web-r10-5d9f8c-abcde", "shop-web-r1"));
+    assert!(!pod_of("shop-web-r1-x-5d9f8c-abcde", "shop-web-r1"), "another Deployment's");
+    assert!(!pod_of("shop-web-r1", "shop-web-r1"));
 }
 
 #[tokio::test]
