@@ -1,7 +1,10 @@
 //! `backend: kubernetes` from the command line. No cluster runs here: these tests check what the
-//! binary does without one (and what it refuses), and run `plan` and `status` end to end against
-//! a stand-in API server on loopback (read-only GETs answered from canned JSON, every request
-//! recorded). The request-by-request scenarios are unit tests in `src/engine/kube/mock.rs`. `real_cluster_plan_and_status` needs a cluster: run it with
+//! binary does without one (and what it refuses), and run `plan`, `status` and a `promote`
+//! refused by another holder's Lease end to end against a stand-in API server on loopback
+//! (read-only GETs answered from canned JSON, every request recorded). The request-by-request
+//! scenarios, whole promotions and rollbacks included, are unit tests in
+//! `src/engine/kube/mock.rs` and `src/engine/kube/mock/promote.rs`.
+//! `real_cluster_plan_and_status` needs a cluster: run it with
 //! `KUBECONFIG=... cargo test -- --ignored real_cluster`.
 
 use crate::support::{Output, Project, one_service};
@@ -55,9 +58,7 @@ fn unreachable_cluster_is_exit_1_naming_context_and_server() {
 #[test]
 fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
     for args in [
-        &["promote", "--yes"][..],
-        &["rollback"],
-        &["rehearse"],
+        &["rehearse"][..],
         &["test-env", "up"],
         &["test-env", "down"],
         &["test-env", "list"],
@@ -70,23 +71,104 @@ fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
-        // Not `p.run`: promote and rollback would build the proxy's static binary, never used here.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
-            .arg("-C")
-            .arg(p.path())
-            .args(args)
-            .output()
-            .expect("run rollout");
-        Output::from_child(args, out)
+        run_bare(&p, args, &[])
             .code(1)
             .stderr_has(&format!(
                 "not supported on the kubernetes backend yet: `rollout {what}`"
             ))
             .stderr_has("nothing was done");
-        if args[0] != "rollback" {
-            assert_eq!(p.snapshot(), before, "{args:?} changed the project");
-        }
+        assert_eq!(p.snapshot(), before, "{args:?} changed the project");
     }
+}
+
+/// Not `p.run`: that builds the proxy's static binary for promote and rollback, never used on
+/// this backend.
+fn run_bare(p: &Project, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .arg("-C")
+        .arg(p.path())
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .expect("run rollout");
+    Output::from_child(args, out)
+}
+
+/// The built-in playbook starts a test version, which this backend does not build yet: promote
+/// says which steps it cannot run, before it even looks for a cluster.
+#[test]
+fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
+    let p = kube_project("shop");
+    let before = p.snapshot();
+    run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")])
+        .code(1)
+        .stderr_has("the kubernetes backend cannot carry out playbook `default (built-in)` yet")
+        .stderr_has("step 1 `testEnv: start a test version")
+        .stderr_has("step 2 `smoke")
+        .stderr_has("nothing was done");
+    assert_eq!(p.snapshot(), before);
+}
+
+/// A playbook this backend runs: promote (each candidate ready by its readiness probe first).
+const KUBE_PLAYBOOK: &str =
+    "apiVersion: rollout/v1\nkind: Playbook\nname: kube\nsteps:\n  - promote: { drain: 5s }\n";
+
+/// Another machine's run holds the environment's Lease: promote is refused (exit 3) naming it,
+/// having only read from the cluster.
+#[test]
+fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
+    let renewed = jiff::Timestamp::now().to_string();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "rollout-lock", "namespace": "rollout-shop", "resourceVersion": "7" },
+        "spec": { "holderIdentity": "ci-bot (ci-runner:77:1767268800, run other1)", "renewTime": renewed,
+            "acquireTime": renewed, "leaseDurationSeconds": 3600 }
+    });
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        // Test versions left behind, looked for first: none; production runs nothing yet.
+        ("/apis/apps/v1/deployments", empty("DeploymentList")),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            empty("DeploymentList"),
+        ),
+        ("/api/v1/namespaces", empty("NamespaceList")),
+        (
+            "/api/v1/persistentvolumeclaims",
+            empty("PersistentVolumeClaimList"),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop",
+            serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
+        ),
+        (
+            "/apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases/rollout-lock",
+            lease,
+        ),
+    ]);
+    let p = kube_project("shop")
+        .playbook("kube", KUBE_PLAYBOOK)
+        .file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    run_bare(
+        &p,
+        &["promote", "--yes"],
+        &[("KUBECONFIG", config.to_str().unwrap())],
+    )
+    .code(3)
+    .stderr_has("environment shop is locked by ci-bot (ci-runner:77:1767268800, run other1) until")
+    .stderr_has("(Lease rollout-lock in rollout-shop)");
+    let seen = api.seen();
+    assert!(
+        seen.iter().all(|r| r.starts_with("GET ")),
+        "a refused promote only reads: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.starts_with(
+            "GET /apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases/rollout-lock"
+        )),
+        "{seen:?}"
+    );
 }
 
 /// Against a real cluster (KUBECONFIG): `plan` on a fresh environment reads nothing and wants
@@ -191,7 +273,7 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(2)
         .stdout_has("web")
-        .stderr_has("not supported on the kubernetes backend yet: carrying out this plan");
+        .stderr_has("`rollout promote` would be refused: the kubernetes backend cannot carry out playbook `default (built-in)` yet");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0], "GET /version");

@@ -67,8 +67,8 @@ pub(crate) fn load_environment(
 const KUBERNETES_COMMANDS: [&str; 4] = ["plan", "status", "promote", "rollback"];
 
 /// The steps of `playbook` the kubernetes backend cannot carry out yet, or `None` when it can run
-/// the whole playbook: `promote`, `approve`, and `smoke` on production with the services' own
-/// health checks (read from their readiness probes).
+/// the whole playbook: `approve`, `promote`, and `smoke` on production without explicit checks
+/// (only the built-in playbook has one: the services' own health, read from their readiness).
 pub(crate) fn kubernetes_unsupported(
     playbook: &crate::manifest::playbook::Playbook,
 ) -> Option<String> {
@@ -106,7 +106,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit can run `promote`, `approve` and `smoke: {{ target: production }}` without explicit checks (the services' health probes, run by the cluster as readiness probes)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `approve` and `promote` steps (each candidate must pass its health probe, run by the cluster as a readiness probe, before its Service is switched)",
         playbook.name,
         steps.join("\n  ")
     ))
@@ -263,8 +263,7 @@ pub(crate) async fn lock_and_recover(
     if let Some(shared) = engine.shared_lock(&env.name, &holder) {
         use crate::engine::kube::lease::{Acquired, LeaseError};
         // The lock lives in the environment's namespace (its production network): it must exist.
-        let labels =
-            crate::engine::spec::base_labels(env, crate::engine::Role::Production, run);
+        let labels = crate::engine::spec::base_labels(env, crate::engine::Role::Production, run);
         engine
             .ensure_network(&crate::engine::spec::production_network(&env.name), &labels)
             .await?;

@@ -699,9 +699,13 @@ impl Engine for KubeEngine {
             return Ok(());
         };
         let api: Api<KService> = self.api(&ns);
-        api.patch(service, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&svc))
-            .await
-            .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
+        api.patch(
+            service,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
         Ok(())
     }
 

@@ -391,7 +391,10 @@ async fn blue_green_switch_applies_the_whole_service_selecting_the_new_deploymen
 fn pods_of_a_deployment_are_told_by_their_generated_names() {
     assert!(pod_of("shop-web-r1-5d9f8c-abcde", "shop-web-r1"));
     assert!(!pod_of("shop-web-r10-5d9f8c-abcde", "shop-web-r1"));
-    assert!(!pod_of("shop-web-r1-x-5d9f8c-abcde", "shop-web-r1"), "another Deployment's");
+    assert!(
+        !pod_of("shop-web-r1-x-5d9f8c-abcde", "shop-web-r1"),
+        "another Deployment's"
+    );
     assert!(!pod_of("shop-web-r1", "shop-web-r1"));
 }
 

@@ -195,7 +195,10 @@ fn production(web_image: &str) -> (Environment, Vec<Value>, Vec<Value>) {
         stored(&before, "db", "r1", 1),
         stored(&before, "web", "r1", 1),
     ];
-    let pods = vec![pod("db", "r1", running(), 0), pod("web", "r1", running(), 0)];
+    let pods = vec![
+        pod("db", "r1", running(), 0),
+        pod("web", "r1", running(), 0),
+    ];
     (before, deployments, pods)
 }
 
@@ -248,7 +251,7 @@ async fn run(
 /// production's health read, and only then the old Deployment removed.
 #[tokio::test(start_paused = true)]
 async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_the_old_after_drain()
- {
+{
     let (_, deployments, pods) = production("web:1");
     let env = with_web_image("web:2");
     let mut script = observe_script(deployments.clone(), pods.clone());
@@ -341,11 +344,9 @@ async fn candidate_past_its_progress_deadline_fails_the_run() {
     script.extend(observe_script(deployments, pods));
     script.extend(apply_candidate(&env, "r2", "web:2"));
     let mut stalled = stored(&env, "web", "r2", 0);
-    stalled["status"]["conditions"] = json!([{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }]);
-    script.extend(status_script(
-        stalled,
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    stalled["status"]["conditions"] =
+        json!([{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }]);
+    script.extend(status_script(stalled, vec![pod("web", "r2", running(), 0)]));
     script.extend(remove(&env, "r2"));
 
     let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
@@ -370,11 +371,13 @@ async fn a_500_during_the_switch_puts_the_selector_back_and_removes_the_candidat
         stored(&env, "web", "r2", 1),
         vec![pod("web", "r2", running(), 0)],
     ));
-    script.push(on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)));
     script.push(
-        on(Method::PATCH, &apply_uri(SERVICES, "web"))
-            .reply(500, status(500, "InternalError", "etcdserver: leader changed")),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
     );
+    script.push(on(Method::PATCH, &apply_uri(SERVICES, "web")).reply(
+        500,
+        status(500, "InternalError", "etcdserver: leader changed"),
+    ));
     // Undo: back to r1, whatever the failed call left.
     script.extend(switch_to(&before, "r1"));
     script.extend(remove(&env, "r2"));
