@@ -57,12 +57,8 @@ fn unreachable_cluster_is_exit_1_naming_context_and_server() {
 
 #[test]
 fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
-    for args in [
-        &["rehearse"][..],
-        &["test-env", "up"],
-        &["test-env", "down"],
-        &["test-env", "list"],
-    ] {
+    // `demo` builds images on the local engine: it has no meaning on a cluster.
+    for args in [&["demo"][..], &["demo", "--build-only"]] {
         let p = kube_project("shop");
         let before = p.snapshot();
         let what = args
@@ -94,18 +90,28 @@ fn run_bare(p: &Project, args: &[&str], vars: &[(&str, &str)]) -> Output {
     Output::from_child(args, out)
 }
 
-/// The built-in playbook starts a test version, which this backend does not build yet: promote
-/// says which steps it cannot run, before it even looks for a cluster.
+/// Data copies, explicit checks from this machine and canary weights are not built on this
+/// backend: promote names the steps, before it even looks for a cluster.
 #[test]
 fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
-    let p = kube_project("shop");
+    let p = kube_project("shop").playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h }\n  - smoke: { target: test, checks: [ { http: { service: web, port: 80, path: / } } ] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+    );
     let before = p.snapshot();
     run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")])
         .code(1)
-        .stderr_has("the kubernetes backend cannot carry out playbook `default (built-in)` yet")
-        .stderr_has("step 1 `testEnv: start a test version")
+        .stderr_has("the kubernetes backend cannot carry out playbook `standard` (")
         .stderr_has("step 2 `smoke")
+        .stderr_has("http, tcp and exec checks from this machine need a port-forward")
+        .stderr_has("step 3 `canary")
         .stderr_has("nothing was done");
+    let err = run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")]);
+    assert!(
+        !err.stderr.contains("step 1") && !err.stderr.contains("step 4"),
+        "testEnv without copyData and promote run: {}",
+        err.stderr
+    );
     assert_eq!(p.snapshot(), before);
 }
 
@@ -273,7 +279,8 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(2)
         .stdout_has("web")
-        .stderr_has("`rollout promote` would be refused: the kubernetes backend cannot carry out playbook `default (built-in)` yet");
+        // The built-in playbook (test namespace, health, promote) runs on this backend.
+        .nowhere("would be refused");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0], "GET /version");

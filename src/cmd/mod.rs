@@ -64,26 +64,34 @@ pub(crate) fn load_environment(
 
 /// The commands the kubernetes backend carries out so far (issue #8). `history`, `approve`,
 /// `report` and `audit` read the local store and never connect.
-const KUBERNETES_COMMANDS: [&str; 4] = ["plan", "status", "promote", "rollback"];
+const KUBERNETES_COMMANDS: [&str; 8] = [
+    "plan",
+    "status",
+    "promote",
+    "rollback",
+    "test-env up",
+    "test-env down",
+    "test-env list",
+    "rehearse",
+];
 
 /// The steps of `playbook` the kubernetes backend cannot carry out yet, or `None` when it can run
-/// the whole playbook: `approve`, `promote`, and `smoke` on production without explicit checks
-/// (only the built-in playbook has one: the services' own health, read from their readiness).
+/// the whole playbook: `testEnv` without `copyData`, `approve`, `promote`, and `smoke` without
+/// explicit checks (only the built-in playbook has those: the services' own health, read from
+/// their readiness).
 pub(crate) fn kubernetes_unsupported(
     playbook: &crate::manifest::playbook::Playbook,
 ) -> Option<String> {
-    use crate::manifest::playbook::{Step, Target};
+    use crate::manifest::playbook::Step;
     let steps: Vec<String> = playbook
         .steps
         .iter()
         .enumerate()
         .filter_map(|(i, step)| {
             let why = match step {
-                Step::TestEnv { .. } => "test versions (a namespace of their own) are not built",
-                Step::Smoke {
-                    target: Target::Test,
-                    ..
-                } => "no test version to check",
+                Step::TestEnv { copy_data, .. } if !copy_data.is_empty() => {
+                    "data copies into the test namespace (VolumeSnapshots or a copy Job) are not built"
+                }
                 Step::Smoke { checks, .. } if !checks.is_empty() => {
                     "http, tcp and exec checks from this machine need a port-forward or a pod exec, not built"
                 }
@@ -106,7 +114,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `approve` and `promote` steps (each candidate must pass its health probe, run by the cluster as a readiness probe, before its Service is switched)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve` and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
         playbook.name,
         steps.join("\n  ")
     ))
@@ -125,7 +133,7 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
         Backend::Kubernetes => {
             if !KUBERNETES_COMMANDS.contains(&command) {
                 anyhow::bail!(
-                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback` and `history` work there so far); nothing was done"
+                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env` and `rehearse` work there so far); nothing was done"
                 );
             }
             let engine = KubeEngine::connect()

@@ -69,6 +69,19 @@ pub fn namespace(env: &str) -> String {
     super::spec::production_network(env)
 }
 
+/// The namespace of an object carrying `labels`: its test version's own (`<env>-test-<run>`)
+/// for `rollout.role=test`, else the environment's.
+pub fn namespace_of(labels: &BTreeMap<String, String>) -> Option<String> {
+    let env = labels.get(labels::ENVIRONMENT)?;
+    match (
+        labels.get(labels::ROLE).map(String::as_str),
+        labels.get(labels::RUN),
+    ) {
+        (Some("test"), Some(run)) => Some(super::spec::test_network(env, run)),
+        _ => Some(namespace(env)),
+    }
+}
+
 pub struct KubeEngine {
     client: Client,
     /// The kubeconfig context (or "in-cluster") and the server, for messages.
@@ -525,7 +538,11 @@ pub fn service_object(spec: &ContainerSpec) -> Option<(String, KService)> {
     let service = spec.labels.get(labels::SERVICE)?.clone();
     let env = spec.labels.get(labels::ENVIRONMENT)?.clone();
     let run = spec.labels.get(labels::RUN).cloned().unwrap_or_default();
-    let (labels, _) = split_labels(&spec.labels);
+    let (mut labels, _) = split_labels(&spec.labels);
+    // A production Service outlives the run that created it; a test version's goes with it.
+    if labels.get(labels::ROLE).map(String::as_str) != Some("test") {
+        labels.remove(labels::RUN);
+    }
     let svc = service_with(
         &service,
         &spec.network,
@@ -553,22 +570,21 @@ pub fn service_for(service: &str, d: &Deployment) -> Option<KService> {
         .flatten()
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect();
-    let labels = d.metadata.labels.clone().unwrap_or_default();
+    let mut labels = d.metadata.labels.clone().unwrap_or_default();
+    labels.remove(labels::RUN);
     service_with(service, &ns, labels, selector, &ports)
 }
 
 fn service_with(
     service: &str,
     ns: &str,
-    mut labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     selector: BTreeMap<String, String>,
     ports: &[u16],
 ) -> Option<KService> {
     if ports.is_empty() {
         return None;
     }
-    // The Service outlives the run that created it.
-    labels.remove(labels::RUN);
     Some(KService {
         metadata: ObjectMeta {
             name: Some(service.to_string()),
@@ -839,13 +855,12 @@ impl Engine for KubeEngine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Outcome, EngineError> {
-        let Some(env) = labels.get(labels::ENVIRONMENT) else {
+        let Some(ns) = namespace_of(labels) else {
             return Err(unsupported(&format!(
                 "a volume without the {} label ({name})",
                 labels::ENVIRONMENT
             )));
         };
-        let ns = namespace(env);
         let (labels, annotations) = split_labels(labels);
         let pvc = PersistentVolumeClaim {
             metadata: ObjectMeta {

@@ -83,6 +83,8 @@ pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result
 /// reads the result. A crash loop, an image that cannot be pulled or a progress deadline passed
 /// fails at once: none of them mends itself within the wait.
 async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Result<String, String> {
+    // tokio's clock, so tests that pause time see the polls as elapsed time.
+    use tokio::time::Instant;
     let t0 = Instant::now();
     // Scheduling and pulling the image come before the first probe.
     let deadline = match &svc.health {

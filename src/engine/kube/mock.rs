@@ -2,9 +2,11 @@
 //! kube-rs/controller-rs `src/fixtures.rs`: each scenario scripts the requests the API server
 //! must see, in order (method, path with query, and body), and answers each as the server would.
 //! A request that never comes fails the test after [`WAIT`]; one that comes unasked fails it too.
-//! Whole promotions and rollbacks, driven through the executor, are in [`promote`].
+//! Whole promotions and rollbacks, driven through the executor, are in [`promote`]; test
+//! namespaces in [`testenv`].
 
 mod promote;
+mod testenv;
 
 use std::time::Duration;
 
