@@ -425,3 +425,123 @@ async fn rollback_switches_the_service_back_to_the_previous_settings() {
         vec!["db:1", "web:1"]
     );
 }
+
+/// A run killed mid-way, as its journal left it: web's candidate r2 started, and the switch
+/// intended (and done, when `switched`).
+async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let env = with_web_image("web:2");
+    let new = crate::store::NewRevision {
+        environment: "shop".into(),
+        run: "r2".into(),
+        started: now(),
+        user: "alice".into(),
+        playbook: "kube".into(),
+        reason: None,
+        changes: json!([]),
+        services: serde_json::to_value(crate::exec::report::snapshots(&env)).unwrap(),
+        images: vec!["db:1".into(), "web:2".into()],
+    };
+    let begin = json!({
+        "kind": "promotion", "user": "alice", "owner": "elsewhere:4242:1767268800",
+        "old": { "db": ["shop-db-r1"], "web": ["shop-web-r1"] }, "changed": ["web"], "removed": []
+    });
+    store.begin_run(new, begin).unwrap();
+    let journal = Journal::new(store.clone(), "shop", "r2");
+    let candidate = json!({ "service": "web", "container": "shop-web-r2" });
+    journal
+        .intent("candidate", candidate.clone())
+        .await
+        .unwrap();
+    journal.done("candidate", candidate).await.unwrap();
+    journal.intent("switch", json!({})).await.unwrap();
+    if switched {
+        journal.done("switch", json!({ "ms": 3 })).await.unwrap();
+    }
+    (store, dir)
+}
+
+/// Teardown of the run's test version, which it never had: four lists that find nothing.
+fn no_test_version() -> Vec<Exchange> {
+    let of_r2 = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr2";
+    vec![
+        on(Method::GET, &format!("/apis/apps/v1/deployments?&{of_r2}"))
+            .ok(list("DeploymentList", vec![])),
+        on(Method::GET, &format!("/api/v1/secrets?&{of_r2}")).ok(list("SecretList", vec![])),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{of_r2}"),
+        )
+        .ok(list("PersistentVolumeClaimList", vec![])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![])),
+    ]
+}
+
+/// Killed after intending the switch, before it was done: the next command cannot know whether
+/// the Service moved, so it puts it back on r1 (idempotent either way) and removes r2.
+#[tokio::test(start_paused = true)]
+async fn a_run_killed_before_the_switch_finished_is_undone_by_the_next_command() {
+    let (store, _dir) = interrupted(false).await;
+    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let mut script = switch_to(&before, "r1");
+    script.extend(remove(&env, "r2"));
+    script.extend(no_test_version());
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &store,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "undone");
+    assert!(
+        matches!(done.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        done.outcome
+    );
+    assert!(matches!(
+        store.revision("shop", 1).unwrap().unwrap().outcome,
+        RevisionOutcome::RolledBack { .. }
+    ));
+}
+
+/// Killed after the switch: the new version serves, so the next command finishes the run: the
+/// old pods waited out of the Service's endpoints, the Service applied once more, r1 removed.
+#[tokio::test(start_paused = true)]
+async fn a_run_killed_after_the_switch_is_finished_by_the_next_command() {
+    let (store, _dir) = interrupted(true).await;
+    let env = with_web_image("web:2");
+    let mut script =
+        vec![on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"]))];
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.extend(no_test_version());
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &store,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "finished");
+    assert_eq!(done.outcome, Outcome::Promoted);
+    assert_eq!(
+        store.revision("shop", 1).unwrap().unwrap().outcome,
+        RevisionOutcome::Promoted
+    );
+}
