@@ -4,20 +4,30 @@
 //!
 //! | Engine            | cluster                                                               |
 //! | ----------------- | --------------------------------------------------------------------- |
-//! | network           | Namespace (the production network `rollout-<env>` is the namespace)   |
+//! | network           | Namespace: `rollout-<env>` for production, `<env>-test-<run>` for a   |
+//! |                   | test version                                                          |
 //! | container         | Deployment of one replica, its secrets in a Secret of the same name   |
 //! | container's ports | a Service named after the manifest service, created with the first    |
 //! |                   | Deployment of the service; [`Engine::route_service`] moves it         |
-//! | volume            | PersistentVolumeClaim                                                 |
+//! | volume            | PersistentVolumeClaim (in the namespace its labels name)              |
+//! | shared lock       | a `coordination.k8s.io/v1` Lease ([`lease`])                          |
+//!
+//! The executor is the same as on Docker; where the platform differs it asks the engine:
+//! [`Traffic::Services`] (a Service's selector moves traffic, whole, instead of the edge proxy;
+//! the old pods are waited out of its EndpointSlices before their Deployment goes) and
+//! [`Probes::ByPlatform`] (the manifest's probe is the pods' readiness probe; rollout reads the
+//! result from [`Engine::status`] instead of probing from this machine).
 //!
 //! Everything is written with server-side apply under the field manager `rollout`, without
 //! forcing: a field another manager owns is a 409 the user sees, never silently taken over.
 //! The JSON of a service's settings ([`labels::SPEC`]) does not fit in a label value, so it is an
 //! annotation here. Objects carry the labels SPEC.md promises.
 //!
-//! What has no meaning here yet (exec, logs, pause, volume copies, published ports, images,
-//! events) fails with [`EngineError::Unsupported`]; the commands that need it are refused before
-//! they start (see `cmd::connect`).
+//! Waits poll (every [`POLL`]) rather than watch: no watch is opened, so there is no 410 Gone
+//! to relist after. What has no meaning here yet (exec, logs, pause, volume copies, published
+//! ports, images, events) fails with [`EngineError::Unsupported`]; the commands and playbook
+//! steps that need it are refused before they start (see `cmd::connect` and
+//! `cmd::kubernetes_unsupported`).
 
 pub mod lease;
 pub mod status;
