@@ -115,6 +115,29 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
     assert_eq!(p.snapshot(), before);
 }
 
+/// A rehearsal skips what targets production (here the canary), so only the data copy is named.
+#[test]
+fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
+    let p = Project::new()
+        .file("rollout.yaml", "backend: kubernetes\n")
+        .manifest(
+            "shop",
+            "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n",
+        )
+        .playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+    );
+    let before = p.snapshot();
+    let out = run_bare(&p, &["rehearse"], &[("KUBECONFIG", "/nonexistent")])
+        .code(1)
+        .stderr_has("step 1 `testEnv")
+        .stderr_has("data copies into the test namespace")
+        .stderr_has("nothing was done");
+    assert!(!out.stderr.contains("canary"), "{}", out.stderr);
+    assert_eq!(p.snapshot(), before);
+}
+
 /// A playbook this backend runs: promote (each candidate ready by its readiness probe first).
 const KUBE_PLAYBOOK: &str =
     "apiVersion: rollout/v1\nkind: Playbook\nname: kube\nsteps:\n  - promote: { drain: 5s }\n";

@@ -79,14 +79,29 @@ const KUBERNETES_COMMANDS: [&str; 8] = [
 /// the whole playbook: `testEnv` without `copyData`, `approve`, `promote`, and `smoke` without
 /// explicit checks (only the built-in playbook has those: the services' own health, read from
 /// their readiness).
+///
+/// A rehearsal skips the steps aimed at production (canary, promote, production smoke), so only
+/// the others count for it.
 pub(crate) fn kubernetes_unsupported(
     playbook: &crate::manifest::playbook::Playbook,
+    rehearsal: bool,
 ) -> Option<String> {
-    use crate::manifest::playbook::Step;
+    use crate::manifest::playbook::{Step, Target};
     let steps: Vec<String> = playbook
         .steps
         .iter()
         .enumerate()
+        .filter(|(_, step)| {
+            !rehearsal
+                || !matches!(
+                    step,
+                    Step::Canary { .. }
+                        | Step::Smoke {
+                            target: Target::Production,
+                            ..
+                        }
+                )
+        })
         .filter_map(|(i, step)| {
             let why = match step {
                 Step::TestEnv { copy_data, .. } if !copy_data.is_empty() => {

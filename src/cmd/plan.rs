@@ -23,7 +23,7 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     warn_interrupted(&project, &loaded.environment.name, printer);
     if project.config.backend == crate::manifest::config::Backend::Kubernetes
         && plan.has_changes()
-        && let Some(why) = super::kubernetes_unsupported(&playbook)
+        && let Some(why) = super::kubernetes_unsupported(&playbook, false)
     {
         printer.warn(&format!("`rollout promote` would be refused: {why}"));
     }

@@ -358,6 +358,42 @@ async fn candidate_past_its_progress_deadline_fails_the_run() {
     );
 }
 
+/// Another field manager owns a field of the candidate's Deployment (409): the run stops with
+/// the conflict named, and cleaning up tolerates a candidate that was never created.
+#[tokio::test(start_paused = true)]
+async fn a_409_on_the_candidate_is_reported_and_nothing_is_forced() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    let mut apply = apply_candidate(&env, "r2", "web:2");
+    apply.truncate(3); // the namespace, the read, the Secret
+    script.extend(apply);
+    script.push(
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-web-r2")).reply(
+            409,
+            status(
+                409,
+                "Conflict",
+                "Apply failed with 1 conflict: conflict with \"kubectl-edit\": .spec.template.spec.containers[name=\"web\"].image",
+            ),
+        ),
+    );
+    // Undo: the candidate is looked for, twice (stop, then remove), and is not there.
+    script.push(on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![])));
+    script.push(on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![])));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    let Outcome::Failed { reason } = &ran.report.outcome else {
+        panic!("{:?}", ran.report.outcome)
+    };
+    assert!(
+        reason.starts_with("apply `Deployment shop-web-r2` failed: conflict (409)"),
+        "{reason}"
+    );
+    assert!(reason.contains("kubectl-edit") && reason.contains("does not take them over"));
+}
+
 /// The API server fails the switch (500): the Service is applied back to production's
 /// Deployment, the candidate removed, and the run reports the server's error.
 #[tokio::test(start_paused = true)]
