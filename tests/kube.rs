@@ -4,8 +4,8 @@
 //! (read-only GETs answered from canned JSON, every request recorded). The request-by-request
 //! scenarios, whole promotions and rollbacks included, are unit tests in
 //! `src/engine/kube/mock.rs` and `src/engine/kube/mock/promote.rs`.
-//! `real_cluster_plan_and_status` needs a cluster: run it with
-//! `KUBECONFIG=... cargo test -- --ignored real_cluster`.
+//! `real_cluster_plan_and_status` and `real_cluster_promote_rollback_and_test_namespace` need a
+//! cluster: run them with `KUBECONFIG=... cargo test -- --ignored real_cluster`.
 
 use crate::support::{Output, Project, one_service};
 
@@ -215,6 +215,67 @@ fn real_cluster_plan_and_status() {
     p.run(&["status"])
         .code(0)
         .stdout_has("not running (wants web:1)");
+}
+
+/// Deletes the environment's namespace when dropped, so a failed real-cluster test leaves
+/// nothing behind.
+struct DeleteNamespace(String);
+
+impl Drop for DeleteNamespace {
+    fn drop(&mut self) {
+        use kube::api::{Api, DeleteParams};
+        let name = self.0.clone();
+        let Ok(rt) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(client) = kube::Client::try_default().await {
+                let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                let _ = api.delete(&name, &DeleteParams::background()).await;
+            }
+        });
+    }
+}
+
+/// Against a real cluster (KUBECONFIG): the built-in playbook promotes web (a test namespace of
+/// its own, its readiness, the Service created), a second image goes out blue-green, rollback
+/// puts the first back, and the test namespace is gone at the end. Needs the cluster to pull
+/// `nginx:1.27-alpine` and `nginx:1.26-alpine`; deletes `rollout-<env>` when done. Written
+/// without a cluster to run it on: never run yet.
+#[test]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
+fn real_cluster_promote_rollback_and_test_namespace() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "set KUBECONFIG to the cluster to test against"
+    );
+    let env = crate::support::unique("kube");
+    let _cleanup = DeleteNamespace(format!("rollout-{env}"));
+    let manifest = |image: &str| {
+        format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nservices:\n  web:\n    image: {image}\n    ports: [ {{ name: http, container: 80 }} ]\n    health: {{ http: {{ port: 80, path: / }}, startPeriod: 120s }}\n"
+        )
+    };
+    let p = Project::new()
+        .file("rollout.yaml", "backend: kubernetes\n")
+        .manifest(&env, &manifest("nginx:1.27-alpine"));
+    run_bare(&p, &["promote", "--yes"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.27-alpine");
+    let p = p.manifest(&env, &manifest("nginx:1.26-alpine"));
+    run_bare(&p, &["promote", "--yes"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.26-alpine");
+    run_bare(&p, &["rollback"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.27-alpine");
+    p.run(&["history"]).code(0).stdout_has("nginx:1.26-alpine");
+    p.run(&["test-env", "list"])
+        .code(0)
+        .nowhere(&format!("{env}-test-"));
 }
 
 /// A stand-in API server on 127.0.0.1: answers `GET path` from `routes` (path without query;

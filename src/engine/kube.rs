@@ -247,7 +247,12 @@ impl KubeEngine {
                     &format!("{}s {selector}", K::kind(&Default::default())),
                 )
             })?;
-        Ok(list.items)
+        // An object being deleted (a namespace terminating after a teardown) is already going.
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|k| k.meta().deletion_timestamp.is_none())
+            .collect())
     }
 }
 
@@ -953,12 +958,7 @@ impl Engine for KubeEngine {
             removed.volumes += 1;
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for n in namespaces
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
-            .items
-        {
+        for n in self.list_all::<Namespace>(&sel).await? {
             let Some(name) = n.metadata.name else {
                 continue;
             };
@@ -1065,13 +1065,7 @@ impl Engine for KubeEngine {
         for d in self.list_all::<Deployment>(&sel).await? {
             out.push(found(ObjectKind::Container, &d.metadata));
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for n in namespaces
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
-            .items
-        {
+        for n in self.list_all::<Namespace>(&sel).await? {
             out.push(found(ObjectKind::Network, &n.metadata));
         }
         for c in self.list_all::<PersistentVolumeClaim>(&sel).await? {

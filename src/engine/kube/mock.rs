@@ -675,6 +675,14 @@ fn meta(name: &str, ns: Option<&str>) -> Value {
     json!({ "metadata": m })
 }
 
+/// A namespace already being deleted (its teardown began): not listed, not deleted again.
+fn terminating(name: &str) -> Value {
+    let mut n = meta(name, None);
+    n["metadata"]["deletionTimestamp"] = json!("2026-01-01T11:59:00Z");
+    n["status"] = json!({ "phase": "Terminating" });
+    n
+}
+
 fn deployment_item(name: &str, ns: &str) -> Value {
     let mut d = meta(name, Some(ns));
     d["spec"] = json!({ "selector": {}, "template": {} });
@@ -692,8 +700,10 @@ async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespac
             "DeploymentList",
             vec![deployment_item("shop-web-r9", "shop-test-r9")],
         )),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
-            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+            "NamespaceList",
+            vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
+        )),
         on(
             Method::GET,
             &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
@@ -757,8 +767,10 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
         )
         .body(background)
         .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
-            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+            "NamespaceList",
+            vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
+        )),
         on(Method::DELETE, "/api/v1/namespaces/shop-test-r9?")
             .body(background)
             .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
