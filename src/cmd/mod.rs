@@ -278,10 +278,10 @@ pub(crate) async fn lock_and_recover(
         Err(LockError::Store(e)) => return Err(e.into()),
     };
     // The platform's own lock, where several machines manage the environment (kubernetes).
-    let holder = format!(
-        "{} ({}, run {run})",
-        crate::exec::report::current_user(),
-        crate::testenv::owner::current()
+    let holder = crate::engine::kube::lease::holder(
+        &crate::exec::report::current_user(),
+        &crate::testenv::owner::current(),
+        run,
     );
     if let Some(shared) = engine.shared_lock(&env.name, &holder) {
         use crate::engine::kube::lease::{Acquired, LeaseError};
@@ -294,7 +294,7 @@ pub(crate) async fn lock_and_recover(
             Ok((shared, acquired)) => {
                 if let Acquired::TookOver { from } = acquired {
                     printer.warn(&format!(
-                        "took over the cluster lock of {} from {} (its Lease ran out)",
+                        "took over the cluster lock of {} from {} (its Lease ran out, or its process is gone)",
                         env.name,
                         from.as_deref().unwrap_or("a released holder")
                     ));

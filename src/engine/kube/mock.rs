@@ -589,6 +589,37 @@ async fn expired_lease_is_taken_over_with_its_resource_version() {
     finished(server).await;
 }
 
+/// A run of this host killed outright leaves its Lease valid for up to its duration; its
+/// process being gone is enough to take it over at once.
+#[tokio::test]
+async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
+    // No pid reaches 2^22 + 1 (Linux's pid_max is at most 2^22).
+    let dead = super::lease::holder(
+        "bob",
+        &format!("{}:4194305:1", crate::testenv::owner::hostname()),
+        "r0",
+    );
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            &dead,
+            "2026-01-01T11:59:59Z",
+            60,
+        )),
+        on(
+            Method::PUT,
+            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+        )
+        .body(|b| assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a"))
+        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 60)),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 60);
+    assert_eq!(
+        lock.acquire(now()).await.unwrap(),
+        Acquired::TookOver { from: Some(dead) }
+    );
+    finished(server).await;
+}
+
 #[tokio::test]
 async fn losing_the_takeover_race_is_a_held_lock_and_release_leaves_others_alone() {
     let (client, server) = serve(vec![
