@@ -299,6 +299,61 @@ async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_t
     assert_eq!(revision.images, vec!["db:1", "web:2"]);
 }
 
+/// The built-in playbook, whole: the test namespace up (in dependency order), every service's
+/// health read there, then the blue-green promotion, production's health, the old version
+/// removed, and the test namespace torn down last.
+#[tokio::test(start_paused = true)]
+async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_down() {
+    use super::testenv::{status_of, teardown_script, up_script};
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(up_script(crate::testenv::owner::current()));
+    // smoke on test: web's health (db has none).
+    script.extend(status_of("web", 1));
+    script.extend(apply_candidate(&env, "r9", "web:2"));
+    script.extend(status_script(
+        stored(&env, "web", "r9", 1),
+        vec![pod("web", "r9", running(), 0)],
+    ));
+    script.extend(switch_to(&env, "r9"));
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r9-5d9f8c-x1x2x"])));
+    // smoke on production.
+    script.extend(status_script(
+        stored(&env, "web", "r9", 1),
+        vec![pod("web", "r9", running(), 0)],
+    ));
+    script.extend(switch_to(&env, "r9"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.extend(teardown_script());
+
+    let ran = run(
+        script,
+        &env,
+        &Playbook::builtin_default(),
+        "r9",
+        RunKind::Promotion,
+    )
+    .await;
+    let report = &ran.report;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    let details: Vec<&str> = report.steps.iter().map(|s| s.detail.as_str()).collect();
+    assert_eq!(details[0], "test version shop-test-r9 is up");
+    assert_eq!(details[1], "1 of 1 checks passed");
+    assert_eq!(details[3], "1 of 1 checks passed");
+    let teardown = report.teardown.as_ref().unwrap();
+    assert_eq!(
+        (
+            teardown.containers,
+            teardown.networks,
+            teardown.volumes,
+            teardown.error.as_deref()
+        ),
+        (2, 1, 1, None)
+    );
+}
+
 /// A candidate that crash-loops fails at once (no wait for the deadline); production was never
 /// switched, so the Service is not written at all; the candidate is removed.
 #[tokio::test(start_paused = true)]

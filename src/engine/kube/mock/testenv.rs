@@ -26,7 +26,7 @@ fn stored_test(service: &str, ready: i32) -> Value {
     d
 }
 
-fn status_of(service: &str, ready: i32) -> Vec<Exchange> {
+pub(super) fn status_of(service: &str, ready: i32) -> Vec<Exchange> {
     let running = json!({
         "metadata": { "name": format!("shop-test-r9-{service}-5d9f8c-x1x2x") },
         "status": { "containerStatuses": [ { "name": service, "image": "", "imageID": "", "ready": ready == 1,
@@ -60,22 +60,21 @@ fn test_labels_checked(b: &Value) {
     );
 }
 
-/// `test-env up`: the namespace, db's fresh claim, db (no port, no probe: running settles it),
-/// then web, which depends on it (its Secret, Deployment and Service, all in the namespace).
-#[tokio::test(start_paused = true)]
-async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
-    let env = environment();
+/// Test version r9 of shop coming up, owned by `owner`: the namespace, db's fresh claim, db (no
+/// port, no probe: running settles it), then web, which depends on it (its Secret, Deployment
+/// and Service, all in the namespace).
+pub(super) fn up_script(owner: String) -> Vec<Exchange> {
     let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
     let secrets = format!("{TEST_NS}/secrets");
     let services = format!("{TEST_NS}/services");
     let mut script = vec![
         on(Method::GET, TEST_NS).reply(404, not_found("namespaces", "shop-test-r9")),
         on(Method::PATCH, &apply_uri("/api/v1/namespaces", "shop-test-r9"))
-            .body(|b| {
+            .body(move |b| {
                 assert_eq!(b["kind"], "Namespace");
                 test_labels_checked(b);
                 assert_eq!(
-                    b["metadata"]["annotations"]["rollout.owner"], "host:1:2",
+                    b["metadata"]["annotations"]["rollout.owner"], owner,
                     "the owner is no label value"
                 );
             })
@@ -119,7 +118,70 @@ async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
     ]);
     script.extend(status_of("web", 1));
-    let (client, server) = serve(script);
+    script
+}
+
+/// The teardown of test version r9: what its labels find, deleted, the namespace last.
+pub(super) fn teardown_script() -> Vec<Exchange> {
+    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
+    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
+    vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "DeploymentList",
+            vec![stored_test("db", 1), stored_test("web", 1)],
+        )),
+        on(
+            Method::DELETE,
+            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-db?"),
+        )
+        .body(background)
+        .ok(success()),
+        on(
+            Method::DELETE,
+            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web?"),
+        )
+        .body(background)
+        .ok(success()),
+        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+            "SecretList",
+            vec![meta("shop-test-r9-web", Some("shop-test-r9"))],
+        )),
+        on(
+            Method::DELETE,
+            &format!("{TEST_NS}/secrets/shop-test-r9-web?"),
+        )
+        .body(background)
+        .ok(success()),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "PersistentVolumeClaimList",
+            vec![meta("shop-test-r9-db-data", Some("shop-test-r9"))],
+        )),
+        on(
+            Method::DELETE,
+            &format!("{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data?"),
+        )
+        .body(background)
+        .ok(success()),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::DELETE, &format!("{TEST_NS}?"))
+            .body(background)
+            .ok(success()),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
+    let env = environment();
+    let (client, server) = serve(up_script("host:1:2".into()));
     let engine = KubeEngine::new(client, "mock");
     let opts = testenv::Options {
         ttl: Duration::from_secs(7200),
