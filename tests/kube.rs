@@ -1,8 +1,11 @@
 //! `backend: kubernetes` from the command line. No cluster runs here: these tests check what the
-//! binary does without one (and what it refuses), and run `plan` and `status` end to end against
-//! a stand-in API server on loopback (read-only GETs answered from canned JSON, every request
-//! recorded). The request-by-request scenarios are unit tests in `src/engine/kube/mock.rs`. `real_cluster_plan_and_status` needs a cluster: run it with
-//! `KUBECONFIG=... cargo test -- --ignored real_cluster`.
+//! binary does without one (and what it refuses), and run `plan`, `status` and a `promote`
+//! refused by another holder's Lease end to end against a stand-in API server on loopback
+//! (read-only GETs answered from canned JSON, every request recorded). The request-by-request
+//! scenarios, whole promotions and rollbacks included, are unit tests in
+//! `src/engine/kube/mock.rs` and `src/engine/kube/mock/promote.rs`.
+//! `real_cluster_plan_and_status` and `real_cluster_promote_rollback_and_test_namespace` need a
+//! cluster: run them with `KUBECONFIG=... cargo test -- --ignored real_cluster`.
 
 use crate::support::{Output, Project, one_service};
 
@@ -54,14 +57,8 @@ fn unreachable_cluster_is_exit_1_naming_context_and_server() {
 
 #[test]
 fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
-    for args in [
-        &["promote", "--yes"][..],
-        &["rollback"],
-        &["rehearse"],
-        &["test-env", "up"],
-        &["test-env", "down"],
-        &["test-env", "list"],
-    ] {
+    // `demo` builds images on the local engine: it has no meaning on a cluster.
+    for args in [&["demo"][..], &["demo", "--build-only"]] {
         let p = kube_project("shop");
         let before = p.snapshot();
         let what = args
@@ -70,23 +67,137 @@ fn commands_not_built_on_kubernetes_are_refused_before_anything_is_done() {
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
-        // Not `p.run`: promote and rollback would build the proxy's static binary, never used here.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
-            .arg("-C")
-            .arg(p.path())
-            .args(args)
-            .output()
-            .expect("run rollout");
-        Output::from_child(args, out)
+        run_bare(&p, args, &[])
             .code(1)
             .stderr_has(&format!(
                 "not supported on the kubernetes backend yet: `rollout {what}`"
             ))
             .stderr_has("nothing was done");
-        if args[0] != "rollback" {
-            assert_eq!(p.snapshot(), before, "{args:?} changed the project");
-        }
+        assert_eq!(p.snapshot(), before, "{args:?} changed the project");
     }
+}
+
+/// Not `p.run`: that builds the proxy's static binary for promote and rollback, never used on
+/// this backend.
+fn run_bare(p: &Project, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .arg("-C")
+        .arg(p.path())
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .expect("run rollout");
+    Output::from_child(args, out)
+}
+
+/// Data copies, explicit checks from this machine and canary weights are not built on this
+/// backend: promote names the steps, before it even looks for a cluster.
+#[test]
+fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
+    let p = kube_project("shop").playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h }\n  - smoke: { target: test, checks: [ { http: { service: web, port: 80, path: / } } ] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+    );
+    let before = p.snapshot();
+    run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")])
+        .code(1)
+        .stderr_has("the kubernetes backend cannot carry out playbook `standard` (")
+        .stderr_has("step 2 `smoke")
+        .stderr_has("http, tcp and exec checks from this machine need a port-forward")
+        .stderr_has("step 3 `canary")
+        .stderr_has("nothing was done");
+    let err = run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")]);
+    assert!(
+        !err.stderr.contains("step 1") && !err.stderr.contains("step 4"),
+        "testEnv without copyData and promote run: {}",
+        err.stderr
+    );
+    assert_eq!(p.snapshot(), before);
+}
+
+/// A rehearsal skips what targets production (here the canary), so only the data copy is named.
+#[test]
+fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
+    let p = Project::new()
+        .file("rollout.yaml", "backend: kubernetes\n")
+        .manifest(
+            "shop",
+            "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n",
+        )
+        .playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+    );
+    let before = p.snapshot();
+    let out = run_bare(&p, &["rehearse"], &[("KUBECONFIG", "/nonexistent")])
+        .code(1)
+        .stderr_has("step 1 `testEnv")
+        .stderr_has("data copies into the test namespace")
+        .stderr_has("nothing was done");
+    assert!(!out.stderr.contains("canary"), "{}", out.stderr);
+    assert_eq!(p.snapshot(), before);
+}
+
+/// A playbook this backend runs: promote (each candidate ready by its readiness probe first).
+const KUBE_PLAYBOOK: &str =
+    "apiVersion: rollout/v1\nkind: Playbook\nname: kube\nsteps:\n  - promote: { drain: 5s }\n";
+
+/// Another machine's run holds the environment's Lease: promote is refused (exit 3) naming it,
+/// having only read from the cluster.
+#[test]
+fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
+    let renewed = jiff::Timestamp::now().to_string();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "rollout-lock", "namespace": "rollout-shop", "resourceVersion": "7" },
+        "spec": { "holderIdentity": "ci-bot (ci-runner:77:1767268800, run other1)", "renewTime": renewed,
+            "acquireTime": renewed, "leaseDurationSeconds": 3600 }
+    });
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        // Test versions left behind, looked for first: none; production runs nothing yet.
+        ("/apis/apps/v1/deployments", empty("DeploymentList")),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            empty("DeploymentList"),
+        ),
+        ("/api/v1/namespaces", empty("NamespaceList")),
+        (
+            "/api/v1/persistentvolumeclaims",
+            empty("PersistentVolumeClaimList"),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop",
+            serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
+        ),
+        (
+            "/apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases/rollout-lock",
+            lease,
+        ),
+    ]);
+    let p = kube_project("shop")
+        .playbook("kube", KUBE_PLAYBOOK)
+        .file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    run_bare(
+        &p,
+        &["promote", "--yes"],
+        &[("KUBECONFIG", config.to_str().unwrap())],
+    )
+    .code(3)
+    .stderr_has("environment shop is locked by ci-bot (ci-runner:77:1767268800, run other1) until")
+    .stderr_has("(Lease rollout-lock in rollout-shop)");
+    let seen = api.seen();
+    assert!(
+        seen.iter().all(|r| r.starts_with("GET ")),
+        "a refused promote only reads: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.starts_with(
+            "GET /apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases/rollout-lock"
+        )),
+        "{seen:?}"
+    );
 }
 
 /// Against a real cluster (KUBECONFIG): `plan` on a fresh environment reads nothing and wants
@@ -104,6 +215,67 @@ fn real_cluster_plan_and_status() {
     p.run(&["status"])
         .code(0)
         .stdout_has("not running (wants web:1)");
+}
+
+/// Deletes the environment's namespace when dropped, so a failed real-cluster test leaves
+/// nothing behind.
+struct DeleteNamespace(String);
+
+impl Drop for DeleteNamespace {
+    fn drop(&mut self) {
+        use kube::api::{Api, DeleteParams};
+        let name = self.0.clone();
+        let Ok(rt) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(client) = kube::Client::try_default().await {
+                let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                let _ = api.delete(&name, &DeleteParams::background()).await;
+            }
+        });
+    }
+}
+
+/// Against a real cluster (KUBECONFIG): the built-in playbook promotes web (a test namespace of
+/// its own, its readiness, the Service created), a second image goes out blue-green, rollback
+/// puts the first back, and the test namespace is gone at the end. Needs the cluster to pull
+/// `nginx:1.27-alpine` and `nginx:1.26-alpine`; deletes `rollout-<env>` when done. Written
+/// without a cluster to run it on: never run yet.
+#[test]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
+fn real_cluster_promote_rollback_and_test_namespace() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "set KUBECONFIG to the cluster to test against"
+    );
+    let env = crate::support::unique("kube");
+    let _cleanup = DeleteNamespace(format!("rollout-{env}"));
+    let manifest = |image: &str| {
+        format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nservices:\n  web:\n    image: {image}\n    ports: [ {{ name: http, container: 80 }} ]\n    health: {{ http: {{ port: 80, path: / }}, startPeriod: 120s }}\n"
+        )
+    };
+    let p = Project::new()
+        .file("rollout.yaml", "backend: kubernetes\n")
+        .manifest(&env, &manifest("nginx:1.27-alpine"));
+    run_bare(&p, &["promote", "--yes"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.27-alpine");
+    let p = p.manifest(&env, &manifest("nginx:1.26-alpine"));
+    run_bare(&p, &["promote", "--yes"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.26-alpine");
+    run_bare(&p, &["rollback"], &[])
+        .code(0)
+        .stdout_has("promoted");
+    p.run(&["status"]).code(0).stdout_has("nginx:1.27-alpine");
+    p.run(&["history"]).code(0).stdout_has("nginx:1.26-alpine");
+    p.run(&["test-env", "list"])
+        .code(0)
+        .nowhere(&format!("{env}-test-"));
 }
 
 /// A stand-in API server on 127.0.0.1: answers `GET path` from `routes` (path without query;
@@ -191,7 +363,8 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     p.run_with(&["plan"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(2)
         .stdout_has("web")
-        .stderr_has("not supported on the kubernetes backend yet: carrying out this plan");
+        // The built-in playbook (test namespace, health, promote) runs on this backend.
+        .nowhere("would be refused");
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0], "GET /version");

@@ -208,6 +208,10 @@ pub async fn health(target: &Target<'_>, service: &Service) -> CheckResult {
     };
     let engine = target.engine;
     let (verdict, attempts, elapsed) = match &service.health {
+        // The platform runs the probe (a readiness probe): its verdict is the container's health.
+        Some(h) if engine.probes() == crate::engine::Probes::ByPlatform => {
+            retrying(h.retries, || running(engine, endpoint)).await
+        }
         Some(h) => {
             retrying(h.retries, || {
                 probe_once(engine, endpoint, &h.probe, h.timeout)

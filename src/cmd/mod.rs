@@ -62,8 +62,78 @@ pub(crate) fn load_environment(
     Ok(loaded)
 }
 
-/// The commands the kubernetes backend carries out so far (issue #8): both only read.
-const KUBERNETES_COMMANDS: [&str; 2] = ["plan", "status"];
+/// The commands the kubernetes backend carries out so far (issue #8). `history`, `approve`,
+/// `report` and `audit` read the local store and never connect.
+const KUBERNETES_COMMANDS: [&str; 8] = [
+    "plan",
+    "status",
+    "promote",
+    "rollback",
+    "test-env up",
+    "test-env down",
+    "test-env list",
+    "rehearse",
+];
+
+/// The steps of `playbook` the kubernetes backend cannot carry out yet, or `None` when it can run
+/// the whole playbook: `testEnv` without `copyData`, `approve`, `promote`, and `smoke` without
+/// explicit checks (only the built-in playbook has those: the services' own health, read from
+/// their readiness).
+///
+/// A rehearsal skips the steps aimed at production (canary, promote, production smoke), so only
+/// the others count for it.
+pub(crate) fn kubernetes_unsupported(
+    playbook: &crate::manifest::playbook::Playbook,
+    rehearsal: bool,
+) -> Option<String> {
+    use crate::manifest::playbook::{Step, Target};
+    let steps: Vec<String> = playbook
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| {
+            !rehearsal
+                || !matches!(
+                    step,
+                    Step::Canary { .. }
+                        | Step::Smoke {
+                            target: Target::Production,
+                            ..
+                        }
+                )
+        })
+        .filter_map(|(i, step)| {
+            let why = match step {
+                Step::TestEnv { copy_data, .. } if !copy_data.is_empty() => {
+                    "data copies into the test namespace (VolumeSnapshots or a copy Job) are not built"
+                }
+                Step::Smoke { checks, .. } if !checks.is_empty() => {
+                    "http, tcp and exec checks from this machine need a port-forward or a pod exec, not built"
+                }
+                Step::Canary { .. } => "canary weights (HTTPRoute or replica ratio) are not built",
+                _ => return None,
+            };
+            Some(format!(
+                "step {} `{}`: {why}",
+                i + 1,
+                crate::manifest::playbook::describe(step)
+            ))
+        })
+        .collect();
+    if steps.is_empty() {
+        return None;
+    }
+    let file = playbook
+        .source
+        .as_ref()
+        .map(|p| format!(" ({})", p.display()))
+        .unwrap_or_default();
+    Some(format!(
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve` and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
+        playbook.name,
+        steps.join("\n  ")
+    ))
+}
 
 /// Connects to the backend named in rollout.yaml for `command` (as the user typed it). On the
 /// kubernetes backend a command not built there yet is refused before anything is done.
@@ -78,7 +148,7 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
         Backend::Kubernetes => {
             if !KUBERNETES_COMMANDS.contains(&command) {
                 anyhow::bail!(
-                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan` and `status` work there so far); nothing was done"
+                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env` and `rehearse` work there so far); nothing was done"
                 );
             }
             let engine = KubeEngine::connect()
@@ -165,7 +235,7 @@ pub(crate) async fn lock_and_recover(
             return refuse(ExitStatus::Failure, "cancelled", "stopped by a signal while waiting for the lock".into());
         }
     };
-    let guard = match acquired {
+    let mut guard = match acquired {
         Ok((guard, replaced)) => {
             if let Some(old) = replaced {
                 let why = if old.expires < jiff::Timestamp::now() {
@@ -207,6 +277,40 @@ pub(crate) async fn lock_and_recover(
         }
         Err(LockError::Store(e)) => return Err(e.into()),
     };
+    // The platform's own lock, where several machines manage the environment (kubernetes).
+    let holder = crate::engine::kube::lease::holder(
+        &crate::exec::report::current_user(),
+        &crate::testenv::owner::current(),
+        run,
+    );
+    if let Some(shared) = engine.shared_lock(&env.name, &holder) {
+        use crate::engine::kube::lease::{Acquired, LeaseError};
+        // The lock lives in the environment's namespace (its production network): it must exist.
+        let labels = crate::engine::spec::base_labels(env, crate::engine::Role::Production, run);
+        engine
+            .ensure_network(&crate::engine::spec::production_network(&env.name), &labels)
+            .await?;
+        match lock::acquire_shared(shared, wait, cancel.clone()).await {
+            Ok((shared, acquired)) => {
+                if let Acquired::TookOver { from } = acquired {
+                    printer.warn(&format!(
+                        "took over the cluster lock of {} from {} (its Lease ran out, or its process is gone)",
+                        env.name,
+                        from.as_deref().unwrap_or("a released holder")
+                    ));
+                }
+                guard.share(shared);
+            }
+            Err(e @ LeaseError::Held { .. }) => {
+                guard.release().await?;
+                return refuse(ExitStatus::Refused, "refused", e.to_string());
+            }
+            Err(e) => {
+                guard.release().await?;
+                return Err(e.into());
+            }
+        }
+    }
     let name = env.name.clone();
     let unfinished = store.call(move |s| s.unfinished_runs(&name)).await?;
     for begin in unfinished.iter().filter(|b| b.run != run) {

@@ -21,11 +21,11 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     let observed = engine.observe(&loaded.environment.name).await?;
     let plan = plan::compute(&loaded.environment, &observed, &playbook);
     warn_interrupted(&project, &loaded.environment.name, printer);
-    if project.config.backend == crate::manifest::config::Backend::Kubernetes && plan.has_changes()
+    if project.config.backend == crate::manifest::config::Backend::Kubernetes
+        && plan.has_changes()
+        && let Some(why) = super::kubernetes_unsupported(&playbook, false)
     {
-        printer.warn(
-            "not supported on the kubernetes backend yet: carrying out this plan (`rollout promote`); it only shows what would change",
-        );
+        printer.warn(&format!("`rollout promote` would be refused: {why}"));
     }
     match output {
         Format::Json => printer.json(&plan)?,

@@ -32,6 +32,11 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let project = Project::open(dir)?;
     let environment = super::load_environment(&project, &env, printer)?.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
+    if project.config.backend == crate::manifest::config::Backend::Kubernetes
+        && let Some(why) = super::kubernetes_unsupported(&playbook, false)
+    {
+        anyhow::bail!("{why}; nothing was done");
+    }
     let engine = super::connect(&project, "promote").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     let json = output == Format::Json;

@@ -24,6 +24,11 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     let loaded = super::load_environment(&project, &env, printer)?;
     let environment = loaded.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
+    if project.config.backend == crate::manifest::config::Backend::Kubernetes
+        && let Some(why) = super::kubernetes_unsupported(&playbook, true)
+    {
+        anyhow::bail!("{why}; nothing was done");
+    }
     let engine = super::connect(&project, "rehearse").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.

@@ -4,20 +4,30 @@
 //!
 //! | Engine            | cluster                                                               |
 //! | ----------------- | --------------------------------------------------------------------- |
-//! | network           | Namespace (the production network `rollout-<env>` is the namespace)   |
+//! | network           | Namespace: `rollout-<env>` for production, `<env>-test-<run>` for a   |
+//! |                   | test version                                                          |
 //! | container         | Deployment of one replica, its secrets in a Secret of the same name   |
 //! | container's ports | a Service named after the manifest service, created with the first    |
-//! |                   | Deployment of the service; [`KubeEngine::switch_service`] moves it    |
-//! | volume            | PersistentVolumeClaim                                                 |
+//! |                   | Deployment of the service; [`Engine::route_service`] moves it         |
+//! | volume            | PersistentVolumeClaim (in the namespace its labels name)              |
+//! | shared lock       | a `coordination.k8s.io/v1` Lease ([`lease`])                          |
+//!
+//! The executor is the same as on Docker; where the platform differs it asks the engine:
+//! [`Traffic::Services`] (a Service's selector moves traffic, whole, instead of the edge proxy;
+//! the old pods are waited out of its EndpointSlices before their Deployment goes) and
+//! [`Probes::ByPlatform`] (the manifest's probe is the pods' readiness probe; rollout reads the
+//! result from [`Engine::status`] instead of probing from this machine).
 //!
 //! Everything is written with server-side apply under the field manager `rollout`, without
 //! forcing: a field another manager owns is a 409 the user sees, never silently taken over.
 //! The JSON of a service's settings ([`labels::SPEC`]) does not fit in a label value, so it is an
 //! annotation here. Objects carry the labels SPEC.md promises.
 //!
-//! What has no meaning here yet (exec, logs, pause, volume copies, published ports, images,
-//! events) fails with [`EngineError::Unsupported`]; the commands that need it are refused before
-//! they start (see `cmd::connect`).
+//! Waits poll (every [`POLL`]) rather than watch: no watch is opened, so there is no 410 Gone
+//! to relist after. What has no meaning here yet (exec, logs, pause, volume copies, published
+//! ports, images, events) fails with [`EngineError::Unsupported`]; the commands and playbook
+//! steps that need it are refused before they start (see `cmd::connect` and
+//! `cmd::kubernetes_unsupported`).
 
 pub mod lease;
 pub mod status;
@@ -33,6 +43,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, Service as KService, ServicePort,
     ServiceSpec, TCPSocketAction, Volume as KVolume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -42,11 +53,17 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ContainerSpec, ContainerStatus, Engine, EngineError, EnvValue, EventStream, ExecOutput,
-    LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Removed,
-    ServiceSnapshot, image, labels,
+    LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
+    Removed, ServiceSnapshot, Traffic, Unrouted, image, labels,
 };
 use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
+
+/// How long the Lease lock lasts past each renewal; it is renewed every third of that.
+pub const LEASE_SECONDS: i32 = 60;
+
+/// How often readiness and endpoints are asked while waiting (each ask is an API call or two).
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "rollout";
@@ -60,6 +77,19 @@ const VOLUME_SIZE: &str = "1Gi";
 /// The namespace of an environment's production objects (also its "network").
 pub fn namespace(env: &str) -> String {
     super::spec::production_network(env)
+}
+
+/// The namespace of an object carrying `labels`: its test version's own (`<env>-test-<run>`)
+/// for `rollout.role=test`, else the environment's.
+pub fn namespace_of(labels: &BTreeMap<String, String>) -> Option<String> {
+    let env = labels.get(labels::ENVIRONMENT)?;
+    match (
+        labels.get(labels::ROLE).map(String::as_str),
+        labels.get(labels::RUN),
+    ) {
+        (Some("test"), Some(run)) => Some(super::spec::test_network(env, run)),
+        _ => Some(namespace(env)),
+    }
 }
 
 pub struct KubeEngine {
@@ -179,29 +209,26 @@ impl KubeEngine {
         Ok(())
     }
 
-    /// The blue-green switch: points the Service of `service` in `env` at the pods of `run`.
-    /// Nothing else changes; the previous Deployment keeps running until it is removed.
-    pub async fn switch_service(
+    /// The endpoints of Service `service` in `ns` that are pods of Deployment `deployment`.
+    async fn endpoints_of(
         &self,
-        env: &str,
+        ns: &str,
         service: &str,
-        run: &str,
-    ) -> Result<(), EngineError> {
-        let api: Api<KService> = self.api(&namespace(env));
-        let patch = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": { "name": service },
-            "spec": { "selector": pod_selector(env, service, run) },
-        });
-        api.patch(
-            service,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
-        Ok(())
+        deployment: &str,
+    ) -> Result<usize, EngineError> {
+        let api: Api<EndpointSlice> = self.api(ns);
+        let slices = api
+            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("EndpointSlices of Service {service}")))?
+            .items;
+        Ok(slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter_map(|e| e.target_ref.as_ref())
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .filter(|r| r.name.as_deref().is_some_and(|n| pod_of(n, deployment)))
+            .count())
     }
 
     async fn list_all<K>(&self, selector: &str) -> Result<Vec<K>, EngineError>
@@ -220,7 +247,12 @@ impl KubeEngine {
                     &format!("{}s {selector}", K::kind(&Default::default())),
                 )
             })?;
-        Ok(list.items)
+        // An object being deleted (a namespace terminating after a teardown) is already going.
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|k| k.meta().deletion_timestamp.is_none())
+            .collect())
     }
 }
 
@@ -519,41 +551,90 @@ pub fn objects(spec: &ContainerSpec) -> (String, Option<Secret>, Deployment) {
 /// The Service of a manifest service, selecting the pods of `run`.
 pub fn service_object(spec: &ContainerSpec) -> Option<(String, KService)> {
     let service = spec.labels.get(labels::SERVICE)?.clone();
-    if spec.probe_ports.is_empty() {
-        return None;
-    }
     let env = spec.labels.get(labels::ENVIRONMENT)?.clone();
     let run = spec.labels.get(labels::RUN).cloned().unwrap_or_default();
     let (mut labels, _) = split_labels(&spec.labels);
-    // The Service outlives the run that created it.
+    // A production Service outlives the run that created it; a test version's goes with it.
+    if labels.get(labels::ROLE).map(String::as_str) != Some("test") {
+        labels.remove(labels::RUN);
+    }
+    let svc = service_with(
+        &service,
+        &spec.network,
+        labels,
+        pod_selector(&env, &service, &run),
+        &spec.probe_ports,
+    )?;
+    Some((service, svc))
+}
+
+/// The Service `service` as it must be to send its traffic to Deployment `d`'s pods, and only
+/// to them: the whole object (a server-side apply of only the selector would drop the ports
+/// rollout applied before). `None` when the Deployment exposes no port. A pure function.
+pub fn service_for(service: &str, d: &Deployment) -> Option<KService> {
+    let ns = d.metadata.namespace.clone()?;
+    let selector = d.spec.selector.match_labels.clone()?;
+    let ports: Vec<u16> = d
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    let mut labels = d.metadata.labels.clone().unwrap_or_default();
     labels.remove(labels::RUN);
-    Some((
-        service.clone(),
-        KService {
-            metadata: ObjectMeta {
-                name: Some(service.clone()),
-                namespace: Some(spec.network.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                selector: Some(pod_selector(&env, &service, &run)),
-                ports: Some(
-                    spec.probe_ports
-                        .iter()
-                        .map(|p| ServicePort {
-                            name: Some(format!("p{p}")),
-                            port: i32::from(*p),
-                            target_port: Some(IntOrString::Int(i32::from(*p))),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
+    service_with(service, &ns, labels, selector, &ports)
+}
+
+fn service_with(
+    service: &str,
+    ns: &str,
+    labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+    ports: &[u16],
+) -> Option<KService> {
+    if ports.is_empty() {
+        return None;
+    }
+    Some(KService {
+        metadata: ObjectMeta {
+            name: Some(service.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
             ..Default::default()
         },
-    ))
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("p{p}")),
+                        port: i32::from(*p),
+                        target_port: Some(IntOrString::Int(i32::from(*p))),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Whether `pod` is a pod of Deployment `deployment`: its ReplicaSet's pods are named
+/// `<deployment>-<template hash>-<suffix>`.
+pub fn pod_of(pod: &str, deployment: &str) -> bool {
+    pod.strip_prefix(deployment)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(hash, suffix)| {
+            !hash.is_empty() && !suffix.is_empty() && !suffix.contains('-')
+        })
 }
 
 /// One observed Deployment as the planner sees a container: a pure function.
@@ -614,6 +695,80 @@ fn selects(d: &Deployment, pod: &Pod) -> bool {
 impl Engine for KubeEngine {
     fn describe(&self) -> String {
         self.context.clone()
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic::Services
+    }
+
+    fn probes(&self) -> Probes {
+        Probes::ByPlatform
+    }
+
+    /// The blue-green switch: Service `service` is applied whole, selecting exactly the pods of
+    /// Deployment `container`. Nothing else changes; the previous Deployment keeps running until
+    /// it is removed.
+    async fn route_service(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        let ns = namespace(env);
+        let deployments: Api<Deployment> = self.api(&ns);
+        let d = deployments
+            .get_opt(container)
+            .await
+            .map_err(|e| api_error(e, "read", &format!("Deployment {container}")))?
+            .ok_or_else(|| EngineError::Call {
+                action: "switch",
+                object: format!("Service {service}"),
+                reason: format!("its target, Deployment {container}, is not in {ns}"),
+            })?;
+        let Some(svc) = service_for(service, &d) else {
+            // No port: nothing reaches it through a Service.
+            return Ok(());
+        };
+        let api: Api<KService> = self.api(&ns);
+        api.patch(
+            service,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
+        Ok(())
+    }
+
+    /// Polls the Service's EndpointSlices until no endpoint is a pod of `container`.
+    async fn wait_unrouted(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+        limit: Duration,
+    ) -> Result<Unrouted, EngineError> {
+        let ns = namespace(env);
+        let t0 = tokio::time::Instant::now();
+        loop {
+            let left = self.endpoints_of(&ns, service, container).await?;
+            if left == 0 {
+                return Ok(Unrouted::Done);
+            }
+            if t0.elapsed() + POLL > limit {
+                return Ok(Unrouted::StillRouted { endpoints: left });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<lease::LeaseLock> {
+        Some(lease::LeaseLock::new(
+            self.client.clone(),
+            env,
+            holder,
+            LEASE_SECONDS,
+        ))
     }
 
     async fn observe(&self, environment: &str) -> Result<Observed, EngineError> {
@@ -715,13 +870,12 @@ impl Engine for KubeEngine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Outcome, EngineError> {
-        let Some(env) = labels.get(labels::ENVIRONMENT) else {
+        let Some(ns) = namespace_of(labels) else {
             return Err(unsupported(&format!(
                 "a volume without the {} label ({name})",
                 labels::ENVIRONMENT
             )));
         };
-        let ns = namespace(env);
         let (labels, annotations) = split_labels(labels);
         let pvc = PersistentVolumeClaim {
             metadata: ObjectMeta {
@@ -804,12 +958,7 @@ impl Engine for KubeEngine {
             removed.volumes += 1;
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for n in namespaces
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
-            .items
-        {
+        for n in self.list_all::<Namespace>(&sel).await? {
             let Some(name) = n.metadata.name else {
                 continue;
             };
@@ -916,13 +1065,7 @@ impl Engine for KubeEngine {
         for d in self.list_all::<Deployment>(&sel).await? {
             out.push(found(ObjectKind::Container, &d.metadata));
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        for n in namespaces
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Namespaces {sel}")))?
-            .items
-        {
+        for n in self.list_all::<Namespace>(&sel).await? {
             out.push(found(ObjectKind::Network, &n.metadata));
         }
         for c in self.list_all::<PersistentVolumeClaim>(&sel).await? {

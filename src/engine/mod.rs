@@ -302,6 +302,35 @@ pub struct LabelledObject {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How traffic reaches a service's versions on a platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// rollout's edge proxy holds the public ports and moves traffic by weight (docker).
+    EdgeProxy,
+    /// The platform routes a service's stable name to one version; rollout moves it with
+    /// [`Engine::route_service`] (kubernetes Services, by their selector).
+    Services,
+}
+
+/// Who runs a service's health probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probes {
+    /// rollout, from this machine, through ports published on 127.0.0.1 (docker).
+    FromHost,
+    /// The platform itself (kubernetes readiness probes); rollout reads the result from
+    /// [`Engine::status`].
+    ByPlatform,
+}
+
+/// Whether a version still receives traffic through its service, after it was routed away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    /// No endpoint of the service is the old version any more.
+    Done,
+    /// Still listed after the wait: this many endpoints.
+    StillRouted { endpoints: usize },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("`{command}` in `{container}` did not finish within {}", crate::manifest::duration::format(*limit))]
@@ -441,4 +470,50 @@ pub trait Engine: Send + Sync {
         container: &str,
         network: &str,
     ) -> Result<Option<std::net::IpAddr>, EngineError>;
+
+    /// How traffic moves between versions here.
+    fn traffic(&self) -> Traffic {
+        Traffic::EdgeProxy
+    }
+
+    /// Who runs health probes here.
+    fn probes(&self) -> Probes {
+        Probes::FromHost
+    }
+
+    /// [`Traffic::Services`]: points the service `service` of `env` at `container`'s replicas,
+    /// and only at them.
+    async fn route_service(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        let _ = (env, container);
+        Err(EngineError::Unsupported {
+            what: format!("routing service {service} on {}", self.describe()),
+        })
+    }
+
+    /// [`Traffic::Services`]: waits (up to `limit`) until `container`'s replicas are no longer
+    /// endpoints of `service`, so removing them drops no request.
+    async fn wait_unrouted(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+        limit: Duration,
+    ) -> Result<Unrouted, EngineError> {
+        let _ = (env, container, limit);
+        Err(EngineError::Unsupported {
+            what: format!("draining service {service} on {}", self.describe()),
+        })
+    }
+
+    /// A lock on the platform itself, shared by every machine that manages `env` there
+    /// (kubernetes: a Lease), held by `holder`; `None` where the store's lock is the only one.
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<kube::lease::LeaseLock> {
+        let _ = (env, holder);
+        None
+    }
 }

@@ -214,6 +214,43 @@ impl<E: Engine> Engine for Retrying<E> {
     ) -> Result<Option<std::net::IpAddr>, EngineError> {
         retry("address", || self.inner.address(container, network)).await
     }
+
+    fn traffic(&self) -> super::Traffic {
+        self.inner.traffic()
+    }
+
+    fn probes(&self) -> super::Probes {
+        self.inner.probes()
+    }
+
+    async fn route_service(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        retry("route_service", || {
+            self.inner.route_service(env, service, container)
+        })
+        .await
+    }
+
+    async fn wait_unrouted(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+        limit: Duration,
+    ) -> Result<super::Unrouted, EngineError> {
+        retry("wait_unrouted", || {
+            self.inner.wait_unrouted(env, service, container, limit)
+        })
+        .await
+    }
+
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<super::kube::lease::LeaseLock> {
+        self.inner.shared_lock(env, holder)
+    }
 }
 
 #[cfg(test)]

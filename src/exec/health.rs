@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::check::{self, Endpoint, Verdict};
-use crate::engine::{ContainerState, Engine, HealthState};
+use crate::engine::{ContainerState, Engine, HealthState, Probes};
 use crate::manifest::env::{Probe, Service};
 
 const POLL: Duration = Duration::from_millis(100);
@@ -16,6 +16,9 @@ const NO_HEALTH_SETTLE: Duration = Duration::from_millis(500);
 
 /// Waits until `container` (running `svc`) is healthy. The error says why not, with its last logs.
 pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result<String, String> {
+    if engine.probes() == Probes::ByPlatform {
+        return wait_ready(engine, svc, container).await;
+    }
     let t0 = Instant::now();
     let deadline = match &svc.health {
         Some(h) => h.start_period + (h.interval + h.timeout) * h.retries.max(1),
@@ -73,6 +76,60 @@ pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result
             ));
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`Probes::ByPlatform`]: the platform runs the manifest's probe (a readiness probe), so this
+/// reads the result. A crash loop, an image that cannot be pulled or a progress deadline passed
+/// fails at once: none of them mends itself within the wait.
+async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Result<String, String> {
+    // tokio's clock, so tests that pause time see the polls as elapsed time.
+    use tokio::time::Instant;
+    let t0 = Instant::now();
+    // Scheduling and pulling the image come before the first probe.
+    let deadline = match &svc.health {
+        Some(h) => h.start_period + (h.interval + h.timeout) * h.retries.max(1),
+        None => Duration::ZERO,
+    }
+    .max(IMAGE_HEALTH_DEADLINE);
+    let mut running_since: Option<Instant> = None;
+    let mut last = String::from("not scheduled yet");
+    loop {
+        let status = engine.status(container).await.map_err(|e| e.to_string())?;
+        let Some(status) = status else {
+            return Err(format!("{container} is gone"));
+        };
+        match &status.state {
+            ContainerState::Exited { code } => {
+                return Err(format!("{} exited with code {code}", svc.name));
+            }
+            ContainerState::Restarting => {
+                return Err(format!(
+                    "{} is crash-looping ({} restarts)",
+                    svc.name, status.restart_count
+                ));
+            }
+            ContainerState::Other { name } => return Err(format!("{} is {name}", svc.name)),
+            ContainerState::Running if status.has_healthcheck => match status.health {
+                Some(HealthState::Healthy) => return Ok("ready (readiness probe)".into()),
+                other => last = format!("readiness is {other:?}"),
+            },
+            ContainerState::Running => {
+                let since = *running_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= NO_HEALTH_SETTLE {
+                    return Ok("running (no health check)".into());
+                }
+            }
+            other => last = other.to_string(),
+        }
+        if t0.elapsed() >= deadline {
+            return Err(format!(
+                "{} did not become ready within {}: {last}",
+                svc.name,
+                crate::progress::seconds(t0.elapsed())
+            ));
+        }
+        tokio::time::sleep(crate::engine::kube::POLL).await;
     }
 }
 

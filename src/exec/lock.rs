@@ -2,12 +2,17 @@
 //! holder) at the start, renewed in the background while the run works, released at the end —
 //! also when the run fails or is stopped by a signal. A process killed outright leaves its row
 //! behind; the next command sees its pid gone (or its lease over) and takes over.
+//!
+//! On a platform several machines manage (kubernetes), the store of one machine cannot see the
+//! runs of another: there the platform's own lock ([`crate::engine::Engine::shared_lock`], a
+//! Lease) is taken too, after the store's, held and renewed the same way ([`SharedGuard`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::kube::lease::{self, LeaseError, LeaseLock};
 use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
 use crate::testenv::owner::{self, Liveness};
 
@@ -46,6 +51,7 @@ pub struct LockGuard {
     run: String,
     renewer: tokio::task::JoinHandle<()>,
     released: bool,
+    shared: Option<SharedGuard>,
 }
 
 /// A dead holder: its process is gone (on this host). Another host's holder only by its lease.
@@ -132,15 +138,27 @@ pub async fn acquire(
             run: run.to_string(),
             renewer,
             released: false,
+            shared: None,
         },
         replaced,
     ))
 }
 
 impl LockGuard {
+    /// Holds the platform's lock too, released with this one.
+    pub fn share(&mut self, shared: SharedGuard) {
+        self.shared = Some(shared);
+    }
+
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.renewer.abort();
         self.released = true;
+        if let Some(shared) = self.shared.take() {
+            // The Lease runs out by itself if this fails: a warning, not a failed run.
+            if let Err(e) = shared.release().await {
+                tracing::warn!("releasing the shared lock: {e}");
+            }
+        }
         let (env, run) = (self.env.clone(), self.run.clone());
         self.store.call(move |s| s.release_lock(&env, &run)).await
     }
@@ -152,5 +170,68 @@ impl Drop for LockGuard {
         if !self.released {
             let _ = self.store.release_lock(&self.env, &self.run);
         }
+    }
+}
+
+/// How often `--wait` asks the platform's lock again.
+const SHARED_POLL: Duration = Duration::from_secs(2);
+
+/// The platform's lock, held: renewed in the background until released.
+pub struct SharedGuard {
+    lock: Arc<LeaseLock>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// Takes the platform's lock, waiting up to `wait` for its holder to let go; `lost` is cancelled
+/// if it is taken from us while held (we failed to renew it in time and another run took it).
+pub async fn acquire_shared(
+    lock: LeaseLock,
+    wait: Option<Duration>,
+    lost: CancellationToken,
+) -> Result<(SharedGuard, lease::Acquired), LeaseError> {
+    let t0 = Instant::now();
+    let acquired = loop {
+        match lock.acquire(jiff::Timestamp::now()).await {
+            Ok(a) => break a,
+            Err(LeaseError::Held { .. }) if wait.is_some_and(|w| t0.elapsed() < w) => {
+                tokio::time::sleep(SHARED_POLL).await
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let lock = Arc::new(lock);
+    let renewer = {
+        let lock = lock.clone();
+        let every = lock.renew_every();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match lock.acquire(jiff::Timestamp::now()).await {
+                    Ok(_) => {}
+                    Err(e @ LeaseError::Held { .. }) => {
+                        tracing::error!("the shared lock was taken over: {e}");
+                        lost.cancel();
+                        return;
+                    }
+                    // An API server briefly away: again at the next tick, within the lease.
+                    Err(e) => tracing::warn!("renewing the shared lock: {e}"),
+                }
+            }
+        })
+    };
+    Ok((SharedGuard { lock, renewer }, acquired))
+}
+
+impl SharedGuard {
+    pub async fn release(self) -> Result<bool, LeaseError> {
+        self.renewer.abort();
+        self.lock.release().await
+    }
+}
+
+impl Drop for SharedGuard {
+    fn drop(&mut self) {
+        // Not released (a panic, an early return): the Lease runs out by itself.
+        self.renewer.abort();
     }
 }

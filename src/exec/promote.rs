@@ -22,7 +22,7 @@ use super::{first_line, run_checks, teardown};
 use crate::check::{Endpoint, Target};
 use crate::edge;
 use crate::engine::spec::{production_container, production_network, production_volume};
-use crate::engine::{ContainerState, Engine, Role};
+use crate::engine::{ContainerState, Engine, Role, Traffic, Unrouted};
 use crate::gate::window;
 use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::{self, Analysis, Playbook, Step, Target as StepTarget};
@@ -728,7 +728,7 @@ impl<'a> Deployment<'a> {
             removed: begin.removed.clone(),
             candidates,
             stopped,
-            routed: routed && edge::needed(env),
+            routed: routed && routing_needed(engine, env),
             canary_figures: Vec::new(),
             switch_ms: None,
             rollback_ms: None,
@@ -858,7 +858,55 @@ impl<'a> Deployment<'a> {
         })
     }
 
-    async fn put_routes(&mut self, routes: &Routes) -> Result<(), Stop> {
+    /// Where traffic goes with the candidates at `candidate_weight`, as this platform moves it.
+    async fn table(&self, candidate_weight: u8) -> Result<Table, Stop> {
+        match self.engine.traffic() {
+            Traffic::EdgeProxy => Ok(Table::Edge(self.routes(candidate_weight).await?)),
+            Traffic::Services => self.selectors(candidate_weight).map(Table::Services),
+        }
+    }
+
+    /// [`Traffic::Services`]: the container each changed service's Service sends its traffic
+    /// to: the candidate at 100, the old version at 0 (a Service sends to one version).
+    fn selectors(&self, candidate_weight: u8) -> Result<BTreeMap<String, String>, Stop> {
+        if !matches!(candidate_weight, 0 | 100) {
+            return Err(Stop(format!(
+                "a {candidate_weight}% split is not possible through {}'s Services",
+                self.engine.describe()
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for svc in self.changed.iter().filter(|s| !s.ports.is_empty()) {
+            let old = self
+                .old
+                .get(&svc.name)
+                .and_then(|o| o.first())
+                .filter(|c| !self.stopped.contains(c));
+            let target = match candidate_weight {
+                100 => self.candidates.get(&svc.name).or(old),
+                _ => old,
+            };
+            if let Some(c) = target {
+                out.insert(svc.name.clone(), c.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_routes(&mut self, table: &Table) -> Result<(), Stop> {
+        let routes = match table {
+            Table::Edge(routes) => routes,
+            Table::Services(targets) => {
+                for (service, container) in targets {
+                    self.routed = true;
+                    self.engine
+                        .route_service(&self.env.name, service, container)
+                        .await
+                        .map_err(|e| Stop(e.to_string()))?;
+                }
+                return Ok(());
+            }
+        };
         if !edge::needed(self.env) {
             return Ok(());
         }
@@ -891,8 +939,14 @@ impl<'a> Deployment<'a> {
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<String, Stop> {
+        if self.engine.traffic() == Traffic::Services {
+            return Err(Stop(format!(
+                "canary steps are not supported on {} yet: its Services send a service's traffic to one version",
+                self.engine.describe()
+            )));
+        }
         self.start_candidates(progress).await?;
-        let routes = self.routes(weight.percent()).await?;
+        let routes = self.table(weight.percent()).await?;
         let entry = serde_json::json!({ "weight": weight.percent() });
         self.journal
             .intent("canary", entry.clone())
@@ -1048,7 +1102,7 @@ impl<'a> Deployment<'a> {
             }
             self.start_one(svc, progress).await?;
         }
-        let routes = self.routes(100).await?;
+        let routes = self.table(100).await?;
         self.journal
             .intent("switch", serde_json::json!({}))
             .await
@@ -1085,6 +1139,28 @@ impl<'a> Deployment<'a> {
     pub(super) async fn drain_old(&self, drain: Duration) -> Result<Vec<String>, Stop> {
         let mut drained = Vec::new();
         if !self.routed {
+            return Ok(drained);
+        }
+        if self.engine.traffic() == Traffic::Services {
+            for svc in self.changed.iter().filter(|s| !s.ports.is_empty()) {
+                for c in self.old.get(&svc.name).into_iter().flatten() {
+                    match self
+                        .engine
+                        .wait_unrouted(&self.env.name, &svc.name, c, drain)
+                        .await
+                    {
+                        Ok(Unrouted::Done) => {
+                            drained.push(format!("{c} no longer an endpoint of {}", svc.name))
+                        }
+                        Ok(Unrouted::StillRouted { endpoints }) => drained.push(format!(
+                            "{c}: still {endpoints} endpoint(s) of {} after {}",
+                            svc.name,
+                            crate::manifest::duration::format(drain)
+                        )),
+                        Err(e) => drained.push(format!("{c}: {e}")),
+                    }
+                }
+            }
             return Ok(drained);
         }
         let admin = edge::admin(self.engine, &self.env.name)
@@ -1146,8 +1222,8 @@ impl<'a> Deployment<'a> {
         // Old containers leave the table first, so nothing is ever routed to a removed one.
         self.old
             .retain(|svc, _| !self.candidates.contains_key(svc) && !self.removed.contains(svc));
-        if self.routed || edge::needed(self.env) {
-            let routes = self.routes(100).await?;
+        if self.routed || routing_needed(self.engine, self.env) {
+            let routes = self.table(100).await?;
             self.put_routes(&routes).await?;
         }
         for c in &gone {
@@ -1182,7 +1258,7 @@ impl<'a> Deployment<'a> {
                     .map_err(|e| Stop(e.to_string()))?;
             }
             self.stopped.clear();
-            let routes = self.routes(0).await?;
+            let routes = self.table(0).await?;
             self.put_routes(&routes).await?;
             self.rollback_ms = Some(t0.elapsed().as_millis() as u64);
             self.candidates = candidates;
@@ -1216,6 +1292,23 @@ impl<'a> Deployment<'a> {
             .done("undo", serde_json::json!({ "removed": removed }))
             .await;
         Ok(())
+    }
+}
+
+/// Where traffic goes, as a platform moves it ([`Traffic`]).
+enum Table {
+    /// The edge proxy's whole routing table.
+    Edge(Routes),
+    /// Changed services -> the container their Service sends to.
+    Services(BTreeMap<String, String>),
+}
+
+/// Whether `env` has traffic for rollout to move on `engine`'s platform: public ports behind
+/// the edge proxy, or any port behind a Service.
+fn routing_needed(engine: &dyn Engine, env: &Environment) -> bool {
+    match engine.traffic() {
+        Traffic::EdgeProxy => edge::needed(env),
+        Traffic::Services => env.services.iter().any(|s| !s.ports.is_empty()),
     }
 }
 

@@ -9,7 +9,10 @@
 //!
 //! Health is read from the engine's event stream (deaths, health status) and, for http/tcp
 //! probes, by probing the published port from the host as soon as the container starts; a
-//! container that dies is noticed at once, with its last log lines.
+//! container that dies is noticed at once, with its last log lines. Where the platform runs the
+//! probes itself ([`Probes::ByPlatform`], kubernetes: a namespace `<env>-test-<run>` holds the
+//! copy), each service's readiness is read instead, as for a production candidate, and a crash
+//! loop fails it at once.
 
 pub mod owner;
 
@@ -25,7 +28,8 @@ use crate::engine::spec::{
     production_volume, test_container, test_labels, test_network, test_volume,
 };
 use crate::engine::{
-    ContainerState, Engine, EngineError, EventKind, HealthState, ObjectKind, Removed, Role, labels,
+    ContainerState, Engine, EngineError, EventKind, EventStream, HealthState, ObjectKind, Probes,
+    Removed, Role, labels,
 };
 use crate::manifest::env::{Environment, Probe, Service};
 use crate::progress::{Progress, Status};
@@ -78,6 +82,8 @@ pub enum TestEnvError {
         reason: String,
         logs: Vec<String>,
     },
+    #[error("{reason}")]
+    NotReady { reason: String },
     #[error("copying the data of {service} failed: {reason}")]
     CopyData { service: String, reason: String },
     #[error("the engine's event stream ended while the test version came up")]
@@ -121,8 +127,24 @@ pub async fn up(
     let expires = now
         + jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_hours(2));
     let labels = test_labels(env, run, expires, opts.owner.as_deref());
-    // Subscribe before anything starts, so no death or health change is missed.
-    let mut events = engine.events(&selector(&env.name, run)).await?;
+    let by_platform = engine.probes() == Probes::ByPlatform;
+    if by_platform && !opts.copy_data.is_empty() {
+        return Err(EngineError::Unsupported {
+            what: format!(
+                "copying the data of {} into a test version on {} (VolumeSnapshots or a copy Job)",
+                opts.copy_data.join(", "),
+                engine.describe()
+            ),
+        }
+        .into());
+    }
+    // Subscribe before anything starts, so no death or health change is missed. Where the
+    // platform runs the probes, each service's own wait reads its state instead.
+    let mut events: EventStream = if by_platform {
+        Box::pin(futures_util::stream::pending())
+    } else {
+        engine.events(&selector(&env.name, run)).await?
+    };
     let network = test_network(&env.name, run);
     engine.ensure_network(&network, &labels).await?;
     prepare_volumes(engine, env, run, opts, &labels, progress).await?;
@@ -332,6 +354,16 @@ async fn start_and_wait(
     mut health: tokio::sync::watch::Receiver<BTreeMap<String, HealthState>>,
 ) -> Result<(Endpoint, String), TestEnvError> {
     engine.run_container(spec).await?;
+    if engine.probes() == Probes::ByPlatform {
+        let how = crate::exec::health::wait(engine, svc, container)
+            .await
+            .map_err(|reason| TestEnvError::NotReady { reason })?;
+        let endpoint = Endpoint {
+            container: container.to_string(),
+            ports: BTreeMap::new(),
+        };
+        return Ok((endpoint, how));
+    }
     let mut ports = BTreeMap::new();
     for p in &spec.probe_ports {
         if let Some(host) = engine.published_port(container, *p).await? {

@@ -4,7 +4,8 @@
 //! [`decide`] is pure (the Lease as read, who asks, `now`); [`LeaseLock`] does the I/O. Writes
 //! carry the `resourceVersion` that was read, so two processes deciding at once cannot both win:
 //! the API server answers the slower one 409, which is reported as the lock being held.
-//! Not wired into the commands yet: the store's lock still guards runs.
+//! `promote` and `rollback` take it through `exec::lock::acquire_shared`, after the local
+//! store's lock, and renew it every third of its duration while they run.
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -16,6 +17,17 @@ use super::{FIELD_MANAGER, namespace};
 /// The Lease's name in `rollout-<env>`.
 pub const LEASE_NAME: &str = "rollout-lock";
 
+/// The holder identity of a run: who, which process (`host:pid:start`), which run.
+pub fn holder(user: &str, owner: &str, run: &str) -> String {
+    format!("{user} ({owner}, run {run})")
+}
+
+/// The process (`host:pid:start`) inside a [`holder`] identity, if it is one.
+pub fn holder_owner(holder: &str) -> Option<&str> {
+    let inner = holder.rsplit_once(" (")?.1.strip_suffix(')')?;
+    Some(inner.split_once(", run ")?.0)
+}
+
 /// What to do with the Lease as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -23,7 +35,8 @@ pub enum Decision {
     Create,
     /// It is ours: renew it.
     Renew,
-    /// Its holder let it expire (or released it): take it over.
+    /// Its holder let it expire, released it, or is a process of this host that is gone: take
+    /// it over.
     TakeOver { from: Option<String> },
     /// Someone else holds it until `until`.
     Refuse { holder: String, until: Timestamp },
@@ -39,8 +52,14 @@ pub fn expiry(lease: &Lease) -> Option<Timestamp> {
         .ok()
 }
 
-/// What `me` may do with `lease` at `now`.
-pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
+/// What `me` may do with `lease` at `now`; `gone` tells whether a holder's process is known to
+/// be gone (only a process of this host can be).
+pub fn decide(
+    lease: Option<&Lease>,
+    me: &str,
+    now: Timestamp,
+    gone: &dyn Fn(&str) -> bool,
+) -> Decision {
     let Some(lease) = lease else {
         return Decision::Create;
     };
@@ -52,6 +71,7 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
     match holder {
         None => Decision::TakeOver { from: None },
         Some(h) if h == me => Decision::Renew,
+        Some(h) if gone(&h) => Decision::TakeOver { from: Some(h) },
         Some(h) => match expiry(lease) {
             Some(until) if until > now => Decision::Refuse { holder: h, until },
             // Expired, or never said how long: a lease nobody renews is not held.
@@ -109,6 +129,11 @@ impl LeaseLock {
         }
     }
 
+    /// How often a holder renews: a third of the duration, so two renewals may fail in a row.
+    pub fn renew_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.duration_secs / 3).unwrap_or(1).max(1))
+    }
+
     fn api_err(&self, action: &'static str, e: kube::Error) -> LeaseError {
         LeaseError::Api {
             action,
@@ -133,7 +158,12 @@ impl LeaseLock {
             .get_opt(LEASE_NAME)
             .await
             .map_err(|e| self.api_err("read", e))?;
-        let decision = decide(found.as_ref(), &self.holder, now);
+        let gone = |h: &str| {
+            holder_owner(h).is_some_and(|o| {
+                crate::testenv::owner::liveness(o) == crate::testenv::owner::Liveness::Dead
+            })
+        };
+        let decision = decide(found.as_ref(), &self.holder, now, &gone);
         let stamp = MicroTime(now);
         match (decision, found) {
             (Decision::Refuse { holder, until }, _) => Err(self.held(holder, until.to_string())),
@@ -248,29 +278,45 @@ mod tests {
     }
 
     #[test]
+    fn holder_identities_carry_their_process() {
+        let h = holder("alice (ops)", "box:42:1700000000", "r1a2");
+        assert_eq!(h, "alice (ops) (box:42:1700000000, run r1a2)");
+        assert_eq!(holder_owner(&h), Some("box:42:1700000000"));
+        assert_eq!(holder_owner("some-controller"), None);
+    }
+
+    #[test]
     fn decisions() {
         let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
-        assert_eq!(decide(None, "me", now), Decision::Create);
+        let alive = |_: &str| false;
+        assert_eq!(decide(None, "me", now, &alive), Decision::Create);
         let mine = lease("me", "2026-01-01T11:00:00Z", 10);
-        assert_eq!(decide(Some(&mine), "me", now), Decision::Renew);
+        assert_eq!(decide(Some(&mine), "me", now, &alive), Decision::Renew);
         let held = lease("other", "2026-01-01T11:59:55Z", 30);
         assert_eq!(
-            decide(Some(&held), "me", now),
+            decide(Some(&held), "me", now, &|h| h == "someone else"),
             Decision::Refuse {
                 holder: "other".into(),
                 until: "2026-01-01T12:00:25Z".parse().unwrap()
             }
         );
+        // Within its duration, but its process (on this host) is gone.
+        assert_eq!(
+            decide(Some(&held), "me", now, &|h| h == "other"),
+            Decision::TakeOver {
+                from: Some("other".into())
+            }
+        );
         let expired = lease("other", "2026-01-01T11:59:00Z", 30);
         assert_eq!(
-            decide(Some(&expired), "me", now),
+            decide(Some(&expired), "me", now, &alive),
             Decision::TakeOver {
                 from: Some("other".into())
             }
         );
         let released = lease("", "2026-01-01T11:59:59Z", 30);
         assert_eq!(
-            decide(Some(&released), "me", now),
+            decide(Some(&released), "me", now, &alive),
             Decision::TakeOver { from: None }
         );
     }

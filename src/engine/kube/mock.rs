@@ -2,6 +2,11 @@
 //! kube-rs/controller-rs `src/fixtures.rs`: each scenario scripts the requests the API server
 //! must see, in order (method, path with query, and body), and answers each as the server would.
 //! A request that never comes fails the test after [`WAIT`]; one that comes unasked fails it too.
+//! Whole promotions and rollbacks, driven through the executor, are in [`promote`]; test
+//! namespaces in [`testenv`].
+
+mod promote;
+mod testenv;
 
 use std::time::Duration;
 
@@ -338,24 +343,61 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     );
 }
 
+/// The switch applies the whole Service (a server-side apply of the selector alone would drop the
+/// ports rollout applied before), selecting exactly the target Deployment's pods.
 #[tokio::test]
-async fn blue_green_switch_moves_only_the_service_selector() {
+async fn blue_green_switch_applies_the_whole_service_selecting_the_new_deployment() {
+    let env = environment();
+    let web = env.services.iter().find(|s| s.name == "web").unwrap();
+    let (_, _, d) = objects(&production_container(&env, web, "r2"));
+    let d = serde_json::to_value(&d).unwrap();
     let (client, server) = serve(vec![
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(d),
         on(Method::PATCH, &apply_uri("/api/v1/namespaces/rollout-shop/services", "web"))
             .body(|b| {
                 assert_eq!(
                     b,
                     &json!({
-                        "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" },
-                        "spec": { "selector": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" } }
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": { "name": "web", "namespace": "rollout-shop", "labels": {
+                            "rollout.client": "acme", "rollout.environment": "shop",
+                            "rollout.role": "production", "rollout.service": "web" } },
+                        "spec": {
+                            "selector": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "web" },
+                            "ports": [ { "name": "p8080", "port": 8080, "targetPort": 8080 } ]
+                        }
                     })
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-gone"))
+            .reply(404, not_found("deployments.apps", "shop-web-gone")),
     ]);
     let engine = KubeEngine::new(client, "mock");
-    engine.switch_service("shop", "web", "r2").await.unwrap();
+    engine
+        .route_service("shop", "web", "shop-web-r2")
+        .await
+        .unwrap();
+    let err = engine
+        .route_service("shop", "web", "shop-web-gone")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "switch `Service web` failed: its target, Deployment shop-web-gone, is not in rollout-shop"
+    );
     finished(server).await;
+}
+
+#[test]
+fn pods_of_a_deployment_are_told_by_their_generated_names() {
+    assert!(pod_of("shop-web-r1-5d9f8c-abcde", "shop-web-r1"));
+    assert!(!pod_of("shop-web-r10-5d9f8c-abcde", "shop-web-r1"));
+    assert!(
+        !pod_of("shop-web-r1-x-5d9f8c-abcde", "shop-web-r1"),
+        "another Deployment's"
+    );
+    assert!(!pod_of("shop-web-r1", "shop-web-r1"));
 }
 
 #[tokio::test]
@@ -547,6 +589,37 @@ async fn expired_lease_is_taken_over_with_its_resource_version() {
     finished(server).await;
 }
 
+/// A run of this host killed outright leaves its Lease valid for up to its duration; its
+/// process being gone is enough to take it over at once.
+#[tokio::test]
+async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
+    // No pid reaches 2^22 + 1 (Linux's pid_max is at most 2^22).
+    let dead = super::lease::holder(
+        "bob",
+        &format!("{}:4194305:1", crate::testenv::owner::hostname()),
+        "r0",
+    );
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            &dead,
+            "2026-01-01T11:59:59Z",
+            60,
+        )),
+        on(
+            Method::PUT,
+            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+        )
+        .body(|b| assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a"))
+        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 60)),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "host:1:run-a", 60);
+    assert_eq!(
+        lock.acquire(now()).await.unwrap(),
+        Acquired::TookOver { from: Some(dead) }
+    );
+    finished(server).await;
+}
+
 #[tokio::test]
 async fn losing_the_takeover_race_is_a_held_lock_and_release_leaves_others_alone() {
     let (client, server) = serve(vec![
@@ -633,6 +706,14 @@ fn meta(name: &str, ns: Option<&str>) -> Value {
     json!({ "metadata": m })
 }
 
+/// A namespace already being deleted (its teardown began): not listed, not deleted again.
+fn terminating(name: &str) -> Value {
+    let mut n = meta(name, None);
+    n["metadata"]["deletionTimestamp"] = json!("2026-01-01T11:59:00Z");
+    n["status"] = json!({ "phase": "Terminating" });
+    n
+}
+
 fn deployment_item(name: &str, ns: &str) -> Value {
     let mut d = meta(name, Some(ns));
     d["spec"] = json!({ "selector": {}, "template": {} });
@@ -650,8 +731,10 @@ async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespac
             "DeploymentList",
             vec![deployment_item("shop-web-r9", "shop-test-r9")],
         )),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
-            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+            "NamespaceList",
+            vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
+        )),
         on(
             Method::GET,
             &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
@@ -715,8 +798,10 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
         )
         .body(background)
         .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
-            .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+            "NamespaceList",
+            vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
+        )),
         on(Method::DELETE, "/api/v1/namespaces/shop-test-r9?")
             .body(background)
             .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),

@@ -31,6 +31,20 @@ pub fn from_deployment(d: &Deployment, pods: &[Pod]) -> ContainerStatus {
     let wanted = d.spec.replicas.unwrap_or(1);
     let status = d.status.as_ref();
     let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    // Ready counts only once the controller has seen the current spec and its replicas run it:
+    // a Deployment just changed still reports the ready replicas of the old template.
+    let observed = match (
+        d.metadata.generation,
+        status.and_then(|s| s.observed_generation),
+    ) {
+        (Some(generation), Some(seen)) => seen >= generation,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let updated = status
+        .and_then(|s| s.updated_replicas)
+        .is_none_or(|u| u >= wanted);
+    let ready = if observed && updated { ready } else { 0 };
     let mut restart_count = 0i64;
     let mut waiting: Option<String> = None;
     let mut running = false;
@@ -214,6 +228,38 @@ mod tests {
         );
         assert_eq!(s.state, ContainerState::Exited { code: 3 });
         assert_eq!(s.restart_count, 1);
+    }
+
+    #[test]
+    fn ready_replicas_of_an_older_generation_do_not_count() {
+        let mut d = deployment(1, 1, true);
+        d.metadata.generation = Some(2);
+        d.status = serde_json::from_value(
+            json!({ "observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1 }),
+        )
+        .unwrap();
+        let running = [pod(json!({ "running": {} }), 0)];
+        assert_eq!(
+            from_deployment(&d, &running).health,
+            Some(HealthState::Starting)
+        );
+        d.status = serde_json::from_value(
+            json!({ "observedGeneration": 2, "readyReplicas": 1, "updatedReplicas": 0 }),
+        )
+        .unwrap();
+        assert_eq!(
+            from_deployment(&d, &running).health,
+            Some(HealthState::Starting),
+            "the ready replica runs the old template"
+        );
+        d.status = serde_json::from_value(
+            json!({ "observedGeneration": 2, "readyReplicas": 1, "updatedReplicas": 1 }),
+        )
+        .unwrap();
+        assert_eq!(
+            from_deployment(&d, &running).health,
+            Some(HealthState::Healthy)
+        );
     }
 
     #[test]

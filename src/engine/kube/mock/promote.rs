@@ -1,0 +1,638 @@
+//! Promotions and rollbacks on the kubernetes backend, driven through the same executor as on
+//! Docker (`exec::promote::promote`, journal and history in a store on disk), against the mock API
+//! server: every request the run makes is scripted here, in order, and answered as the API
+//! server would. A request the script does not name fails the scenario, so "production is
+//! untouched" is checked by the absence of any write to it.
+//!
+//! The environment is the parent module's `shop`: web (port 8080, http health, a secret) on db
+//! (stateful, a volume, no port). Production runs both at run r1.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::exec::journal::Journal;
+use crate::exec::promote::{Options, promote};
+use crate::exec::report::{Outcome, RunKind};
+use crate::manifest::playbook::{Playbook, Step, Target as StepTarget};
+use crate::store::{RevisionOutcome, Store};
+
+const NAMESPACE: &str = "/api/v1/namespaces/rollout-shop";
+const SERVICES: &str = "/api/v1/namespaces/rollout-shop/services";
+const SECRETS: &str = "/api/v1/namespaces/rollout-shop/secrets";
+const SLICES_OF_WEB: &str = "/apis/discovery.k8s.io/v1/namespaces/rollout-shop/endpointslices?&labelSelector=kubernetes.io%2Fservice-name%3Dweb";
+
+fn with_web_image(image: &str) -> Environment {
+    let mut env = environment();
+    for s in &mut env.services {
+        if s.name == "web" {
+            s.image = image.to_string();
+        }
+    }
+    env
+}
+
+/// Deployment `<env>-<svc>-<run>` as the API server stores it, `ready` of its one replica ready.
+fn stored(env: &Environment, service: &str, run: &str, ready: i32) -> Value {
+    let svc = env.services.iter().find(|s| s.name == service).unwrap();
+    let (_, _, d) = objects(&production_container(env, svc, run));
+    let mut d = serde_json::to_value(&d).unwrap();
+    d["metadata"]["uid"] = json!(format!("uid-{service}-{run}"));
+    d["metadata"]["generation"] = json!(1);
+    d["metadata"]["creationTimestamp"] = json!(format!("2026-01-01T10:00:0{}Z", run.len()));
+    d["status"] = json!({ "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": ready });
+    d
+}
+
+/// The pod of a Deployment, in `state` (`running`, or a `waiting` reason).
+fn pod(service: &str, run: &str, state: Value, restarts: i32) -> Value {
+    json!({
+        "metadata": { "name": format!("shop-{service}-{run}-5d9f8c-x1x2x"), "labels": {
+            "rollout.environment": "shop", "rollout.role": "production", "rollout.service": service, "rollout.run": run } },
+        "status": { "containerStatuses": [ { "name": service, "image": "", "imageID": "", "ready": false,
+            "restartCount": restarts, "state": state } ] }
+    })
+}
+
+fn running() -> Value {
+    json!({ "running": { "startedAt": "2026-01-01T10:00:00Z" } })
+}
+
+/// What `observe` reads: production's Deployments, their pods, their Secrets.
+fn observe_script(deployments: Vec<Value>, pods: Vec<Value>) -> Vec<Exchange> {
+    vec![
+        on(Method::GET, OBSERVE).ok(list("DeploymentList", deployments)),
+        on(Method::GET, PODS_OF_SHOP).ok(list("PodList", pods)),
+        on(Method::GET, SECRETS_OF_SHOP).ok(list(
+            "SecretList",
+            vec![json!({ "metadata": { "name": "shop-web-r1" }, "data": { "KEY": "czNjcmV0" } })],
+        )),
+    ]
+}
+
+fn find(name: &str) -> String {
+    format!(
+        "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3D{name}&labelSelector=rollout.environment"
+    )
+}
+
+fn pods_of(service: &str, run: &str) -> String {
+    format!(
+        "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.run%3D{run}%2Crollout.service%3D{service}"
+    )
+}
+
+/// `status` of Deployment `shop-<service>-<run>`: found by name, then its pods.
+fn status_script(deployment: Value, pods: Vec<Value>) -> Vec<Exchange> {
+    let name = deployment["metadata"]["name"].as_str().unwrap().to_string();
+    let labels = &deployment["spec"]["selector"]["matchLabels"];
+    let (service, run) = (
+        labels["rollout.service"].as_str().unwrap().to_string(),
+        labels["rollout.run"].as_str().unwrap().to_string(),
+    );
+    vec![
+        on(Method::GET, &find(&name)).ok(list("DeploymentList", vec![deployment])),
+        on(Method::GET, &pods_of(&service, &run)).ok(list("PodList", pods)),
+    ]
+}
+
+/// A candidate of web applied: its Deployment is new, its Secret and Deployment applied, its
+/// Service already there (so left as it is, still sending to production).
+fn apply_candidate(env: &Environment, run: &str, image: &'static str) -> Vec<Exchange> {
+    let name = format!("shop-web-{run}");
+    let run_label = run.to_string();
+    vec![
+        on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
+        on(Method::GET, &format!("{DEPLOYMENTS}/{name}"))
+            .reply(404, not_found("deployments.apps", &name)),
+        on(Method::PATCH, &apply_uri(SECRETS, &name))
+            .body(|b| assert_eq!(b["stringData"]["KEY"], "s3cret"))
+            .ok(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name } })),
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, &name))
+            .body(move |b| {
+                assert_eq!(b["spec"]["template"]["spec"]["containers"][0]["image"], image);
+                assert_eq!(b["spec"]["selector"]["matchLabels"]["rollout.run"], run_label);
+                assert_eq!(b["metadata"]["labels"]["rollout.role"], "production");
+            })
+            .ok(stored(env, "web", run, 0)),
+        on(Method::GET, &format!("{SERVICES}/web")).ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]
+}
+
+/// Service web applied whole, selecting the pods of `run`.
+fn switch_to(env: &Environment, run: &'static str) -> Vec<Exchange> {
+    vec![
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-{run}")).ok(stored(env, "web", run, 1)),
+        on(Method::PATCH, &apply_uri(SERVICES, "web"))
+            .body(move |b| {
+                assert_eq!(b["spec"]["selector"]["rollout.run"], run);
+                assert_eq!(b["spec"]["ports"][0]["port"], 8080, "the ports stay");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]
+}
+
+/// A Deployment and its Secret removed: scaled to zero, then deleted.
+fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
+    let name = format!("shop-web-{run}");
+    let found = || list("DeploymentList", vec![stored(env, "web", run, 1)]);
+    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
+    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
+    vec![
+        on(Method::GET, &find(&name)).ok(found()),
+        on(Method::PATCH, &format!("{DEPLOYMENTS}/{name}?"))
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+            .ok(stored(env, "web", run, 0)),
+        on(Method::GET, &find(&name)).ok(found()),
+        on(Method::DELETE, &format!("{DEPLOYMENTS}/{name}?"))
+            .body(background)
+            .ok(success.clone()),
+        on(Method::DELETE, &format!("{SECRETS}/{name}?"))
+            .body(background)
+            .ok(success),
+    ]
+}
+
+fn endpoints(pods: &[&str]) -> Value {
+    list(
+        "EndpointSliceList",
+        vec![json!({
+            "metadata": { "name": "web-abcde" }, "addressType": "IPv4",
+            "endpoints": pods.iter().map(|p| json!({ "addresses": ["10.0.0.1"], "targetRef": { "kind": "Pod", "name": p } })).collect::<Vec<_>>()
+        })],
+    )
+}
+
+fn opts(kind: RunKind) -> Options {
+    Options {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        emergency: None,
+        reason: None,
+        kind,
+        grants: Vec::new(),
+        resume: None,
+    }
+}
+
+/// Promote, then check production's health (read from the readiness probes).
+fn playbook() -> Playbook {
+    let mut p = Playbook::switch_only("kube".into());
+    p.steps = vec![
+        Step::Promote {
+            drain: Duration::from_secs(3),
+        },
+        Step::Smoke {
+            target: StepTarget::Production,
+            checks: Vec::new(),
+        },
+    ];
+    p
+}
+
+/// Production as it runs before each scenario: web and db at r1 with `web_image`, ready.
+fn production(web_image: &str) -> (Environment, Vec<Value>, Vec<Value>) {
+    let before = with_web_image(web_image);
+    let deployments = vec![
+        stored(&before, "db", "r1", 1),
+        stored(&before, "web", "r1", 1),
+    ];
+    let pods = vec![
+        pod("db", "r1", running(), 0),
+        pod("web", "r1", running(), 0),
+    ];
+    (before, deployments, pods)
+}
+
+struct Ran {
+    report: crate::exec::report::RunReport,
+    store: Arc<Store>,
+    _dir: tempfile::TempDir,
+}
+
+/// Observes, plans `desired` and runs `playbook` as run `run`, all against `script` (which
+/// begins with the two observations).
+async fn run(
+    script: Vec<Exchange>,
+    desired: &Environment,
+    playbook: &Playbook,
+    run: &str,
+    kind: RunKind,
+) -> Ran {
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let observed = engine.observe("shop").await.unwrap();
+    let plan = crate::plan::compute(desired, &observed, playbook);
+    assert!(plan.has_changes(), "{plan:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let journal = Journal::new(store.clone(), "shop", run);
+    let report = promote(
+        &engine,
+        &journal,
+        desired,
+        playbook,
+        &plan,
+        run,
+        now(),
+        &opts(kind),
+        &crate::progress::Silent,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    finished(server).await;
+    Ran {
+        report,
+        store,
+        _dir: dir,
+    }
+}
+
+/// Blue-green: the candidate Deployment beside production, ready (after a poll that finds it
+/// starting), then the Service switched to it whole, the old pods waited out of its endpoints,
+/// production's health read, and only then the old Deployment removed.
+#[tokio::test(start_paused = true)]
+async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_the_old_after_drain()
+{
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    // Starting, then ready.
+    script.extend(status_script(
+        stored(&env, "web", "r2", 0),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    script.extend(status_script(
+        stored(&env, "web", "r2", 1),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    script.extend(switch_to(&env, "r2"));
+    // The old pod leaves the Service's endpoints a poll later.
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&[
+        "shop-web-r1-5d9f8c-x1x2x",
+        "shop-web-r2-5d9f8c-x1x2x",
+    ])));
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
+    // Smoke on production: web's health (its readiness probe); db has no health check.
+    script.extend(status_script(
+        stored(&env, "web", "r2", 1),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    // Finish: the table once more (idempotent, for a finish after a crash), then the old goes.
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&env, "r1"));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    let report = &ran.report;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    let promote_step = &report.steps[0];
+    assert!(
+        promote_step
+            .detail
+            .contains("shop-web-r1 no longer an endpoint of web"),
+        "{}",
+        promote_step.detail
+    );
+    assert_eq!(report.steps[1].detail, "1 of 1 checks passed");
+    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    assert_eq!(revision.outcome, RevisionOutcome::Promoted);
+    assert_eq!(revision.images, vec!["db:1", "web:2"]);
+}
+
+/// The built-in playbook, whole: the test namespace up (in dependency order), every service's
+/// health read there, then the blue-green promotion, production's health, the old version
+/// removed, and the test namespace torn down last.
+#[tokio::test(start_paused = true)]
+async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_down() {
+    use super::testenv::{status_of, teardown_script, up_script};
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(up_script(crate::testenv::owner::current()));
+    // smoke on test: web's health (db has none).
+    script.extend(status_of("web", 1));
+    script.extend(apply_candidate(&env, "r9", "web:2"));
+    script.extend(status_script(
+        stored(&env, "web", "r9", 1),
+        vec![pod("web", "r9", running(), 0)],
+    ));
+    script.extend(switch_to(&env, "r9"));
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r9-5d9f8c-x1x2x"])));
+    // smoke on production.
+    script.extend(status_script(
+        stored(&env, "web", "r9", 1),
+        vec![pod("web", "r9", running(), 0)],
+    ));
+    script.extend(switch_to(&env, "r9"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.extend(teardown_script());
+
+    let ran = run(
+        script,
+        &env,
+        &Playbook::builtin_default(),
+        "r9",
+        RunKind::Promotion,
+    )
+    .await;
+    let report = &ran.report;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    let details: Vec<&str> = report.steps.iter().map(|s| s.detail.as_str()).collect();
+    assert_eq!(details[0], "test version shop-test-r9 is up");
+    assert_eq!(details[1], "1 of 1 checks passed");
+    assert_eq!(details[3], "1 of 1 checks passed");
+    let teardown = report.teardown.as_ref().unwrap();
+    assert_eq!(
+        (
+            teardown.containers,
+            teardown.networks,
+            teardown.volumes,
+            teardown.error.as_deref()
+        ),
+        (2, 1, 1, None)
+    );
+}
+
+/// A candidate that crash-loops fails at once (no wait for the deadline); production was never
+/// switched, so the Service is not written at all; the candidate is removed.
+#[tokio::test(start_paused = true)]
+async fn crash_looping_candidate_is_removed_and_production_untouched() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(status_script(
+        stored(&env, "web", "r2", 0),
+        vec![pod(
+            "web",
+            "r2",
+            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 20s" } }),
+            3,
+        )],
+    ));
+    script.extend(remove(&env, "r2"));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    assert_eq!(
+        ran.report.outcome,
+        Outcome::Failed {
+            reason: "web is crash-looping (3 restarts)".into()
+        }
+    );
+    assert_eq!(ran.report.rollback_ms, None, "nothing to put back");
+    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    assert!(
+        matches!(revision.outcome, RevisionOutcome::Failed { .. }),
+        "{:?}",
+        revision.outcome
+    );
+}
+
+/// A candidate whose Deployment passes its progress deadline fails with that reason.
+#[tokio::test(start_paused = true)]
+async fn candidate_past_its_progress_deadline_fails_the_run() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    let mut stalled = stored(&env, "web", "r2", 0);
+    stalled["status"]["conditions"] =
+        json!([{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }]);
+    script.extend(status_script(stalled, vec![pod("web", "r2", running(), 0)]));
+    script.extend(remove(&env, "r2"));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    assert_eq!(
+        ran.report.outcome,
+        Outcome::Failed {
+            reason: "web is failing: ProgressDeadlineExceeded".into()
+        }
+    );
+}
+
+/// Another field manager owns a field of the candidate's Deployment (409): the run stops with
+/// the conflict named, and cleaning up tolerates a candidate that was never created.
+#[tokio::test(start_paused = true)]
+async fn a_409_on_the_candidate_is_reported_and_nothing_is_forced() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    let mut apply = apply_candidate(&env, "r2", "web:2");
+    apply.truncate(3); // the namespace, the read, the Secret
+    script.extend(apply);
+    script.push(
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-web-r2")).reply(
+            409,
+            status(
+                409,
+                "Conflict",
+                "Apply failed with 1 conflict: conflict with \"kubectl-edit\": .spec.template.spec.containers[name=\"web\"].image",
+            ),
+        ),
+    );
+    // Undo: the candidate is looked for, twice (stop, then remove), and is not there.
+    script.push(on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![])));
+    script.push(on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![])));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    let Outcome::Failed { reason } = &ran.report.outcome else {
+        panic!("{:?}", ran.report.outcome)
+    };
+    assert!(
+        reason.starts_with("apply `Deployment shop-web-r2` failed: conflict (409)"),
+        "{reason}"
+    );
+    assert!(reason.contains("kubectl-edit") && reason.contains("does not take them over"));
+}
+
+/// The API server fails the switch (500): the Service is applied back to production's
+/// Deployment, the candidate removed, and the run reports the server's error.
+#[tokio::test(start_paused = true)]
+async fn a_500_during_the_switch_puts_the_selector_back_and_removes_the_candidate() {
+    let (before, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(status_script(
+        stored(&env, "web", "r2", 1),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    script.push(
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+    );
+    script.push(on(Method::PATCH, &apply_uri(SERVICES, "web")).reply(
+        500,
+        status(500, "InternalError", "etcdserver: leader changed"),
+    ));
+    // Undo: back to r1, whatever the failed call left.
+    script.extend(switch_to(&before, "r1"));
+    script.extend(remove(&env, "r2"));
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    assert_eq!(
+        ran.report.outcome,
+        Outcome::RolledBack {
+            reason: "switch `Service web` failed: the API server failed (500): etcdserver: leader changed".into()
+        }
+    );
+    assert!(ran.report.rollback_ms.is_some());
+    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    assert!(
+        matches!(revision.outcome, RevisionOutcome::RolledBack { .. }),
+        "{:?}",
+        revision.outcome
+    );
+}
+
+/// `rollout rollback`: the previous revision's settings (web:1) run again as a new Deployment
+/// beside web:2, the Service is switched back to it, and web:2's Deployment goes. No smoke
+/// step: a rollback is the switch alone.
+#[tokio::test(start_paused = true)]
+async fn rollback_switches_the_service_back_to_the_previous_settings() {
+    let (_, deployments, pods) = production("web:2");
+    let previous = with_web_image("web:1");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&previous, "r3", "web:1"));
+    script.extend(status_script(
+        stored(&previous, "web", "r3", 1),
+        vec![pod("web", "r3", running(), 0)],
+    ));
+    script.extend(switch_to(&previous, "r3"));
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r3-5d9f8c-x1x2x"])));
+    script.extend(switch_to(&previous, "r3"));
+    script.extend(remove(&with_web_image("web:2"), "r1"));
+
+    let playbook = Playbook::switch_only("rollback to revision 1".into());
+    let ran = run(script, &previous, &playbook, "r3", RunKind::Rollback).await;
+    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+    assert_eq!(
+        ran.store.revision("shop", 1).unwrap().unwrap().images,
+        vec!["db:1", "web:1"]
+    );
+}
+
+/// A run killed mid-way, as its journal left it: web's candidate r2 started, and the switch
+/// intended (and done, when `switched`).
+async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let env = with_web_image("web:2");
+    let new = crate::store::NewRevision {
+        environment: "shop".into(),
+        run: "r2".into(),
+        started: now(),
+        user: "alice".into(),
+        playbook: "kube".into(),
+        reason: None,
+        changes: json!([]),
+        services: serde_json::to_value(crate::exec::report::snapshots(&env)).unwrap(),
+        images: vec!["db:1".into(), "web:2".into()],
+    };
+    let begin = json!({
+        "kind": "promotion", "user": "alice", "owner": "elsewhere:4242:1767268800",
+        "old": { "db": ["shop-db-r1"], "web": ["shop-web-r1"] }, "changed": ["web"], "removed": []
+    });
+    store.begin_run(new, begin).unwrap();
+    let journal = Journal::new(store.clone(), "shop", "r2");
+    let candidate = json!({ "service": "web", "container": "shop-web-r2" });
+    journal
+        .intent("candidate", candidate.clone())
+        .await
+        .unwrap();
+    journal.done("candidate", candidate).await.unwrap();
+    journal.intent("switch", json!({})).await.unwrap();
+    if switched {
+        journal.done("switch", json!({ "ms": 3 })).await.unwrap();
+    }
+    (store, dir)
+}
+
+/// Teardown of the run's test version, which it never had: four lists that find nothing.
+fn no_test_version() -> Vec<Exchange> {
+    let of_r2 = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr2";
+    vec![
+        on(Method::GET, &format!("/apis/apps/v1/deployments?&{of_r2}"))
+            .ok(list("DeploymentList", vec![])),
+        on(Method::GET, &format!("/api/v1/secrets?&{of_r2}")).ok(list("SecretList", vec![])),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{of_r2}"),
+        )
+        .ok(list("PersistentVolumeClaimList", vec![])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![])),
+    ]
+}
+
+/// Killed after intending the switch, before it was done: the next command cannot know whether
+/// the Service moved, so it puts it back on r1 (idempotent either way) and removes r2.
+#[tokio::test(start_paused = true)]
+async fn a_run_killed_before_the_switch_finished_is_undone_by_the_next_command() {
+    let (store, _dir) = interrupted(false).await;
+    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let mut script = switch_to(&before, "r1");
+    script.extend(remove(&env, "r2"));
+    script.extend(no_test_version());
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &store,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "undone");
+    assert!(
+        matches!(done.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        done.outcome
+    );
+    assert!(matches!(
+        store.revision("shop", 1).unwrap().unwrap().outcome,
+        RevisionOutcome::RolledBack { .. }
+    ));
+}
+
+/// Killed after the switch: the new version serves, so the next command finishes the run: the
+/// old pods waited out of the Service's endpoints, the Service applied once more, r1 removed.
+#[tokio::test(start_paused = true)]
+async fn a_run_killed_after_the_switch_is_finished_by_the_next_command() {
+    let (store, _dir) = interrupted(true).await;
+    let env = with_web_image("web:2");
+    let mut script =
+        vec![on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"]))];
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.extend(no_test_version());
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &store,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "finished");
+    assert_eq!(done.outcome, Outcome::Promoted);
+    assert_eq!(
+        store.revision("shop", 1).unwrap().unwrap().outcome,
+        RevisionOutcome::Promoted
+    );
+}
