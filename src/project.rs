@@ -37,7 +37,7 @@ impl From<Diagnostic> for ProjectError {
 }
 
 /// An opened project: its settings are read and valid.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Project {
     pub dir: PathBuf,
     pub config: Config,

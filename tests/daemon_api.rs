@@ -122,7 +122,7 @@ fn every_route_needs_a_token_its_right_and_its_client() {
             "/metrics",
             Some(rollout::manifest::config::Right::Read),
         ));
-        assert!(routes.len() >= 13, "the route table lost routes");
+        assert!(routes.len() >= 16, "the route table lost routes");
         for (method, template, right) in routes {
             let path = template
                 .replace("{env}", &acme)
@@ -275,6 +275,25 @@ fn every_route_needs_a_token_its_right_and_its_client() {
         .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(d.runs.running().is_empty());
+
+        // Without `daemon.gitops` and `daemon.rehearsals`: their views say so, and a retry is a
+        // clear conflict (after the right and the tenant were checked).
+        let (status, body) = call(&d, "GET", "/api/v1/gitops", Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["configured"], false, "{body}");
+        let (status, body) = call(&d, "GET", "/api/v1/rehearsals", Some(&bearer(READER)), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["configured"], false, "{body}");
+        let (status, body) = call(
+            &d,
+            "POST",
+            &format!("{base}/gitops/retry"),
+            Some(&bearer(OPS)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("no GitOps controller"), "{body}");
 
         // The OpenAPI document lists every route of the table.
         let (_, body) = call(&d, "GET", "/api/v1/openapi.json", Some(&bearer(READER)), "").await;
@@ -1196,5 +1215,612 @@ fn a_second_sigterm_exits_at_once() {
             "the run still holds its lock: {status:#}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Serves `html` to every request on a port of 127.0.0.1 of its own (another origin than the
+/// daemon's, but the same *site*: SameSite cookies go along).
+fn other_origin(html: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8).flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Issue 7: the real daemon with `daemon.gitops` and `daemon.rehearsals` shows their state through
+/// the API (tenant-filtered), `/metrics` and the dashboard, and a failed commit is retried from
+/// the API and from the dashboard's Retry button (pressed in headless Chromium), while the same
+/// form posted from another origin, even of the same site with the cookie, is refused.
+#[test]
+fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashboard() {
+    use crate::gitops::{QUICK, Repo, manifest};
+    use crate::support::browser::Browser;
+
+    let (acme, globex) = (unique("gsa"), unique("gsg"));
+    // Only in the repository (the controller promotes it), and only in the project folder.
+    let (gonly, pon) = (unique("gso"), unique("gsp"));
+    let _cleanup = Cleanup {
+        environment: gonly.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let broken = |name: &str, client: &str| {
+        format!(
+            "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: {client}\nservices: 1\n"
+        )
+    };
+    let nightly = "apiVersion: rollout/v1\nkind: Playbook\nname: nightly\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, path: /healthz } } ] }\n";
+    let repo = Repo::new();
+    let c1 = repo.commit(
+        "acme and globex broken, gonly fine",
+        &[
+            (&format!("manifests/{acme}.yaml"), &broken(&acme, "acme")),
+            (
+                &format!("manifests/{globex}.yaml"),
+                &broken(&globex, "globex"),
+            ),
+            (
+                &format!("manifests/{gonly}.yaml"),
+                &manifest(&gonly, "shop-web:2.4.0", false),
+            ),
+            ("playbooks/quick.yaml", QUICK),
+            ("playbooks/nightly.yaml", nightly),
+        ],
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    // A rehearsal of gonly once, 40 s from now (after its first promotion); a nightly one of
+    // acme that the daemon "missed" for three days; one of globex.
+    let soon = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 40)
+        .expect("time")
+        .to_zoned(jiff::tz::TimeZone::UTC);
+    let once = format!("{} {} {} * * *", soon.second(), soon.minute(), soon.hour());
+    let mut p = Project::new()
+        .file(
+            "rollout.yaml",
+            format!(
+                "proxy: {{ bind: 127.0.0.1 }}\ndaemon:\n  listen: {addr}\n  tokens:\n\
+                 \x20   - {{ name: acme-ops, fromEnv: T_ACME_OPS, clients: [acme], may: [read, promote, rollback, rehearse, approve] }}\n\
+                 \x20   - {{ name: acme-approver, fromEnv: T_ACME_APPROVER, clients: [acme], may: [approve] }}\n\
+                 \x20   - {{ name: acme-reader, fromEnv: T_ACME_READER, clients: [acme], may: [read] }}\n\
+                 \x20   - {{ name: globex-ops, fromEnv: T_GLOBEX_OPS, clients: [globex], may: [read, promote, rollback, rehearse, approve] }}\n\
+                 \x20 gitops: {{ repo: \"{}\", branch: main, path: ., interval: 1s, playbook: quick }}\n\
+                 \x20 rehearsals:\n\
+                 \x20   - {{ environment: {gonly}, playbook: nightly, schedule: \"{once}\", tz: UTC }}\n\
+                 \x20   - {{ environment: {acme}, schedule: \"0 2 * * *\", tz: Europe/Paris }}\n\
+                 \x20   - {{ environment: {globex}, schedule: \"0 3 * * *\", tz: UTC }}\n",
+                repo.origin.display()
+            ),
+        )
+        .manifest(&acme, &environment(&acme, "acme"))
+        .manifest(&globex, &environment(&globex, "globex"))
+        .manifest(&pon, &environment(&pon, "acme"));
+    for (k, v) in token_vars() {
+        p = p.env(k, v);
+    }
+    let three_days_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72);
+    let seeded = serde_json::json!({
+        "entry": format!("{acme}/-@0 2 * * * Europe/Paris"), "environment": acme,
+        "due": three_days_ago.to_string(), "result": "ran", "run": "r-before", "outcome": "passed",
+        "exit": 0, "started": three_days_ago.to_string(), "finished": three_days_ago.to_string(),
+    });
+    std::fs::create_dir_all(p.path().join(".rollout")).expect("state dir");
+    std::fs::write(
+        p.path().join(".rollout/rehearsals.jsonl"),
+        format!("{seeded}\n"),
+    )
+    .expect("seed the log");
+
+    let child = p
+        .command(&["-v", "daemon"])
+        .env("NO_COLOR", "1")
+        .env("ROLLOUT_STATIC_BINARY", crate::support::static_binary())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = Kill(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let get = |token: &str, path: &str| {
+        let auth = bearer(token);
+        let (status, _, body) = http(&addr, "GET", path, &[("Authorization", &auth)], "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        json(&body)
+    };
+    let post = |token: &str, path: &str| {
+        let auth = bearer(token);
+        let (status, _, body) = http(&addr, "POST", path, &[("Authorization", &auth)], "");
+        (status, json(&body))
+    };
+    let env_of = |view: &serde_json::Value, name: &str| {
+        view["environments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+    };
+
+    // The controller's first ticks: acme's commit does not load, gonly is promoted and in sync.
+    let started = Instant::now();
+    let view = loop {
+        let v = get(OPS, "/api/v1/gitops");
+        let acme_failed = env_of(&v, &acme).is_some_and(|e| !e["failedCommit"].is_null());
+        let gonly_synced = env_of(&v, &gonly)
+            .is_some_and(|e| e["commitApplied"] == c1.as_str() && e["drift"]["state"] == "inSync");
+        if acme_failed && gonly_synced {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the controller did not get there: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(view["configured"], true);
+    assert_eq!(view["repo"], repo.origin.display().to_string());
+    assert_eq!(view["branch"], "main");
+    assert_eq!(view["fetch"]["state"], "ok");
+    assert_eq!(view["commit"], c1.as_str());
+    assert_eq!(view["fetchFailures"], 0);
+    assert!(view["lastFetchOk"].is_string(), "{view:#}");
+    // The token's clients' environments only.
+    let names: Vec<&str> = view["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{view:#}");
+    assert!(names.contains(&acme.as_str()) && names.contains(&gonly.as_str()));
+    let a = env_of(&view, &acme).expect("acme");
+    assert_eq!(a["client"], "acme");
+    assert_eq!(a["failedCommit"]["commit"], c1.as_str());
+    assert_eq!(a["failedCommit"]["outcome"], "invalid");
+    let error = a["failedCommit"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("{acme}.yaml:5:")), "{error}");
+    assert!(a["commitApplied"].is_null());
+    assert_eq!(a["retryPending"], false);
+    let g = env_of(&view, &gonly).expect("gonly");
+    assert_eq!(g["lastAttempt"]["outcome"], "promoted");
+    assert!(g["failedCommit"].is_null());
+    let run = g["lastAttempt"]["run"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    assert_eq!(
+        g["lastAttempt"]["links"]["report"],
+        format!("/api/v1/environments/{gonly}/runs/{run}/report")
+    );
+    let other = get(GLOBEX, "/api/v1/gitops");
+    let names: Vec<&str> = other["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, [globex.as_str()], "{other:#}");
+    assert!(!other.to_string().contains(&acme) && !other.to_string().contains(&gonly));
+
+    // An environment only the repository has is one of its client's environments: listed,
+    // its status read from the checkout, its report reachable; not for another client.
+    let list = get(OPS, "/api/v1/environments").to_string();
+    assert!(list.contains(&gonly) && list.contains(&pon), "{list}");
+    assert!(
+        !get(GLOBEX, "/api/v1/environments")
+            .to_string()
+            .contains(&gonly)
+    );
+    let st = get(OPS, &format!("/api/v1/environments/{gonly}"));
+    assert_eq!(
+        st["services"][0]["desiredImage"], "shop-web:2.4.0",
+        "{st:#}"
+    );
+    let report = get(
+        READER,
+        &format!("/api/v1/environments/{gonly}/runs/{run}/report?format=json"),
+    );
+    assert_eq!(report["outcome"]["outcome"], "promoted", "{report:#}");
+    let auth = bearer(GLOBEX);
+    let (status, _, _) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/environments/{gonly}"),
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 403);
+
+    // Retries through the API: another client's environment answers like a missing one; one
+    // the controller does not follow, or with nothing failed, is a clear conflict.
+    let (s1, other) = post(GLOBEX, &format!("/api/v1/environments/{acme}/gitops/retry"));
+    let (s2, missing) = post(OPS, "/api/v1/environments/nosuchenv/gitops/retry");
+    assert_eq!((s1, s2), (403, 403));
+    assert_eq!(
+        other.to_string().replace(&acme, "X"),
+        missing.to_string().replace("nosuchenv", "X")
+    );
+    let (status, body) = post(OPS, &format!("/api/v1/environments/{pon}/gitops/retry"));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not follow")),
+        "{body}"
+    );
+    let (status, body) = post(OPS, &format!("/api/v1/environments/{gonly}/gitops/retry"));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing to retry")),
+        "{body}"
+    );
+    let (status, body) = post(READER, &format!("/api/v1/environments/{acme}/gitops/retry"));
+    assert_eq!(status, 403, "{body}");
+    let before = a["lastAttempt"]["at"].clone();
+    let asked = Instant::now();
+    let (status, body) = post(OPS, &format!("/api/v1/environments/{acme}/gitops/retry"));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["commit"], c1.as_str());
+    let retried = loop {
+        let e = env_of(&get(OPS, "/api/v1/gitops"), &acme).expect("acme");
+        if e["lastAttempt"]["at"] != before {
+            break e;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(60), "no retry: {e:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "api retry: attempted {:?} after the request",
+        asked.elapsed()
+    );
+    assert_eq!(retried["lastAttempt"]["trigger"], "retry", "{retried:#}");
+    assert_eq!(retried["lastAttempt"]["outcome"], "invalid");
+    assert_eq!(
+        retried["failedCommit"]["commit"],
+        c1.as_str(),
+        "still waiting"
+    );
+
+    // The scheduled rehearsal of gonly runs; the nightly one of acme was missed three days.
+    let started = Instant::now();
+    let entries = loop {
+        let v = get(OPS, "/api/v1/rehearsals");
+        let entries = v["entries"].as_array().cloned().unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| e["environment"] == gonly && e["last"]["result"] != serde_json::Value::Null)
+        {
+            break entries;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the scheduled rehearsal did not run: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        entries.len(),
+        2,
+        "another client's schedule is shown: {entries:#?}"
+    );
+    let g = entries
+        .iter()
+        .find(|e| e["environment"] == gonly)
+        .expect("gonly");
+    assert_eq!(g["last"]["result"], "passed", "{g:#}");
+    assert_eq!(g["playbook"], "nightly");
+    let rehearsal = g["last"]["run"].as_str().expect("run").to_string();
+    let report = get(
+        READER,
+        &format!(
+            "{}?format=json",
+            g["last"]["links"]["report"].as_str().expect("link")
+        ),
+    );
+    assert_eq!(report["kind"], "rehearsal", "{report:#}");
+    let n = entries
+        .iter()
+        .find(|e| e["environment"] == acme)
+        .expect("acme");
+    let missed = n["missed"].as_u64().expect("missed");
+    assert!((2..=4).contains(&missed), "{n:#}");
+    assert_eq!(n["last"]["result"], "missed");
+    assert_eq!(n["schedule"], "0 2 * * *");
+    assert_eq!(n["tz"], "Europe/Paris");
+    assert!(
+        n["nextDue"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":00:00Z")),
+        "{n:#}"
+    );
+    let theirs = get(GLOBEX, "/api/v1/rehearsals");
+    assert_eq!(
+        theirs["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{theirs:#}"
+    );
+
+    // Metrics: the controller's and the scheduler's, for the token's environments only.
+    let auth = bearer(READER);
+    let (_, _, text) = http(&addr, "GET", "/metrics", &[("Authorization", &auth)], "");
+    let samples = parse_prometheus(&text);
+    assert!(!text.contains(&globex), "{text}");
+    let at = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+    assert_eq!(
+        at("rollout_gitops_failed_commit", &[("environment", &acme)]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        at("rollout_gitops_failed_commit", &[("environment", &gonly)]),
+        Some(0.0)
+    );
+    assert_eq!(
+        at("rollout_gitops_drift", &[("environment", &gonly)]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(at("rollout_gitops_fetch_ok", &[]), Some(1.0));
+    assert_eq!(at("rollout_gitops_fetch_failures_total", &[]), Some(0.0));
+    let fetched = at("rollout_gitops_last_fetch_success_timestamp_seconds", &[]).expect("fetched");
+    assert!((jiff::Timestamp::now().as_second() as f64 - fetched).abs() < 120.0);
+    assert_eq!(
+        at(
+            "rollout_scheduled_rehearsals_total",
+            &[("environment", &acme), ("outcome", "missed")]
+        ),
+        Some(missed as f64),
+        "{text}"
+    );
+    assert_eq!(
+        at(
+            "rollout_scheduled_rehearsals_total",
+            &[("environment", &acme), ("outcome", "passed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        at(
+            "rollout_scheduled_rehearsals_total",
+            &[("environment", &gonly), ("outcome", "passed")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        at(
+            "rollout_scheduled_rehearsal_next_due_timestamp_seconds",
+            &[("environment", &acme)]
+        )
+        .is_some()
+    );
+    // The plan-based drift of an environment only the repository has, read from the checkout.
+    assert_eq!(
+        at("rollout_drift", &[("environment", &gonly)]),
+        Some(0.0),
+        "{text}"
+    );
+
+    // The dashboard in Chromium: log in through the form, as a person would.
+    let mut browser = Browser::launch();
+    browser.navigate(&format!("http://{addr}/login?next=/env/{acme}"));
+    browser.wait_for(
+        "document.querySelector('form[action=\"/login\"]')",
+        Duration::from_secs(30),
+    );
+    browser
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = '{OPS}'; \
+             document.querySelector('form[action=\"/login\"]').submit(); true"
+        ))
+        .expect("submit the login form");
+    browser.wait_for(
+        &format!("location.pathname === '/env/{acme}' && document.getElementById('gitops')"),
+        Duration::from_secs(30),
+    );
+    let section = |b: &mut Browser, id: &str| {
+        b.eval(&format!("document.getElementById('{id}').innerText"))
+            .expect("section")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let gitops = section(&mut browser, "gitops");
+    assert!(
+        gitops.contains(&format!("Commit {} does not load", &c1[..12]))
+            && gitops.contains(&format!("{acme}.yaml:5:"))
+            && gitops.contains("Retry commit"),
+        "{gitops}"
+    );
+    let schedule = section(&mut browser, "schedule");
+    assert!(
+        schedule.contains("0 2 * * * Europe/Paris") && schedule.contains("missed"),
+        "{schedule}"
+    );
+    let html = browser
+        .eval("document.documentElement.outerHTML")
+        .expect("html")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!html.contains(OPS), "the token is in the page");
+
+    // The same form from another origin of the same site: the cookie goes along (SameSite
+    // does not tell ports apart), the daemon refuses it, and nothing is retried.
+    let attempts_before =
+        env_of(&get(OPS, "/api/v1/gitops"), &acme).expect("acme")["lastAttempt"]["at"].clone();
+    let evil = other_origin(format!(
+        "<!doctype html><form method=\"post\" action=\"http://{addr}/env/{acme}/gitops/retry\">\
+         <input name=\"csrf\" value=\"guess\"></form><script>document.forms[0].submit()</script>"
+    ));
+    browser.navigate(&format!("http://{evil}/"));
+    browser.wait_for(
+        "location.pathname.endsWith('/gitops/retry') && document.body",
+        Duration::from_secs(30),
+    );
+    let text = browser
+        .eval("document.body.innerText")
+        .expect("text")
+        .to_string();
+    assert!(
+        text.contains("refused: this form is accepted only from the dashboard's own pages"),
+        "{text}"
+    );
+    // By hand: the right form token from the wrong origin, the wrong token from the right
+    // origin, and neither Origin nor Referer: all refused.
+    let cookie = format!("rollout_token={OPS}");
+    let token = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"rollout dashboard form token\0");
+        h.update(OPS.as_bytes());
+        format!("{:x}", h.finalize())
+    };
+    let page_token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the form token in the page");
+    assert_eq!(page_token, token);
+    let form_path = format!("/env/{acme}/gitops/retry");
+    let ours = format!("http://{addr}");
+    let theirs = format!("http://{evil}");
+    for (origin, csrf) in [
+        (Some(theirs.as_str()), token.as_str()),
+        (Some(ours.as_str()), "0000"),
+        (Some("null"), token.as_str()),
+        (None, token.as_str()),
+    ] {
+        let mut h = vec![
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        if let Some(o) = origin {
+            h.push(("Origin", o));
+        }
+        let (status, _, body) = http(&addr, "POST", &form_path, &h, &format!("csrf={csrf}"));
+        assert_eq!(status, 403, "{origin:?} {csrf}: {body}");
+        assert!(body.contains("refused"), "{body}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let after = env_of(&get(OPS, "/api/v1/gitops"), &acme).expect("acme");
+    assert_eq!(
+        after["lastAttempt"]["at"], attempts_before,
+        "a refused form retried: {after:#}"
+    );
+    assert_eq!(after["retryPending"], false);
+
+    // The Retry button on the dashboard's own page.
+    browser.navigate(&format!("http://{addr}/env/{acme}"));
+    browser.wait_for(
+        "document.querySelector('#retry button')",
+        Duration::from_secs(30),
+    );
+    let pressed = Instant::now();
+    browser
+        .eval("document.querySelector('#retry button').click(); true")
+        .expect("press Retry");
+    browser.wait_for(
+        "location.search === '?retry=queued' && document.getElementById('notice')",
+        Duration::from_secs(30),
+    );
+    let retried = loop {
+        let e = env_of(&get(OPS, "/api/v1/gitops"), &acme).expect("acme");
+        if e["lastAttempt"]["at"] != attempts_before {
+            break e;
+        }
+        assert!(
+            pressed.elapsed() < Duration::from_secs(60),
+            "no retry: {e:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "dashboard retry: attempted {:?} after the click",
+        pressed.elapsed()
+    );
+    assert_eq!(retried["lastAttempt"]["trigger"], "retry", "{retried:#}");
+
+    // gonly's page: in sync, its scheduled rehearsal passed, with its report a click away.
+    browser.navigate(&format!("http://{addr}/env/{gonly}"));
+    browser.wait_for(
+        "document.getElementById('schedule')",
+        Duration::from_secs(30),
+    );
+    let gitops = section(&mut browser, "gitops");
+    assert!(
+        gitops.contains("in sync") && gitops.contains(&c1[..12]),
+        "{gitops}"
+    );
+    let schedule = section(&mut browser, "schedule");
+    assert!(
+        schedule.contains("passed") && schedule.contains(&rehearsal),
+        "{schedule}"
+    );
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon");
+    std::fs::create_dir_all(&artifacts).expect("artifacts");
+    browser.screenshot(&artifacts.join("gitops-environment.png"));
+    browser
+        .eval(&format!(
+            "document.querySelector('#schedule a[href$=\"/runs/{rehearsal}/report\"]').click(); true"
+        ))
+        .expect("open the report");
+    browser.wait_for(
+        &format!("location.pathname.endsWith('/runs/{rehearsal}/report')"),
+        Duration::from_secs(30),
+    );
+    let report = browser
+        .eval("document.body.innerText")
+        .expect("report")
+        .to_string();
+    assert!(report.contains(&rehearsal), "{report}");
+    drop(browser);
+
+    // SIGTERM: exits 0; the log names who asked for each retry, and no token.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &daemon.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = daemon.0.stderr.take() {
+        e.read_to_string(&mut err).ok();
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("gitops retry requested") && err.contains("api:acme-ops"),
+        "{err}"
+    );
+    assert!(err.contains("dashboard:acme-ops"), "{err}");
+    assert!(
+        err.contains("dashboard form from another origin refused"),
+        "{err}"
+    );
+    for t in [OPS, APPROVER, READER, GLOBEX] {
+        assert!(!err.contains(t), "a token was logged");
     }
 }

@@ -12,7 +12,7 @@ use rollout::daemon::gitops::{Controller, Drift, FetchState, Outcome, Settings, 
 use crate::support::docker::{Cleanup, demo_images, engine, runtime};
 use crate::support::{static_binary, unique, webhook_receiver};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -34,14 +34,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare "remote" and a working clone pushing to it on branch `main`.
-struct Repo {
+pub struct Repo {
     _dir: tempfile::TempDir,
-    origin: PathBuf,
-    work: PathBuf,
+    pub origin: PathBuf,
+    pub work: PathBuf,
 }
 
 impl Repo {
-    fn new() -> Repo {
+    pub fn new() -> Repo {
         let dir = tempfile::tempdir().expect("temp dir");
         let origin = dir.path().join("origin.git");
         let work = dir.path().join("work");
@@ -62,8 +62,18 @@ impl Repo {
         }
     }
 
+    /// Removes `files`, commits and pushes; the new commit.
+    pub fn remove(&self, message: &str, files: &[&str]) -> String {
+        for rel in files {
+            git(&self.work, &["rm", "--quiet", rel]);
+        }
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        git(&self.work, &["push", "--quiet", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
     /// Writes `files` (path, contents), commits them and pushes; the new commit.
-    fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
+    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
         for (rel, contents) in files {
             let p = self.work.join(rel);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -94,17 +104,17 @@ fn settings(repo: &str, state: &Path) -> Settings {
     }
 }
 
-const QUICK: &str =
+pub const QUICK: &str =
     "apiVersion: rollout/v1\nkind: Playbook\nname: quick\nsteps:\n  - promote: { drain: 1s }\n";
 
-fn manifest(env: &str, image: &str, self_heal: bool) -> String {
+pub fn manifest(env: &str, image: &str, self_heal: bool) -> String {
     format!(
         "apiVersion: rollout/v1\nkind: Environment\nname: {env}\nclient: acme\nselfHeal: {self_heal}\nservices:\n  web:\n    image: {image}\n    ports: [ {{ container: 8080 }} ]\n    health: {{ http: {{ port: 8080, path: /healthz }}, interval: 200ms, startPeriod: 3s, retries: 2 }}\n"
     )
 }
 
 /// The images of the environment's running `web` containers.
-fn web_images(env: &str) -> Vec<String> {
+pub fn web_images(env: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args([
             "ps",
@@ -644,4 +654,117 @@ fn the_daemon_runs_the_gitops_controller_in_the_background() {
             .is_some_and(|r| r.starts_with("gitops: ")),
         "{history:?}"
     );
+}
+
+/// Issue 7: a commit that changes only the playbook an environment is promoted with is a change
+/// to promote (one to another playbook is not); a manifest removed from the repository drops
+/// the environment from the controller's status with a clear word, and production keeps running.
+#[test]
+fn a_playbook_only_change_is_promoted_and_a_removed_manifest_leaves_production_as_it_is() {
+    let name = unique("gpb");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let repo = Repo::new();
+    let state = tempfile::tempdir().expect("state");
+    let file = format!("manifests/{name}.yaml");
+    let v1 = manifest(&name, "shop-web:2.4.0", false);
+    repo.commit("v1", &[(&file, &v1), ("playbooks/quick.yaml", QUICK)]);
+    let mut controller =
+        Controller::new(settings(&repo.origin.display().to_string(), state.path()));
+    let rt = runtime();
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert_eq!(r.attempts.len(), 1, "{r:?}");
+    assert_eq!(r.attempts[0].1.outcome, Outcome::Promoted, "{r:?}");
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
+    assert_eq!(
+        controller.status().environments[&name].client.as_deref(),
+        Some("acme")
+    );
+
+    // Another playbook (not the one the controller promotes with) is no change to this one.
+    repo.commit(
+        "a playbook for something else",
+        &[(
+            "playbooks/careful.yaml",
+            "apiVersion: rollout/v1\nkind: Playbook\nname: careful\nsteps:\n  - testEnv: {}\n  - promote: { drain: 5s }\n",
+        )],
+    );
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert!(r.attempts.is_empty(), "{r:?}");
+
+    // Only the playbook it uses changes: promoted again, at that commit.
+    let c3 = repo.commit(
+        "quick: drain 2s",
+        &[(
+            "playbooks/quick.yaml",
+            &QUICK.replace("drain: 1s", "drain: 2s"),
+        )],
+    );
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert_eq!(
+        r.attempts.len(),
+        1,
+        "a playbook-only change was not promoted: {r:?}"
+    );
+    let (env, a) = &r.attempts[0];
+    assert_eq!(env, &name);
+    assert_eq!(
+        (a.trigger, a.outcome, a.commit.as_str()),
+        (Trigger::Commit, Outcome::Promoted, c3.as_str()),
+        "{a:?}"
+    );
+    assert_eq!(
+        controller.status().environments[&name].commit.as_deref(),
+        Some(c3.as_str())
+    );
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert!(r.attempts.is_empty(), "promoted twice: {r:?}");
+
+    // The manifest is removed: dropped from the status, said so, production untouched.
+    let c4 = repo.remove("retire the environment", &[&file]);
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert_eq!(r.commit.as_deref(), Some(c4.as_str()));
+    assert!(r.attempts.is_empty(), "{r:?}");
+    assert_eq!(r.removed, [name.clone()], "{r:?}");
+    let status = controller.status();
+    assert!(!status.environments.contains_key(&name), "{status:#?}");
+    assert_eq!(status.removed.len(), 1, "{status:#?}");
+    let removed = &status.removed[0];
+    assert_eq!(removed.environment, name);
+    assert_eq!(removed.client.as_deref(), Some("acme"));
+    assert_eq!(removed.commit, c4);
+    assert!(
+        removed.message.contains(&format!(
+            "{file} was removed from the repository at {}",
+            &c4[..12]
+        )) && removed.message.contains("production left as it is"),
+        "{}",
+        removed.message
+    );
+    assert_eq!(
+        web_images(&name),
+        ["shop-web:2.4.0"],
+        "production was touched"
+    );
+    // Durable, and said once: the next tick (and a restarted controller) removes nothing more.
+    let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
+    assert!(r.removed.is_empty() && r.attempts.is_empty(), "{r:?}");
+    let mut restarted = Controller::new(settings(&repo.origin.display().to_string(), state.path()));
+    assert_eq!(restarted.status().removed, status.removed);
+    let r = rt.block_on(restarted.tick(jiff::Timestamp::now()));
+    assert!(r.removed.is_empty() && r.attempts.is_empty(), "{r:?}");
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
+
+    // The manifest comes back: followed again (promoting what already runs changes nothing),
+    // and no longer listed as removed.
+    repo.commit("bring it back", &[(&file, &v1)]);
+    let r = rt.block_on(restarted.tick(jiff::Timestamp::now()));
+    assert_eq!(r.attempts.len(), 1, "{r:?}");
+    assert_eq!(r.attempts[0].1.outcome, Outcome::Promoted, "{r:?}");
+    let status = restarted.status();
+    assert!(status.removed.is_empty(), "{status:#?}");
+    assert_eq!(status.environments[&name].drift, Drift::InSync);
+    assert_eq!(web_images(&name), ["shop-web:2.4.0"]);
 }

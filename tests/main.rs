@@ -12,7 +12,7 @@ mod crash;
 mod daemon_api;
 mod engine_docker;
 mod gates;
-mod gitops;
+pub mod gitops;
 mod kube;
 mod notify;
 mod plan_docker;

@@ -1,5 +1,6 @@
-//! The HTTP API under `/api/v1`: environments, status, history, runs, reports, approvals, and
-//! triggers (promote, rollback, rehearse). The route table [`ROUTES`] is the contract: the router,
+//! The HTTP API under `/api/v1`: environments, status, history, runs, reports, approvals,
+//! triggers (promote, rollback, rehearse), and the background loops' state: the GitOps
+//! controller (with its manual retry) and the scheduled rehearsals. The route table [`ROUTES`] is the contract: the router,
 //! the OpenAPI document and the tests all follow it.
 //!
 //! Every call needs `Authorization: Bearer <token>`: 401 without one or with an unknown one. A
@@ -8,6 +9,11 @@
 //! the same answer, 403 `no access to environment NAME`**, so a token cannot learn which
 //! environments other clients have. 404 is only said inside an environment the token sees (an
 //! unknown run of it). The OpenAPI document needs a valid token and no right.
+//!
+//! The environments are the project folder's and those the GitOps controller follows
+//! ([`Daemon::catalog`]): one the project has no manifest for belongs to the client its manifest
+//! names in the repository. The GitOps and rehearsal views list only the token's clients'
+//! environments.
 
 use std::sync::Arc;
 
@@ -122,6 +128,24 @@ pub const ROUTES: &[Route] = &[
         Some(Right::Rehearse),
         "Starts `rollout rehearse`; 202 with the run id",
     ),
+    route(
+        "GET",
+        "/api/v1/gitops",
+        Some(Right::Read),
+        "The GitOps controller: repository (credentials redacted), branch, last fetch, and per environment of the token's clients the commit applied, the last attempt, a failed commit waiting for a new commit or a retry, drift; environments whose manifest left the repository",
+    ),
+    route(
+        "GET",
+        "/api/v1/rehearsals",
+        Some(Right::Read),
+        "The scheduled rehearsals of the token's clients' environments: schedule, time zone, next due time, last result with its run and report, missed due times",
+    ),
+    route(
+        "POST",
+        "/api/v1/environments/{env}/gitops/retry",
+        Some(Right::Promote),
+        "Asks the GitOps controller to try the environment's failed commit again now; 202 once queued, 409 with no controller or nothing failed",
+    ),
 ];
 
 pub fn router() -> axum::Router<Shared> {
@@ -141,6 +165,12 @@ pub fn router() -> axum::Router<Shared> {
         .route("/api/v1/environments/{env}/promote", post(promote))
         .route("/api/v1/environments/{env}/rollback", post(rollback))
         .route("/api/v1/environments/{env}/rehearse", post(rehearse))
+        .route("/api/v1/gitops", get(gitops))
+        .route("/api/v1/rehearsals", get(rehearsals))
+        .route(
+            "/api/v1/environments/{env}/gitops/retry",
+            post(gitops_retry),
+        )
 }
 
 /// An error answer: `{"error": "..."}` with its status.
@@ -270,6 +300,211 @@ pub fn visible(daemon: &Daemon, token: &Resolved) -> ApiResult<Vec<(String, Stri
         .collect())
 }
 
+/// A lookup of the client of an environment of [`Daemon::catalog`], read once.
+pub fn clients(daemon: &Daemon) -> ApiResult<impl Fn(&str) -> Option<String>> {
+    let catalog = daemon.catalog().map_err(ApiError::internal)?;
+    Ok(move |name: &str| {
+        catalog
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+    })
+}
+
+/// The links of a run of `env`.
+fn run_links(env: &str, run: &str) -> Value {
+    let base = format!("/api/v1/environments/{env}/runs/{run}");
+    json!({ "run": base, "report": format!("{base}/report"), "dashboard": format!("/env/{env}/runs/{run}/report") })
+}
+
+/// The GitOps controller's view for `token`: its environments only. `None` without a controller.
+pub fn gitops_view(daemon: &Daemon, token: &Resolved) -> ApiResult<Option<Value>> {
+    let Some(handle) = daemon.gitops.get() else {
+        return Ok(None);
+    };
+    let status = handle.status();
+    let pending = handle.pending_retries();
+    let client_of = clients(daemon)?;
+    // A removed environment keeps the client its manifest named.
+    let sees = |name: &str, recorded: Option<&String>| {
+        client_of(name)
+            .or_else(|| recorded.cloned())
+            .is_some_and(|c| token.sees(&c))
+    };
+    let attempt = |name: &str, a: &super::gitops::Attempt| {
+        let mut v = json!({
+            "commit": a.commit, "trigger": a.trigger, "outcome": a.outcome, "run": a.run,
+            "exit": a.exit, "at": a.at, "error": a.error,
+        });
+        if let Some(run) = &a.run {
+            v["links"] = run_links(name, run);
+        }
+        v
+    };
+    let mut environments = Vec::new();
+    for (name, e) in &status.environments {
+        if !sees(name, e.client.as_ref()) {
+            continue;
+        }
+        environments.push(json!({
+            "name": name,
+            "client": client_of(name),
+            "manifest": e.manifest,
+            "selfHeal": e.self_heal,
+            "commitApplied": e.commit,
+            "lastAttempt": e.last.as_ref().map(|a| attempt(name, a)),
+            "failedCommit": e.failed_at(status.commit.as_deref()).map(|a| attempt(name, a)),
+            "retryPending": pending.contains(name),
+            "drift": e.drift,
+            "driftChecked": e.drift_checked,
+        }));
+    }
+    let mut removed = Vec::new();
+    for r in &status.removed {
+        if sees(&r.environment, r.client.as_ref()) {
+            removed.push(json!(r));
+        }
+    }
+    Ok(Some(json!({
+        "configured": true,
+        "repo": super::gitops::redact(&status.repo),
+        "branch": status.branch,
+        "path": status.path,
+        "fetch": status.fetch,
+        "lastFetchOk": status.last_fetch_ok,
+        "fetchFailures": status.fetch_failures,
+        "commit": status.commit,
+        "subject": status.subject,
+        "lastTick": status.last_tick,
+        "environments": environments,
+        "removed": removed,
+    })))
+}
+
+async fn gitops(State(daemon): State<Shared>, Caller(token): Caller) -> ApiResult<Json<Value>> {
+    require(&token, Right::Read)?;
+    Ok(Json(gitops_view(&daemon, &token)?.unwrap_or_else(
+        || json!({ "configured": false, "environments": [], "removed": [] }),
+    )))
+}
+
+/// The scheduled rehearsals of `token`'s environments, at `now`. `None` without a schedule.
+pub fn rehearsals_view(
+    daemon: &Daemon,
+    token: &Resolved,
+    now: jiff::Timestamp,
+) -> ApiResult<Option<Vec<Value>>> {
+    use super::schedule::RunResult;
+    let Some(handle) = daemon.schedule.get() else {
+        return Ok(None);
+    };
+    let client_of = clients(daemon)?;
+    let mut entries = Vec::new();
+    for e in handle.status(now).entries {
+        if !client_of(&e.environment).is_some_and(|c| token.sees(&c)) {
+            continue;
+        }
+        let last = e.last.as_ref().map(|r| {
+            let mut v = json!({ "due": r.due });
+            match &r.result {
+                RunResult::Ran {
+                    run,
+                    outcome,
+                    exit,
+                    started,
+                    finished,
+                    error,
+                } => {
+                    v["result"] = json!(outcome);
+                    v["run"] = json!(run);
+                    v["exit"] = json!(exit);
+                    v["started"] = json!(started);
+                    v["finished"] = json!(finished);
+                    v["error"] = json!(error);
+                    if let Some(run) = run {
+                        v["links"] = run_links(&e.environment, run);
+                    }
+                }
+                RunResult::Missed { noticed } => {
+                    v["result"] = json!("missed");
+                    v["noticed"] = json!(noticed);
+                }
+            }
+            v
+        });
+        entries.push(json!({
+            "entry": e.entry, "environment": e.environment, "playbook": e.playbook,
+            "schedule": e.schedule, "tz": e.tz, "nextDue": e.next_due,
+            "last": last, "missed": e.missed,
+        }));
+    }
+    Ok(Some(entries))
+}
+
+async fn rehearsals(State(daemon): State<Shared>, Caller(token): Caller) -> ApiResult<Json<Value>> {
+    require(&token, Right::Read)?;
+    Ok(Json(
+        match rehearsals_view(&daemon, &token, jiff::Timestamp::now())? {
+            Some(entries) => json!({ "configured": true, "entries": entries }),
+            None => json!({ "configured": false, "entries": [] }),
+        },
+    ))
+}
+
+/// Queues a manual retry of `env`'s failed commit (the caller checked the right and the
+/// tenant): 409 without a controller, for an environment it does not follow, or when nothing
+/// failed. Returns the commit retried.
+pub fn request_retry(daemon: &Daemon, env: &str, who: &str) -> ApiResult<String> {
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
+    let handle = daemon.gitops.get().ok_or_else(|| {
+        conflict(
+            "no GitOps controller runs in this daemon (rollout.yaml has no `daemon.gitops`)".into(),
+        )
+    })?;
+    let status = handle.status();
+    let e = status.environments.get(env).ok_or_else(|| {
+        conflict(format!(
+            "the GitOps controller does not follow `{env}`: the repository has no manifest for it"
+        ))
+    })?;
+    let failed = e.failed_at(status.commit.as_deref()).ok_or_else(|| {
+        conflict(match &e.last {
+            Some(a) => format!(
+                "nothing to retry: the last attempt for `{env}` (commit {}) ended {}, and no failed commit waits",
+                short(&a.commit),
+                serde_json::to_value(a.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ),
+            None => format!("nothing to retry: the GitOps controller has not tried `{env}` yet"),
+        })
+    })?;
+    let commit = failed.commit.clone();
+    tracing::info!(environment = env, commit = %commit, by = who, "gitops retry requested");
+    handle.retry(env);
+    Ok(commit)
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+async fn gitops_retry(
+    State(daemon): State<Shared>,
+    Caller(token): Caller,
+    Path(env): Path<String>,
+) -> ApiResult<Response> {
+    environment(&daemon, &token, &env, Right::Promote)?;
+    let commit = request_retry(&daemon, &env, &format!("api:{}", token.name))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "environment": env, "commit": commit, "retry": "queued",
+            "message": format!("the GitOps controller tries commit {} again now", short(&commit)),
+            "links": { "gitops": "/api/v1/gitops" },
+        })),
+    )
+        .into_response())
+}
+
 async fn openapi(Caller(_token): Caller) -> Json<Value> {
     Json(openapi_document())
 }
@@ -289,8 +524,8 @@ async fn environments(
 /// The status of `name`, as `rollout status -o json` shows it.
 pub async fn status_of(daemon: &Daemon, name: &str, client: &str) -> ApiResult<Value> {
     let lookup = |var: &str| std::env::var(var).ok();
-    let loaded = daemon
-        .project
+    let (project, _) = daemon.source_of(name);
+    let loaded = project
         .environment(Some(name), None, &lookup)
         .map_err(ApiError::internal)?;
     let status = crate::cmd::status::gather(
@@ -687,7 +922,10 @@ pub fn openapi_document() -> Value {
         if r.path.contains("{run}") {
             responses.insert("404".into(), json!({ "description": "No such run in this environment", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }));
         }
-        if r.method == "POST" {
+        let retry = r.path.ends_with("/gitops/retry");
+        if retry {
+            responses.insert("409".into(), json!({ "description": "No GitOps controller runs, it does not follow the environment, or no failed commit waits", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }));
+        } else if r.method == "POST" {
             responses.insert("409".into(), json!({ "description": "Refused: the environment's lock is held, or the two-person rule", "content": { "application/json": { "schema": { "type": "object" } } } }));
             responses.insert("422".into(), json!({ "description": "Bad request body, or the command ended with an error before a run began", "content": { "application/json": { "schema": { "type": "object" } } } }));
         }
@@ -697,7 +935,7 @@ pub fn openapi_document() -> Value {
             "parameters": params,
             "responses": responses,
         });
-        if r.method == "POST" {
+        if r.method == "POST" && !retry {
             let schema = match r.path.rsplit('/').next() {
                 Some("approvals") => json!({ "type": "object", "required": ["by"], "properties": {
                     "run": { "type": "string", "description": "run id, or latest (default)" },

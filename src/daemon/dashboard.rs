@@ -3,12 +3,22 @@
 //! environment: what runs, the run in flight and its journal, a waiting run, history, runs
 //! (rehearsals included) with links to their HTML reports at `/env/{env}/runs/{run}/report`.
 //!
+//! The environment page also shows the GitOps controller's view of it (commit applied, last
+//! attempt, a failed commit with a **Retry** button, drift) and its scheduled rehearsals (next
+//! due time, last result with its report, missed due times).
+//!
 //! It takes the same tokens as the API, typed once into a login form: `POST /login` checks it
 //! and sets it as an `HttpOnly; SameSite=Lax` cookie (scripts cannot read it; other sites cannot
 //! post with it, and the dashboard has no state-changing GET). `POST /logout` clears it. Pages
 //! only read, so they need the `read` right; the same tenant rule as the API applies (an
 //! environment the token does not see answers like one that does not exist). Every text that
 //! comes from a manifest, the store or a run is escaped.
+//!
+//! The one form that changes something, `POST /env/{env}/gitops/retry`, needs the `promote`
+//! right and is refused (403) unless it comes from the dashboard's own page: its `Origin` (or,
+//! without one, its `Referer`) must be this host, because SameSite counts every port of a host
+//! as the same site; and it must carry the page's form token, derived from the session cookie
+//! (another page cannot read the cookie, so it cannot forge the token).
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -33,18 +43,53 @@ pub fn router() -> axum::Router<Shared> {
         .route("/logout", post(logout))
         .route("/clients/{client}", get(client_page))
         .route("/env/{env}", get(environment_page))
+        .route("/env/{env}/gitops/retry", post(retry))
         .route("/env/{env}/runs/{run}/report", get(report_page))
 }
 
-/// The caller's token from the dashboard cookie, or the login page (401) to answer with.
-fn session(daemon: &Shared, headers: &HeaderMap, here: &str) -> Result<Resolved, Box<Response>> {
+/// The dashboard cookie's value.
+fn cookie_value(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|h| super::auth::cookie(h, COOKIE))
+}
+
+/// The caller's token from the dashboard cookie, or the login page (401) to answer with.
+fn session(daemon: &Shared, headers: &HeaderMap, here: &str) -> Result<Resolved, Box<Response>> {
+    cookie_value(headers)
         .and_then(|t| daemon.tokens.find(t).cloned())
         .ok_or_else(|| Box::new(login_page(StatusCode::UNAUTHORIZED, here, None)))
+}
+
+/// The form token of a session: derived from its cookie, which only the dashboard's own pages
+/// (rendered by this server) can put into a form.
+fn form_token(cookie: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"rollout dashboard form token\0");
+    h.update(cookie.as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+/// Whether a POST comes from a page of this very origin: its `Origin`, or without one its
+/// `Referer`, is `http(s)://<Host>`.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(host) = get(header::HOST) else {
+        return false;
+    };
+    let ours = [format!("http://{host}"), format!("https://{host}")];
+    match get(header::ORIGIN) {
+        Some(origin) => ours.iter().any(|o| o == origin),
+        None => get(header::REFERER).is_some_and(|r| {
+            ours.iter().any(|o| {
+                r.strip_prefix(o.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        }),
+    }
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -261,10 +306,16 @@ fn text(v: &Value) -> String {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct Notice {
+    retry: Option<String>,
+}
+
 async fn environment_page(
     State(daemon): State<Shared>,
     headers: HeaderMap,
     Path(env): Path<String>,
+    Query(notice): Query<Notice>,
 ) -> Response {
     let token = match session(&daemon, &headers, &format!("/env/{env}")) {
         Ok(t) => t,
@@ -280,6 +331,9 @@ async fn environment_page(
         esc(&client),
         esc(&client)
     );
+    if notice.retry.as_deref() == Some("queued") {
+        body.push_str("<p class=\"ok\" id=\"notice\">Retry requested: the GitOps controller tries the failed commit again now.</p>");
+    }
 
     // What runs, and any run in flight.
     match api::status_of(&daemon, &env, &client).await {
@@ -391,6 +445,10 @@ async fn environment_page(
         )),
     }
 
+    let cookie = cookie_value(&headers).unwrap_or_default();
+    body.push_str(&gitops_section(&daemon, &token, &env, cookie));
+    body.push_str(&schedule_section(&daemon, &token, &env));
+
     // History.
     let n = env.clone();
     let history = daemon
@@ -471,6 +529,247 @@ async fn environment_page(
     }
     body.push_str("</section>");
     page(StatusCode::OK, &env, &body)
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn tag(v: &Value) -> String {
+    v.as_str().map(String::from).unwrap_or_default()
+}
+
+/// What the GitOps controller knows of `env` (nothing without a controller).
+fn gitops_section(daemon: &Shared, token: &Resolved, env: &str, cookie: &str) -> String {
+    let view = match api::gitops_view(daemon, token) {
+        Ok(Some(v)) => v,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            return format!(
+                "<h2>GitOps</h2><section id=\"gitops\"><p class=\"bad\">{}</p></section>",
+                esc(&e.message)
+            );
+        }
+    };
+    let mut out = String::from("<h2>GitOps</h2><section id=\"gitops\">");
+    let fetch = &view["fetch"];
+    let fetched = match fetch["state"].as_str() {
+        Some("ok") => format!(
+            "<span class=\"ok\">fetched</span> {}",
+            text(&view["lastFetchOk"])
+        ),
+        Some("notYet") | None => "<span class=\"muted\">not fetched yet</span>".into(),
+        Some(state) => format!(
+            "<span class=\"bad\">{}</span>: {} (last good fetch: {})",
+            esc(state),
+            text(&fetch["message"]),
+            view["lastFetchOk"].as_str().map_or("never".into(), esc)
+        ),
+    };
+    out.push_str(&format!(
+        "<p>Follows <code>{}</code>, branch <code>{}</code>, at <code>{}</code> {}; {}</p>",
+        text(&view["repo"]),
+        text(&view["branch"]),
+        view["commit"]
+            .as_str()
+            .map_or(String::new(), |c| esc(short(c))),
+        text(&view["subject"]),
+        fetched
+    ));
+    let found = view["environments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == env);
+    let Some(e) = found else {
+        let removed = view["removed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["environment"] == env);
+        match removed {
+            Some(r) => out.push_str(&format!(
+                "<p class=\"warn\">Not followed any more: {}</p>",
+                text(&r["message"])
+            )),
+            None => out.push_str("<p class=\"muted\">The repository has no manifest for this environment: the controller does not follow it.</p>"),
+        }
+        out.push_str("</section>");
+        return out;
+    };
+    let attempt = |a: &Value| {
+        if a.is_null() {
+            return "<span class=\"muted\">none yet</span>".to_string();
+        }
+        let outcome = tag(&a["outcome"]);
+        let run = a["run"].as_str().map_or(String::new(), |r| {
+            format!(
+                ", run <a href=\"/env/{}/runs/{}/report\"><code>{}</code></a>",
+                esc(env),
+                esc(r),
+                esc(r)
+            )
+        });
+        format!(
+            "<span class=\"{}\">{}</span> ({}) at commit <code>{}</code>, {}{run}",
+            outcome_class(&outcome),
+            esc(&outcome),
+            text(&a["trigger"]),
+            esc(short(a["commit"].as_str().unwrap_or_default())),
+            text(&a["at"])
+        )
+    };
+    let drift = match e["drift"]["state"].as_str() {
+        Some("inSync") => "<span class=\"ok\">in sync</span>".to_string(),
+        Some("drifted") => {
+            "<span class=\"bad\">drifted</span>: what runs differs from the manifest".to_string()
+        }
+        Some("error") => format!(
+            "<span class=\"warn\">not checked</span>: {}",
+            text(&e["drift"]["message"])
+        ),
+        _ => "<span class=\"muted\">not checked yet</span>".to_string(),
+    };
+    out.push_str(&format!(
+        "<table><tr><th>Commit applied</th><td>{}</td></tr><tr><th>Last attempt</th><td>{}</td></tr><tr><th>Drift</th><td>{drift}</td></tr></table>",
+        e["commitApplied"].as_str().map_or(
+            "<span class=\"muted\">none yet</span>".to_string(),
+            |c| format!("<code>{}</code>", esc(short(c)))
+        ),
+        attempt(&e["lastAttempt"]),
+    ));
+    let failed = &e["failedCommit"];
+    if !failed.is_null() {
+        let commit = failed["commit"].as_str().unwrap_or_default();
+        out.push_str(&format!(
+            "<p class=\"bad\" id=\"failed-commit\">Commit <code>{}</code> {} and waits for a new commit or a retry.</p>",
+            esc(short(commit)),
+            if failed["outcome"] == "invalid" { "does not load" } else { "failed (rolled back)" }
+        ));
+        if let Some(err) = failed["error"].as_str() {
+            out.push_str(&format!("<pre>{}</pre>", esc(err)));
+        }
+        if e["retryPending"] == true {
+            out.push_str("<p class=\"warn\">A retry is queued.</p>");
+        } else if token.may(Right::Promote) {
+            out.push_str(&format!(
+                "<form method=\"post\" action=\"/env/{}/gitops/retry\" id=\"retry\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Retry commit {}</button></form>",
+                esc(env),
+                form_token(cookie),
+                esc(short(commit))
+            ));
+        } else {
+            out.push_str(
+                "<p class=\"muted\">A token with the <code>promote</code> right can retry it.</p>",
+            );
+        }
+    }
+    out.push_str("</section>");
+    out
+}
+
+/// The scheduled rehearsals of `env` (nothing without a schedule).
+fn schedule_section(daemon: &Shared, token: &Resolved, env: &str) -> String {
+    let entries = match api::rehearsals_view(daemon, token, jiff::Timestamp::now()) {
+        Ok(Some(v)) => v,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            return format!(
+                "<h2>Scheduled rehearsals</h2><section id=\"schedule\"><p class=\"bad\">{}</p></section>",
+                esc(&e.message)
+            );
+        }
+    };
+    let mine: Vec<&Value> = entries.iter().filter(|e| e["environment"] == env).collect();
+    let mut out = String::from("<h2>Scheduled rehearsals</h2><section id=\"schedule\">");
+    if mine.is_empty() {
+        out.push_str(
+            "<p class=\"muted\">No scheduled rehearsal for this environment.</p></section>",
+        );
+        return out;
+    }
+    out.push_str("<table><tr><th>Schedule</th><th>Playbook</th><th>Next due</th><th>Last result</th><th>Missed</th></tr>");
+    for e in mine {
+        let last = &e["last"];
+        let result = if last.is_null() {
+            "<span class=\"muted\">none yet</span>".to_string()
+        } else {
+            let r = tag(&last["result"]);
+            let class = if r == "missed" {
+                "warn"
+            } else {
+                outcome_class(&r)
+            };
+            let run = last["run"].as_str().map_or(String::new(), |run| {
+                format!(
+                    ", run <a href=\"/env/{}/runs/{}/report\"><code>{}</code></a>",
+                    esc(env),
+                    esc(run),
+                    esc(run)
+                )
+            });
+            format!(
+                "<span class=\"{class}\">{}</span>, due {}{run}",
+                esc(&r),
+                text(&last["due"])
+            )
+        };
+        let missed = e["missed"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "<tr><td><code>{}</code> {}</td><td>{}</td><td>{}</td><td>{result}</td><td class=\"{}\">{missed}</td></tr>",
+            text(&e["schedule"]),
+            text(&e["tz"]),
+            e["playbook"].as_str().map_or("default".into(), esc),
+            text(&e["nextDue"]),
+            if missed > 0 { "warn" } else { "muted" },
+        ));
+    }
+    out.push_str("</table></section>");
+    out
+}
+
+/// `POST /env/{env}/gitops/retry`: the Retry button of the environment page.
+async fn retry(
+    State(daemon): State<Shared>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let here = format!("/env/{env}");
+    let token = match session(&daemon, &headers, &here) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let forbidden = |m: &str| error_page(ApiError::new(StatusCode::FORBIDDEN, m));
+    if !same_origin(&headers) {
+        tracing::warn!(token = %token.name, environment = %env, "dashboard form from another origin refused");
+        return forbidden("refused: this form is accepted only from the dashboard's own pages");
+    }
+    let sent = String::from_utf8_lossy(&body)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("csrf=").map(String::from))
+        .unwrap_or_default();
+    let expected = form_token(cookie_value(&headers).unwrap_or_default());
+    let digest = |v: &str| -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(v.as_bytes()).into()
+    };
+    if !super::auth::constant_time_eq(&digest(&sent), &digest(&expected)) {
+        return forbidden(
+            "refused: the form token is missing or stale; reload the page and try again",
+        );
+    }
+    if let Err(e) = api::environment(&daemon, &token, &env, Right::Promote) {
+        return error_page(e);
+    }
+    match api::request_retry(&daemon, &env, &format!("dashboard:{}", token.name)) {
+        Ok(_) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("{here}?retry=queued"))],
+        )
+            .into_response(),
+        Err(e) => error_page(e),
+    }
 }
 
 async fn report_page(

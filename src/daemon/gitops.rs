@@ -6,8 +6,9 @@
 //!    tick runs `git fetch` with a forced refspec and checks out `origin/<branch>` exactly
 //!    (a force push simply moves it). An unreachable remote or a deleted branch sets
 //!    [`FetchState::Error`] and leaves the checkout and everything running as they were.
-//! 2. for each manifest under `<path>/manifests/` whose content differs from the one last
-//!    promoted, runs `rollout -C <checkout>/<path> promote -m FILE [-p PLAYBOOK] --yes --reason
+//! 2. for each manifest under `<path>/manifests/` whose promotion inputs differ from the ones
+//!    last promoted (the manifest, the playbook files it is promoted with, and the settings the
+//!    children read, `daemon:` aside: see [`promotion_hash`]), runs `rollout -C <checkout>/<path> promote -m FILE [-p PLAYBOOK] --yes --reason
 //!    "gitops: <commit> <subject>"` as a child process: the lock, journal, recovery, audit trail,
 //!    notifications and report work exactly as by hand, and the commit lands in the history and
 //!    the report through `--reason`. The children use the daemon's state directory
@@ -17,6 +18,9 @@
 //!    tried again on the next tick.
 //! 3. for each environment, runs `rollout plan -m FILE -o json` (exit 0: in sync, 2: drift) and,
 //!    where the manifest sets `selfHeal: true`, promotes to put it back.
+//! 4. an environment whose manifest is gone from the repository is dropped from the status and
+//!    listed in [`Status::removed`]: what runs in production is left as it is (removing a file
+//!    is not a request to tear an environment down).
 //!
 //! What the controller remembers per environment lives in `<state>/gitops/state.json` (written
 //! whole, then renamed into place), so a restarted daemon neither promotes again what it already
@@ -150,7 +154,7 @@ pub enum Trigger {
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub commit: String,
-    /// SHA-256 of the manifest file that was promoted.
+    /// The [`promotion_hash`] of what was promoted: the manifest, its playbook, the settings.
     pub manifest_hash: String,
     pub trigger: Trigger,
     pub outcome: Outcome,
@@ -185,11 +189,14 @@ pub enum Drift {
 pub struct EnvStatus {
     /// The manifest file, relative to `<path>`.
     pub manifest: String,
+    /// The client the manifest names (the tenant the API and dashboard filter on).
+    #[serde(default)]
+    pub client: Option<String>,
     #[serde(default)]
     pub self_heal: bool,
     /// The last commit this environment was promoted at.
     pub commit: Option<String>,
-    /// The hash of the manifest promoted at `commit`.
+    /// The [`promotion_hash`] promoted at `commit`.
     pub promoted_hash: Option<String>,
     /// The last promotion attempt, whatever its outcome.
     pub last: Option<Attempt>,
@@ -209,7 +216,45 @@ pub struct Status {
     pub commit: Option<String>,
     pub subject: Option<String>,
     pub last_tick: Option<Timestamp>,
+    /// When a fetch last succeeded.
+    #[serde(default)]
+    pub last_fetch_ok: Option<Timestamp>,
+    /// Fetches that failed (unreachable remote, missing branch, checkout error), in all.
+    #[serde(default)]
+    pub fetch_failures: u64,
     pub environments: BTreeMap<String, EnvStatus>,
+    /// Environments whose manifest was removed from the repository, newest last (at most
+    /// [`REMOVED_KEPT`]); production was left as it is.
+    #[serde(default)]
+    pub removed: Vec<Removed>,
+}
+
+/// How many removals [`Status::removed`] remembers.
+pub const REMOVED_KEPT: usize = 20;
+
+/// An environment the controller stopped following because its manifest left the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removed {
+    pub environment: String,
+    pub client: Option<String>,
+    /// The manifest file it had, relative to `<path>`.
+    pub manifest: String,
+    /// The first commit without it.
+    pub commit: String,
+    pub at: Timestamp,
+    pub message: String,
+}
+
+impl EnvStatus {
+    /// The attempt that failed at `commit` and waits for a new commit or a manual retry.
+    pub fn failed_at(&self, commit: Option<&str>) -> Option<&Attempt> {
+        self.last.as_ref().filter(|a| {
+            Some(a.commit.as_str()) == commit
+                && matches!(a.outcome, Outcome::Failed | Outcome::Invalid)
+                && self.promoted_hash.as_deref() != Some(a.manifest_hash.as_str())
+        })
+    }
 }
 
 /// What one tick did.
@@ -225,6 +270,8 @@ pub struct TickReport {
     pub drift: Vec<(String, Drift)>,
     /// Manifests that could not even be read for their environment name.
     pub errors: Vec<String>,
+    /// Environments dropped because their manifest left the repository.
+    pub removed: Vec<String>,
 }
 
 // ---------------------------------------------------------------- decisions (pure)
@@ -248,6 +295,84 @@ pub fn should_heal(env: &EnvStatus, commit: &str) -> bool {
         && !env.last.as_ref().is_some_and(|a| {
             a.commit == commit && matches!(a.outcome, Outcome::Failed | Outcome::Invalid)
         })
+}
+
+/// The playbook files (relative path, content) a promotion with `chosen` (`-p`, or none) may
+/// read, following `rollout promote`'s choice: the files declaring `chosen`; without it the only
+/// file, else those declaring `default`. A file whose name cannot be read counts too (it may be
+/// the one), and when nothing matches every file counts: when in doubt, a change counts.
+pub fn playbooks_used<'a>(
+    files: &'a [(String, Vec<u8>)],
+    chosen: Option<&str>,
+) -> Vec<&'a (String, Vec<u8>)> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+    let name_of = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| serde_saphyr::from_str::<Named>(t).ok())
+            .and_then(|n| n.name)
+    };
+    let named: Vec<(&(String, Vec<u8>), Option<String>)> =
+        files.iter().map(|f| (f, name_of(&f.1))).collect();
+    let wanted = match chosen {
+        Some(n) => n,
+        None if files.len() <= 1 => return files.iter().collect(),
+        None => "default",
+    };
+    if !named.iter().any(|(_, n)| n.as_deref() == Some(wanted)) {
+        return files.iter().collect();
+    }
+    named
+        .into_iter()
+        .filter(|(_, n)| n.is_none() || n.as_deref() == Some(wanted))
+        .map(|(f, _)| f)
+        .collect()
+}
+
+/// A settings file's text without its top-level `daemon:` block (tokens, listen address and
+/// schedules change no promotion).
+pub fn without_daemon_section(text: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let top_level = !line.is_empty() && !line.starts_with([' ', '\t', '#']);
+        if top_level {
+            skipping = line.starts_with("daemon:");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// SHA-256 of everything a promotion of `manifest` depends on: the manifest, the playbook files
+/// it uses ([`playbooks_used`]) and the settings the child reads (`daemon:` aside). A change to
+/// any of them is a change to promote.
+pub fn promotion_hash(
+    manifest: &[u8],
+    playbooks: &[&(String, Vec<u8>)],
+    settings: Option<&str>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut part = |label: &str, bytes: &[u8]| {
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part("manifest", manifest);
+    for (rel, bytes) in playbooks {
+        part(rel, bytes);
+    }
+    if let Some(text) = settings {
+        part("settings", without_daemon_section(text).as_bytes());
+    }
+    format!("{:x}", h.finalize())
 }
 
 /// A repository address fit for messages and the API: credentials in a URL
@@ -393,6 +518,7 @@ impl Settings {
 pub struct GitopsHandle {
     status: Arc<Mutex<Status>>,
     retries: Arc<Mutex<BTreeSet<String>>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl GitopsHandle {
@@ -401,11 +527,17 @@ impl GitopsHandle {
     }
 
     /// Asks for another attempt at `env`'s manifest on the next tick, even on the commit
-    /// whose run failed.
+    /// whose run failed, and wakes the loop so that the tick comes now, not an interval later.
     pub fn retry(&self, env: &str) {
         if let Ok(mut r) = self.retries.lock() {
             r.insert(env.to_string());
         }
+        self.wake.notify_one();
+    }
+
+    /// The environments a retry was asked for that the next tick has not taken yet.
+    pub fn pending_retries(&self) -> BTreeSet<String> {
+        self.retries.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
@@ -438,6 +570,7 @@ impl Controller {
             handle: GitopsHandle {
                 status: Arc::new(Mutex::new(status)),
                 retries: Arc::new(Mutex::new(BTreeSet::new())),
+                wake: Arc::new(tokio::sync::Notify::new()),
             },
             cancel: CancellationToken::new(),
         }
@@ -543,21 +676,26 @@ impl Controller {
 
     /// The manifest files at the checkout, and errors for files that cannot be read.
     fn manifests(&self, status: &Status) -> (Vec<ManifestFile>, Vec<String>) {
-        let dir = self.project_dir().join("manifests");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let dir = self.project_dir();
+        let playbooks: Vec<(String, Vec<u8>)> = yaml_files(&dir.join("playbooks"))
             .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            .filter_map(|p| {
+                let bytes = std::fs::read(&p).ok()?;
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                Some((format!("playbooks/{name}"), bytes))
             })
             .collect();
-        files.sort();
+        let used = playbooks_used(&playbooks, self.settings.playbook.as_deref());
+        // The children read the daemon project's settings, or else the checkout's.
+        let settings_path = self
+            .settings
+            .settings_file
+            .clone()
+            .unwrap_or_else(|| dir.join("rollout.yaml"));
+        let settings = std::fs::read_to_string(&settings_path).ok();
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        for path in files {
+        for path in yaml_files(&dir.join("manifests")) {
             let rel = format!(
                 "manifests/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()
@@ -566,31 +704,66 @@ impl Controller {
                 Ok(b) => b,
                 Err(e) => {
                     errors.push(format!("{}: {e}", path.display()));
+                    // Still there: keep what is known of it.
+                    if let Some((n, e)) =
+                        status.environments.iter().find(|(_, e)| e.manifest == rel)
+                    {
+                        out.push(ManifestFile {
+                            rel,
+                            hash: None,
+                            name: n.clone(),
+                            client: e.client.clone(),
+                            self_heal: e.self_heal,
+                        });
+                    }
                     continue;
                 }
             };
-            let hash = format!("{:x}", Sha256::digest(&bytes));
-            let parsed = Source::from_bytes(&path, bytes).ok().and_then(|src| {
+            let hash = promotion_hash(&bytes, &used, settings.as_deref());
+            // The name and client, even from a manifest that does not load as a whole (a typo
+            // in a service must not hide which environment and client it is about).
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Header {
+                name: Option<String>,
+                client: Option<String>,
+                self_heal: Option<bool>,
+            }
+            let header = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| serde_saphyr::from_str::<Header>(t).ok());
+            let full = Source::from_bytes(&path, bytes).ok().and_then(|src| {
                 crate::manifest::yaml::parse::<RawEnvironment>(&src, "an Environment manifest").ok()
             });
-            let (name, self_heal) = match parsed {
-                Some(raw) => (raw.name.value, raw.self_heal.unwrap_or(false)),
+            let known = status.environments.iter().find(|(_, e)| e.manifest == rel);
+            let name = match (&full, header.as_ref().and_then(|h| h.name.clone()), known) {
+                (Some(raw), _, _) => raw.name.value.clone(),
+                (None, Some(n), _) => n,
                 // A file that does not parse keeps the name it had; the child reports the error.
-                None => match status.environments.iter().find(|(_, e)| e.manifest == rel) {
-                    Some((n, e)) => (n.clone(), e.self_heal),
-                    None => (
-                        path.file_stem()
-                            .unwrap_or_default()
-                            .to_string_lossy()
-                            .into_owned(),
-                        false,
-                    ),
-                },
+                (None, None, Some((n, _))) => n.clone(),
+                (None, None, None) => path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let client = full
+                .as_ref()
+                .map(|raw| raw.client.value.clone())
+                .or_else(|| header.as_ref().and_then(|h| h.client.clone()))
+                .or_else(|| known.and_then(|(_, e)| e.client.clone()));
+            let self_heal = match &full {
+                Some(raw) => raw.self_heal.unwrap_or(false),
+                None => header
+                    .as_ref()
+                    .and_then(|h| h.self_heal)
+                    .unwrap_or_else(|| known.is_some_and(|(_, e)| e.self_heal)),
             };
             out.push(ManifestFile {
                 rel,
-                hash,
+                hash: Some(hash),
                 name,
+                client,
                 self_heal,
             });
         }
@@ -757,12 +930,14 @@ impl Controller {
             attempts: Vec::new(),
             drift: Vec::new(),
             errors: Vec::new(),
+            removed: Vec::new(),
         };
         let (commit, subject) = match self.fetch().await {
             Ok(c) => c,
             Err(state) => {
                 tracing::warn!(?state, "gitops fetch");
                 status.fetch = state.clone();
+                status.fetch_failures += 1;
                 report.fetch = state;
                 report.commit = status.commit.clone();
                 self.record(status);
@@ -770,6 +945,7 @@ impl Controller {
             }
         };
         status.fetch = FetchState::Ok;
+        status.last_fetch_ok = Some(now);
         status.commit = Some(commit.clone());
         status.subject = Some(subject.clone());
         report.commit = Some(commit.clone());
@@ -781,18 +957,26 @@ impl Controller {
             .unwrap_or_default();
         let (manifests, errors) = self.manifests(&status);
         report.errors = errors;
+        let present: BTreeSet<String> = manifests.iter().map(|m| m.name.clone()).collect();
+        let mut complete = true;
         for ManifestFile {
             rel: manifest,
             hash,
             name,
+            client,
             self_heal,
         } in manifests
         {
             if self.cancel.is_cancelled() {
+                complete = false;
                 break;
             }
+            let Some(hash) = hash else {
+                continue;
+            };
             let mut env = status.environments.remove(&name).unwrap_or_default();
             env.manifest = manifest.clone();
+            env.client = client;
             env.self_heal = self_heal;
             let retry = retries.contains(&name);
             let mut promoted_now = false;
@@ -844,6 +1028,42 @@ impl Controller {
             }
             status.environments.insert(name, env);
         }
+        // Only a tick that saw every manifest may conclude that one is gone.
+        if complete {
+            let gone: Vec<String> = status
+                .environments
+                .keys()
+                .filter(|n| !present.contains(*n))
+                .cloned()
+                .collect();
+            let short = &commit[..commit.len().min(12)];
+            for name in gone {
+                let Some(env) = status.environments.remove(&name) else {
+                    continue;
+                };
+                let message = format!(
+                    "{} was removed from the repository at {short}; production left as it is (not followed any more)",
+                    env.manifest
+                );
+                tracing::warn!(environment = %name, "gitops: {message}");
+                status.removed.retain(|r| r.environment != name);
+                status.removed.push(Removed {
+                    environment: name.clone(),
+                    client: env.client,
+                    manifest: env.manifest,
+                    commit: commit.clone(),
+                    at: now,
+                    message,
+                });
+                report.removed.push(name);
+            }
+            let excess = status.removed.len().saturating_sub(REMOVED_KEPT);
+            status.removed.drain(..excess);
+        }
+        // A manifest that is back is followed again.
+        status
+            .removed
+            .retain(|r| !status.environments.contains_key(&r.environment));
         self.record(status);
         report
     }
@@ -855,9 +1075,11 @@ impl Controller {
         loop {
             let report = self.tick(Timestamp::now()).await;
             tracing::debug!(?report, "gitops tick");
+            let wake = self.handle.wake.clone();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.interval) => {}
+                _ = wake.notified() => {}
             }
         }
     }
@@ -867,11 +1089,28 @@ impl Controller {
 struct ManifestFile {
     /// Relative to the project folder in the repository (`manifests/NAME.yaml`).
     rel: String,
-    /// SHA-256 of its content.
-    hash: String,
+    /// The [`promotion_hash`]; `None` when the file is there but cannot be read (this tick
+    /// leaves it alone).
+    hash: Option<String>,
     /// The environment it declares (or, when it does not parse, the name it had).
     name: String,
+    client: Option<String>,
     self_heal: bool,
+}
+
+/// The `*.yaml` / `*.yml` files of `dir`, sorted.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// The project's rollout.yaml, if it has one (as an absolute path when the project's is).
@@ -965,6 +1204,145 @@ mod tests {
             "git@git.example:acme/infra.git"
         );
         assert_eq!(redact("/srv/git/infra.git"), "/srv/git/infra.git");
+    }
+
+    fn pb(rel: &str, name: &str, steps: &str) -> (String, Vec<u8>) {
+        (
+            rel.to_string(),
+            format!("apiVersion: rollout/v1\nkind: Playbook\nname: {name}\nsteps: {steps}\n")
+                .into_bytes(),
+        )
+    }
+
+    fn rels(used: &[&(String, Vec<u8>)]) -> Vec<String> {
+        used.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    #[test]
+    fn the_playbook_a_promotion_uses_is_chosen_like_rollout_promote_chooses_it() {
+        let quick = pb("playbooks/quick.yaml", "quick", "[]");
+        let other = pb("playbooks/x.yaml", "other", "[]");
+        let default = pb("playbooks/d.yaml", "default", "[]");
+        let broken = ("playbooks/broken.yaml".to_string(), b"name: [\n".to_vec());
+        let files = vec![quick.clone(), other.clone(), default.clone()];
+        // -p quick: the file that declares it, whatever the file is called.
+        assert_eq!(
+            rels(&playbooks_used(&files, Some("quick"))),
+            ["playbooks/quick.yaml"]
+        );
+        assert_eq!(
+            rels(&playbooks_used(&files, Some("other"))),
+            ["playbooks/x.yaml"]
+        );
+        // No -p: `default` among several; the only one; all of them when nothing matches.
+        assert_eq!(rels(&playbooks_used(&files, None)), ["playbooks/d.yaml"]);
+        assert_eq!(
+            rels(&playbooks_used(std::slice::from_ref(&other), None)),
+            ["playbooks/x.yaml"]
+        );
+        assert_eq!(playbooks_used(&files, Some("nosuch")).len(), 3);
+        assert_eq!(
+            playbooks_used(&[quick.clone(), other.clone()], None).len(),
+            2
+        );
+        // A file whose name cannot be read may be the one: it counts.
+        let with_broken = vec![quick, other, broken];
+        assert_eq!(
+            rels(&playbooks_used(&with_broken, Some("quick"))),
+            ["playbooks/quick.yaml", "playbooks/broken.yaml"]
+        );
+    }
+
+    #[test]
+    fn the_promotion_hash_changes_with_the_manifest_its_playbook_and_settings_only() {
+        let files = vec![
+            pb("playbooks/quick.yaml", "quick", "[]"),
+            pb("playbooks/x.yaml", "other", "[]"),
+        ];
+        let base = promotion_hash(b"m1", &playbooks_used(&files, Some("quick")), None);
+        assert_eq!(
+            base,
+            promotion_hash(b"m1", &playbooks_used(&files, Some("quick")), None)
+        );
+        assert_ne!(
+            base,
+            promotion_hash(b"m2", &playbooks_used(&files, Some("quick")), None)
+        );
+        let quick_changed = vec![
+            pb("playbooks/quick.yaml", "quick", "[ { promote: {} } ]"),
+            files[1].clone(),
+        ];
+        assert_ne!(
+            base,
+            promotion_hash(b"m1", &playbooks_used(&quick_changed, Some("quick")), None),
+            "a change to the playbook used is a change"
+        );
+        let other_changed = vec![files[0].clone(), pb("playbooks/x.yaml", "other", "[ {} ]")];
+        assert_eq!(
+            base,
+            promotion_hash(b"m1", &playbooks_used(&other_changed, Some("quick")), None),
+            "a change to another playbook is not"
+        );
+        let settings =
+            "backend: docker\ndaemon:\n  listen: 127.0.0.1:1\n  tokens: []\nnotify: []\n";
+        let with = promotion_hash(
+            b"m1",
+            &playbooks_used(&files, Some("quick")),
+            Some(settings),
+        );
+        assert_ne!(base, with);
+        let tokens_changed = settings.replace("127.0.0.1:1", "127.0.0.1:2");
+        assert_eq!(
+            with,
+            promotion_hash(
+                b"m1",
+                &playbooks_used(&files, Some("quick")),
+                Some(&tokens_changed)
+            ),
+            "the daemon: section changes no promotion"
+        );
+        let notify_changed = settings.replace(
+            "notify: []",
+            "notify: [ { webhook: \"http://127.0.0.1:9/\" } ]",
+        );
+        assert_ne!(
+            with,
+            promotion_hash(
+                b"m1",
+                &playbooks_used(&files, Some("quick")),
+                Some(&notify_changed)
+            )
+        );
+        assert_eq!(
+            without_daemon_section(settings),
+            "backend: docker\nnotify: []\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_waits_only_at_the_current_commit_and_until_promoted() {
+        let mut env = EnvStatus {
+            last: Some(attempt("c2", Outcome::Failed)),
+            ..EnvStatus::default()
+        };
+        assert!(env.failed_at(Some("c2")).is_some());
+        assert!(
+            env.failed_at(Some("c3")).is_none(),
+            "a newer commit is followed"
+        );
+        env.last = Some(attempt("c2", Outcome::Invalid));
+        assert!(env.failed_at(Some("c2")).is_some());
+        env.last = Some(attempt("c2", Outcome::Refused));
+        assert!(
+            env.failed_at(Some("c2")).is_none(),
+            "a refusal retries by itself"
+        );
+        env.last = Some(attempt("c2", Outcome::Failed));
+        env.promoted_hash = Some("h2".into());
+        assert!(
+            env.failed_at(Some("c2")).is_none(),
+            "what failed runs already"
+        );
     }
 
     #[test]

@@ -15,6 +15,18 @@
 //!   `rollout_proxy_backend_responses_total{class}`, `rollout_proxy_backend_in_flight`, per
 //!   `environment` and `backend`, read from the edge proxy's admin API.
 //! - `rollout_scrape_error{environment,part}`: 1 for a part that could not be read this time.
+//!
+//! With `daemon.gitops`, from the controller's status (its environments of the token's clients):
+//! - `rollout_gitops_drift{environment}`: 1 drifted, 0 in sync, as the controller last found it.
+//! - `rollout_gitops_failed_commit{environment}`: 1 while a failed commit waits for a new commit
+//!   or a retry.
+//! - `rollout_gitops_fetch_ok`, `rollout_gitops_fetch_failures_total`,
+//!   `rollout_gitops_last_fetch_success_timestamp_seconds`: the repository's side.
+//!
+//! With `daemon.rehearsals`, from the scheduler's log:
+//! - `rollout_scheduled_rehearsals_total{environment,outcome}`: due times by how they ended
+//!   (`passed`, `failed`, ..., and `missed`).
+//! - `rollout_scheduled_rehearsal_next_due_timestamp_seconds{environment,entry}`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -25,6 +37,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::api::{ApiError, Caller, require, visible};
+use super::auth::Resolved;
 use super::{Daemon, Shared};
 use crate::manifest::config::Right;
 
@@ -41,7 +54,8 @@ async fn metrics(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let text = render(&daemon, &envs).await;
+    let mut text = render(&daemon, &envs).await;
+    text.push_str(&background(&daemon, &token, jiff::Timestamp::now())?.render());
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -219,6 +233,139 @@ pub async fn render(daemon: &Daemon, envs: &[String]) -> String {
     x.render()
 }
 
+/// The GitOps controller's and the scheduler's metrics for `token` (families only when the
+/// loop runs).
+fn background(
+    daemon: &Daemon,
+    token: &Resolved,
+    now: jiff::Timestamp,
+) -> Result<Exposition, ApiError> {
+    use super::gitops::Drift;
+    use super::schedule::RunResult;
+    let mut x = Exposition::default();
+    let client_of = super::api::clients(daemon)?;
+    let sees = |name: &str| client_of(name).is_some_and(|c| token.sees(&c));
+    if let Some(handle) = daemon.gitops.get() {
+        x.family(
+            "rollout_gitops_drift",
+            "gauge",
+            "1 when the GitOps controller last found the environment drifted from its manifest, 0 in sync.",
+        );
+        x.family(
+            "rollout_gitops_failed_commit",
+            "gauge",
+            "1 while a commit whose promotion failed waits for a new commit or a manual retry.",
+        );
+        x.family(
+            "rollout_gitops_fetch_ok",
+            "gauge",
+            "1 when the GitOps controller's last fetch of the repository succeeded.",
+        );
+        x.family(
+            "rollout_gitops_fetch_failures_total",
+            "counter",
+            "Fetches of the repository that failed (unreachable, branch missing, checkout error).",
+        );
+        x.family(
+            "rollout_gitops_last_fetch_success_timestamp_seconds",
+            "gauge",
+            "When a fetch of the repository last succeeded (Unix time).",
+        );
+        let status = handle.status();
+        for (name, e) in &status.environments {
+            if !sees(name) {
+                continue;
+            }
+            let labels = vec![("environment", name.clone())];
+            match e.drift {
+                Drift::Drifted => x.sample("rollout_gitops_drift", "", labels.clone(), 1.0),
+                Drift::InSync => x.sample("rollout_gitops_drift", "", labels.clone(), 0.0),
+                Drift::Unknown | Drift::Error { .. } => {}
+            }
+            let failed = e.failed_at(status.commit.as_deref()).is_some();
+            x.sample(
+                "rollout_gitops_failed_commit",
+                "",
+                labels,
+                if failed { 1.0 } else { 0.0 },
+            );
+        }
+        let ok = status.fetch == super::gitops::FetchState::Ok;
+        x.sample(
+            "rollout_gitops_fetch_ok",
+            "",
+            vec![],
+            if ok { 1.0 } else { 0.0 },
+        );
+        x.sample(
+            "rollout_gitops_fetch_failures_total",
+            "",
+            vec![],
+            status.fetch_failures as f64,
+        );
+        if let Some(t) = status.last_fetch_ok {
+            x.sample(
+                "rollout_gitops_last_fetch_success_timestamp_seconds",
+                "",
+                vec![],
+                t.as_second() as f64,
+            );
+        }
+    }
+    if let Some(handle) = daemon.schedule.get() {
+        x.family(
+            "rollout_scheduled_rehearsals_total",
+            "counter",
+            "Due times of scheduled rehearsals by how they ended: the rehearsal's outcome, or missed.",
+        );
+        x.family(
+            "rollout_scheduled_rehearsal_next_due_timestamp_seconds",
+            "gauge",
+            "When the schedule entry is next due (Unix time).",
+        );
+        let status = handle.status(now);
+        let mut visible = BTreeMap::new();
+        for e in &status.entries {
+            let shown = sees(&e.environment);
+            visible.insert(e.environment.clone(), shown);
+            if !shown {
+                continue;
+            }
+            if let Some(due) = e.next_due {
+                x.sample(
+                    "rollout_scheduled_rehearsal_next_due_timestamp_seconds",
+                    "",
+                    vec![
+                        ("environment", e.environment.clone()),
+                        ("entry", e.entry.clone()),
+                    ],
+                    due.as_second() as f64,
+                );
+            }
+        }
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in handle.records() {
+            if !visible.get(&r.environment).copied().unwrap_or(false) {
+                continue;
+            }
+            let outcome = match &r.result {
+                RunResult::Ran { outcome, .. } => outcome.clone(),
+                RunResult::Missed { .. } => "missed".to_string(),
+            };
+            *counts.entry((r.environment.clone(), outcome)).or_default() += 1;
+        }
+        for ((env, outcome), n) in counts {
+            x.sample(
+                "rollout_scheduled_rehearsals_total",
+                "",
+                vec![("environment", env), ("outcome", outcome)],
+                n as f64,
+            );
+        }
+    }
+    Ok(x)
+}
+
 fn scrape_error(x: &mut Exposition, env: &str, part: &'static str, e: impl std::fmt::Display) {
     tracing::debug!(environment = env, part, error = %e, "metrics: part unreadable");
     x.sample(
@@ -286,11 +433,12 @@ async fn runs_part(daemon: &Daemon, x: &mut Exposition, env: &str) {
 /// Whether what runs differs from the manifest: the plan `rollout plan` would print.
 async fn drift_part(daemon: &Daemon, x: &mut Exposition, env: &str) {
     let lookup = |var: &str| std::env::var(var).ok();
-    let loaded = match daemon.project.environment(Some(env), None, &lookup) {
+    let (project, chosen) = daemon.source_of(env);
+    let loaded = match project.environment(Some(env), None, &lookup) {
         Ok(l) => l,
         Err(e) => return scrape_error(x, env, "drift", e),
     };
-    let playbook = match daemon.project.playbook(None, &loaded.environment) {
+    let playbook = match project.playbook(chosen.as_deref(), &loaded.environment) {
         Ok(p) => p,
         Err(e) => return scrape_error(x, env, "drift", e),
     };

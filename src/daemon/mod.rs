@@ -18,7 +18,7 @@ pub mod schedule;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,10 @@ pub struct Daemon {
     pub runs: runs::Runs,
     /// Cancelled when the daemon shuts down: background loops stop, no run is started.
     pub shutdown: CancellationToken,
+    /// The GitOps controller's status and retries, once [`serve`] started it (`daemon.gitops`).
+    pub gitops: OnceLock<gitops::GitopsHandle>,
+    /// The scheduled rehearsals' status, once [`serve`] started them (`daemon.rehearsals`).
+    pub schedule: OnceLock<schedule::ScheduleHandle>,
 }
 
 pub type Shared = Arc<Daemon>;
@@ -79,6 +83,8 @@ impl Daemon {
             rollout_bin,
             runs: runs::Runs::default(),
             shutdown: CancellationToken::new(),
+            gitops: OnceLock::new(),
+            schedule: OnceLock::new(),
         })
     }
 
@@ -97,9 +103,51 @@ impl Daemon {
         }
     }
 
-    /// The environments of the project with their client.
+    /// The environments of the project with their client, and those the GitOps controller
+    /// follows that the project folder has no manifest for (with the client their manifest in
+    /// the repository names).
     pub fn catalog(&self) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(self.project.catalog()?)
+        let mut all = self.project.catalog()?;
+        if let Some(h) = self.gitops.get() {
+            for (name, e) in h.status().environments {
+                if let Some(client) = e.client
+                    && !all.iter().any(|(n, _)| *n == name)
+                {
+                    all.push((name, client));
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Where `name`'s manifest and playbook are read from, with the playbook to use (`None`:
+    /// the project's choice): the project folder, or for an environment only the GitOps
+    /// controller follows, its checkout of the repository at the commit it follows.
+    pub fn source_of(&self, name: &str) -> (std::borrow::Cow<'_, Project>, Option<String>) {
+        let followed_only = self
+            .gitops
+            .get()
+            .is_some_and(|h| h.status().environments.contains_key(name))
+            && !self
+                .project
+                .catalog()
+                .is_ok_and(|c| c.iter().any(|(n, _)| n == name));
+        match self
+            .project
+            .config
+            .daemon
+            .as_ref()
+            .and_then(|d| d.gitops.as_ref())
+        {
+            Some(g) if followed_only => (
+                std::borrow::Cow::Owned(Project {
+                    dir: gitops::checkout_dir(&self.project.state_dir()).join(&g.path),
+                    config: self.project.config.clone(),
+                }),
+                g.playbook.clone(),
+            ),
+            _ => (std::borrow::Cow::Borrowed(&self.project), None),
+        }
     }
 }
 
@@ -128,17 +176,18 @@ pub async fn serve(
     if let Some(g) = settings.and_then(|d| d.gitops.as_ref()) {
         let s = gitops::Settings::from_project(&daemon.project, g)
             .context("setting up the GitOps controller")?;
-        tracing::info!(repo = %g.repo, "GitOps controller started");
-        loops.push(tokio::spawn(
-            gitops::Controller::new(s).run(daemon.shutdown.clone()),
-        ));
+        tracing::info!(repo = %gitops::redact(&g.repo), "GitOps controller started");
+        let controller = gitops::Controller::new(s);
+        // Set before the router serves its first request: the API and dashboard read it.
+        let _ = daemon.gitops.set(controller.handle());
+        loops.push(tokio::spawn(controller.run(daemon.shutdown.clone())));
     }
     if settings.is_some_and(|d| !d.rehearsals.is_empty()) {
         let s = schedule::Settings::from_project(&daemon.project)
             .context("setting up the scheduled rehearsals")?;
-        loops.push(tokio::spawn(
-            schedule::Scheduler::new(s).run(daemon.shutdown.clone()),
-        ));
+        let scheduler = schedule::Scheduler::new(s);
+        let _ = daemon.schedule.set(scheduler.handle());
+        loops.push(tokio::spawn(scheduler.run(daemon.shutdown.clone())));
     }
 
     let shutdown = daemon.shutdown.clone();
