@@ -589,6 +589,37 @@ async fn expired_lease_is_taken_over_with_its_resource_version() {
     finished(server).await;
 }
 
+/// `status` reads who holds the Lease without writing it: a held one names its holder, an
+/// expired or absent one is nobody's.
+#[tokio::test]
+async fn the_lease_holder_is_read_without_a_write() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:59:50Z",
+            30,
+        )),
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:00:00Z",
+            30,
+        )),
+        on(Method::GET, &format!("{LEASE}/rollout-lock"))
+            .reply(404, not_found("leases", "rollout-lock")),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "", 30);
+    assert_eq!(
+        lock.holder_at(now()).await.unwrap(),
+        Some((
+            "ci:7:run-b".to_string(),
+            "2026-01-01T12:00:20Z".parse().unwrap()
+        ))
+    );
+    assert_eq!(lock.holder_at(now()).await.unwrap(), None, "expired");
+    assert_eq!(lock.holder_at(now()).await.unwrap(), None, "absent");
+    finished(server).await;
+}
+
 /// A run of this host killed outright leaves its Lease valid for up to its duration; its
 /// process being gone is enough to take it over at once.
 #[tokio::test]
