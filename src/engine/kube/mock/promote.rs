@@ -142,6 +142,8 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
         on(Method::PATCH, &format!("{DEPLOYMENTS}/{name}?"))
             .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
             .ok(stored(env, "web", run, 0)),
+        // Its pods gone before it is deleted.
+        on(Method::GET, &pods_of("web", run)).ok(list("PodList", vec![])),
         on(Method::GET, &find(&name)).ok(found()),
         on(Method::DELETE, &format!("{DEPLOYMENTS}/{name}?"))
             .body(background)
@@ -371,11 +373,17 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
     let db_r1 = || list("DeploymentList", vec![stored(&before, "db", "r1", 1)]);
     script.extend([
         on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
-        // The old one stops first.
+        // The old one stops first, and its pod is waited out (terminating, then gone).
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
         on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
             .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
             .ok(stored(&before, "db", "r1", 0)),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![{
+            let mut p = pod("db", "r1", running(), 0);
+            p["metadata"]["deletionTimestamp"] = json!("2026-01-01T12:00:00Z");
+            p
+        }])),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
         // The claim is there already: kept, data and all.
         on(Method::GET, &format!("{pvcs}/shop-db-data")).ok(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
@@ -408,6 +416,7 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
             .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
             .ok(stored(&before, "db", "r1", 0)),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
         on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success),
         on(Method::DELETE, &format!("{SECRETS}/shop-db-r1?"))
