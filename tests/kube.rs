@@ -187,10 +187,14 @@ fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
     .code(3)
     .stderr_has("environment shop is locked by ci-bot (ci-runner:77:1767268800, run other1) until")
     .stderr_has("(Lease rollout-lock in rollout-shop)");
+    // status names the holder too, from any machine.
+    p.run_with(&["status"], &[("KUBECONFIG", config.to_str().unwrap())])
+        .code(0)
+        .stdout_has("Cluster lock: held by ci-bot (ci-runner:77:1767268800, run other1) until");
     let seen = api.seen();
     assert!(
         seen.iter().all(|r| r.starts_with("GET ")),
-        "a refused promote only reads: {seen:?}"
+        "a refused promote and status only read: {seen:?}"
     );
     assert!(
         seen.iter().any(|r| r.starts_with(
@@ -417,7 +421,8 @@ fn status_shows_a_crash_looping_deployment() {
     let config = p.path().join("kubeconfig");
     p.run_with(&["status"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(0)
-        .stdout_has("shop-web-r1 web:1 (restarting");
+        .stdout_has("shop-web-r1 web:1 (restarting")
+        .nowhere("Cluster lock");
     assert!(
         api.seen().iter().all(|r| r.starts_with("GET ")),
         "status only reads: {:?}",

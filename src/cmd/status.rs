@@ -25,6 +25,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         parked,
         lock,
         lock_alive,
+        cluster_lock,
         services,
         tests,
     } = status;
@@ -73,6 +74,15 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         out.push_str(&format!(
             "Stale lock: {} (its holder is gone; the next run takes it over)\n",
             h.describe()
+        ));
+    }
+    if let Some(l) = &cluster_lock {
+        out.push_str(&format!(
+            "Cluster lock: held by {} until {} (Lease {} in {})\n",
+            l.holder,
+            l.until,
+            crate::engine::kube::lease::LEASE_NAME,
+            crate::engine::kube::namespace(&env.name)
         ));
     }
     out.push('\n');
@@ -125,8 +135,17 @@ pub struct Status {
     pub parked: Option<crate::store::Parked>,
     pub lock: Option<crate::store::LockHolder>,
     pub lock_alive: bool,
+    /// The platform's lock (kubernetes: the Lease), when someone holds it.
+    pub cluster_lock: Option<ClusterLock>,
     pub services: Vec<serde_json::Value>,
     pub tests: Vec<crate::testenv::Found>,
+}
+
+/// Who holds the environment's lock on the platform, and until when.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterLock {
+    pub holder: String,
+    pub until: jiff::Timestamp,
 }
 
 impl Status {
@@ -139,6 +158,7 @@ impl Status {
             parked,
             lock,
             lock_alive,
+            cluster_lock,
             services,
             tests,
         } = self;
@@ -147,6 +167,7 @@ impl Status {
             "client": client,
             "revision": current, "inFlight": in_flight, "interrupted": interrupted, "waiting": parked,
             "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
+            "clusterLock": cluster_lock,
             "services": services, "testVersions": tests,
         })
     }
@@ -191,6 +212,14 @@ pub async fn gather(
             interrupted.push(entry);
         }
     }
+    // Asked as nobody in particular: this only reads who holds it.
+    let cluster_lock = match engine.shared_lock(name, "") {
+        Some(l) => l
+            .holder_at(now)
+            .await?
+            .map(|(holder, until)| ClusterLock { holder, until }),
+        None => None,
+    };
     let observed = engine.observe(name).await?;
     let tests = crate::testenv::list(engine, Some(name)).await?;
     let services: Vec<serde_json::Value> = env
@@ -217,6 +246,7 @@ pub async fn gather(
         parked,
         lock,
         lock_alive,
+        cluster_lock,
         services,
         tests,
     })

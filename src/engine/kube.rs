@@ -65,6 +65,12 @@ pub const LEASE_SECONDS: i32 = 60;
 /// How often readiness and endpoints are asked while waiting (each ask is an API call or two).
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// A pod's termination grace period when its spec sets none (Kubernetes' default).
+const POD_GRACE: Duration = Duration::from_secs(30);
+
+/// How long past the grace period a stop waits for the pods to be gone.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "rollout";
 
@@ -196,9 +202,14 @@ impl KubeEngine {
         Ok(list.items.into_iter().next())
     }
 
-    async fn scale(&self, container: &str, replicas: i32) -> Result<(), EngineError> {
+    /// Scales the Deployment `container` to `replicas`; the Deployment found, if any.
+    async fn scale(
+        &self,
+        container: &str,
+        replicas: i32,
+    ) -> Result<Option<Deployment>, EngineError> {
         let Some(d) = self.find_deployment(container).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let api: Api<Deployment> = self.api(&ns);
@@ -206,7 +217,49 @@ impl KubeEngine {
         api.patch(container, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| api_error(e, "scale", &format!("Deployment {container}")))?;
-        Ok(())
+        Ok(Some(d))
+    }
+
+    /// Waits (up to `limit`) until Deployment `d` has no pod left, terminating ones included:
+    /// a stopped stateful service's process must be gone before another mounts its claim.
+    async fn wait_no_pods(&self, d: &Deployment, limit: Duration) -> Result<(), EngineError> {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let Some(selector) = d
+            .spec
+            .selector
+            .match_labels
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(selector_string)
+        else {
+            // No selector to tell its pods by (rollout's Deployments always have one).
+            return Ok(());
+        };
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = self.api(&ns);
+        let t0 = tokio::time::Instant::now();
+        loop {
+            let left = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| api_error(e, "list", &format!("Pods of {name}")))?
+                .items
+                .len();
+            if left == 0 {
+                return Ok(());
+            }
+            if t0.elapsed() + POLL > limit {
+                return Err(EngineError::Call {
+                    action: "stop",
+                    object: format!("Deployment {name}"),
+                    reason: format!(
+                        "{left} pod(s) still there {}s after scaling it to zero",
+                        t0.elapsed().as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// The endpoints of Service `service` in `ns` that are pods of Deployment `deployment`.
@@ -308,7 +361,7 @@ fn api_error(e: kube::Error, action: &'static str, object: &str) -> EngineError 
             object: object.to_string(),
             reason: format!("{} ({}): {}", s.reason, s.code, s.message),
         },
-        kube::Error::HyperError(_) | kube::Error::Service(_) => EngineError::Lost {
+        kube::Error::HyperError(_) | kube::Error::Service(_) => EngineError::LostCluster {
             action,
             object: object.to_string(),
             reason: with_causes(&e),
@@ -1074,8 +1127,16 @@ impl Engine for KubeEngine {
         Ok(out)
     }
 
-    async fn stop_container(&self, container: &str, _grace: Duration) -> Result<(), EngineError> {
-        self.scale(container, 0).await
+    /// Scales to zero and waits for the pods to be gone (their termination grace period, set on
+    /// the pod, plus [`STOP_MARGIN`]), as a stopped container is gone on Docker.
+    async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), EngineError> {
+        match self.scale(container, 0).await? {
+            Some(d) => {
+                self.wait_no_pods(&d, grace.max(POD_GRACE) + STOP_MARGIN)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     async fn remove_container(&self, container: &str) -> Result<(), EngineError> {
@@ -1097,7 +1158,7 @@ impl Engine for KubeEngine {
     }
 
     async fn start_container(&self, container: &str) -> Result<(), EngineError> {
-        self.scale(container, 1).await
+        self.scale(container, 1).await.map(|_| ())
     }
 
     async fn has_image(&self, image: &str) -> Result<bool, EngineError> {

@@ -354,6 +354,13 @@ pub enum EngineError {
     },
     #[error("cannot reach a Kubernetes cluster (tried {context}): {reason}")]
     ClusterUnreachable { context: String, reason: String },
+    /// The API server stopped answering or the connection to it broke: transient, retried.
+    #[error("lost the Kubernetes API server during {action} `{object}`: {reason}")]
+    LostCluster {
+        action: &'static str,
+        object: String,
+        reason: String,
+    },
     /// Something the kubernetes backend does not do yet: said, never pretended.
     #[error("not supported on the kubernetes backend yet: {what}")]
     Unsupported { what: String },

@@ -40,7 +40,9 @@ impl<E: Engine> Retrying<E> {
 fn transient(e: &EngineError) -> bool {
     matches!(
         e,
-        EngineError::Lost { .. } | EngineError::Unreachable { .. }
+        EngineError::Lost { .. }
+            | EngineError::LostCluster { .. }
+            | EngineError::Unreachable { .. }
     )
 }
 
@@ -59,6 +61,13 @@ where
                 attempt += 1;
             }
             Err(e) if attempt > 0 => {
+                let tried = |reason: String| {
+                    format!(
+                        "{reason} (tried {} times over {:.1}s)",
+                        attempt + 1,
+                        t0.elapsed().as_secs_f64()
+                    )
+                };
                 return Err(match e {
                     EngineError::Lost {
                         action,
@@ -67,11 +76,16 @@ where
                     } => EngineError::Lost {
                         action,
                         object,
-                        reason: format!(
-                            "{reason} (tried {} times over {:.1}s)",
-                            attempt + 1,
-                            t0.elapsed().as_secs_f64()
-                        ),
+                        reason: tried(reason),
+                    },
+                    EngineError::LostCluster {
+                        action,
+                        object,
+                        reason,
+                    } => EngineError::LostCluster {
+                        action,
+                        object,
+                        reason: tried(reason),
                     },
                     other => other,
                 });

@@ -228,6 +228,29 @@ impl LeaseLock {
         }
     }
 
+    /// Who holds the lock at `now` and until when, without touching it; `None` when nobody
+    /// does (no Lease, released, or run out).
+    pub async fn holder_at(
+        &self,
+        now: Timestamp,
+    ) -> Result<Option<(String, Timestamp)>, LeaseError> {
+        let found = self
+            .api
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(|e| self.api_err("read", e))?;
+        Ok(
+            match decide(found.as_ref(), &self.holder, now, &|_| false) {
+                Decision::Refuse { holder, until } => Some((holder, until)),
+                Decision::Renew => found
+                    .as_ref()
+                    .and_then(expiry)
+                    .map(|u| (self.holder.clone(), u)),
+                Decision::Create | Decision::TakeOver { .. } => None,
+            },
+        )
+    }
+
     /// Gives the lock up if we hold it; a lock held by someone else is left alone.
     pub async fn release(&self) -> Result<bool, LeaseError> {
         let Some(lease) = self

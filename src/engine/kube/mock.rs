@@ -589,6 +589,37 @@ async fn expired_lease_is_taken_over_with_its_resource_version() {
     finished(server).await;
 }
 
+/// `status` reads who holds the Lease without writing it: a held one names its holder, an
+/// expired or absent one is nobody's.
+#[tokio::test]
+async fn the_lease_holder_is_read_without_a_write() {
+    let (client, server) = serve(vec![
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:59:50Z",
+            30,
+        )),
+        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
+            "ci:7:run-b",
+            "2026-01-01T11:00:00Z",
+            30,
+        )),
+        on(Method::GET, &format!("{LEASE}/rollout-lock"))
+            .reply(404, not_found("leases", "rollout-lock")),
+    ]);
+    let lock = LeaseLock::new(client, "shop", "", 30);
+    assert_eq!(
+        lock.holder_at(now()).await.unwrap(),
+        Some((
+            "ci:7:run-b".to_string(),
+            "2026-01-01T12:00:20Z".parse().unwrap()
+        ))
+    );
+    assert_eq!(lock.holder_at(now()).await.unwrap(), None, "expired");
+    assert_eq!(lock.holder_at(now()).await.unwrap(), None, "absent");
+    finished(server).await;
+}
+
 /// A run of this host killed outright leaves its Lease valid for up to its duration; its
 /// process being gone is enough to take it over at once.
 #[tokio::test]
@@ -819,20 +850,55 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
     );
 }
 
-#[tokio::test]
-async fn stopping_scales_the_deployment_to_zero() {
-    let (client, server) = serve(vec![
-        on(Method::GET, "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-web-r1&labelSelector=rollout.environment")
-            .ok(list("DeploymentList", vec![deployment_item("shop-web-r1", "rollout-shop")])),
-        on(Method::PATCH, "/apis/apps/v1/namespaces/rollout-shop/deployments/shop-web-r1?")
-            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
-            .ok(deployment_item("shop-web-r1", "rollout-shop")),
-    ]);
+/// Stopping scales to zero and waits until no pod of the Deployment is left (a terminating pod
+/// still runs); one that never goes fails the stop after its grace period and a margin.
+#[tokio::test(start_paused = true)]
+async fn stopping_scales_to_zero_and_waits_for_the_pods_to_be_gone() {
+    let find = "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-web-r1&labelSelector=rollout.environment";
+    let mut d = deployment_item("shop-web-r1", "rollout-shop");
+    d["spec"]["selector"] = json!({ "matchLabels": { "rollout.environment": "shop", "rollout.run": "r1", "rollout.service": "web" } });
+    let pods = "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.run%3Dr1%2Crollout.service%3Dweb";
+    let terminating = || {
+        list(
+            "PodList",
+            vec![
+                json!({ "metadata": { "name": "shop-web-r1-5d9f8c-x1x2x", "deletionTimestamp": "2026-01-01T12:00:00Z" } }),
+            ],
+        )
+    };
+    let scale = || {
+        on(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/rollout-shop/deployments/shop-web-r1?",
+        )
+        .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+    };
+    let mut script = vec![
+        on(Method::GET, find).ok(list("DeploymentList", vec![d.clone()])),
+        scale().ok(d.clone()),
+        on(Method::GET, pods).ok(terminating()),
+        on(Method::GET, pods).ok(list("PodList", vec![])),
+        // A pod that never goes: asked every second for the 30s grace and the 30s margin.
+        on(Method::GET, find).ok(list("DeploymentList", vec![d.clone()])),
+        scale().ok(d),
+    ];
+    for _ in 0..=60 {
+        script.push(on(Method::GET, pods).ok(terminating()));
+    }
+    let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
     engine
         .stop_container("shop-web-r1", Duration::from_secs(5))
         .await
         .unwrap();
+    let err = engine
+        .stop_container("shop-web-r1", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stop `Deployment shop-web-r1` failed: 1 pod(s) still there 60s after scaling it to zero"
+    );
     finished(server).await;
 }
 

@@ -142,6 +142,8 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
         on(Method::PATCH, &format!("{DEPLOYMENTS}/{name}?"))
             .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
             .ok(stored(env, "web", run, 0)),
+        // Its pods gone before it is deleted.
+        on(Method::GET, &pods_of("web", run)).ok(list("PodList", vec![])),
         on(Method::GET, &find(&name)).ok(found()),
         on(Method::DELETE, &format!("{DEPLOYMENTS}/{name}?"))
             .body(background)
@@ -352,6 +354,77 @@ async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_d
         ),
         (2, 1, 1, None)
     );
+}
+
+/// A stateful service never runs twice against its claim: the old db Deployment is scaled to
+/// zero first, the new one mounts the same claim, and no Service is touched (db has no port).
+#[tokio::test(start_paused = true)]
+async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same_claim() {
+    let (before, deployments, pods) = production("web:1");
+    let mut env = before.clone();
+    for s in &mut env.services {
+        if s.name == "db" {
+            s.image = "db:2".into();
+        }
+    }
+    let pvcs = "/api/v1/namespaces/rollout-shop/persistentvolumeclaims";
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    let db_r1 = || list("DeploymentList", vec![stored(&before, "db", "r1", 1)]);
+    script.extend([
+        on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
+        // The old one stops first, and its pod is waited out (terminating, then gone).
+        on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
+        on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+            .ok(stored(&before, "db", "r1", 0)),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![{
+            let mut p = pod("db", "r1", running(), 0);
+            p["metadata"]["deletionTimestamp"] = json!("2026-01-01T12:00:00Z");
+            p
+        }])),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
+        // The claim is there already: kept, data and all.
+        on(Method::GET, &format!("{pvcs}/shop-db-data")).ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r2"))
+            .reply(404, not_found("deployments.apps", "shop-db-r2")),
+        on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r2"))
+            .body(|b| {
+                let pod = &b["spec"]["template"]["spec"];
+                assert_eq!(pod["containers"][0]["image"], "db:2");
+                assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "shop-db-data");
+            })
+            .ok(stored(&env, "db", "r2", 0)),
+    ]);
+    // No probe: running, then running long enough.
+    for _ in 0..2 {
+        script.extend(status_script(
+            stored(&env, "db", "r2", 1),
+            vec![pod("db", "r2", running(), 0)],
+        ));
+    }
+    // Production's health: web, unchanged, at r1.
+    script.extend(status_script(
+        stored(&before, "web", "r1", 1),
+        vec![pod("web", "r1", running(), 0)],
+    ));
+    // Finish: the old db Deployment goes (it has no Secret: a 404 there is fine).
+    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
+    script.extend([
+        on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
+        on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 0 } })))
+            .ok(stored(&before, "db", "r1", 0)),
+        on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
+        on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
+        on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success),
+        on(Method::DELETE, &format!("{SECRETS}/shop-db-r1?"))
+            .reply(404, not_found("secrets", "shop-db-r1")),
+    ]);
+
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
 }
 
 /// A candidate that crash-loops fails at once (no wait for the deadline); production was never
