@@ -189,7 +189,7 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
         format!("notify:\n  - {{ webhook: \"{promoted_hook}\", on: [promoted] }}\n"),
     )
     .expect("write");
-    s.settings_file = Some(settings_file);
+    s.settings_file = Some(settings_file.clone());
     let mut controller = Controller::new(s);
     let rt = runtime();
 
@@ -343,8 +343,10 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
         "the 2.5.0 promotion was not notified through the daemon's settings: {promoted:?}"
     );
 
-    // The state survives a restart: a new controller promotes nothing again.
-    let mut again = Controller::new(settings(&repo.origin.display().to_string(), state.path()));
+    // The state survives a restart: a new controller (same settings) promotes nothing again.
+    let mut restarted = settings(&repo.origin.display().to_string(), state.path());
+    restarted.settings_file = Some(settings_file);
+    let mut again = Controller::new(restarted);
     let r = rt.block_on(again.tick(jiff::Timestamp::now()));
     assert!(r.attempts.is_empty(), "{r:?}");
     assert_eq!(r.drift, [(name.clone(), Drift::InSync)]);

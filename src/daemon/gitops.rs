@@ -722,16 +722,7 @@ impl Controller {
             let hash = promotion_hash(&bytes, &used, settings.as_deref());
             // The name and client, even from a manifest that does not load as a whole (a typo
             // in a service must not hide which environment and client it is about).
-            #[derive(Deserialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Header {
-                name: Option<String>,
-                client: Option<String>,
-                self_heal: Option<bool>,
-            }
-            let header = std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|t| serde_saphyr::from_str::<Header>(t).ok());
+            let header = Header::read(&bytes);
             let full = Source::from_bytes(&path, bytes).ok().and_then(|src| {
                 crate::manifest::yaml::parse::<RawEnvironment>(&src, "an Environment manifest").ok()
             });
@@ -1096,6 +1087,37 @@ struct ManifestFile {
     name: String,
     client: Option<String>,
     self_heal: bool,
+}
+
+/// The top of an environment manifest, read leniently: what it is about, even when the rest of
+/// it does not load.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    name: Option<String>,
+    client: Option<String>,
+    self_heal: Option<bool>,
+}
+
+impl Header {
+    fn read(bytes: &[u8]) -> Option<Header> {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| serde_saphyr::from_str::<Header>(t).ok())
+    }
+}
+
+/// The manifest under `<dir>/manifests/` that declares environment `name`, relative to `dir`
+/// (`manifests/FILE`), so that a command can be given that file alone (`-m`): one manifest of
+/// another environment that does not load must not stop this one.
+pub fn manifest_of(dir: &Path, name: &str) -> Option<String> {
+    yaml_files(&dir.join("manifests"))
+        .into_iter()
+        .find_map(|p| {
+            let header = Header::read(&std::fs::read(&p).ok()?)?;
+            let file = p.file_name()?.to_string_lossy();
+            (header.name.as_deref() == Some(name)).then(|| format!("manifests/{file}"))
+        })
 }
 
 /// The `*.yaml` / `*.yml` files of `dir`, sorted.
