@@ -34,14 +34,14 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare "remote" and a working clone pushing to it on branch `main`.
-pub struct Repo {
+pub(crate) struct Repo {
     _dir: tempfile::TempDir,
     pub origin: PathBuf,
     pub work: PathBuf,
 }
 
 impl Repo {
-    pub fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         let dir = tempfile::tempdir().expect("temp dir");
         let origin = dir.path().join("origin.git");
         let work = dir.path().join("work");
@@ -729,7 +729,7 @@ fn a_playbook_only_change_is_promoted_and_a_removed_manifest_leaves_production_a
     let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
     assert_eq!(r.commit.as_deref(), Some(c4.as_str()));
     assert!(r.attempts.is_empty(), "{r:?}");
-    assert_eq!(r.removed, [name.clone()], "{r:?}");
+    assert_eq!(r.removed, std::slice::from_ref(&name), "{r:?}");
     let status = controller.status();
     assert!(!status.environments.contains_key(&name), "{status:#?}");
     assert_eq!(status.removed.len(), 1, "{status:#?}");

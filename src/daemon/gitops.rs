@@ -297,14 +297,14 @@ pub fn should_heal(env: &EnvStatus, commit: &str) -> bool {
         })
 }
 
+/// A file of the checkout: its path relative to the project folder, and its content.
+pub type RepoFile = (String, Vec<u8>);
+
 /// The playbook files (relative path, content) a promotion with `chosen` (`-p`, or none) may
 /// read, following `rollout promote`'s choice: the files declaring `chosen`; without it the only
 /// file, else those declaring `default`. A file whose name cannot be read counts too (it may be
 /// the one), and when nothing matches every file counts: when in doubt, a change counts.
-pub fn playbooks_used<'a>(
-    files: &'a [(String, Vec<u8>)],
-    chosen: Option<&str>,
-) -> Vec<&'a (String, Vec<u8>)> {
+pub fn playbooks_used<'a>(files: &'a [RepoFile], chosen: Option<&str>) -> Vec<&'a RepoFile> {
     #[derive(Deserialize)]
     struct Named {
         name: Option<String>,
@@ -315,7 +315,7 @@ pub fn playbooks_used<'a>(
             .and_then(|t| serde_saphyr::from_str::<Named>(t).ok())
             .and_then(|n| n.name)
     };
-    let named: Vec<(&(String, Vec<u8>), Option<String>)> =
+    let named: Vec<(&RepoFile, Option<String>)> =
         files.iter().map(|f| (f, name_of(&f.1))).collect();
     let wanted = match chosen {
         Some(n) => n,
@@ -353,11 +353,7 @@ pub fn without_daemon_section(text: &str) -> String {
 /// SHA-256 of everything a promotion of `manifest` depends on: the manifest, the playbook files
 /// it uses ([`playbooks_used`]) and the settings the child reads (`daemon:` aside). A change to
 /// any of them is a change to promote.
-pub fn promotion_hash(
-    manifest: &[u8],
-    playbooks: &[&(String, Vec<u8>)],
-    settings: Option<&str>,
-) -> String {
+pub fn promotion_hash(manifest: &[u8], playbooks: &[&RepoFile], settings: Option<&str>) -> String {
     let mut h = Sha256::new();
     let mut part = |label: &str, bytes: &[u8]| {
         h.update(label.as_bytes());
@@ -677,7 +673,7 @@ impl Controller {
     /// The manifest files at the checkout, and errors for files that cannot be read.
     fn manifests(&self, status: &Status) -> (Vec<ManifestFile>, Vec<String>) {
         let dir = self.project_dir();
-        let playbooks: Vec<(String, Vec<u8>)> = yaml_files(&dir.join("playbooks"))
+        let playbooks: Vec<RepoFile> = yaml_files(&dir.join("playbooks"))
             .into_iter()
             .filter_map(|p| {
                 let bytes = std::fs::read(&p).ok()?;
