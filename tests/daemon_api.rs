@@ -1655,6 +1655,9 @@ fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashbo
         .unwrap_or_default()
         .to_string();
     assert!(!html.contains(OPS), "the token is in the page");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon");
+    std::fs::create_dir_all(&artifacts).expect("artifacts");
+    browser.screenshot(&artifacts.join("gitops-failed-commit.png"));
 
     // The same form from another origin of the same site: the cookie goes along (SameSite
     // does not tell ports apart), the daemon refuses it, and nothing is retried.
@@ -1768,9 +1771,7 @@ fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashbo
         schedule.contains("passed") && schedule.contains(&rehearsal),
         "{schedule}"
     );
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon");
-    std::fs::create_dir_all(&artifacts).expect("artifacts");
-    browser.screenshot(&artifacts.join("gitops-environment.png"));
+    browser.screenshot(&artifacts.join("gitops-in-sync.png"));
     browser
         .eval(&format!(
             "document.querySelector('#schedule a[href$=\"/runs/{rehearsal}/report\"]').click(); true"

@@ -34,14 +34,14 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare "remote" and a working clone pushing to it on branch `main`.
-pub struct Repo {
+pub(crate) struct Repo {
     _dir: tempfile::TempDir,
     pub origin: PathBuf,
     pub work: PathBuf,
 }
 
 impl Repo {
-    pub fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         let dir = tempfile::tempdir().expect("temp dir");
         let origin = dir.path().join("origin.git");
         let work = dir.path().join("work");
@@ -189,7 +189,7 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
         format!("notify:\n  - {{ webhook: \"{promoted_hook}\", on: [promoted] }}\n"),
     )
     .expect("write");
-    s.settings_file = Some(settings_file);
+    s.settings_file = Some(settings_file.clone());
     let mut controller = Controller::new(s);
     let rt = runtime();
 
@@ -343,8 +343,10 @@ fn commits_are_promoted_a_bad_commit_changes_nothing_and_drift_is_found_and_heal
         "the 2.5.0 promotion was not notified through the daemon's settings: {promoted:?}"
     );
 
-    // The state survives a restart: a new controller promotes nothing again.
-    let mut again = Controller::new(settings(&repo.origin.display().to_string(), state.path()));
+    // The state survives a restart: a new controller (same settings) promotes nothing again.
+    let mut restarted = settings(&repo.origin.display().to_string(), state.path());
+    restarted.settings_file = Some(settings_file);
+    let mut again = Controller::new(restarted);
     let r = rt.block_on(again.tick(jiff::Timestamp::now()));
     assert!(r.attempts.is_empty(), "{r:?}");
     assert_eq!(r.drift, [(name.clone(), Drift::InSync)]);
@@ -727,7 +729,7 @@ fn a_playbook_only_change_is_promoted_and_a_removed_manifest_leaves_production_a
     let r = rt.block_on(controller.tick(jiff::Timestamp::now()));
     assert_eq!(r.commit.as_deref(), Some(c4.as_str()));
     assert!(r.attempts.is_empty(), "{r:?}");
-    assert_eq!(r.removed, [name.clone()], "{r:?}");
+    assert_eq!(r.removed, std::slice::from_ref(&name), "{r:?}");
     let status = controller.status();
     assert!(!status.environments.contains_key(&name), "{status:#?}");
     assert_eq!(status.removed.len(), 1, "{status:#?}");

@@ -524,9 +524,10 @@ async fn environments(
 /// The status of `name`, as `rollout status -o json` shows it.
 pub async fn status_of(daemon: &Daemon, name: &str, client: &str) -> ApiResult<Value> {
     let lookup = |var: &str| std::env::var(var).ok();
-    let (project, _) = daemon.source_of(name);
-    let loaded = project
-        .environment(Some(name), None, &lookup)
+    let source = daemon.source_of(name);
+    let loaded = source
+        .project
+        .environment(Some(name), source.manifest.as_deref(), &lookup)
         .map_err(ApiError::internal)?;
     let status = crate::cmd::status::gather(
         name,

@@ -120,7 +120,7 @@ h1{font-size:1.5em;margin:.2em 0 .6em}h2{font-size:1.1em;margin:1.6em 0 .5em}\
 section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:.8em 1.1em;margin-bottom:1em}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #eceef2;vertical-align:top}\
 th{font-weight:600;color:#4a5263}.ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}.warn{color:#9a6700;font-weight:600}\
-.muted{color:#6b7385}code{font-size:.92em}input{font:inherit;padding:.4em;width:24em}button{font:inherit;padding:.35em .9em}";
+.muted{color:#6b7385}code{font-size:.92em}pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f5f6f8;padding:.5em}input{font:inherit;padding:.4em;width:24em}button{font:inherit;padding:.35em .9em}";
 
 fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
     let error = error

@@ -297,14 +297,14 @@ pub fn should_heal(env: &EnvStatus, commit: &str) -> bool {
         })
 }
 
+/// A file of the checkout: its path relative to the project folder, and its content.
+pub type RepoFile = (String, Vec<u8>);
+
 /// The playbook files (relative path, content) a promotion with `chosen` (`-p`, or none) may
 /// read, following `rollout promote`'s choice: the files declaring `chosen`; without it the only
 /// file, else those declaring `default`. A file whose name cannot be read counts too (it may be
 /// the one), and when nothing matches every file counts: when in doubt, a change counts.
-pub fn playbooks_used<'a>(
-    files: &'a [(String, Vec<u8>)],
-    chosen: Option<&str>,
-) -> Vec<&'a (String, Vec<u8>)> {
+pub fn playbooks_used<'a>(files: &'a [RepoFile], chosen: Option<&str>) -> Vec<&'a RepoFile> {
     #[derive(Deserialize)]
     struct Named {
         name: Option<String>,
@@ -315,7 +315,7 @@ pub fn playbooks_used<'a>(
             .and_then(|t| serde_saphyr::from_str::<Named>(t).ok())
             .and_then(|n| n.name)
     };
-    let named: Vec<(&(String, Vec<u8>), Option<String>)> =
+    let named: Vec<(&RepoFile, Option<String>)> =
         files.iter().map(|f| (f, name_of(&f.1))).collect();
     let wanted = match chosen {
         Some(n) => n,
@@ -353,11 +353,7 @@ pub fn without_daemon_section(text: &str) -> String {
 /// SHA-256 of everything a promotion of `manifest` depends on: the manifest, the playbook files
 /// it uses ([`playbooks_used`]) and the settings the child reads (`daemon:` aside). A change to
 /// any of them is a change to promote.
-pub fn promotion_hash(
-    manifest: &[u8],
-    playbooks: &[&(String, Vec<u8>)],
-    settings: Option<&str>,
-) -> String {
+pub fn promotion_hash(manifest: &[u8], playbooks: &[&RepoFile], settings: Option<&str>) -> String {
     let mut h = Sha256::new();
     let mut part = |label: &str, bytes: &[u8]| {
         h.update(label.as_bytes());
@@ -677,7 +673,7 @@ impl Controller {
     /// The manifest files at the checkout, and errors for files that cannot be read.
     fn manifests(&self, status: &Status) -> (Vec<ManifestFile>, Vec<String>) {
         let dir = self.project_dir();
-        let playbooks: Vec<(String, Vec<u8>)> = yaml_files(&dir.join("playbooks"))
+        let playbooks: Vec<RepoFile> = yaml_files(&dir.join("playbooks"))
             .into_iter()
             .filter_map(|p| {
                 let bytes = std::fs::read(&p).ok()?;
@@ -722,16 +718,7 @@ impl Controller {
             let hash = promotion_hash(&bytes, &used, settings.as_deref());
             // The name and client, even from a manifest that does not load as a whole (a typo
             // in a service must not hide which environment and client it is about).
-            #[derive(Deserialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Header {
-                name: Option<String>,
-                client: Option<String>,
-                self_heal: Option<bool>,
-            }
-            let header = std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|t| serde_saphyr::from_str::<Header>(t).ok());
+            let header = Header::read(&bytes);
             let full = Source::from_bytes(&path, bytes).ok().and_then(|src| {
                 crate::manifest::yaml::parse::<RawEnvironment>(&src, "an Environment manifest").ok()
             });
@@ -1096,6 +1083,37 @@ struct ManifestFile {
     name: String,
     client: Option<String>,
     self_heal: bool,
+}
+
+/// The top of an environment manifest, read leniently: what it is about, even when the rest of
+/// it does not load.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    name: Option<String>,
+    client: Option<String>,
+    self_heal: Option<bool>,
+}
+
+impl Header {
+    fn read(bytes: &[u8]) -> Option<Header> {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| serde_saphyr::from_str::<Header>(t).ok())
+    }
+}
+
+/// The manifest under `<dir>/manifests/` that declares environment `name`, relative to `dir`
+/// (`manifests/FILE`), so that a command can be given that file alone (`-m`): one manifest of
+/// another environment that does not load must not stop this one.
+pub fn manifest_of(dir: &Path, name: &str) -> Option<String> {
+    yaml_files(&dir.join("manifests"))
+        .into_iter()
+        .find_map(|p| {
+            let header = Header::read(&std::fs::read(&p).ok()?)?;
+            let file = p.file_name()?.to_string_lossy();
+            (header.name.as_deref() == Some(name)).then(|| format!("manifests/{file}"))
+        })
 }
 
 /// The `*.yaml` / `*.yml` files of `dir`, sorted.

@@ -433,12 +433,18 @@ async fn runs_part(daemon: &Daemon, x: &mut Exposition, env: &str) {
 /// Whether what runs differs from the manifest: the plan `rollout plan` would print.
 async fn drift_part(daemon: &Daemon, x: &mut Exposition, env: &str) {
     let lookup = |var: &str| std::env::var(var).ok();
-    let (project, chosen) = daemon.source_of(env);
-    let loaded = match project.environment(Some(env), None, &lookup) {
+    let source = daemon.source_of(env);
+    let loaded = match source
+        .project
+        .environment(Some(env), source.manifest.as_deref(), &lookup)
+    {
         Ok(l) => l,
         Err(e) => return scrape_error(x, env, "drift", e),
     };
-    let playbook = match project.playbook(chosen.as_deref(), &loaded.environment) {
+    let playbook = match source
+        .project
+        .playbook(source.playbook.as_deref(), &loaded.environment)
+    {
         Ok(p) => p,
         Err(e) => return scrape_error(x, env, "drift", e),
     };

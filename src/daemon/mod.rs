@@ -120,35 +120,52 @@ impl Daemon {
         Ok(all)
     }
 
-    /// Where `name`'s manifest and playbook are read from, with the playbook to use (`None`:
-    /// the project's choice): the project folder, or for an environment only the GitOps
-    /// controller follows, its checkout of the repository at the commit it follows.
-    pub fn source_of(&self, name: &str) -> (std::borrow::Cow<'_, Project>, Option<String>) {
-        let followed_only = self
-            .gitops
-            .get()
-            .is_some_and(|h| h.status().environments.contains_key(name))
-            && !self
-                .project
-                .catalog()
-                .is_ok_and(|c| c.iter().any(|(n, _)| n == name));
-        match self
+    /// Where `name`'s manifest and playbook are read from: the project folder, or for an
+    /// environment only the GitOps controller follows, its checkout of the repository at the
+    /// commit it follows, with that environment's manifest file (one broken manifest of another
+    /// environment there must not hide this one) and the controller's playbook.
+    pub fn source_of(&self, name: &str) -> Source<'_> {
+        let followed = self.gitops.get().and_then(|h| {
+            h.status()
+                .environments
+                .get(name)
+                .map(|e| e.manifest.clone())
+        });
+        let in_project = self
+            .project
+            .catalog()
+            .is_ok_and(|c| c.iter().any(|(n, _)| n == name));
+        let gitops = self
             .project
             .config
             .daemon
             .as_ref()
-            .and_then(|d| d.gitops.as_ref())
-        {
-            Some(g) if followed_only => (
-                std::borrow::Cow::Owned(Project {
+            .and_then(|d| d.gitops.as_ref());
+        match (followed, gitops) {
+            (Some(manifest), Some(g)) if !in_project => Source {
+                project: std::borrow::Cow::Owned(Project {
                     dir: gitops::checkout_dir(&self.project.state_dir()).join(&g.path),
                     config: self.project.config.clone(),
                 }),
-                g.playbook.clone(),
-            ),
-            _ => (std::borrow::Cow::Borrowed(&self.project), None),
+                manifest: Some(PathBuf::from(manifest)),
+                playbook: g.playbook.clone(),
+            },
+            _ => Source {
+                project: std::borrow::Cow::Borrowed(&self.project),
+                manifest: None,
+                playbook: None,
+            },
         }
     }
+}
+
+/// Where an environment is read from: see [`Daemon::source_of`].
+pub struct Source<'a> {
+    pub project: std::borrow::Cow<'a, Project>,
+    /// The manifest file (`-m`), relative to the project; `None`: found by name.
+    pub manifest: Option<PathBuf>,
+    /// The playbook (`-p`); `None`: the project's choice.
+    pub playbook: Option<String>,
 }
 
 /// The whole HTTP surface: API, metrics, dashboard.

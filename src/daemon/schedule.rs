@@ -363,6 +363,12 @@ impl Scheduler {
         if let Some(p) = &entry.playbook {
             args.extend(["-p".into(), p.clone()]);
         }
+        // The environment's own manifest file: another one that does not load (another
+        // client's typo, in a GitOps repository) must not stop this rehearsal.
+        if let Some(m) = super::gitops::manifest_of(&self.settings.project_dir, &entry.environment)
+        {
+            args.extend(["-m".into(), m]);
+        }
         let started = Timestamp::now();
         let out = super::gitops::run_child(
             &self.settings.rollout_bin,

@@ -160,35 +160,35 @@ impl Browser {
         }
     }
 
-    /// The page as a PNG file at `path`.
+    /// The whole page (up to 1200×3000) as a PNG file at `path`.
     pub fn screenshot(&mut self, path: &Path) {
-        use std::io::Read;
+        let height = self
+            .eval("document.documentElement.scrollHeight")
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1400)
+            .clamp(600, 3000);
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1200, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .expect("viewport");
         let r = self
             .call("Page.captureScreenshot", json!({ "format": "png" }))
             .expect("screenshot");
         let data = r["data"].as_str().expect("png data");
-        // base64 by the shell's coreutils: the test binary has no decoder of its own.
-        let mut decode = Command::new("base64")
+        // base64 by coreutils, from a file (a pipe both ways would fill up and stall): the test
+        // binary has no decoder of its own.
+        let encoded = path.with_extension("png.b64");
+        std::fs::write(&encoded, data).expect("write");
+        let decoded = Command::new("base64")
             .arg("-d")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+            .arg(&encoded)
+            .output()
             .expect("base64");
-        decode
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(data.as_bytes())
-            .expect("write");
-        let mut png = Vec::new();
-        decode
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_end(&mut png)
-            .expect("read");
-        assert!(decode.wait().expect("base64").success());
-        std::fs::write(path, png).expect("write the screenshot");
+        assert!(decoded.status.success());
+        let _ = std::fs::remove_file(&encoded);
+        std::fs::write(path, decoded.stdout).expect("write the screenshot");
     }
 }
 
