@@ -99,6 +99,7 @@ fn settings(repo: &str, state: &Path) -> Settings {
             "ROLLOUT_STATIC_BINARY".into(),
             static_binary().display().to_string(),
         )],
+        hide_env: Vec::new(),
         settings_file: None,
         notify: Vec::new(),
     }

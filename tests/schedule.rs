@@ -50,6 +50,7 @@ fn a_rehearsal_scheduled_a_few_seconds_out_fires_and_leaves_a_report() {
         state_dir: project.path().join(".rollout"),
         rollout_bin: env!("CARGO_BIN_EXE_rollout").into(),
         child_env: Vec::new(),
+        hide_env: Vec::new(),
         entries: vec![entry(&name, &cron, "UTC")],
     };
     let scheduler = Scheduler::new(settings.clone());
@@ -131,6 +132,7 @@ fn runs_missed_while_the_daemon_was_down_are_recorded_once_not_run() {
         // Never run: a missed due time is recorded, not rehearsed late.
         rollout_bin: "/nonexistent/rollout".into(),
         child_env: Vec::new(),
+        hide_env: Vec::new(),
         entries: vec![e.clone()],
     };
     let now: Timestamp = "2026-06-13T06:00:00Z".parse().expect("time");
@@ -195,6 +197,7 @@ fn a_failed_scheduled_rehearsal_is_recorded_and_notifies_once() {
         state_dir: project.path().join(".rollout"),
         rollout_bin: env!("CARGO_BIN_EXE_rollout").into(),
         child_env: Vec::new(),
+        hide_env: Vec::new(),
         entries: vec![entry(&name, &cron, "UTC")],
     });
     let handle = scheduler.handle();

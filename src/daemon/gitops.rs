@@ -407,18 +407,25 @@ pub struct ChildOutput {
     pub stderr: String,
 }
 
-/// Runs `bin ARGS` to completion. On `cancel` the child gets SIGTERM (rollout's own shutdown
+/// Runs `bin ARGS` to completion, with `env` added and the variables in `hide` (the daemon's
+/// token variables) removed. On `cancel` the child gets SIGTERM (rollout's own shutdown
 /// path: an in-flight run reaches a safe point) and is still waited for.
 pub async fn run_child(
     bin: &Path,
     args: &[String],
     env: &[(String, String)],
+    hide: &[String],
     cancel: &CancellationToken,
 ) -> std::io::Result<ChildOutput> {
-    let mut child = tokio::process::Command::new(bin)
+    let mut command = tokio::process::Command::new(bin);
+    command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("NO_COLOR", "1")
+        .env("NO_COLOR", "1");
+    for var in hide {
+        command.env_remove(var);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -473,6 +480,8 @@ pub struct Settings {
     pub rollout_bin: PathBuf,
     /// Extra environment variables for the children.
     pub child_env: Vec<(String, String)>,
+    /// Variables the children must not inherit: the daemon's token variables.
+    pub hide_env: Vec<String>,
     /// The daemon project's rollout.yaml, used by the children instead of one in the
     /// repository (`ROLLOUT_SETTINGS`): backend, engine, proxy and webhooks are the provider's.
     pub settings_file: Option<PathBuf>,
@@ -503,6 +512,7 @@ impl Settings {
             state_dir: project.state_dir(),
             rollout_bin: std::env::current_exe()?,
             child_env: Vec::new(),
+            hide_env: super::token_vars(project),
             settings_file: settings_file(project),
             notify: project.config.notify.clone(),
         })
@@ -801,6 +811,7 @@ impl Controller {
             &self.settings.rollout_bin,
             &args,
             &self.child_env(),
+            &self.settings.hide_env,
             &self.cancel,
         )
         .await
@@ -856,6 +867,7 @@ impl Controller {
             &self.settings.rollout_bin,
             &args,
             &self.child_env(),
+            &self.settings.hide_env,
             &self.cancel,
         )
         .await
@@ -1151,6 +1163,43 @@ fn state_file(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_child_gets_its_variables_and_never_the_hidden_ones() {
+        // A variable of this process stands for a token variable the daemon has: removed for
+        // the child. T is hidden although `env` sets it.
+        let shells_own = [
+            "PATH", "PWD", "OLDPWD", "IFS", "PPID", "OPTIND", "PS1", "PS2", "PS4",
+        ];
+        let (inherited, _) = std::env::vars()
+            .find(|(k, v)| {
+                !v.is_empty()
+                    && !shells_own.contains(&k.as_str())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .expect("a variable in this process");
+        let script = format!("echo \"${{U:-no U}} ${{T:-no T}} ${{{inherited}:-gone}}\"");
+        let run = |hide: Vec<String>| {
+            let script = script.clone();
+            async move {
+                run_child(
+                    Path::new("/bin/sh"),
+                    &["-c".into(), script],
+                    &[("U".into(), "u".into()), ("T".into(), "t".into())],
+                    &hide,
+                    &CancellationToken::new(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let out = run(vec!["T".into(), inherited.clone()]).await;
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(out.stdout.trim(), "u no T gone");
+        // Without hiding it, the same child sees it.
+        let out = run(vec![]).await;
+        assert!(!out.stdout.trim().ends_with("gone"), "{}", out.stdout);
+    }
 
     fn attempt(commit: &str, outcome: Outcome) -> Attempt {
         Attempt {

@@ -72,6 +72,7 @@ impl Daemon {
                 "no daemon token is usable: set the variables named by `fromEnv` in rollout.yaml's `daemon.tokens` (every API call needs one)"
             );
         }
+        let token_vars = token_vars(&project);
         let store = Arc::new(Store::open(&project.state_dir())?);
         let engine: Arc<dyn Engine> = Arc::from(crate::cmd::connect(&project, "daemon").await?);
         Ok(Daemon {
@@ -79,7 +80,7 @@ impl Daemon {
             store,
             engine,
             tokens,
-            token_vars: settings.tokens.iter().map(|t| t.from_env.clone()).collect(),
+            token_vars,
             rollout_bin,
             runs: runs::Runs::default(),
             shutdown: CancellationToken::new(),
@@ -166,6 +167,17 @@ pub struct Source<'a> {
     pub manifest: Option<PathBuf>,
     /// The playbook (`-p`); `None`: the project's choice.
     pub playbook: Option<String>,
+}
+
+/// The variables holding the daemon's token values (`daemon.tokens[].fromEnv`), which no run
+/// the daemon starts inherits.
+pub fn token_vars(project: &Project) -> Vec<String> {
+    project
+        .config
+        .daemon
+        .iter()
+        .flat_map(|d| d.tokens.iter().map(|t| t.from_env.clone()))
+        .collect()
 }
 
 /// The whole HTTP surface: API, metrics, dashboard.

@@ -162,6 +162,8 @@ pub struct Settings {
     pub rollout_bin: PathBuf,
     /// Extra environment variables for the children.
     pub child_env: Vec<(String, String)>,
+    /// Variables the children must not inherit: the daemon's token variables.
+    pub hide_env: Vec<String>,
     pub entries: Vec<Entry>,
 }
 
@@ -204,6 +206,7 @@ impl Settings {
             state_dir,
             rollout_bin: std::env::current_exe()?,
             child_env,
+            hide_env: super::token_vars(project),
             entries,
         })
     }
@@ -374,6 +377,7 @@ impl Scheduler {
             &self.settings.rollout_bin,
             &args,
             &self.settings.child_env,
+            &self.settings.hide_env,
             cancel,
         )
         .await
