@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: how the cost of `rollout plan` grows with the size of an environment. Generates
 # manifests of 10, 100 and 1000 services (each depends on up to two earlier ones, every service
-# has an HTTP health check, every tenth a public port) and the same graph as a compose file,
+# has an HTTP health check, every tenth a public port; written dependents first, as the demo
+# manifest is) and the same graph as a compose file,
 # then times, alternating, several runs each:
 #   - `rollout plan` on the native manifest,
 #   - `rollout plan -m compose.yaml` on the compose file,
@@ -30,7 +31,8 @@ def deps(i):
     return sorted({(i - 1) // 2, (i - 1) // 3} - {i}) if i > 0 else []
 m = ["apiVersion: rollout/v1", "kind: Environment", f"name: scale{n}", "client: bench", "services:"]
 c = ["services:"]
-for i in range(n):
+# Written as the demo writes its services: each before the ones it depends on (s0999 ... s0000).
+for i in reversed(range(n)):
     s = f"s{i:04d}"
     m += [f"  {s}:", f"    image: shop-web:2.{i % 7}.0", "    env: { LOG_LEVEL: info, WORKERS: \"4\" }"]
     c += [f"  {s}:", f"    image: shop-web:2.{i % 7}.0", "    environment: { LOG_LEVEL: info, WORKERS: \"4\" }"]
@@ -59,8 +61,10 @@ for n in $sizes; do
   gen "$n" "$work/p$n"
   # One untimed run each: page cache, docker's first answer.
   "$rollout" -C "$work/p$n" plan >/dev/null || [ $? = 2 ]
+  before=()
+  [ -n "${BEFORE_BIN:-}" ] && before=(before "'$BEFORE_BIN' -C '$work/p$n' plan")
   line=$(bench/lib/timeit.py "$runs" \
-    native "'$rollout' -C '$work/p$n' plan" \
+    native "'$rollout' -C '$work/p$n' plan" "${before[@]}" \
     compose "'$rollout' -C '$work/p$n' plan -m '$work/p$n/compose.yaml'" \
     dc "docker-compose -p scale$n -f '$work/p$n/compose.yaml' config")
   echo "$n services:"; echo "$line" | sed 's/^/  /'
@@ -85,8 +89,9 @@ out = [
     f"Command: `bench/plan-scale.sh {runs}` ({date}, {cores} cores, docker {docker}, docker-compose {dc}, release build;"
     f" load average {load0} at start, {load1} at end)",
     "",
-    "Generated manifests: each service depends on up to two earlier ones, has an HTTP health check and",
-    "an env map, every tenth a public port; the same graph as a compose file. Production is empty:",
+    "Generated manifests: each service depends on up to two others, has an HTTP health check and an",
+    "env map, every tenth a public port; services are written before the ones they depend on (as the",
+    "demo manifest writes web, api, db); the same graph as a compose file. Production is empty:",
     "plan still reads the project, asks Docker what runs and reads the proxy's table. Medians of",
     f"{runs} alternating runs; CPU is user + system of the process.",
     "",
@@ -103,6 +108,13 @@ out += ["", "Growth per 10x more services (ratio of medians):", "",
 for a, b in zip(sizes, sizes[1:]):
     g = lambda k, i: f"{float(rows[b][k][i]) / float(rows[a][k][i]):.1f}x"
     out.append(f"| {a} → {b} | {g('native', 0)} / {g('native', 1)} | {g('compose', 0)} / {g('compose', 1)} | {g('dc', 0)} / {g('dc', 1)} |")
+if all("before" in rows[n] for n in sizes):
+    out += ["", "The same run, `rollout plan` with `BEFORE_BIN` (a release build before the dependency order was made",
+            "linear) against the current build:", "",
+            "| services | before: wall / CPU | now: wall / CPU | now / before (wall) |", "| --- | --- | --- | --- |"]
+    for n in sizes:
+        b, a = rows[n]["before"], rows[n]["native"]
+        out.append(f"| {n} | {ms(b[0])} / {ms(b[1])} | {ms(a[0])} / {ms(a[1])} | {float(a[0]) / float(b[0]):.2f}x |")
 out += ["", "Each run (wall, ms):", ""]
 for n in sizes:
     for k, name in (("native", "rollout plan"), ("compose", "rollout plan -m compose.yaml"), ("dc", "docker-compose config")):

@@ -110,10 +110,12 @@ for i in $(seq 1 "$cycles"); do
   [ "$p" = 0 ] && [ "$r" = 0 ] || { failed=$((failed + 1)); echo "cycle $i: promote $p, rollback $r" >&2; }
   done_cycles=$i
   echo "$i $(( $(date +%s) - start )) $(rss_kib "$ppid") $(rss_kib "$daemon_pid")" >> "$work/rss.tsv"
-  [ $((i % 10)) = 0 ] && echo "cycle $i: $(tail -1 "$work/rss.tsv")"
+  if [ $((i % 10)) = 0 ]; then echo "cycle $i: $(tail -1 "$work/rss.tsv")"; fi
 done
 elapsed=$(( $(date +%s) - start ))
 rm -f "$work/loading"
+# From here on, report whatever happened rather than stop at the first failing command.
+set +e
 wait "$loader"
 sleep 2
 read -r c1 n1 v1 t1 < <(objects)
@@ -138,7 +140,7 @@ pdrift=$(half 3); ddrift=$(half 4)
 echo "cycles $done_cycles in ${elapsed}s, failed $failed; requests ok $ok, non-200 $other, errors $errs"
 echo "objects before: $c0 containers, $n0 networks, $v0 volumes; after: $c1, $n1, $v1; test-version objects $t1"
 echo "proxy RSS MiB first/last/max $pf/$pl/$pm (second half - first half: $pdrift); daemon $df/$dl/$dm ($ddrift)"
-cp "$work/rss.tsv" "${SOAK_RSS_OUT:-/dev/null}" 2>/dev/null || true
+[ -n "${SOAK_RSS_OUT:-}" ] && cp "$work/rss.tsv" "$SOAK_RSS_OUT"
 
 section="## Soak: promote/rollback cycles under load
 
