@@ -52,10 +52,32 @@ impl Source {
 
     /// The text of a 1-based line, without its line ending.
     pub fn line(&self, line: u32) -> Option<&str> {
-        self.text
-            .split('\n')
-            .nth(line.checked_sub(1)? as usize)
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        self.lines().nth(line.checked_sub(1)? as usize)
+    }
+
+    /// The lines of the file as YAML counts them, without their endings: a line ends at LF, CRLF
+    /// or a lone CR (YAML 1.2 section 5.4), so positions the parser reports and the lines
+    /// diagnostics quote agree. A final line ending starts one more, empty, line.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        let mut rest = Some(&*self.text);
+        std::iter::from_fn(move || {
+            let text = rest?;
+            match text.find(['\r', '\n']) {
+                Some(i) => {
+                    let after = if text[i..].starts_with("\r\n") {
+                        i + 2
+                    } else {
+                        i + 1
+                    };
+                    rest = Some(&text[after..]);
+                    Some(&text[..i])
+                }
+                None => {
+                    rest = None;
+                    Some(text)
+                }
+            }
+        })
     }
 
     /// A diagnostic at a 1-based line and column of this file.
@@ -250,6 +272,22 @@ mod tests {
             d.to_string(),
             "m.yaml:2:8: expected a list of ports\n  |\n2 | ports: x\n  |        ^"
         );
+    }
+
+    /// Found by the `manifest` fuzz target: YAML ends a line at a lone CR too, so the parser's
+    /// line 4 of `\r\r\rlo\x02V` had no line to quote (lines were split at LF only).
+    #[test]
+    fn lines_end_where_yaml_ends_them() {
+        let src = Source::new("m.yaml", "a\r\nb\rc\nd\r\r");
+        assert_eq!(
+            src.lines().collect::<Vec<_>>(),
+            ["a", "b", "c", "d", "", ""]
+        );
+        let src = Source::new("m.yaml", "\r\r\rlo\u{2}V");
+        let raw = crate::manifest::yaml::parse::<crate::manifest::raw::RawEnvironment>(&src, "m");
+        let d = raw.expect_err("not a manifest");
+        assert_eq!(d.pos().map(|p| p.line), Some(4), "{d}");
+        assert!(d.to_string().contains("4 | lo"), "the line is quoted: {d}");
     }
 
     #[test]

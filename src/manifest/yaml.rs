@@ -32,7 +32,6 @@ pub fn parse<T: DeserializeOwned>(src: &Source, expected: &str) -> Result<T, Dia
 /// Rejections that give a clearer message than the YAML parser would.
 fn precheck(src: &Source, expected: &str) -> Result<(), Diagnostic> {
     let meaningful = src
-        .text()
         .lines()
         .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---");
     if !meaningful {
@@ -41,7 +40,7 @@ fn precheck(src: &Source, expected: &str) -> Result<(), Diagnostic> {
             format!("the file is empty: expected {expected}"),
         ));
     }
-    for (i, line) in src.text().lines().enumerate() {
+    for (i, line) in src.lines().enumerate() {
         let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
         if let Some(col) = indent.chars().position(|c| c == '\t') {
             return Err(src

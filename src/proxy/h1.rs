@@ -114,10 +114,18 @@ pub fn parse_request(buf: &[u8], client: &str, out: &mut Vec<u8>) -> Request {
             forwarded_for = true;
             continue;
         }
-        if hop_by_hop(h.name, &conn) || h.name.eq_ignore_ascii_case("x-forwarded-proto") {
+        if hop_by_hop(h.name, &conn)
+            || h.name.eq_ignore_ascii_case("x-forwarded-proto")
+            || h.name.eq_ignore_ascii_case("content-length")
+        {
             continue;
         }
         push_header(out, h.name.as_bytes(), h.value);
+    }
+    // The body is sent as framed here, whatever `Connection` names: a `Content-Length` dropped
+    // as hop-by-hop would let the backend read the body as the next request (smuggling).
+    if let Some(n) = length {
+        push_length(out, n);
     }
     // Proxies before us: append, as `$proxy_add_x_forwarded_for` does.
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -242,14 +250,21 @@ pub fn parse_response(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         if hop_by_hop(h.name, &conn)
-            || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"))
+            || ((chunked.is_some() || matches!(framing, Framing::Length(_)))
+                && h.name.eq_ignore_ascii_case("content-length"))
         {
             continue;
         }
         push_header(out, h.name.as_bytes(), h.value);
     }
-    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    // The client gets the framing the body is sent with, even if `Connection` named
+    // `Content-Length` (dropping it would leave a keep-alive response without an end).
+    match framing {
+        Framing::Length(n) => push_length(out, n),
+        Framing::Chunked | Framing::UntilClose => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        Framing::Empty => {}
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -509,6 +524,12 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn push_status(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(&[
         b'0' + (status / 100 % 10) as u8,
@@ -652,6 +673,35 @@ mod tests {
         // The largest body read whole still takes the fast path.
         let raw = format!("POST / HTTP/1.1\r\nContent-Length: {MAX_BUFFERED_BODY}\r\n\r\n");
         assert!(matches!(request(raw.as_bytes()), Request::Forward(_)));
+    }
+
+    /// Found by the `proxy_request` fuzz target: `Connection` naming `Content-Length` made it
+    /// hop-by-hop, so the backend got the head without it and read the body as the next request.
+    #[test]
+    fn connection_naming_content_length_cannot_smuggle_a_request() {
+        let raw = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 32\r\n\
+                    Connection: keep-alive, Content-Length\r\n\r\n\
+                    GET /admin HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (h, out) = forward(raw);
+        assert_eq!(h.body_len, 32);
+        assert_eq!(h.head_len + 32, raw.len());
+        assert_eq!(
+            out,
+            "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 32\r\n\
+             X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
+            "the backend frames the body as the proxy does"
+        );
+    }
+
+    /// The same on the way back (found by reading the request case): a keep-alive response whose
+    /// `Content-Length` was dropped would have no end for the client.
+    #[test]
+    fn connection_naming_content_length_keeps_the_response_framed() {
+        let (h, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(2), true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
     }
 
     #[test]

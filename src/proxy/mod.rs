@@ -4,8 +4,9 @@
 //! - [`routes`]: the routing table (what the admin API reads and writes) and the weighted pick.
 //! - `table`: the live, compiled form of a listener's routes, swapped atomically.
 //! - `http` / `tcp`: one accept loop per public port, by protocol.
-//! - `fast` / `h1`: the HTTP/1.1 fast path `http` runs first on each client connection (plain
-//!   requests on plain pooled sockets), and its wire format as pure functions.
+//! - `fast` / [`h1`]: the HTTP/1.1 fast path `http` runs first on each client connection (plain
+//!   requests on plain pooled sockets), and its wire format as pure functions (public for the
+//!   fuzz targets in `fuzz/`).
 //! - `upstream`: per backend address, pooled HTTP/1.1 connections and the drain-deadline signal.
 //! - [`stats`]: per-backend counters and the pure window arithmetic canary analysis uses.
 //! - [`state`]: the table on disk.
@@ -21,7 +22,7 @@
 mod admin;
 pub mod client;
 mod fast;
-mod h1;
+pub mod h1;
 mod http;
 pub mod routes;
 pub mod state;
