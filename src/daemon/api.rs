@@ -580,7 +580,8 @@ pub async fn run_list(daemon: &Daemon, env: &str, limit: usize) -> ApiResult<Vec
                 "user": r.user, "outcome": r.outcome,
                 // Why it ran (`--reason`), else why it ended as it did.
                 "reason": if r.report["reason"].is_string() { r.report["reason"].clone() } else { r.report["outcome"]["reason"].clone() },
-                "startedByDaemon": daemon.runs.get(&r.run).is_some(),
+                "startedByDaemon": daemon.runs.get(&r.run).is_some()
+                    || super::runs::has_log(&daemon.project.state_dir(), &r.run),
             })
         })
         .collect())
@@ -618,7 +619,7 @@ async fn run(
     }
     let output = child
         .as_ref()
-        .map(|c| c.output())
+        .and_then(|c| c.output())
         .or_else(|| super::runs::saved_log(&daemon.project.state_dir(), &run));
     let journal: Vec<Value> = journal
         .iter()

@@ -3,7 +3,9 @@
 //! recovery, audit trail and notifications as a run started by hand. The API answers once the
 //! child printed its first line, `run <id>`; the child goes on, and its output (stdout and
 //! stderr, in arrival order) is kept in memory while it runs and written to
-//! `<state>/daemon/runs/<run>.log` when it ends.
+//! `<state>/daemon/runs/<run>.log` when it ends, then read from there: a daemon that runs for
+//! months keeps no finished run's output in memory, and only the newest [`KEEP_FINISHED`]
+//! finished runs' few fields.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,11 +33,19 @@ pub struct ChildRun {
     output: Arc<Mutex<String>>,
     #[serde(skip)]
     exit: Mutex<Option<i32>>,
+    /// The output is in the run's log file, no longer in memory.
+    #[serde(skip)]
+    saved: Mutex<bool>,
 }
 
+/// Finished runs whose fields (not their output) stay in memory.
+pub const KEEP_FINISHED: usize = 100;
+
 impl ChildRun {
-    pub fn output(&self) -> String {
-        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    /// The output so far, while it is in memory (until the run ended and its log is written).
+    pub fn output(&self) -> Option<String> {
+        let saved = self.saved.lock().map(|s| *s).unwrap_or(false);
+        (!saved).then(|| self.output.lock().map(|o| o.clone()).unwrap_or_default())
     }
 
     /// The exit status once it ended (-1: ended by a signal).
@@ -69,7 +79,7 @@ pub struct Spec {
 
 #[derive(Debug, Default)]
 pub struct Runs {
-    children: Mutex<BTreeMap<String, Arc<ChildRun>>>,
+    children: Arc<Mutex<BTreeMap<String, Arc<ChildRun>>>>,
     tracker: TaskTracker,
 }
 
@@ -143,11 +153,13 @@ impl Runs {
             pid,
             output: output.clone(),
             exit: Mutex::new(None),
+            saved: Mutex::new(false),
         });
         if let Ok(mut children) = self.children.lock() {
             children.insert(run.clone(), record.clone());
         }
         let rec = record.clone();
+        let children = self.children.clone();
         self.tracker.spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
                 push(&output, &line);
@@ -169,7 +181,16 @@ impl Runs {
                 *exit = Some(code);
             }
             tracing::info!(run = %rec.run, environment = %rec.environment, code, "run ended");
-            save_log(&state, &rec.run, &rec.output());
+            let text = rec.output().unwrap_or_default();
+            if save_log(&state, &rec.run, &text) {
+                if let Ok(mut saved) = rec.saved.lock() {
+                    *saved = true;
+                }
+                if let Ok(mut o) = rec.output.lock() {
+                    *o = String::new();
+                }
+            }
+            forget_old(&children);
         });
         Ok(Started::Run(record))
     }
@@ -209,7 +230,31 @@ impl Runs {
     }
 }
 
-/// A run's output kept by the daemon, from memory or from its log.
+/// Drops the oldest finished runs beyond [`KEEP_FINISHED`] (their logs stay on disk).
+fn forget_old(children: &Mutex<BTreeMap<String, Arc<ChildRun>>>) {
+    let Ok(mut children) = children.lock() else {
+        return;
+    };
+    let mut finished: Vec<(jiff::Timestamp, String)> = children
+        .values()
+        .filter(|r| r.exit().is_some())
+        .map(|r| (r.started, r.run.clone()))
+        .collect();
+    if finished.len() > KEEP_FINISHED {
+        finished.sort();
+        let excess = finished.len() - KEEP_FINISHED;
+        for (_, run) in finished.into_iter().take(excess) {
+            children.remove(&run);
+        }
+    }
+}
+
+/// Whether the daemon started `run` (it wrote the run's log), in this process or before.
+pub fn has_log(state: &Path, run: &str) -> bool {
+    log_path(state, run).is_file()
+}
+
+/// A run's output kept by the daemon in its log.
 pub fn saved_log(state: &Path, run: &str) -> Option<String> {
     std::fs::read_to_string(log_path(state, run)).ok()
 }
@@ -218,15 +263,17 @@ fn log_path(state: &Path, run: &str) -> PathBuf {
     state.join("daemon").join("runs").join(format!("{run}.log"))
 }
 
-fn save_log(state: &Path, run: &str, output: &str) {
+/// Writes the run's log; false (and a warning) when it could not, so the output stays in memory.
+fn save_log(state: &Path, run: &str, output: &str) -> bool {
     let path = log_path(state, run);
     let written = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| std::fs::write(&path, output));
-    if let Err(e) = written {
+    if let Err(e) = &written {
         tracing::warn!(run, path = %path.display(), error = %e, "the run's output could not be saved");
     }
+    written.is_ok()
 }
 
 fn push(output: &Mutex<String>, line: &str) {
@@ -240,5 +287,84 @@ async fn copy_lines(from: impl AsyncRead + Unpin, to: Arc<Mutex<String>>) {
     let mut lines = BufReader::new(from).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         push(&to, &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(run: &str, second: i64) -> Arc<ChildRun> {
+        Arc::new(ChildRun {
+            run: run.into(),
+            environment: "shop".into(),
+            kind: "promote".into(),
+            by: "ops".into(),
+            started: jiff::Timestamp::from_second(1_780_000_000 + second).unwrap(),
+            pid: None,
+            output: Arc::new(Mutex::new(String::new())),
+            exit: Mutex::new(Some(0)),
+            saved: Mutex::new(true),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_finished_runs_output_moves_to_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("fake-rollout");
+        // Called as `fake-rollout -C DIR ARGS...`, like rollout.
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\necho 'run t1abc'\necho working\necho oops >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let runs = Runs::default();
+        let state = dir.path().join("state");
+        let started = runs
+            .start(Spec {
+                bin,
+                project: dir.path().into(),
+                state: state.clone(),
+                args: vec!["promote".into()],
+                environment: "shop".into(),
+                kind: "promote".into(),
+                by: "ops".into(),
+                hide: vec![],
+            })
+            .await
+            .unwrap();
+        let Started::Run(child) = started else {
+            panic!("no run id: {started:?}")
+        };
+        runs.tracker.close();
+        runs.tracker.wait().await;
+        assert_eq!(child.exit(), Some(3));
+        assert_eq!(child.output(), None, "the output is not kept in memory");
+        assert_eq!(child.output.lock().unwrap().len(), 0);
+        let log = saved_log(&state, "t1abc").expect("log");
+        assert!(log.contains("working") && log.contains("oops"), "{log}");
+        assert!(has_log(&state, "t1abc") && !has_log(&state, "t2abc"));
+    }
+
+    #[test]
+    fn only_the_newest_finished_runs_stay_in_memory() {
+        let children = Mutex::new(BTreeMap::new());
+        for i in 0..(KEEP_FINISHED as i64 + 5) {
+            let r = finished(&format!("r{i:03}"), i);
+            children.lock().unwrap().insert(r.run.clone(), r);
+        }
+        let mut running = finished("early", -10);
+        Arc::get_mut(&mut running).unwrap().exit = Mutex::new(None);
+        children.lock().unwrap().insert("early".into(), running);
+        forget_old(&children);
+        let kept = children.lock().unwrap();
+        assert_eq!(kept.len(), KEEP_FINISHED + 1);
+        assert!(
+            kept.contains_key("early"),
+            "a running run is never forgotten"
+        );
+        assert!(!kept.contains_key("r004") && kept.contains_key("r005"));
     }
 }
