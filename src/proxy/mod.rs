@@ -362,6 +362,13 @@ impl Core {
             }
         }
 
+        let ids: HashSet<&str> = routes
+            .listeners
+            .values()
+            .flat_map(|l| l.backends.iter().map(|b| b.id.as_str()))
+            .collect();
+        self.stats.table_changed(&ids, std::time::Instant::now());
+
         let compile = |l: &Listener| {
             let targets = l
                 .backends

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,22 +121,36 @@ impl Drop for InFlight {
     }
 }
 
-/// Every backend id the proxy has sent traffic to since it started. Counters survive route
-/// updates (a backend removed and added back keeps counting), so windows stay consistent.
+/// How long a backend's counters outlive its leaving the routing table: a canary analysis or a
+/// report reading them just after a rollback still finds them, and a proxy that sees thousands
+/// of deployments does not keep counters for every backend it ever had.
+pub const KEEP_AFTER_LEAVING: Duration = Duration::from_secs(15 * 60);
+
+/// The backend ids the proxy has sent traffic to: those in the routing table, and those that
+/// left it less than [`KEEP_AFTER_LEAVING`] ago (or still have requests in flight). Counters
+/// survive route updates (a backend removed and added back keeps counting), so windows stay
+/// consistent.
 #[derive(Debug, Default)]
 pub struct Registry {
-    map: Mutex<HashMap<String, Arc<BackendStats>>>,
+    map: Mutex<HashMap<String, Kept>>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    stats: Arc<BackendStats>,
+    /// When it left the routing table (none while it is in it).
+    left: Option<Instant>,
 }
 
 impl Registry {
     pub fn get(&self, id: &str) -> Arc<BackendStats> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_string()).or_default().clone()
+        map.entry(id.to_string()).or_default().stats.clone()
     }
 
     pub fn find(&self, id: &str) -> Option<BackendSnapshot> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id).map(|s| s.snapshot())
+        map.get(id).map(|k| k.stats.snapshot())
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -144,13 +158,29 @@ impl Registry {
         StatsSnapshot {
             backends: map
                 .iter()
-                .map(|(id, s)| (id.clone(), s.snapshot()))
+                .map(|(id, k)| (id.clone(), k.stats.snapshot()))
                 .collect(),
         }
     }
+
+    /// A new routing table is in force with the backends `in_table`: the others are marked as
+    /// gone from `now`, and those gone for longer than [`KEEP_AFTER_LEAVING`] with nothing in
+    /// flight are forgotten.
+    pub fn table_changed(&self, in_table: &std::collections::HashSet<&str>, now: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, kept| {
+            if in_table.contains(id.as_str()) {
+                kept.left = None;
+                return true;
+            }
+            let left = *kept.left.get_or_insert(now);
+            now.duration_since(left) < KEEP_AFTER_LEAVING || kept.stats.in_flight() > 0
+        });
+    }
 }
 
-/// `GET /stats`: counters per backend id since the proxy started.
+/// `GET /stats`: counters per backend id since the proxy started, for the backends in the
+/// routing table and those that left it less than [`KEEP_AFTER_LEAVING`] ago.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {
@@ -390,6 +420,42 @@ mod tests {
         let w = Window::between(None, &BackendSnapshot::default());
         assert_eq!(w.error_rate(), None);
         assert_eq!(w.p99(), None);
+    }
+
+    #[test]
+    fn counters_of_a_backend_outlive_its_leaving_the_table_for_a_while_then_go() {
+        let registry = Registry::default();
+        let t0 = Instant::now();
+        let minutes = |m: u64| t0 + Duration::from_secs(60 * m);
+        for id in ["old", "new", "busy"] {
+            registry.get(id).attempt();
+        }
+        let _request = InFlight::enter(&registry.get("busy"));
+        let table = |ids: &[&'static str]| ids.iter().copied().collect();
+        registry.table_changed(&table(&["new"]), t0);
+        registry.table_changed(&table(&["new"]), minutes(10));
+        assert!(
+            registry.find("old").is_some(),
+            "kept for a while after leaving"
+        );
+        // Back in the table before it was forgotten: it keeps counting from where it was.
+        registry.table_changed(&table(&["new", "old"]), minutes(14));
+        registry.table_changed(&table(&["new"]), minutes(20));
+        assert_eq!(registry.find("old").map(|s| s.requests), Some(1));
+        registry.table_changed(&table(&["new"]), minutes(36));
+        assert!(
+            registry.find("old").is_none(),
+            "forgotten 16 minutes after leaving"
+        );
+        assert!(registry.find("new").is_some());
+        assert!(
+            registry.find("busy").is_some(),
+            "a backend with a request in flight is kept"
+        );
+        assert_eq!(
+            registry.snapshot().backends.keys().collect::<Vec<_>>(),
+            ["busy", "new"]
+        );
     }
 
     #[test]
