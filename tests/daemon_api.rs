@@ -1129,8 +1129,8 @@ fn metrics_carry_the_edge_proxys_per_backend_counters() {
     });
 }
 
-/// A second SIGTERM does not wait: it is passed on to the run (which exits at once, leaving its
-/// journal), the daemon exits 130, and the next command cleans up after the run.
+/// A second SIGTERM does not wait: the run is ended at once (leaving its journal and record), the
+/// daemon exits 130, and the next command settles what the run left.
 #[test]
 fn a_second_sigterm_exits_at_once() {
     let (acme, globex) = (unique("apiz"), unique("apiu"));
@@ -1216,6 +1216,11 @@ fn a_second_sigterm_exits_at_once() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // It was ended during its smoke step, before production was touched: the next promote
+    // closes its record and goes on.
+    p.run(&["promote", "-e", &acme, "-p", "quick", "--yes"])
+        .code(0)
+        .stdout_has(&format!("Closed the record of run {run}"));
 }
 
 /// Serves `html` to every request on a port of 127.0.0.1 of its own (another origin than the

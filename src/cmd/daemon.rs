@@ -26,15 +26,16 @@ pub async fn run(dir: &Path, args: DaemonArgs, printer: Printer) -> anyhow::Resu
     ));
     let d = Arc::new(d);
     let watched = d.clone();
-    // The first signal drains (see `daemon::serve`); a second one is passed on to the runs,
-    // which then exit at once as by hand (the journal leaves them to the next command), and the
-    // daemon exits 130 without waiting.
+    // The first signal drains (see `daemon::serve`); a second one ends the runs at once, as a
+    // second Ctrl-C by hand would (the journal leaves them to the next command), and the daemon
+    // exits 130 without waiting. They are killed rather than sent SIGTERM again: the draining
+    // may not have forwarded the first signal yet, and one SIGTERM only asks for a safe point.
     let stop = async move {
         daemon::signal().await;
         tokio::spawn(async move {
             daemon::signal().await;
-            tracing::warn!("second signal: passing it on to the runs and exiting at once");
-            watched.runs.signal_all().await;
+            tracing::warn!("second signal: ending the runs and exiting at once");
+            watched.runs.kill_all().await;
             std::process::exit(130);
         });
     };

@@ -215,14 +215,24 @@ impl Runs {
         self.tracker.wait().await;
     }
 
-    /// Sends SIGTERM to every child still running.
+    /// Sends SIGTERM to every child still running: each stops at its next safe point.
     pub async fn signal_all(&self) {
+        self.send_all("TERM").await;
+    }
+
+    /// Sends SIGKILL to every child still running: they end at once, their journal and lock
+    /// left for the next command to settle (as after a crash).
+    pub async fn kill_all(&self) {
+        self.send_all("KILL").await;
+    }
+
+    async fn send_all(&self, signal: &str) {
         for run in self.running() {
             if let Some(pid) = run.pid {
-                tracing::info!(run = %run.run, pid, "forwarding SIGTERM to the run");
+                tracing::info!(run = %run.run, pid, signal, "signalling the run");
                 // `kill(1)`: the crate forbids unsafe code, so no direct libc call.
                 let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
+                    .args([&format!("-{signal}"), &pid.to_string()])
                     .status()
                     .await;
             }
