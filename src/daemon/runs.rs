@@ -217,19 +217,20 @@ impl Runs {
 
     /// Sends SIGTERM to every child still running: each stops at its next safe point.
     pub async fn signal_all(&self) {
-        self.send_all("TERM").await;
+        self.send_all("TERM", "forwarding SIGTERM to the run").await;
     }
 
     /// Sends SIGKILL to every child still running: they end at once, their journal and lock
     /// left for the next command to settle (as after a crash).
     pub async fn kill_all(&self) {
-        self.send_all("KILL").await;
+        self.send_all("KILL", "ending the run at once (SIGKILL)")
+            .await;
     }
 
-    async fn send_all(&self, signal: &str) {
+    async fn send_all(&self, signal: &str, what: &str) {
         for run in self.running() {
             if let Some(pid) = run.pid {
-                tracing::info!(run = %run.run, pid, signal, "signalling the run");
+                tracing::info!(run = %run.run, pid, "{what}");
                 // `kill(1)`: the crate forbids unsafe code, so no direct libc call.
                 let _ = Command::new("kill")
                     .args([&format!("-{signal}"), &pid.to_string()])
