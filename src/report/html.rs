@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
+use super::tables::{self, Align, Cell, Table};
 use super::*;
-use crate::check::Verdict;
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -89,14 +89,58 @@ fn tone_class(t: Tone) -> &'static str {
     }
 }
 
-/// A before/after value; values a secret hides are shown as such.
-fn value(v: Option<&str>) -> String {
-    match v {
-        Some(text) if text.contains("value hidden") => {
-            format!("<span class=\"hidden-secret\">{}</span>", escape(text))
+fn table_cell(c: &Cell, align: Align) -> String {
+    let mut class = match align {
+        Align::Text => None,
+        Align::Num => Some("num".to_string()),
+        Align::When => Some("when".to_string()),
+    };
+    let content = match c {
+        Cell::Text(t) => escape(t),
+        Cell::Code(t) => format!("<code>{}</code>", escape(t)),
+        Cell::Missing => "<span class=\"none\">—</span>".into(),
+        Cell::Secret(t) => format!("<span class=\"hidden-secret\">{}</span>", escape(t)),
+        Cell::Mark {
+            word,
+            rest,
+            class: c,
+            ..
+        } => {
+            class = Some(c.clone());
+            format!("{}{}", escape(word), escape(rest))
         }
-        other => opt(other),
+    };
+    match class {
+        Some(class) => format!("<td class=\"{class}\">{content}</td>"),
+        None => format!("<td>{content}</td>"),
     }
+}
+
+/// A table, or the table's words for having no row.
+fn table(out: &mut String, t: &Table) {
+    if t.rows.is_empty() {
+        let _ = writeln!(out, "<p class=\"empty\">{}</p>", t.empty);
+        return;
+    }
+    let head: String = t
+        .columns
+        .iter()
+        .map(|c| match (c.align, c.width) {
+            (Align::Num, _) => format!("<th class=\"num\">{}</th>", escape(c.name)),
+            (_, Some(w)) => format!("<th style=\"width:{w}\">{}</th>", escape(c.name)),
+            _ => format!("<th>{}</th>", escape(c.name)),
+        })
+        .collect();
+    let _ = writeln!(out, "<table>\n<thead><tr>{head}</tr></thead>\n<tbody>");
+    for row in &t.rows {
+        let cells: String = row
+            .iter()
+            .zip(&t.columns)
+            .map(|(c, col)| table_cell(c, col.align))
+            .collect();
+        let _ = writeln!(out, "<tr>{cells}</tr>");
+    }
+    let _ = writeln!(out, "</tbody>\n</table>");
 }
 
 pub fn render(r: &RunReport) -> String {
@@ -164,17 +208,11 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     for s in &r.changes {
-        let mut tags = Vec::new();
-        if s.stateful {
-            tags.push("stateful".to_string());
-        }
-        if let Some(p) = &s.managed_by {
-            tags.push(format!("managed by third party {}", escape(p)));
-        }
+        let tags = tables::service_tags(s);
         let tags = if tags.is_empty() {
             String::new()
         } else {
-            format!(" <span class=\"tag\">({})</span>", tags.join(", "))
+            format!(" <span class=\"tag\">({})</span>", escape(&tags.join(", ")))
         };
         let _ = writeln!(
             out,
@@ -182,154 +220,26 @@ pub fn render(r: &RunReport) -> String {
             escape(&s.service),
             action_word(s.action)
         );
-        if s.changes.is_empty() {
-            let _ = writeln!(out, "<p class=\"empty\">No setting recorded.</p>");
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "<table>\n<thead><tr><th style=\"width:22%\">setting</th><th>before</th><th>after</th></tr></thead>\n<tbody>"
-        );
-        for c in &s.changes {
-            let _ = writeln!(
-                out,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                escape(&c.field),
-                value(c.before.as_deref()),
-                value(c.after.as_deref())
-            );
-        }
-        let _ = writeln!(out, "</tbody>\n</table>");
+        table(&mut out, &tables::settings(s));
     }
     let _ = writeln!(out, "</section>");
 
     // Approvals and authorizations.
     let _ = writeln!(out, "<section id=\"approvals\">\n<h2>Approvals</h2>");
-    if r.approvals.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p class=\"empty\">No approval was recorded for this run.</p>"
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "<table>\n<thead><tr><th>approved by</th><th>role</th><th>at</th><th>note</th></tr></thead>\n<tbody>"
-        );
-        for a in &r.approvals {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td class=\"when\">{}</td><td>{}</td></tr>",
-                escape(&a.by),
-                escape(&a.role),
-                escape(&time(a.at)),
-                opt(a.note.as_deref())
-            );
-        }
-        let _ = writeln!(out, "</tbody>\n</table>");
-    }
+    table(&mut out, &tables::approvals(r));
     let _ = writeln!(out, "<h3>Third-party authorizations</h3>");
-    if r.authorizations.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p class=\"empty\">No third-party authorization was recorded for this run.</p>"
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "<table>\n<thead><tr><th>third party</th><th>reference</th><th>recorded by</th><th>expires</th><th>note</th></tr></thead>\n<tbody>"
-        );
-        for a in &r.authorizations {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"when\">{}</td><td>{}</td></tr>",
-                escape(&a.party),
-                escape(&a.reference),
-                escape(&a.by),
-                a.expires
-                    .map_or("<span class=\"none\">—</span>".into(), |t| escape(&time(
-                        t
-                    ))),
-                opt(a.note.as_deref())
-            );
-        }
-        let _ = writeln!(out, "</tbody>\n</table>");
-    }
+    table(&mut out, &tables::authorizations(r));
     let _ = writeln!(out, "</section>");
 
-    // Checks.
     let _ = writeln!(out, "<section id=\"checks\">\n<h2>Checks</h2>");
-    let checks: Vec<_> = r
-        .steps
-        .iter()
-        .flat_map(|s| s.checks.iter().map(move |c| (s, c)))
-        .collect();
-    if checks.is_empty() {
-        let _ = writeln!(out, "<p class=\"empty\">No check ran.</p>");
-    } else {
-        let _ = writeln!(
-            out,
-            "<table>\n<thead><tr><th>step</th><th>check</th><th>result</th><th>detail</th><th class=\"num\">attempts</th><th class=\"num\">time</th></tr></thead>\n<tbody>"
-        );
-        for (s, c) in checks {
-            let (class, result, detail) = match &c.verdict {
-                Verdict::Pass { detail } => ("v-pass", "pass", detail.as_str()),
-                Verdict::Fail { reason } => ("v-fail", "FAIL", reason.as_str()),
-                Verdict::Inconclusive { reason } => {
-                    ("v-fail", "FAIL (inconclusive)", reason.as_str())
-                }
-            };
-            let _ = writeln!(
-                out,
-                "<tr><td>{}. {}</td><td><code>{}</code></td><td class=\"{class}\">{result}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                s.index + 1,
-                escape(&s.description),
-                escape(&c.description),
-                escape(detail),
-                c.attempts,
-                escape(&duration_ms(c.elapsed.as_millis() as u64))
-            );
-        }
-        let _ = writeln!(out, "</tbody>\n</table>");
-    }
+    table(&mut out, &tables::checks(r));
     let _ = writeln!(out, "</section>");
 
-    // Canary figures.
-    let figures: Vec<_> = r
-        .steps
-        .iter()
-        .flat_map(|s| s.canary.iter().map(move |f| (s, f)))
-        .collect();
-    if !figures.is_empty() {
+    let canary = tables::canary(r);
+    if !canary.rows.is_empty() {
         let _ = writeln!(out, "<section id=\"canary\">\n<h2>Canary analysis</h2>");
-        let _ = writeln!(
-            out,
-            "<table>\n<thead><tr><th>step</th><th>service</th><th class=\"num\">weight</th><th class=\"num\">hold</th><th class=\"num\">requests</th><th class=\"num\">errors</th><th class=\"num\">error rate</th><th class=\"num\">p99</th><th>thresholds</th><th>analysis</th></tr></thead>\n<tbody>"
-        );
-        for (s, f) in figures {
-            let (verdict, why) = analysis_words(&f.analysis);
-            let class = match f.analysis {
-                Analysis::Pass => "v-pass",
-                Analysis::Fail { .. } => "v-fail",
-                Analysis::NotAnalysed => "none",
-            };
-            let _ = writeln!(
-                out,
-                "<tr><td>{}. {}</td><td>{}</td><td class=\"num\">{}%</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"{class}\">{}{}</td></tr>",
-                s.index + 1,
-                escape(&s.description),
-                escape(&f.service),
-                f.weight,
-                escape(&duration_ms(f.hold_ms)),
-                f.requests,
-                f.errors,
-                escape(&percent(f.error_rate)),
-                escape(&millis(f.p99_ms)),
-                escape(&thresholds(f)),
-                verdict,
-                why.map(|w| format!(": {}", escape(w))).unwrap_or_default()
-            );
-        }
-        let _ = writeln!(out, "</tbody>\n</table>\n</section>");
+        table(&mut out, &canary);
+        let _ = writeln!(out, "</section>");
     }
 
     // Outcome and rollback evidence.
@@ -364,28 +274,8 @@ pub fn render(r: &RunReport) -> String {
     }
     let _ = writeln!(out, "</section>");
 
-    // Timeline.
-    let _ = writeln!(
-        out,
-        "<section id=\"timeline\">\n<h2>Timeline</h2>\n<table>\n<thead><tr><th class=\"num\">#</th><th>step</th><th>status</th><th>started</th><th class=\"num\">elapsed</th><th>detail</th></tr></thead>\n<tbody>"
-    );
-    for s in &r.steps {
-        let status = status_word(s.status);
-        let _ = writeln!(
-            out,
-            "<tr><td class=\"num\">{}</td><td>{}</td><td class=\"st-{}\">{status}</td><td class=\"when\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-            s.index + 1,
-            escape(&s.description),
-            status.replace(' ', ""),
-            s.started
-                .map_or("<span class=\"none\">—</span>".into(), |t| escape(&time(
-                    t
-                ))),
-            escape(&duration_ms(s.elapsed_ms)),
-            escape(s.detail.lines().next().unwrap_or_default())
-        );
-    }
-    let _ = writeln!(out, "</tbody>\n</table>");
+    let _ = writeln!(out, "<section id=\"timeline\">\n<h2>Timeline</h2>");
+    table(&mut out, &tables::timeline(r));
     if let Some(t) = &r.teardown {
         let _ = writeln!(
             out,

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use super::tables::{self, Cell, Table};
 use super::*;
-use crate::check::Verdict;
 
 /// Text safe inside a table cell: one line, pipes escaped.
 fn cell(text: &str) -> String {
@@ -16,6 +16,42 @@ fn cell(text: &str) -> String {
 
 fn opt(text: Option<&str>) -> String {
     text.map_or("—".into(), cell)
+}
+
+fn table_cell(c: &Cell) -> String {
+    match c {
+        Cell::Text(t) | Cell::Code(t) | Cell::Secret(t) => cell(t),
+        Cell::Missing => "—".into(),
+        Cell::Mark {
+            word, rest, strong, ..
+        } => {
+            let word = if *strong {
+                format!("**{}**", cell(word))
+            } else {
+                cell(word)
+            };
+            format!("{word}{}", cell(rest))
+        }
+    }
+}
+
+/// A pipe table, or the table's words for having no row.
+fn table(out: &mut String, t: &Table) {
+    if t.rows.is_empty() {
+        let _ = writeln!(out, "{}", t.empty);
+        return;
+    }
+    let names: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+    let _ = writeln!(
+        out,
+        "| {} |\n|{}",
+        names.join(" | "),
+        " --- |".repeat(names.len())
+    );
+    for row in &t.rows {
+        let cells: Vec<String> = row.iter().map(table_cell).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
 }
 
 pub fn render(r: &RunReport) -> String {
@@ -65,17 +101,11 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     for s in &r.changes {
-        let mut tags = Vec::new();
-        if s.stateful {
-            tags.push("stateful".to_string());
-        }
-        if let Some(p) = &s.managed_by {
-            tags.push(format!("managed by third party {}", cell(p)));
-        }
+        let tags = tables::service_tags(s);
         let tags = if tags.is_empty() {
             String::new()
         } else {
-            format!(" ({})", tags.join(", "))
+            format!(" ({})", cell(&tags.join(", ")))
         };
         let _ = writeln!(
             out,
@@ -83,129 +113,21 @@ pub fn render(r: &RunReport) -> String {
             cell(&s.service),
             action_word(s.action)
         );
-        if s.changes.is_empty() {
-            let _ = writeln!(out, "No setting recorded.\n");
-            continue;
-        }
-        let _ = writeln!(out, "| setting | before | after |\n| --- | --- | --- |");
-        for c in &s.changes {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                cell(&c.field),
-                opt(c.before.as_deref()),
-                opt(c.after.as_deref())
-            );
-        }
+        let t = tables::settings(s);
+        table(&mut out, &t);
         out.push('\n');
     }
 
     let _ = writeln!(out, "\n## Approvals\n");
-    if r.approvals.is_empty() {
-        let _ = writeln!(out, "No approval was recorded for this run.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| approved by | role | at | note |\n| --- | --- | --- | --- |"
-        );
-        for a in &r.approvals {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                cell(&a.by),
-                cell(&a.role),
-                time(a.at),
-                opt(a.note.as_deref())
-            );
-        }
-    }
-
+    table(&mut out, &tables::approvals(r));
     let _ = writeln!(out, "\n## Third-party authorizations\n");
-    if r.authorizations.is_empty() {
-        let _ = writeln!(
-            out,
-            "No third-party authorization was recorded for this run."
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "| third party | reference | recorded by | expires | note |\n| --- | --- | --- | --- | --- |"
-        );
-        for a in &r.authorizations {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                cell(&a.party),
-                cell(&a.reference),
-                cell(&a.by),
-                a.expires.map_or("—".into(), time),
-                opt(a.note.as_deref())
-            );
-        }
-    }
-
-    let checks: Vec<_> = r
-        .steps
-        .iter()
-        .flat_map(|s| s.checks.iter().map(move |c| (s, c)))
-        .collect();
+    table(&mut out, &tables::authorizations(r));
     let _ = writeln!(out, "\n## Checks\n");
-    if checks.is_empty() {
-        let _ = writeln!(out, "No check ran.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| step | check | result | detail | attempts | time |\n| --- | --- | --- | --- | --- | --- |"
-        );
-        for (s, c) in checks {
-            let (result, detail) = match &c.verdict {
-                Verdict::Pass { detail } => ("pass", detail.as_str()),
-                Verdict::Fail { reason } => ("**FAIL**", reason.as_str()),
-                Verdict::Inconclusive { reason } => ("**FAIL** (inconclusive)", reason.as_str()),
-            };
-            let _ = writeln!(
-                out,
-                "| {}. {} | {} | {result} | {} | {} | {} |",
-                s.index + 1,
-                cell(&s.description),
-                cell(&c.description),
-                cell(detail),
-                c.attempts,
-                duration_ms(c.elapsed.as_millis() as u64)
-            );
-        }
-    }
-
-    let figures: Vec<_> = r
-        .steps
-        .iter()
-        .flat_map(|s| s.canary.iter().map(move |f| (s, f)))
-        .collect();
-    if !figures.is_empty() {
+    table(&mut out, &tables::checks(r));
+    let canary = tables::canary(r);
+    if !canary.rows.is_empty() {
         let _ = writeln!(out, "\n## Canary analysis\n");
-        let _ = writeln!(
-            out,
-            "| step | service | weight | hold | requests | errors | error rate | p99 | thresholds | analysis |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-        );
-        for (s, f) in figures {
-            let (verdict, why) = analysis_words(&f.analysis);
-            let _ = writeln!(
-                out,
-                "| {}. {} | {} | {}% | {} | {} | {} | {} | {} | {} | {}{} |",
-                s.index + 1,
-                cell(&s.description),
-                cell(&f.service),
-                f.weight,
-                duration_ms(f.hold_ms),
-                f.requests,
-                f.errors,
-                percent(f.error_rate),
-                millis(f.p99_ms),
-                thresholds(f),
-                verdict,
-                why.map(|w| format!(": {}", cell(w))).unwrap_or_default()
-            );
-        }
+        table(&mut out, &canary);
     }
 
     let _ = writeln!(out, "\n## Outcome\n");
@@ -238,22 +160,7 @@ pub fn render(r: &RunReport) -> String {
     }
 
     let _ = writeln!(out, "\n## Timeline\n");
-    let _ = writeln!(
-        out,
-        "| # | step | status | started | elapsed | detail |\n| --- | --- | --- | --- | --- | --- |"
-    );
-    for s in &r.steps {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            s.index + 1,
-            cell(&s.description),
-            status_word(s.status),
-            s.started.map_or("—".into(), time),
-            duration_ms(s.elapsed_ms),
-            cell(s.detail.lines().next().unwrap_or_default())
-        );
-    }
+    table(&mut out, &tables::timeline(r));
     if let Some(t) = &r.teardown {
         let _ = writeln!(
             out,

@@ -11,6 +11,7 @@
 mod find;
 mod html;
 mod markdown;
+mod tables;
 
 pub use find::{FindError, Selector, find};
 pub use html::{escape as escape_html, render as html};
