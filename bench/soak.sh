@@ -137,9 +137,37 @@ read -r df dl dm < <(stats 4)
 # Flat: the second half's mean against the first half's (after the first cycle's warm-up).
 half() { awk -v c="$1" 'NR > 2 {v[NR] = $c; n++} END {h = int(n / 2); for (i = 3; i < 3 + h; i++) a += v[i]; for (i = 3 + n - h; i < 3 + n; i++) b += v[i]; if (h) printf "%+.1f", (b - a) / h / 1024; else print "n/a"}' "$work/rss.tsv"; }
 pdrift=$(half 3); ddrift=$(half 4)
+# Steady state: what each process holds grows until its retention is full (the proxy keeps a
+# backend's counters 15 minutes after it left the routing table, the daemon the newest 100
+# finished runs), then must stay flat. Least-squares slope (KiB per cycle) over the cycles that
+# ended at least $steady_after s in and from cycle 60 on (over 100 runs), with the RSS at the
+# start and end of that part.
+steady_after="${SOAK_STEADY_AFTER:-960}"
+steady() { # column -> slope_kib_per_cycle first_mib last_mib cycles
+  awk -v c="$1" -v t="$steady_after" 'NR > 1 && $2 >= t && $1 >= 60 {n++; x = $1; y = $c; sx += x; sy += y; sxx += x * x; sxy += x * y; if (n == 1) f = y; l = y}
+    END {if (n >= 10) printf "%+.2f %.1f %.1f %d", (n * sxy - sx * sy) / (n * sxx - sx * sx), f / 1024, l / 1024, n; else print "n/a - - 0"}' "$work/rss.tsv"
+}
+read -r pslope psf psl psn < <(steady 3)
+read -r dslope dsf dsl dsn < <(steady 4)
+# RSS every tenth of the run, for the table.
+every=$(( done_cycles / 10 > 0 ? done_cycles / 10 : 1 ))
+rss_table=$(python3 - "$work/rss.tsv" "$every" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
+every = int(sys.argv[2])
+rows = [r for r in rows if int(r[0]) % every == 0]
+cells = lambda xs: "| " + " | ".join(xs) + " |"
+print(cells(["cycle"] + [r[0] for r in rows]))
+print(cells(["---"] * (len(rows) + 1)))
+print(cells(["elapsed"] + ["%dm%02ds" % divmod(int(r[1]), 60) for r in rows]))
+print(cells(["proxy"] + [r[2] for r in rows]))
+print(cells(["daemon"] + [r[3] for r in rows]))
+PY
+)
 echo "cycles $done_cycles in ${elapsed}s, failed $failed; requests ok $ok, non-200 $other, errors $errs"
 echo "objects before: $c0 containers, $n0 networks, $v0 volumes; after: $c1, $n1, $v1; test-version objects $t1"
 echo "proxy RSS MiB first/last/max $pf/$pl/$pm (second half - first half: $pdrift); daemon $df/$dl/$dm ($ddrift)"
+echo "steady state (cycles ended after ${steady_after}s, from cycle 60): proxy $pslope KiB/cycle over $psn cycles ($psf -> $psl MiB); daemon $dslope KiB/cycle ($dsf -> $dsl MiB)"
 [ -n "${SOAK_RSS_OUT:-}" ] && cp "$work/rss.tsv" "$SOAK_RSS_OUT"
 
 section="## Soak: promote/rollback cycles under load
@@ -156,6 +184,12 @@ public port throughout. Failed runs: $failed.
 | objects left (containers, networks, volumes of the environment, before -> after; test-version objects after) | **$leaked** ($c0/$n0/$v0 -> $c1/$n1/$v1; $t1) | 0 |
 | edge proxy RSS, after cycle 0 / last / max | $pf / $pl / $pm MiB (mean of the second half minus the first: $pdrift MiB) | flat |
 | daemon RSS, after cycle 0 / last / max | $df / $dl / $dm MiB (mean of the second half minus the first: $ddrift MiB) | flat |
+| proxy RSS in steady state: slope over the $psn cycles that ended after ${steady_after} s (from cycle 60) | **$pslope KiB per cycle** ($psf -> $psl MiB) | flat once its 15-minute retention is full |
+| daemon RSS in steady state, same cycles | **$dslope KiB per cycle** ($dsf -> $dsl MiB) | flat once it keeps its 100 newest runs |
+
+RSS after every ${every}th cycle (KiB):
+
+$rss_table
 "
 python3 - "$section" <<'PY'
 import re, sys

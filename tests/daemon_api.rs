@@ -613,13 +613,97 @@ fn serve_page(html: String) -> String {
     url
 }
 
-/// Stops the daemon process if the test fails before it does.
+/// A daemon process, stopped if the test fails before it does.
 struct Kill(std::process::Child);
+
+impl Kill {
+    /// Starts `command` (a `rollout daemon`) and waits until it listens on `addr`.
+    fn listening(command: &mut std::process::Command, addr: &str) -> Kill {
+        let daemon = Kill(command.spawn().expect("start the daemon"));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the daemon does not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    /// Sends it SIGTERM.
+    fn terminate(&self) {
+        let pid = self.0.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits for it to exit, at most `limit`; returns its status and what it wrote to stderr
+    /// (when that was piped).
+    fn exit_within(&mut self, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.0.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(started.elapsed() < limit, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_string(&mut err).ok();
+        }
+        (status, err)
+    }
+}
 
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A playbook whose smoke step in the test version takes `seconds`, so a signal can arrive while
+/// a run is in flight.
+fn slow_playbook(seconds: u32) -> String {
+    format!(
+        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {{}}\n  - smoke:\n      target: test\n      checks:\n        - exec: {{ service: web, command: [/bin/busybox, sleep, \"{seconds}\"], timeout: 60s }}\n  - promote: {{ drain: 1s }}\n"
+    )
+}
+
+/// Starts a promotion of `env` with the slow playbook through the API and waits until the run
+/// has reached its smoke step; returns the run's id.
+fn promote_until_smoke(addr: &str, token: &str, env: &str) -> String {
+    let auth = bearer(token);
+    let h = [("Authorization", auth.as_str())];
+    let base = format!("/api/v1/environments/{env}");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        &format!("{base}/promote"),
+        &h,
+        r#"{"playbook":"slow"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = json(&body)["run"].as_str().expect("run").to_string();
+    let started = Instant::now();
+    loop {
+        let (_, _, body) = http(addr, "GET", &format!("{base}/runs/{run}"), &h, "");
+        if json(&body)["output"]
+            .as_str()
+            .is_some_and(|o| o.to_lowercase().contains("smoke"))
+        {
+            return run;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no smoke step: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -635,24 +719,15 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
     runtime().block_on(async { demo_images(&engine().await).await });
     let p = project(&acme, &globex);
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = p
-        .command(&["daemon", "--listen", &addr])
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the daemon");
-    let mut daemon = Kill(child);
+    let mut daemon = Kill::listening(
+        p.command(&["daemon", "--listen", &addr])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        &addr,
+    );
     let auth = bearer(OPS);
     let h = [("Authorization", auth.as_str())];
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the daemon does not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
     let base = format!("/api/v1/environments/{acme}");
     let (status, _, body) = http(
@@ -857,28 +932,9 @@ fn a_promotion_through_the_api_then_the_dashboard_then_sigterm() {
     assert!(report.contains(&run));
 
     // SIGTERM: stops accepting and exits 0.
-    let pid = daemon.0.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.code(), Some(0));
-    let mut err = String::new();
-    if let Some(mut e) = daemon.0.stderr.take() {
-        e.read_to_string(&mut err).ok();
-    }
+    daemon.terminate();
+    let (status, err) = daemon.exit_within(Duration::from_secs(30), "the daemon did not stop");
+    assert_eq!(status.code(), Some(0), "{err}");
     for t in [OPS, APPROVER, READER, GLOBEX] {
         assert!(!err.contains(t), "a token was logged");
     }
@@ -898,75 +954,19 @@ fn sigterm_waits_for_the_run_in_flight_to_reach_its_end() {
         environment: acme.clone(),
     };
     runtime().block_on(async { demo_images(&engine().await).await });
-    let p = project(&acme, &globex).playbook(
-        "slow",
-        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"6\"], timeout: 30s }\n  - promote: { drain: 1s }\n",
-    );
+    let p = project(&acme, &globex).playbook("slow", &slow_playbook(6));
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = p
-        .command(&["-v", "daemon", "--listen", &addr])
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the daemon");
-    let mut daemon = Kill(child);
-    let auth = bearer(OPS);
-    let h = [("Authorization", auth.as_str())];
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let base = format!("/api/v1/environments/{acme}");
-    let (status, _, body) = http(
+    let mut daemon = Kill::listening(
+        p.command(&["-v", "daemon", "--listen", &addr])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
         &addr,
-        "POST",
-        &format!("{base}/promote"),
-        &h,
-        r#"{"playbook":"slow"}"#,
     );
-    assert_eq!(status, 202, "{body}");
-    let run = json(&body)["run"].as_str().expect("run").to_string();
     // Let it reach its smoke check in the test version.
-    let started = Instant::now();
-    loop {
-        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
-        if json(&body)["output"]
-            .as_str()
-            .is_some_and(|o| o.to_lowercase().contains("smoke"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no smoke step: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let pid = daemon.0.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = daemon.0.stderr.take() {
-        e.read_to_string(&mut err).ok();
-    }
+    let run = promote_until_smoke(&addr, OPS, &acme);
+    daemon.terminate();
+    let (status, err) = daemon.exit_within(Duration::from_secs(90), "the daemon did not stop");
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("forwarding SIGTERM to the run"), "{err}");
     // The run had ended when the daemon exited: its record is final and its output kept.
@@ -1138,69 +1138,23 @@ fn a_second_sigterm_exits_at_once() {
         environment: acme.clone(),
     };
     runtime().block_on(async { demo_images(&engine().await).await });
-    let p = project(&acme, &globex).playbook(
-        "slow",
-        "apiVersion: rollout/v1\nkind: Playbook\nname: slow\nsteps:\n  - testEnv: {}\n  - smoke:\n      target: test\n      checks:\n        - exec: { service: web, command: [/bin/busybox, sleep, \"20\"], timeout: 60s }\n  - promote: { drain: 1s }\n",
-    );
+    let p = project(&acme, &globex).playbook("slow", &slow_playbook(20));
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = p
-        .command(&["daemon", "--listen", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the daemon");
-    let mut daemon = Kill(child);
-    let auth = bearer(OPS);
-    let h = [("Authorization", auth.as_str())];
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let base = format!("/api/v1/environments/{acme}");
-    let (status, _, body) = http(
+    let mut daemon = Kill::listening(
+        p.command(&["daemon", "--listen", &addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
         &addr,
-        "POST",
-        &format!("{base}/promote"),
-        &h,
-        r#"{"playbook":"slow"}"#,
     );
-    assert_eq!(status, 202, "{body}");
-    let run = json(&body)["run"].as_str().expect("run").to_string();
-    let started = Instant::now();
-    loop {
-        let (_, _, body) = http(&addr, "GET", &format!("{base}/runs/{run}"), &h, "");
-        if json(&body)["output"]
-            .as_str()
-            .is_some_and(|o| o.to_lowercase().contains("smoke"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no smoke step: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let pid = daemon.0.id().to_string();
+    let run = promote_until_smoke(&addr, OPS, &acme);
     for _ in 0..2 {
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        daemon.terminate();
         std::thread::sleep(Duration::from_millis(300));
     }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the daemon waited after a second signal"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, _) = daemon.exit_within(
+        Duration::from_secs(10),
+        "the daemon waited after a second signal",
+    );
     assert_eq!(status.code(), Some(130));
     // The run was ended too: its lock has no live holder left (the next promote or rollback
     // takes it over and settles what the journal holds).
@@ -1221,26 +1175,6 @@ fn a_second_sigterm_exits_at_once() {
     p.run(&["promote", "-e", &acme, "-p", "quick", "--yes"])
         .code(0)
         .stdout_has(&format!("Closed the record of run {run}"));
-}
-
-/// Serves `html` to every request on a port of 127.0.0.1 of its own (another origin than the
-/// daemon's, but the same *site*: SameSite cookies go along).
-fn other_origin(html: String) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(8).flatten() {
-            let mut stream = stream;
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-                html.len()
-            );
-        }
-    });
-    addr
 }
 
 /// Issue 7: the real daemon with `daemon.gitops` and `daemon.rehearsals` shows their state through
@@ -1325,20 +1259,14 @@ fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashbo
     )
     .expect("seed the log");
 
-    let child = p
-        .command(&["-v", "daemon"])
-        .env("NO_COLOR", "1")
-        .env("ROLLOUT_STATIC_BINARY", crate::support::static_binary())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the daemon");
-    let mut daemon = Kill(child);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "not listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut daemon = Kill::listening(
+        p.command(&["-v", "daemon"])
+            .env("NO_COLOR", "1")
+            .env("ROLLOUT_STATIC_BINARY", crate::support::static_binary())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+        &addr,
+    );
     let get = |token: &str, path: &str| {
         let auth = bearer(token);
         let (status, _, body) = http(&addr, "GET", path, &[("Authorization", &auth)], "");
@@ -1668,11 +1596,12 @@ fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashbo
     // does not tell ports apart), the daemon refuses it, and nothing is retried.
     let attempts_before =
         env_of(&get(OPS, "/api/v1/gitops"), &acme).expect("acme")["lastAttempt"]["at"].clone();
-    let evil = other_origin(format!(
+    // Another port of 127.0.0.1: another origin than the daemon's, but the same *site*.
+    let evil = serve_page(format!(
         "<!doctype html><form method=\"post\" action=\"http://{addr}/env/{acme}/gitops/retry\">\
          <input name=\"csrf\" value=\"guess\"></form><script>document.forms[0].submit()</script>"
     ));
-    browser.navigate(&format!("http://{evil}/"));
+    browser.navigate(&evil);
     browser.wait_for(
         "location.pathname.endsWith('/gitops/retry') && document.body",
         Duration::from_secs(30),
@@ -1794,28 +1723,8 @@ fn the_gitops_controller_and_the_schedule_through_the_api_metrics_and_the_dashbo
     drop(browser);
 
     // SIGTERM: exits 0; the log names who asked for each retry, and no token.
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &daemon.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = daemon.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = daemon.0.stderr.take() {
-        e.read_to_string(&mut err).ok();
-    }
+    daemon.terminate();
+    let (status, err) = daemon.exit_within(Duration::from_secs(60), "the daemon did not stop");
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(
         err.contains("gitops retry requested") && err.contains("api:acme-ops"),
