@@ -24,7 +24,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib/net.sh
 rport=$(free_port); cport=$(free_port)
 mkdir -p "$work/p/manifests" "$work/p/playbooks"
 echo "proxy: { bind: 127.0.0.1 }" > "$work/p/rollout.yaml"

@@ -18,7 +18,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bins=("$@")
 [ ${#bins[@]} -gt 0 ] || bins=(target/release/rollout)
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 for tool in wrk valgrind callgrind_control curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: needs $tool" >&2; exit 1; }
 done
@@ -32,29 +31,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-mkdir -p "$work/www"
-head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-chmod 755 "$work" "$work/www"; chmod 644 "$work/www/index.html"
-nginx_conf() { # $1: name, $2: extra main directives, $3: server block
-  cat > "$work/$1.conf" <<EOF
-$2
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body;
-  proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fastcgi;
-  uwsgi_temp_path $work/$1-uwsgi;
-  scgi_temp_path $work/$1-scgi;
-  keepalive_requests 1000000;
-  $3
-}
-EOF
-}
+. bench/lib/net.sh
+. bench/lib/nginx.sh
+static_site
 backend_port=$(free_port); backend_status_port=$(free_port)
 nginx_conf backend "daemon on; worker_processes $(nproc);" "server { listen 127.0.0.1:$backend_port; root $work/www; }
   server { listen 127.0.0.1:$backend_status_port; location / { stub_status; } }"

@@ -28,7 +28,6 @@ if [ ${#need[@]} -gt 0 ]; then
   # policy-rc.d keeps the package from starting a system nginx on port 80.
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v curl >/dev/null || { echo "bench: needs curl" >&2; exit 1; }
 
 # ROLLOUT_BIN measures another build (an older commit's, for a before/after in the same
@@ -52,37 +51,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib/net.sh
+. bench/lib/nginx.sh
 backend_port=$(free_port); rproxy_port=$(free_port); proxy_port=$(free_port); admin_port=$(free_port)
-
-# A small static file, as a real site's health page or small asset would be.
-mkdir -p "$work/www" "$work/state"
-head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-# nginx workers drop root privileges: they must be able to read the file.
-chmod 755 "$work" "$work/www"; chmod 644 "$work/www/index.html"
-
-nginx_conf() { # $1: name, $2: server block
-  cat > "$work/$1.conf" <<EOF
-daemon on;
-worker_processes $cores;
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body;
-  proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fastcgi;
-  uwsgi_temp_path $work/$1-uwsgi;
-  scgi_temp_path $work/$1-scgi;
-  keepalive_requests 1000000;
-  $2
-}
-EOF
-  "$NGINX" -c "$work/$1.conf"
-}
-nginx_conf backend "server { listen 127.0.0.1:$backend_port; root $work/www; }"
-nginx_conf rproxy "
+mkdir -p "$work/state"
+static_site
+main="daemon on; worker_processes $cores;"
+nginx_conf backend "$main" "server { listen 127.0.0.1:$backend_port; root $work/www; }"
+"$NGINX" -c "$work/backend.conf"
+nginx_conf rproxy "$main" "
   upstream app { server 127.0.0.1:$backend_port; keepalive 128; }
   server {
     listen 127.0.0.1:$rproxy_port;
@@ -95,6 +72,7 @@ nginx_conf rproxy "
       proxy_set_header X-Forwarded-Proto http;
     }
   }"
+"$NGINX" -c "$work/rproxy.conf"
 
 # In its own session, as the nginx daemons (which setsid) are: with the kernel's autogroup
 # scheduling, a process left in this script's session would share one CPU share with wrk and
