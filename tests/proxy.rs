@@ -162,6 +162,21 @@ pub(crate) async fn start_proxy(state: &std::path::Path) -> ProxyHandle {
     Proxy::start(config).await.expect("proxy starts")
 }
 
+/// A proxy whose listener [`PORT`] routes to `backends`, and that listener's address.
+pub(crate) async fn proxy_routing(
+    state: &std::path::Path,
+    protocol: Protocol,
+    backends: &[(&str, SocketAddr, u8)],
+) -> (ProxyHandle, SocketAddr) {
+    let proxy = start_proxy(state).await;
+    proxy
+        .update(table(protocol, backends))
+        .await
+        .expect("update");
+    let addr = proxy.listener_addr(PORT).expect("listening");
+    (proxy, addr)
+}
+
 pub(crate) fn table(protocol: Protocol, backends: &[(&str, SocketAddr, u8)]) -> Routes {
     let mut routes = Routes::default();
     routes.listeners.insert(
@@ -274,15 +289,12 @@ async fn weights_decide_where_requests_go() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let (a, b) = (http_backend("A").await, http_backend("B").await);
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(
-                Protocol::Http,
-                &[("A", a.addr, 100), ("B", b.addr, 0)],
-            ))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) = proxy_routing(
+            state.path(),
+            Protocol::Http,
+            &[("A", a.addr, 100), ("B", b.addr, 0)],
+        )
+        .await;
         assert_eq!(count_names(addr, 20).await, (20, 0));
 
         proxy
@@ -497,15 +509,12 @@ async fn refused_connections_are_retried_once_on_another_backend() {
         let state = tempfile::tempdir().expect("tempdir");
         let down = closed_port().await;
         let b = http_backend("B").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(
-                Protocol::Http,
-                &[("down", down, 100), ("B", b.addr, 0)],
-            ))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) = proxy_routing(
+            state.path(),
+            Protocol::Http,
+            &[("down", down, 100), ("B", b.addr, 0)],
+        )
+        .await;
         for i in 0..20 {
             let (method, body) = if i % 2 == 0 {
                 ("GET", Bytes::new())
@@ -556,12 +565,8 @@ async fn removed_backend_finishes_its_requests_then_drains() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let (a, b) = (http_backend("A").await, http_backend("B").await);
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
         let slow = tokio::spawn(once(addr, "GET", "/slow", Bytes::new()));
         let admin = proxy.admin();
         for _ in 0..100 {
@@ -673,12 +678,8 @@ async fn websocket_upgrade_is_passed_through() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(
             b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -729,12 +730,8 @@ async fn tcp_listener_forwards_and_switches() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let ((a, _ta), (b, _tb)) = (tcp_backend("A").await, tcp_backend("B").await);
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Tcp, &[("A", a, 100), ("B", b, 0)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Tcp, &[("A", a, 100), ("B", b, 0)]).await;
         let greet = |s: TcpStream| async move {
             let mut r = tokio::io::BufReader::new(s);
             let mut line = String::new();
@@ -783,12 +780,8 @@ async fn http2_clients_are_served_over_h2c() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -885,12 +878,8 @@ async fn stats_give_error_rate_and_p99_over_a_window() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
         let admin = proxy.admin();
         // Traffic before the window must not count in it.
         count_names(addr, 10).await;

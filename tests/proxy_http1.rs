@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::proxy::{Conn, PORT, bounded, http_backend, name, start_proxy, table};
+use super::proxy::{Conn, bounded, http_backend, name, proxy_routing};
 
 /// A backend that answers each request with canned bytes picked by its path, written 7 bytes at
 /// a time with a pause between, so that the proxy reads every head and body in pieces.
@@ -212,12 +212,8 @@ async fn every_backend_framing_reaches_the_client_whole() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let backend = scripted_backend().await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("S", backend.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("S", backend.addr, 100)]).await;
 
         let mut c = Raw::open(addr).await;
         for (path, status, body, kind) in [
@@ -296,12 +292,8 @@ async fn pipelined_and_byte_by_byte_requests_are_answered_in_order() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
 
         let mut c = Raw::open(addr).await;
         c.write(
@@ -348,12 +340,8 @@ async fn bad_requests_get_400_and_unusual_ones_go_to_hyper_mid_connection() {
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
 
         for bad in [
             &b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"[..],
@@ -417,12 +405,8 @@ async fn stopping_closes_idle_connections_at_once_and_busy_ones_after_their_answ
     bounded(async {
         let state = tempfile::tempdir().expect("tempdir");
         let a = http_backend("A").await;
-        let proxy = start_proxy(state.path()).await;
-        proxy
-            .update(table(Protocol::Http, &[("A", a.addr, 100)]))
-            .await
-            .expect("update");
-        let addr = proxy.listener_addr(PORT).expect("listening");
+        let (proxy, addr) =
+            proxy_routing(state.path(), Protocol::Http, &[("A", a.addr, 100)]).await;
 
         let mut idle = Raw::open(addr).await;
         idle.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
