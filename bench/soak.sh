@@ -33,7 +33,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib/net.sh
 port=$(free_port); api=$(free_port)
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mkdir -p "$work/p/manifests" "$work/p/playbooks"
