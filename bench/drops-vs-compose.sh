@@ -25,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 . bench/lib/net.sh
+. bench/lib/hey.sh
 rport=$(free_port); cport=$(free_port)
 mkdir -p "$work/p/manifests" "$work/p/playbooks"
 echo "proxy: { bind: 127.0.0.1 }" > "$work/p/rollout.yaml"
@@ -66,14 +67,8 @@ services:
 YAML
 }
 
-# hey's summary: responses with status 200, other statuses, and errors (connection failures).
-count() {
-  local ok other errs
-  ok=$(awk '/\[200\]/ {print $2}' "$1" | head -1); ok=${ok:-0}
-  other=$(awk '/^Status code distribution:/ {f=1; next} f && /\[[0-9]+\]/ && !/\[200\]/ {s+=$2} /^$/ {f=0} END {print s+0}' "$1")
-  errs=$(awk '/^Error distribution:/ {f=1; next} f && /\[[0-9]+\]/ {s+=substr($1,2,length($1)-2)} END {print s+0}' "$1")
-  echo "$ok $other $errs"
-}
+# count FILE: "ok other errors" of a hey summary.
+count() { hey_counts "$1"; }
 
 under_load() { # $1: url, $2: command to run between updates with the version as argument
   local out; out=$(mktemp)

@@ -34,6 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 . bench/lib/net.sh
+. bench/lib/hey.sh
 port=$(free_port); api=$(free_port)
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mkdir -p "$work/p/manifests" "$work/p/playbooks"
@@ -122,9 +123,8 @@ read -r c1 n1 v1 t1 < <(objects)
 
 ok=0; other=0; errs=0
 for f in "$work"/hey.*; do
-  ok=$((ok + $(awk '/\[200\]/ {print $2}' "$f" | head -1 | grep . || echo 0)))
-  other=$((other + $(awk '/^Status code distribution:/ {f=1; next} f && /\[[0-9]+\]/ && !/\[200\]/ {s+=$2} /^$/ {f=0} END {print s+0}' "$f")))
-  errs=$((errs + $(awk '/^Error distribution:/ {f=1; next} f && /\[[0-9]+\]/ {s+=substr($1,2,length($1)-2)} END {print s+0}' "$f")))
+  read -r o n e < <(hey_counts "$f")
+  ok=$((ok + o)); other=$((other + n)); errs=$((errs + e))
 done
 dropped=$((other + errs))
 abs() { echo $(( $1 < 0 ? -$1 : $1 )); }

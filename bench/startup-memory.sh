@@ -37,6 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 . bench/lib/net.sh
+. bench/lib/hey.sh
 port=$(free_port); api=$(free_port)
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mkdir -p "$work/p/manifests" "$work/p/playbooks" "$work/tiny/manifests"
@@ -110,7 +111,7 @@ daemon_load() { # $1: path, $2: label
   local h=$!
   sample_rss "$daemon_pid" "$secs" "$work/rss-$2"
   wait $h
-  echo "$(max_of "$work/rss-$2") $(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey-$2") $(awk '/\[200\]/ {print $2}' "$work/hey-$2" | head -1)"
+  echo "$(max_of "$work/rss-$2") $(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey-$2") $(hey_counts "$work/hey-$2" | cut -d' ' -f1)"
 }
 read -r d_list d_list_rps d_list_ok < <(daemon_load /api/v1/environments list)
 read -r d_status d_status_rps d_status_ok < <(daemon_load "/api/v1/environments/$env" status)
