@@ -2,7 +2,8 @@
 //! parsed one after another (pipelined), each body skipped by its length, as `fast` reads a
 //! client connection. Every head the fast path forwards must reach the backend with the framing
 //! the proxy used (the same body length, no transfer coding: no request smuggling), without
-//! hop-by-hop headers, and with exactly one `X-Forwarded-For` and `X-Forwarded-Proto`.
+//! hop-by-hop headers, and with exactly one `X-Forwarded-For` and `X-Forwarded-Proto`; and the
+//! forwarded head is forwarded again the same way by a second proxy.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -84,7 +85,9 @@ fuzz_target!(|data: &[u8]| {
             "the backend would frame the body differently"
         );
 
-        // The forwarded head is itself one the fast path forwards, with the same framing.
+        // The forwarded head is itself one the fast path forwards, with the same framing (a
+        // proxy in front of another). Two headers are added, so a head that came with nearly
+        // MAX_HEADERS may leave with more: the next proxy hands that one to hyper.
         match h1::parse_request(&out, "10.0.0.1", &mut again) {
             Request::Forward(h) => {
                 assert_eq!(h.head_len, out.len());
@@ -93,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
                     (head.body_len, head.head_method, head.replayable)
                 );
             }
+            Request::HandOff if req.headers.len() > h1::MAX_HEADERS => {}
             other => panic!("the forwarded head is not forwarded again: {other:?}"),
         }
 

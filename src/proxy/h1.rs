@@ -719,6 +719,24 @@ mod tests {
         assert_eq!(request(&raw), Request::HandOff);
     }
 
+    /// Found by the `proxy_request` fuzz target after the last fixes: a head with exactly
+    /// `MAX_HEADERS` headers is forwarded with the two `X-Forwarded-*` added, so a second
+    /// rollout proxy behind the first hands it to hyper instead of the fast path. Both are
+    /// correct; the test pins that the first forwards it whole and the second does not misread it.
+    #[test]
+    fn a_head_with_the_most_headers_is_forwarded_and_a_second_proxy_hands_it_on() {
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let (h, out) = forward(&raw);
+        assert_eq!(h.head_len, raw.len());
+        assert_eq!(out.matches("\r\n").count(), 1 + MAX_HEADERS + 2 + 1);
+        assert!(out.ends_with("X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"));
+        assert_eq!(request(out.as_bytes()), Request::HandOff);
+    }
+
     #[test]
     fn response_framing_follows_rfc_9112() {
         let (h, out) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
