@@ -90,13 +90,14 @@ fn run_bare(p: &Project, args: &[&str], vars: &[(&str, &str)]) -> Output {
     Output::from_child(args, out)
 }
 
-/// Data copies, explicit checks from this machine and canary weights are not built on this
-/// backend: promote names the steps, before it even looks for a cluster.
+/// Data copies, explicit checks from this machine and a canary analysis are not built on this
+/// backend: promote names the steps, before it even looks for a cluster. A canary without an
+/// analysis is not named: it runs there.
 #[test]
 fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
     let p = kube_project("shop").playbook(
         "standard",
-        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h }\n  - smoke: { target: test, checks: [ { http: { service: web, port: 80, path: / } } ] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h }\n  - smoke: { target: test, checks: [ { http: { service: web, port: 80, path: / } } ] }\n  - canary: { weight: 10, hold: 1s, analysis: { maxErrorRate: 0.01 } }\n  - canary: { weight: 50, hold: 1s }\n  - promote: {}\n",
     );
     let before = p.snapshot();
     run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")])
@@ -105,11 +106,14 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
         .stderr_has("step 2 `smoke")
         .stderr_has("http, tcp and exec checks from this machine need a port-forward")
         .stderr_has("step 3 `canary")
+        .stderr_has("a canary analysis needs request figures (Prometheus queries), not built")
         .stderr_has("nothing was done");
     let err = run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")]);
     assert!(
-        !err.stderr.contains("step 1") && !err.stderr.contains("step 4"),
-        "testEnv without copyData and promote run: {}",
+        !err.stderr.contains("step 1")
+            && !err.stderr.contains("step 4")
+            && !err.stderr.contains("step 5"),
+        "testEnv without copyData, a canary without analysis and promote run: {}",
         err.stderr
     );
     assert_eq!(p.snapshot(), before);

@@ -110,7 +110,11 @@ pub(crate) fn kubernetes_unsupported(
                 Step::Smoke { checks, .. } if !checks.is_empty() => {
                     "http, tcp and exec checks from this machine need a port-forward or a pod exec, not built"
                 }
-                Step::Canary { .. } => "canary weights (HTTPRoute or replica ratio) are not built",
+                Step::Canary {
+                    analysis: Some(_), ..
+                } => {
+                    "a canary analysis needs request figures (Prometheus queries), not built; a canary without `analysis` runs (HTTPRoute weights or a replica ratio)"
+                }
                 _ => return None,
             };
             Some(format!(
@@ -129,7 +133,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve` and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve`, `canary` (without analysis) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
         playbook.name,
         steps.join("\n  ")
     ))

@@ -879,6 +879,7 @@ impl Engine for DockerEngine {
         Ok(Observed {
             environment: environment.to_string(),
             services,
+            traffic: self.traffic(),
         })
     }
 

@@ -523,6 +523,7 @@ impl Engine for FakeEngine {
         Ok(Observed {
             environment: environment.to_string(),
             services,
+            traffic: self.traffic(),
         })
     }
 

@@ -29,6 +29,7 @@
 //! steps that need it are refused before they start (see `cmd::connect` and
 //! `cmd::kubernetes_unsupported`).
 
+pub mod canary;
 pub mod lease;
 pub mod status;
 
@@ -54,7 +55,7 @@ use serde::de::DeserializeOwned;
 use super::{
     ContainerSpec, ContainerStatus, Engine, EngineError, EnvValue, EventStream, ExecOutput,
     LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
-    Removed, ServiceSnapshot, Traffic, Unrouted, image, labels,
+    Removed, ServiceSnapshot, Split, Traffic, Unrouted, image, labels,
 };
 use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
@@ -815,6 +816,28 @@ impl Engine for KubeEngine {
         }
     }
 
+    /// A canary: weights on the HTTPRoute that sends to the service, else a replica ratio
+    /// ([`canary`]).
+    async fn split_service(
+        &self,
+        env: &str,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        percent: u8,
+    ) -> Result<Split, EngineError> {
+        self.split(env, service, stable, candidate, percent).await
+    }
+
+    async fn end_split(
+        &self,
+        env: &str,
+        service: &str,
+        kept: Option<&str>,
+    ) -> Result<(), EngineError> {
+        self.unsplit(env, service, kept).await
+    }
+
     fn shared_lock(&self, env: &str, holder: &str) -> Option<lease::LeaseLock> {
         Some(lease::LeaseLock::new(
             self.client.clone(),
@@ -896,6 +919,7 @@ impl Engine for KubeEngine {
         Ok(Observed {
             environment: environment.to_string(),
             services,
+            traffic: self.traffic(),
         })
     }
 

@@ -166,6 +166,8 @@ pub struct Observed {
     pub environment: String,
     /// Production services by manifest name.
     pub services: BTreeMap<String, ObservedService>,
+    /// How the platform observed moves traffic (which services a canary can split).
+    pub traffic: Traffic,
 }
 
 #[derive(Debug, Clone)]
@@ -303,9 +305,10 @@ pub struct LabelledObject {
 }
 
 /// How traffic reaches a service's versions on a platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Traffic {
     /// rollout's edge proxy holds the public ports and moves traffic by weight (docker).
+    #[default]
     EdgeProxy,
     /// The platform routes a service's stable name to one version; rollout moves it with
     /// [`Engine::route_service`] (kubernetes Services, by their selector).
@@ -320,6 +323,16 @@ pub enum Probes {
     /// The platform itself (kubernetes readiness probes); rollout reads the result from
     /// [`Engine::status`].
     ByPlatform,
+}
+
+/// How a platform split a service's traffic for a canary ([`Engine::split_service`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The share of requests the candidate gets, as the split really is (a replica ratio
+    /// cannot give every percentage).
+    pub percent: u8,
+    /// How, in a few words: the route and weights, or the pods beside each other.
+    pub how: String,
 }
 
 /// Whether a version still receives traffic through its service, after it was routed away.
@@ -515,6 +528,37 @@ pub trait Engine: Send + Sync {
         Err(EngineError::Unsupported {
             what: format!("draining service {service} on {}", self.describe()),
         })
+    }
+
+    /// [`Traffic::Services`], a canary: sends about `percent` (1 to 99) of `service`'s traffic to
+    /// `candidate`'s replicas and the rest to `stable`'s, as this platform can split it. Says
+    /// how, and the share the candidate really gets.
+    async fn split_service(
+        &self,
+        env: &str,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        percent: u8,
+    ) -> Result<Split, EngineError> {
+        let _ = (env, stable, candidate, percent);
+        Err(EngineError::Unsupported {
+            what: format!("splitting service {service}'s traffic on {}", self.describe()),
+        })
+    }
+
+    /// [`Traffic::Services`]: ends a split [`Engine::split_service`] began, once
+    /// [`Engine::route_service`] has pointed the service at one version: everything the split
+    /// made goes, and `kept`, the candidate that now serves alone (if it stays), is back to its
+    /// own size. Nothing to end is not an error.
+    async fn end_split(
+        &self,
+        env: &str,
+        service: &str,
+        kept: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let _ = (env, service, kept);
+        Ok(())
     }
 
     /// A lock on the platform itself, shared by every machine that manages `env` there

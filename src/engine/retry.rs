@@ -262,6 +262,30 @@ impl<E: Engine> Engine for Retrying<E> {
         .await
     }
 
+    async fn split_service(
+        &self,
+        env: &str,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        percent: u8,
+    ) -> Result<super::Split, EngineError> {
+        retry("split_service", || {
+            self.inner
+                .split_service(env, service, stable, candidate, percent)
+        })
+        .await
+    }
+
+    async fn end_split(
+        &self,
+        env: &str,
+        service: &str,
+        kept: Option<&str>,
+    ) -> Result<(), EngineError> {
+        retry("end_split", || self.inner.end_split(env, service, kept)).await
+    }
+
     fn shared_lock(&self, env: &str, holder: &str) -> Option<super::kube::lease::LeaseLock> {
         self.inner.shared_lock(env, holder)
     }

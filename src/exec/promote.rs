@@ -83,12 +83,17 @@ pub(super) struct Deployment<'a> {
     stopped: Vec<String>,
     /// The proxy table was changed by this run.
     routed: bool,
+    /// [`Traffic::Services`]: a canary split services' traffic ([`Engine::split_service`]);
+    /// the next whole routing ends the split.
+    split: bool,
     /// How long the switch to the new version took (the routing update alone).
     switch_ms: Option<u64>,
     /// How long putting the old version back took, from the failure to the routes.
     rollback_ms: Option<u64>,
     /// The current canary step's figures, per candidate, for the report.
     canary_figures: Vec<CanaryFigures>,
+    /// [`Traffic::Services`]: how the current canary step split each service.
+    splits: Vec<(String, crate::engine::Split)>,
 }
 
 /// Runs `playbook` against production for the changes in `plan`.
@@ -679,6 +684,8 @@ impl<'a> Deployment<'a> {
             candidates: BTreeMap::new(),
             stopped: Vec::new(),
             routed: false,
+            split: false,
+            splits: Vec::new(),
             switch_ms: None,
             rollback_ms: None,
             canary_figures: Vec::new(),
@@ -701,6 +708,7 @@ impl<'a> Deployment<'a> {
         let mut candidates = BTreeMap::new();
         let mut stopped = Vec::new();
         let mut routed = false;
+        let mut split = false;
         for e in entries {
             let text = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
             match e.step.as_str() {
@@ -708,7 +716,8 @@ impl<'a> Deployment<'a> {
                     candidates.insert(text("service"), text("container"));
                 }
                 "stop" => stopped.push(text("container")),
-                "canary" | "switch" | "finish" | "undo" => routed = true,
+                "canary" => (routed, split) = (true, true),
+                "switch" | "finish" | "undo" => routed = true,
                 _ => {}
             }
         }
@@ -729,7 +738,9 @@ impl<'a> Deployment<'a> {
             candidates,
             stopped,
             routed: routed && routing_needed(engine, env),
+            split,
             canary_figures: Vec::new(),
+            splits: Vec::new(),
             switch_ms: None,
             rollback_ms: None,
         }
@@ -862,35 +873,45 @@ impl<'a> Deployment<'a> {
     async fn table(&self, candidate_weight: u8) -> Result<Table, Stop> {
         match self.engine.traffic() {
             Traffic::EdgeProxy => Ok(Table::Edge(self.routes(candidate_weight).await?)),
-            Traffic::Services => self.selectors(candidate_weight).map(Table::Services),
+            Traffic::Services => Ok(self.selectors(candidate_weight)),
         }
     }
 
     /// [`Traffic::Services`]: the container each changed service's Service sends its traffic
-    /// to: the candidate at 100, the old version at 0 (a Service sends to one version).
-    fn selectors(&self, candidate_weight: u8) -> Result<BTreeMap<String, String>, Stop> {
-        if !matches!(candidate_weight, 0 | 100) {
-            return Err(Stop(format!(
-                "a {candidate_weight}% split is not possible through {}'s Services",
-                self.engine.describe()
-            )));
-        }
-        let mut out = BTreeMap::new();
+    /// to: the candidate at 100, the old version at 0. Between the two, a service that has both
+    /// (stateless, an old version running) is split; the others go whole to their candidate.
+    fn selectors(&self, candidate_weight: u8) -> Table {
+        let mut whole = BTreeMap::new();
+        let mut split = Vec::new();
         for svc in self.changed.iter().filter(|s| !s.ports.is_empty()) {
             let old = self
                 .old
                 .get(&svc.name)
                 .and_then(|o| o.first())
                 .filter(|c| !self.stopped.contains(c));
-            let target = match candidate_weight {
-                100 => self.candidates.get(&svc.name).or(old),
-                _ => old,
+            let candidate = self.candidates.get(&svc.name);
+            let target = match (candidate_weight, candidate, old) {
+                (100, Some(c), _) => Some(c),
+                (0, _, old) => old,
+                (_, Some(c), Some(o)) if !svc.stateful => {
+                    split.push((svc.name.clone(), o.clone(), c.clone()));
+                    continue;
+                }
+                (_, c, old) => c.or(old),
             };
             if let Some(c) = target {
-                out.insert(svc.name.clone(), c.clone());
+                whole.insert(svc.name.clone(), c.clone());
             }
         }
-        Ok(out)
+        if split.is_empty() {
+            Table::Services(whole)
+        } else {
+            Table::Split {
+                percent: candidate_weight,
+                whole,
+                split,
+            }
+        }
     }
 
     async fn put_routes(&mut self, table: &Table) -> Result<(), Stop> {
@@ -903,6 +924,40 @@ impl<'a> Deployment<'a> {
                         .route_service(&self.env.name, service, container)
                         .await
                         .map_err(|e| Stop(e.to_string()))?;
+                    if self.split {
+                        let kept = Some(container.as_str())
+                            .filter(|c| self.candidates.get(service).map(String::as_str) == Some(c));
+                        self.engine
+                            .end_split(&self.env.name, service, kept)
+                            .await
+                            .map_err(|e| Stop(e.to_string()))?;
+                    }
+                }
+                self.split = false;
+                return Ok(());
+            }
+            Table::Split {
+                percent,
+                whole,
+                split,
+            } => {
+                for (service, container) in whole {
+                    self.routed = true;
+                    self.engine
+                        .route_service(&self.env.name, service, container)
+                        .await
+                        .map_err(|e| Stop(e.to_string()))?;
+                }
+                self.splits.clear();
+                for (service, stable, candidate) in split {
+                    self.routed = true;
+                    self.split = true;
+                    let how = self
+                        .engine
+                        .split_service(&self.env.name, service, stable, candidate, *percent)
+                        .await
+                        .map_err(|e| Stop(e.to_string()))?;
+                    self.splits.push((service.clone(), how));
                 }
                 return Ok(());
             }
@@ -939,9 +994,10 @@ impl<'a> Deployment<'a> {
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<String, Stop> {
-        if self.engine.traffic() == Traffic::Services {
+        let through_services = self.engine.traffic() == Traffic::Services;
+        if through_services && analysis.is_some() {
             return Err(Stop(format!(
-                "canary steps are not supported on {} yet: its Services send a service's traffic to one version",
+                "a canary analysis needs the requests' figures, and {} has no source for them yet (the edge proxy measures them on docker)",
                 self.engine.describe()
             )));
         }
@@ -954,6 +1010,9 @@ impl<'a> Deployment<'a> {
             .map_err(Stop)?;
         self.put_routes(&routes).await?;
         self.journal.done("canary", entry).await.map_err(Stop)?;
+        if through_services {
+            return self.hold_split(weight, hold, progress, cancel).await;
+        }
         let before = self.stats().await?;
         let t0 = Instant::now();
         let task = format!("canary at {}%", weight.percent());
@@ -1072,6 +1131,83 @@ impl<'a> Deployment<'a> {
             weight.percent(),
             crate::manifest::duration::format(hold),
             lines.join("; ")
+        ))
+    }
+
+    /// [`Traffic::Services`]: holds a canary split for `hold`, ending it early when a candidate
+    /// stops or crash-loops. Nothing measures the requests here, so the step says how each
+    /// service was split and the share its candidate really got.
+    async fn hold_split(
+        &mut self,
+        weight: playbook::Weight,
+        hold: Duration,
+        progress: &dyn Progress,
+        cancel: &CancellationToken,
+    ) -> Result<String, Stop> {
+        // The runtime's clock: a paused one in tests moves with the sleeps below.
+        let t0 = tokio::time::Instant::now();
+        let task = format!("canary at {}%", weight.percent());
+        progress.begin(&task);
+        loop {
+            if cancel.is_cancelled() {
+                progress.end(&task, Status::Failed, "stopped by a signal", t0.elapsed());
+                return Err(Stop("stopped by a signal".into()));
+            }
+            for (svc, container) in &self.candidates {
+                let status = self.engine.status(container).await.map_err(|e| {
+                    progress.end(&task, Status::Failed, "the engine was lost", t0.elapsed());
+                    Stop(e.to_string())
+                })?;
+                let failure = match status {
+                    None => Some(format!("the {svc} candidate is gone during the canary")),
+                    Some(s) => match s.state {
+                        ContainerState::Exited { code } => Some(format!(
+                            "the {svc} candidate exited with code {code} during the canary"
+                        )),
+                        ContainerState::Restarting => Some(format!(
+                            "the {svc} candidate is crash-looping ({} restarts) during the canary",
+                            s.restart_count
+                        )),
+                        _ => None,
+                    },
+                };
+                if let Some(reason) = failure {
+                    progress.end(&task, Status::Failed, "a candidate failed", t0.elapsed());
+                    return Err(Stop(reason));
+                }
+            }
+            if t0.elapsed() >= hold {
+                break;
+            }
+            // The platform is asked once per poll: a status is an API call or two.
+            tokio::time::sleep(crate::engine::kube::POLL.min(hold.saturating_sub(t0.elapsed())))
+                .await;
+        }
+        progress.end(&task, Status::Ok, "hold done", t0.elapsed());
+        let lines: Vec<String> = self
+            .splits
+            .iter()
+            .map(|(svc, split)| {
+                let share = if split.percent == weight.percent() {
+                    format!("{}%", split.percent)
+                } else {
+                    format!("{}% (asked {}%)", split.percent, weight.percent())
+                };
+                format!("{svc}: {share} to the candidate by {}", split.how)
+            })
+            .collect();
+        for line in &lines {
+            progress.note(&format!("  {line}"));
+        }
+        Ok(format!(
+            "{}% to the new version for {}: {}; requests not measured on this platform",
+            weight.percent(),
+            crate::manifest::duration::format(hold),
+            if lines.is_empty() {
+                "no service to split".to_string()
+            } else {
+                lines.join("; ")
+            }
         ))
     }
 
@@ -1301,6 +1437,13 @@ enum Table {
     Edge(Routes),
     /// Changed services -> the container their Service sends to.
     Services(BTreeMap<String, String>),
+    /// A canary through Services: `(service, stable, candidate)` split at `percent`, the other
+    /// changed services whole to one container.
+    Split {
+        percent: u8,
+        whole: BTreeMap<String, String>,
+        split: Vec<(String, String, String)>,
+    },
 }
 
 /// Whether `env` has traffic for rollout to move on `engine`'s platform: public ports behind

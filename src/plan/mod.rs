@@ -8,7 +8,7 @@ pub mod render;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{HealthState, Observed, ObservedService, ServiceSnapshot};
+use crate::engine::{HealthState, Observed, ObservedService, ServiceSnapshot, Traffic};
 use crate::manifest::env::{Environment, Port, Service, Volume};
 use crate::manifest::playbook::{self, Playbook, Step};
 
@@ -251,8 +251,20 @@ pub fn compute(desired: &Environment, observed: &Observed, playbook: &Playbook) 
                     "nothing runs yet: there is no previous version to share traffic with"
                         .to_string(),
                 ),
-                Step::Canary { .. } if !changed.iter().any(|s| serves_public(desired, &s.name)) => {
-                    Some("no changed service has a public port to shift traffic on".to_string())
+                Step::Canary { .. }
+                    if !changed
+                        .iter()
+                        .any(|s| splittable(desired, observed.traffic, &s.name)) =>
+                {
+                    Some(match observed.traffic {
+                        Traffic::EdgeProxy => {
+                            "no changed service has a public port to shift traffic on".to_string()
+                        }
+                        Traffic::Services => {
+                            "no changed service has a port behind a Service to shift traffic on"
+                                .to_string()
+                        }
+                    })
                 }
                 Step::Smoke { checks, .. } => {
                     notes.extend(checks.iter().map(|c| c.to_string()));
@@ -287,9 +299,13 @@ pub fn compute(desired: &Environment, observed: &Observed, playbook: &Playbook) 
     }
 }
 
-fn serves_public(env: &Environment, service: &str) -> bool {
-    env.service(service)
-        .is_some_and(|s| s.ports.iter().any(|p| p.public.is_some()))
+/// Whether a canary can split `service`'s traffic: its public ports behind the edge proxy, or
+/// any port behind its Service.
+fn splittable(env: &Environment, traffic: Traffic, service: &str) -> bool {
+    env.service(service).is_some_and(|s| match traffic {
+        Traffic::EdgeProxy => s.ports.iter().any(|p| p.public.is_some()),
+        Traffic::Services => !s.ports.is_empty(),
+    })
 }
 
 fn promote_note(s: &ServicePlan, first_deploy: bool) -> String {
@@ -505,6 +521,39 @@ mod tests {
                 party: "hosting-co".into(),
                 services: vec!["db".into()]
             }]
+        );
+    }
+
+    /// A canary needs a version to share traffic with and a port to share it on: a public port
+    /// behind the edge proxy, any port behind a kubernetes Service.
+    #[tokio::test]
+    async fn a_canary_is_skipped_without_a_port_to_split_on_as_the_platform_moves_traffic() {
+        let private = SHOP.replace(", public: 18080", "");
+        let engine = running(&environment(&private, "s1")).await;
+        let desired = environment(&private.replace("web:1", "web:2"), "s1");
+        let mut pb = Playbook::switch_only("canary".into());
+        pb.steps.insert(
+            0,
+            Step::Canary {
+                weight: playbook::Weight::new(10).unwrap(),
+                hold: std::time::Duration::from_secs(1),
+                analysis: None,
+            },
+        );
+        let mut observed = engine.observe("shop").await.unwrap();
+        assert_eq!(observed.traffic, Traffic::EdgeProxy);
+        let canary = |plan: &Plan| plan.steps[0].skipped.clone();
+        assert_eq!(
+            canary(&compute(&desired, &observed, &pb)).as_deref(),
+            Some("no changed service has a public port to shift traffic on")
+        );
+        observed.traffic = Traffic::Services;
+        assert_eq!(canary(&compute(&desired, &observed, &pb)), None);
+        // Only db changes: no port at all, so no canary on either platform.
+        let db_only = environment(&private.replace("db:1", "db:2"), "s1");
+        assert_eq!(
+            canary(&compute(&db_only, &observed, &pb)).as_deref(),
+            Some("no changed service has a port behind a Service to shift traffic on")
         );
     }
 

@@ -16,6 +16,8 @@ use crate::exec::report::{Outcome, RunKind};
 use crate::manifest::playbook::{Playbook, Step, Target as StepTarget};
 use crate::store::{RevisionOutcome, Store};
 
+mod canary;
+
 const NAMESPACE: &str = "/api/v1/namespaces/rollout-shop";
 const SERVICES: &str = "/api/v1/namespaces/rollout-shop/services";
 const SECRETS: &str = "/api/v1/namespaces/rollout-shop/secrets";

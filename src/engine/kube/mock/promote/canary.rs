@@ -1,0 +1,339 @@
+//! Canary steps on the kubernetes backend, through the executor, against the mock API server:
+//! weights on a Gateway API HTTPRoute where one sends to the service (a concurrent change of the
+//! route met by a 409 and a fresh read), a replica ratio where the cluster has no Gateway API,
+//! a candidate failing during the hold, and a run killed during its canary settled by the next
+//! command. Every request is scripted, so "the route is put back" and "production untouched"
+//! are checked by the exact writes and by the absence of any other.
+
+use super::*;
+
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/rollout-shop/httproutes";
+
+/// The user's HTTPRoute `shop`: `/` to Service web, `/admin` to Service admin (not rollout's).
+fn route(version: &str, web_refs: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "name": "shop", "namespace": "rollout-shop", "resourceVersion": version },
+        "spec": {
+            "parentRefs": [ { "name": "edge" } ],
+            "rules": [
+                { "matches": [ { "path": { "type": "PathPrefix", "value": "/" } } ], "backendRefs": web_refs },
+                { "matches": [ { "path": { "type": "PathPrefix", "value": "/admin" } } ], "backendRefs": [ { "name": "admin", "port": 9000 } ] }
+            ]
+        }
+    })
+}
+
+fn routes(items: Vec<Value>) -> Value {
+    json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList", "metadata": { "resourceVersion": "7" }, "items": items })
+}
+
+fn unsplit_refs() -> Value {
+    json!([{ "name": "web", "port": 8080 }])
+}
+
+fn split_refs(percent: u32) -> Value {
+    json!([{ "name": "web", "port": 8080, "weight": 100 - percent }, { "name": "web-canary", "port": 8080, "weight": percent }])
+}
+
+/// The merge patch of route `shop`: guarded by `version`, web's rule sent to `refs`, the admin
+/// rule as it was.
+fn patch_route(version: &'static str, refs: Value) -> Exchange {
+    on(Method::PATCH, &format!("{ROUTES}/shop?")).body(move |b| {
+        assert_eq!(b["metadata"]["resourceVersion"], version, "guarded by the version read");
+        assert_eq!(b["spec"]["rules"][0]["backendRefs"], refs);
+        assert_eq!(
+            b["spec"]["rules"][1]["backendRefs"],
+            json!([{ "name": "admin", "port": 9000 }]),
+            "another service's rule is left as it was"
+        );
+        assert_eq!(b["spec"]["rules"].as_array().unwrap().len(), 2);
+        assert!(b["spec"].get("parentRefs").is_none(), "only the rules are written");
+    })
+}
+
+/// The canary Service applied: web's ports, only the candidate's pods.
+fn apply_canary_service(run: &'static str) -> Exchange {
+    on(Method::PATCH, &apply_uri(SERVICES, "web-canary"))
+        .body(move |b| {
+            assert_eq!(b["metadata"]["name"], "web-canary");
+            assert_eq!(b["spec"]["selector"]["rollout.run"], run);
+            assert_eq!(b["spec"]["selector"]["rollout.service"], "web");
+            assert_eq!(b["spec"]["ports"][0]["port"], 8080);
+        })
+        .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web-canary" } }))
+}
+
+fn delete_canary_service(found: bool) -> Exchange {
+    let e = on(Method::DELETE, &format!("{SERVICES}/web-canary?"));
+    if found {
+        e.ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }))
+    } else {
+        e.reply(404, not_found("services", "web-canary"))
+    }
+}
+
+fn canary_playbook(weight: u8, hold_secs: u64) -> Playbook {
+    let mut p = Playbook::switch_only("kube".into());
+    p.steps = vec![
+        Step::Canary {
+            weight: crate::manifest::playbook::Weight::new(weight.into()).unwrap(),
+            hold: Duration::from_secs(hold_secs),
+            analysis: None,
+        },
+        Step::Promote {
+            drain: Duration::from_secs(3),
+        },
+    ];
+    p
+}
+
+fn ready_candidate(env: &Environment, run: &str) -> Vec<Exchange> {
+    status_script(
+        stored(env, "web", run, 1),
+        vec![pod("web", run, running(), 0)],
+    )
+}
+
+fn namespace_there() -> Exchange {
+    on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }))
+}
+
+/// 10% through the HTTPRoute for 2 s, then the promotion: the canary Service beside web, the
+/// route's rule weighted 90/10 (its first patch meets a 409, because the route moved since it
+/// was read, so it is read again and patched at its new version), the candidate watched
+/// through the hold, then web switched whole, the route's rule put back as it was, the canary
+/// Service deleted, the old pods drained and the old Deployment removed.
+#[tokio::test(start_paused = true)]
+async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(ready_candidate(&env, "r2"));
+    // The split.
+    script.extend([
+        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("41", unsplit_refs())])),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+        apply_canary_service("r2"),
+        patch_route("41", split_refs(10)).reply(
+            409,
+            status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"),
+        ),
+        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("42", unsplit_refs())])),
+        patch_route("42", split_refs(10)).ok(route("43", split_refs(10))),
+    ]);
+    // The hold: the candidate's status at 0, 1 and 2 s.
+    for _ in 0..3 {
+        script.extend(ready_candidate(&env, "r2"));
+    }
+    // The promote step: web whole to r2, then the split ended.
+    script.push(namespace_there());
+    script.extend(switch_to(&env, "r2"));
+    script.extend([
+        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("44", split_refs(10))])),
+        patch_route("44", unsplit_refs()).ok(route("45", unsplit_refs())),
+        delete_canary_service(true),
+        // The candidate stays: still its one replica, so it is not scaled.
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+    ]);
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+
+    let ran = run(script, &env, &canary_playbook(10, 2), "r2", RunKind::Promotion).await;
+    let report = &ran.report;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    assert_eq!(
+        report.steps[0].detail,
+        "10% to the new version for 2s: web: 10% to the candidate by HTTPRoute shop: 90 to Service web, 10 to Service web-canary; requests not measured on this platform"
+    );
+    assert!(report.steps[1].detail.contains("shop-web-r1 no longer an endpoint of web"));
+    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    assert_eq!(revision.outcome, RevisionOutcome::Promoted);
+}
+
+/// Without Gateway API (the resource type is not served: a 404 for the list), web's Service
+/// selects both versions' pods and the candidate keeps its one pod beside the old one's: 50%
+/// whatever was asked, and the step says so. The candidate starts crash-looping during the
+/// hold: the canary ends at once, the Service goes back to the old pods alone, the canary
+/// objects are looked for (none), the candidate is removed, and the revision is rolled back.
+#[tokio::test(start_paused = true)]
+async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_the_hold_rolls_back()
+{
+    let (before, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let no_gateway_api = || {
+        on(Method::GET, &format!("{ROUTES}?"))
+            .reply(404, status(404, "NotFound", "the server could not find the requested resource"))
+    };
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(ready_candidate(&env, "r2"));
+    script.extend([
+        no_gateway_api(),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stored(&before, "web", "r1", 1)),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+        on(Method::PATCH, &apply_uri(SERVICES, "web"))
+            .body(|b| {
+                assert_eq!(
+                    b["spec"]["selector"],
+                    json!({ "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web" }),
+                    "both versions' pods, the run left out"
+                );
+                assert_eq!(b["spec"]["ports"][0]["port"], 8080, "the ports stay");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]);
+    // The hold: ready at 0 s, crash-looping at 1 s.
+    script.extend(ready_candidate(&env, "r2"));
+    script.extend(status_script(
+        stored(&env, "web", "r2", 0),
+        vec![pod(
+            "web",
+            "r2",
+            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 10s" } }),
+            3,
+        )],
+    ));
+    // Undo: web on r1 alone, the split ended (nothing to find), the candidate removed.
+    script.extend(switch_to(&before, "r1"));
+    script.extend([no_gateway_api(), delete_canary_service(false)]);
+    script.extend(remove(&env, "r2"));
+
+    let ran = run(script, &env, &canary_playbook(30, 5), "r2", RunKind::Promotion).await;
+    let report = &ran.report;
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack {
+            reason: "the web candidate is crash-looping (3 restarts) during the canary".into()
+        },
+        "{report:#?}"
+    );
+    assert!(report.rollback_ms.is_some());
+    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    assert!(
+        matches!(revision.outcome, RevisionOutcome::RolledBack { .. }),
+        "{:?}",
+        revision.outcome
+    );
+}
+
+/// A replica ratio when the route exists but sends elsewhere, at a weight the pods can give:
+/// the stable version runs 4 replicas, so 25% is one candidate pod beside them (1 of 5 = 20%,
+/// the nearest), and a promotion scales the kept candidate back to its one replica.
+#[tokio::test(start_paused = true)]
+async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_gives() {
+    let (before, mut deployments, pods) = production("web:1");
+    deployments[1]["spec"]["replicas"] = json!(4);
+    let mut stable = stored(&before, "web", "r1", 1);
+    stable["spec"]["replicas"] = json!(4);
+    let env = with_web_image("web:2");
+    let admin_only = || {
+        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "admin", "resourceVersion": "3" },
+            "spec": { "rules": [ { "backendRefs": [ { "name": "admin", "port": 9000 } ] } ] }
+        })]))
+    };
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(ready_candidate(&env, "r2"));
+    script.extend([
+        admin_only(),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stable),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+        on(Method::PATCH, &apply_uri(SERVICES, "web"))
+            .body(|b| assert!(b["spec"]["selector"].get("rollout.run").is_none()))
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]);
+    script.extend(ready_candidate(&env, "r2"));
+    script.push(namespace_there());
+    script.extend(switch_to(&env, "r2"));
+    let mut scaled = stored(&env, "web", "r2", 1);
+    scaled["spec"]["replicas"] = json!(2);
+    script.extend([
+        admin_only(),
+        delete_canary_service(false),
+        // Scaled meanwhile (by hand, or an autoscaler): back to the manifest's one replica.
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(scaled),
+        on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-web-r2?"))
+            .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 1 } })))
+            .ok(stored(&env, "web", "r2", 1)),
+    ]);
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&before, "r1"));
+
+    let ran = run(script, &env, &canary_playbook(25, 0), "r2", RunKind::Promotion).await;
+    let report = &ran.report;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    assert_eq!(
+        report.steps[0].detail,
+        "25% to the new version for 0s: web: 20% (asked 25%) to the candidate by replica ratio (no HTTPRoute sends to Service web): 1 candidate pod(s) beside 4; requests not measured on this platform"
+    );
+}
+
+/// Killed during its canary (the route weighted, the canary Service there): the next command
+/// undoes the run, which ends the split too: web's Service back on r1, the route's rule put
+/// back, the canary Service deleted, the candidate removed.
+#[tokio::test(start_paused = true)]
+async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let new = crate::store::NewRevision {
+        environment: "shop".into(),
+        run: "r2".into(),
+        started: now(),
+        user: "alice".into(),
+        playbook: "kube".into(),
+        reason: None,
+        changes: json!([]),
+        services: serde_json::to_value(crate::exec::report::snapshots(&env)).unwrap(),
+        images: vec!["db:1".into(), "web:2".into()],
+    };
+    let begin = json!({
+        "kind": "promotion", "user": "alice", "owner": "elsewhere:4242:1767268800",
+        "old": { "db": ["shop-db-r1"], "web": ["shop-web-r1"] }, "changed": ["web"], "removed": []
+    });
+    store.begin_run(new, begin).unwrap();
+    let journal = Journal::new(store.clone(), "shop", "r2");
+    let candidate = json!({ "service": "web", "container": "shop-web-r2" });
+    journal.intent("candidate", candidate.clone()).await.unwrap();
+    journal.done("candidate", candidate).await.unwrap();
+    journal.intent("canary", json!({ "weight": 10 })).await.unwrap();
+    journal.done("canary", json!({ "weight": 10 })).await.unwrap();
+
+    let mut script = switch_to(&before, "r1");
+    script.extend([
+        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("50", split_refs(10))])),
+        patch_route("50", unsplit_refs()).ok(route("51", unsplit_refs())),
+        delete_canary_service(true),
+    ]);
+    script.extend(remove(&env, "r2"));
+    script.extend(no_test_version());
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &store,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "undone");
+    assert!(
+        matches!(done.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        done.outcome
+    );
+}
