@@ -23,8 +23,8 @@
 //! The JSON of a service's settings ([`labels::SPEC`]) does not fit in a label value, so it is an
 //! annotation here. Objects carry the labels SPEC.md promises.
 //!
-//! Waits poll (every [`POLL`]) rather than watch: no watch is opened, so there is no 410 Gone
-//! to relist after. What has no meaning here yet (exec, logs, pause, volume copies, published
+//! The drain after a switch watches the Service's EndpointSlices ([`watch`]; a 410 Gone lists
+//! them again); the other waits (readiness, pods gone) poll every [`POLL`]. What has no meaning here yet (exec, logs, pause, volume copies, published
 //! ports, images, events) fails with [`EngineError::Unsupported`]; the commands and playbook
 //! steps that need it are refused before they start (see `cmd::connect` and
 //! `cmd::kubernetes_unsupported`).
@@ -32,6 +32,7 @@
 pub mod canary;
 pub mod lease;
 pub mod status;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,7 +45,6 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, Service as KService, ServicePort,
     ServiceSpec, TCPSocketAction, Volume as KVolume, VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -261,28 +261,6 @@ impl KubeEngine {
             }
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    /// The endpoints of Service `service` in `ns` that are pods of Deployment `deployment`.
-    async fn endpoints_of(
-        &self,
-        ns: &str,
-        service: &str,
-        deployment: &str,
-    ) -> Result<usize, EngineError> {
-        let api: Api<EndpointSlice> = self.api(ns);
-        let slices = api
-            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("EndpointSlices of Service {service}")))?
-            .items;
-        Ok(slices
-            .iter()
-            .flat_map(|s| s.endpoints.iter().flatten())
-            .filter_map(|e| e.target_ref.as_ref())
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .filter(|r| r.name.as_deref().is_some_and(|n| pod_of(n, deployment)))
-            .count())
     }
 
     async fn list_all<K>(&self, selector: &str) -> Result<Vec<K>, EngineError>
@@ -794,7 +772,8 @@ impl Engine for KubeEngine {
         Ok(())
     }
 
-    /// Polls the Service's EndpointSlices until no endpoint is a pod of `container`.
+    /// Watches the Service's EndpointSlices until no endpoint is a pod of `container`
+    /// ([`watch`]: a 410 Gone lists them again).
     async fn wait_unrouted(
         &self,
         env: &str,
@@ -802,18 +781,8 @@ impl Engine for KubeEngine {
         container: &str,
         limit: Duration,
     ) -> Result<Unrouted, EngineError> {
-        let ns = namespace(env);
-        let t0 = tokio::time::Instant::now();
-        loop {
-            let left = self.endpoints_of(&ns, service, container).await?;
-            if left == 0 {
-                return Ok(Unrouted::Done);
-            }
-            if t0.elapsed() + POLL > limit {
-                return Ok(Unrouted::StillRouted { endpoints: left });
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.wait_out_of_endpoints(&namespace(env), service, container, limit)
+            .await
     }
 
     /// A canary: weights on the HTTPRoute that sends to the service, else a replica ratio

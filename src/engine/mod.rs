@@ -543,7 +543,10 @@ pub trait Engine: Send + Sync {
     ) -> Result<Split, EngineError> {
         let _ = (env, stable, candidate, percent);
         Err(EngineError::Unsupported {
-            what: format!("splitting service {service}'s traffic on {}", self.describe()),
+            what: format!(
+                "splitting service {service}'s traffic on {}",
+                self.describe()
+            ),
         })
     }
 

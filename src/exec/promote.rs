@@ -925,8 +925,9 @@ impl<'a> Deployment<'a> {
                         .await
                         .map_err(|e| Stop(e.to_string()))?;
                     if self.split {
-                        let kept = Some(container.as_str())
-                            .filter(|c| self.candidates.get(service).map(String::as_str) == Some(c));
+                        let kept = Some(container.as_str()).filter(|c| {
+                            self.candidates.get(service).map(String::as_str) == Some(c)
+                        });
                         self.engine
                             .end_split(&self.env.name, service, kept)
                             .await

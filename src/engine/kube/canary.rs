@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service as KService;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::{Value, json};
 
 use super::{FIELD_MANAGER, KubeEngine, api_error, delete_ok, namespace, service_for};
@@ -38,6 +40,9 @@ const ROUTE_ATTEMPTS: usize = 3;
 pub fn canary_service(service: &str) -> String {
     format!("{service}-canary")
 }
+
+/// A change of one route's rules: `Ok(None)` leaves the route alone, an error refuses it.
+type Rewrite<'a> = dyn Fn(&str, &[Value]) -> Result<Option<Vec<Value>>, String> + Sync + 'a;
 
 fn http_route() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -169,7 +174,7 @@ impl KubeEngine {
         &self,
         ns: &str,
         mut read: Option<Vec<DynamicObject>>,
-        rewrite: &(dyn Fn(&str, &[Value]) -> Result<Option<Vec<Value>>, String> + Sync),
+        rewrite: &Rewrite<'_>,
     ) -> Result<Option<Vec<String>>, EngineError> {
         let api = self.routes_api(ns);
         let mut attempt = 0;
@@ -240,9 +245,13 @@ impl KubeEngine {
     async fn apply_service(&self, ns: &str, svc: &KService) -> Result<(), EngineError> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<KService> = self.api(ns);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(svc))
-            .await
-            .map_err(|e| api_error(e, "split", &format!("Service {name}")))?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(svc),
+        )
+        .await
+        .map_err(|e| api_error(e, "split", &format!("Service {name}")))?;
         Ok(())
     }
 
@@ -339,7 +348,7 @@ impl KubeEngine {
         self.rewrite_routes(&ns, None, &|_, rules| {
             Ok(unsplit_rules(rules, service, &ns))
         })
-            .await?;
+        .await?;
         let canary = canary_service(service);
         let api: Api<KService> = self.api(&ns);
         delete_ok(
@@ -420,6 +429,10 @@ mod tests {
         assert_eq!(replica_ratio(4, 50), (4, 50));
         assert_eq!(replica_ratio(9, 10), (1, 10));
         assert_eq!(replica_ratio(3, 25), (1, 25));
-        assert_eq!(replica_ratio(0, 25), (1, 50), "no replicas set counts as one");
+        assert_eq!(
+            replica_ratio(0, 25),
+            (1, 50),
+            "no replicas set counts as one"
+        );
     }
 }

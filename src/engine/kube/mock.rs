@@ -37,6 +37,8 @@ struct Exchange {
     reply: Value,
     /// The connection breaks instead of an answer.
     broken: bool,
+    /// A watch: the answer is these events, one JSON object a line, then the server closes.
+    events: Option<Vec<Value>>,
 }
 
 fn on(method: Method, uri: &str) -> Exchange {
@@ -47,6 +49,7 @@ fn on(method: Method, uri: &str) -> Exchange {
         status: 200,
         reply: json!({}),
         broken: false,
+        events: None,
     }
 }
 
@@ -67,6 +70,16 @@ impl Exchange {
         self.broken = true;
         self
     }
+    /// Answers a watch with `events` (each `{"type": ..., "object": ...}`), then closes it.
+    fn events(mut self, events: Vec<Value>) -> Self {
+        self.events = Some(events);
+        self
+    }
+}
+
+/// A watch event as the API server streams it.
+fn event(kind: &str, object: Value) -> Value {
+    json!({ "type": kind, "object": object })
 }
 
 /// A `Status` body as the API server sends with an error.
@@ -104,10 +117,21 @@ fn serve(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<()>) {
                 send.send_error(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
                 continue;
             }
+            let body = match &ex.events {
+                Some(events) => events
+                    .iter()
+                    .flat_map(|e| {
+                        let mut line = serde_json::to_vec(e).unwrap();
+                        line.push(b'\n');
+                        line
+                    })
+                    .collect(),
+                None => serde_json::to_vec(&ex.reply).unwrap(),
+            };
             let response = Response::builder()
                 .status(ex.status)
                 .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&ex.reply).unwrap()))
+                .body(Body::from(body))
                 .unwrap();
             send.send_response(response);
         }

@@ -157,12 +157,22 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
 }
 
 fn endpoints(pods: &[&str]) -> Value {
-    list(
-        "EndpointSliceList",
-        vec![json!({
-            "metadata": { "name": "web-abcde" }, "addressType": "IPv4",
-            "endpoints": pods.iter().map(|p| json!({ "addresses": ["10.0.0.1"], "targetRef": { "kind": "Pod", "name": p } })).collect::<Vec<_>>()
-        })],
+    list("EndpointSliceList", vec![slice(pods, "1")])
+}
+
+/// Web's EndpointSlice at `version`, listing `pods`.
+fn slice(pods: &[&str], version: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "web-abcde", "resourceVersion": version }, "addressType": "IPv4",
+        "endpoints": pods.iter().map(|p| json!({ "addresses": ["10.0.0.1"], "targetRef": { "kind": "Pod", "name": p } })).collect::<Vec<_>>()
+    })
+}
+
+/// The watch of web's EndpointSlices from `version`, asked for `seconds`.
+fn watch_slices(version: &str, seconds: u32) -> String {
+    format!(
+        "/apis/discovery.k8s.io/v1/namespaces/rollout-shop/endpointslices?&watch=true&timeoutSeconds={seconds}&labelSelector=kubernetes.io%2Fservice-name%3Dweb&allowWatchBookmarks=true&resourceVersion={version}"
     )
 }
 
@@ -271,12 +281,15 @@ async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_t
         vec![pod("web", "r2", running(), 0)],
     ));
     script.extend(switch_to(&env, "r2"));
-    // The old pod leaves the Service's endpoints a poll later.
+    // The old pod is still an endpoint; the watch sees it leave.
     script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&[
         "shop-web-r1-5d9f8c-x1x2x",
         "shop-web-r2-5d9f8c-x1x2x",
     ])));
-    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
+    script.push(on(Method::GET, &watch_slices("1", 3)).events(vec![event(
+        "MODIFIED",
+        slice(&["shop-web-r2-5d9f8c-x1x2x"], "2"),
+    )]));
     // Smoke on production: web's health (its readiness probe); db has no health check.
     script.extend(status_script(
         stored(&env, "web", "r2", 1),
@@ -710,4 +723,73 @@ async fn a_run_killed_after_the_switch_is_finished_by_the_next_command() {
         store.revision("shop", 1).unwrap().unwrap().outcome,
         RevisionOutcome::Promoted
     );
+}
+
+/// The drain watches the Service's EndpointSlices. A watch the server closes is opened again
+/// from the last version seen (after a pause, as it closed with no event); a `410 Gone` as an
+/// event, then as the answer to the watch itself, lists the slices again and watches from the
+/// new list; a slice deleted counts its endpoints out. The old pod leaving ends the wait.
+#[tokio::test(start_paused = true)]
+async fn the_drain_watches_endpoints_and_lists_again_after_410_gone() {
+    let (old, new) = ("shop-web-r1-5d9f8c-x1x2x", "shop-web-r2-5d9f8c-x1x2x");
+    let both = || list("EndpointSliceList", vec![slice(&[old, new], "5")]);
+    let gone = status(410, "Expired", "too old resource version: 5 (30)");
+    let mut relisted = list(
+        "EndpointSliceList",
+        vec![
+            slice(&[old, new], "30"),
+            json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": { "name": "web-fghij", "resourceVersion": "31" }, "addressType": "IPv4",
+                "endpoints": [ { "addresses": ["10.0.0.2"], "targetRef": { "kind": "Pod", "name": old } } ] }),
+        ],
+    );
+    relisted["metadata"]["resourceVersion"] = json!("31");
+    let (client, server) = serve(vec![
+        on(Method::GET, SLICES_OF_WEB).ok(both()),
+        // A bookmark moves the version on; then the server closes the watch.
+        on(Method::GET, &watch_slices("1", 60)).events(vec![event(
+            "BOOKMARK",
+            json!({ "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "metadata": { "resourceVersion": "6" } }),
+        )]),
+        on(Method::GET, &watch_slices("6", 60)).events(vec![event("ERROR", gone.clone())]),
+        on(Method::GET, SLICES_OF_WEB).ok(both()),
+        on(Method::GET, &watch_slices("1", 60)).reply(410, gone),
+        on(Method::GET, SLICES_OF_WEB).ok(relisted),
+        on(Method::GET, &watch_slices("31", 60)).events(vec![
+            event("DELETED", json!({ "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": { "name": "web-fghij", "resourceVersion": "32" }, "addressType": "IPv4" })),
+            event("MODIFIED", slice(&[new], "33")),
+        ]),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let result = engine
+        .wait_unrouted("shop", "web", "shop-web-r1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    finished(server).await;
+    assert_eq!(result, Unrouted::Done);
+}
+
+/// The old pod never leaves: the watch ends at the limit with the endpoints still counted.
+#[tokio::test(start_paused = true)]
+async fn a_drain_past_its_limit_reports_the_endpoints_left() {
+    let (old, new) = ("shop-web-r1-5d9f8c-x1x2x", "shop-web-r2-5d9f8c-x1x2x");
+    let (client, server) = serve(vec![
+        on(Method::GET, SLICES_OF_WEB).ok(endpoints(&[old, new])),
+        // Events that change nothing for the old pod, then the server closes the watch...
+        on(Method::GET, &watch_slices("1", 2)).events(vec![event(
+            "MODIFIED",
+            slice(&[old, new, "shop-web-r2-5d9f8c-y3y4y"], "2"),
+        )]),
+        // ...and the next one stays silent until the limit.
+        on(Method::GET, &watch_slices("2", 2)).events(vec![]),
+        on(Method::GET, &watch_slices("2", 1)).events(vec![]),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let result = engine
+        .wait_unrouted("shop", "web", "shop-web-r1", Duration::from_secs(2))
+        .await
+        .unwrap();
+    finished(server).await;
+    assert_eq!(result, Unrouted::StillRouted { endpoints: 1 });
 }

@@ -40,7 +40,10 @@ fn split_refs(percent: u32) -> Value {
 /// rule as it was.
 fn patch_route(version: &'static str, refs: Value) -> Exchange {
     on(Method::PATCH, &format!("{ROUTES}/shop?")).body(move |b| {
-        assert_eq!(b["metadata"]["resourceVersion"], version, "guarded by the version read");
+        assert_eq!(
+            b["metadata"]["resourceVersion"], version,
+            "guarded by the version read"
+        );
         assert_eq!(b["spec"]["rules"][0]["backendRefs"], refs);
         assert_eq!(
             b["spec"]["rules"][1]["backendRefs"],
@@ -48,7 +51,10 @@ fn patch_route(version: &'static str, refs: Value) -> Exchange {
             "another service's rule is left as it was"
         );
         assert_eq!(b["spec"]["rules"].as_array().unwrap().len(), 2);
-        assert!(b["spec"].get("parentRefs").is_none(), "only the rules are written");
+        assert!(
+            b["spec"].get("parentRefs").is_none(),
+            "only the rules are written"
+        );
     })
 }
 
@@ -96,7 +102,9 @@ fn ready_candidate(env: &Environment, run: &str) -> Vec<Exchange> {
 }
 
 fn namespace_there() -> Exchange {
-    on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }))
+    on(Method::GET, NAMESPACE).ok(
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
+    )
 }
 
 /// 10% through the HTTPRoute for 2 s, then the promotion: the canary Service beside web, the
@@ -142,14 +150,25 @@ async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() 
     script.extend(switch_to(&env, "r2"));
     script.extend(remove(&with_web_image("web:1"), "r1"));
 
-    let ran = run(script, &env, &canary_playbook(10, 2), "r2", RunKind::Promotion).await;
+    let ran = run(
+        script,
+        &env,
+        &canary_playbook(10, 2),
+        "r2",
+        RunKind::Promotion,
+    )
+    .await;
     let report = &ran.report;
     assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     assert_eq!(
         report.steps[0].detail,
         "10% to the new version for 2s: web: 10% to the candidate by HTTPRoute shop: 90 to Service web, 10 to Service web-canary; requests not measured on this platform"
     );
-    assert!(report.steps[1].detail.contains("shop-web-r1 no longer an endpoint of web"));
+    assert!(
+        report.steps[1]
+            .detail
+            .contains("shop-web-r1 no longer an endpoint of web")
+    );
     let revision = ran.store.revision("shop", 1).unwrap().unwrap();
     assert_eq!(revision.outcome, RevisionOutcome::Promoted);
 }
@@ -165,8 +184,14 @@ async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_t
     let (before, deployments, pods) = production("web:1");
     let env = with_web_image("web:2");
     let no_gateway_api = || {
-        on(Method::GET, &format!("{ROUTES}?"))
-            .reply(404, status(404, "NotFound", "the server could not find the requested resource"))
+        on(Method::GET, &format!("{ROUTES}?")).reply(
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        )
     };
     let mut script = observe_script(deployments.clone(), pods.clone());
     script.extend(observe_script(deployments, pods));
@@ -203,7 +228,14 @@ async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_t
     script.extend([no_gateway_api(), delete_canary_service(false)]);
     script.extend(remove(&env, "r2"));
 
-    let ran = run(script, &env, &canary_playbook(30, 5), "r2", RunKind::Promotion).await;
+    let ran = run(
+        script,
+        &env,
+        &canary_playbook(30, 5),
+        "r2",
+        RunKind::Promotion,
+    )
+    .await;
     let report = &ran.report;
     assert_eq!(
         report.outcome,
@@ -268,7 +300,14 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
     script.extend(switch_to(&env, "r2"));
     script.extend(remove(&before, "r1"));
 
-    let ran = run(script, &env, &canary_playbook(25, 0), "r2", RunKind::Promotion).await;
+    let ran = run(
+        script,
+        &env,
+        &canary_playbook(25, 0),
+        "r2",
+        RunKind::Promotion,
+    )
+    .await;
     let report = &ran.report;
     assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     assert_eq!(
@@ -303,10 +342,19 @@ async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
     store.begin_run(new, begin).unwrap();
     let journal = Journal::new(store.clone(), "shop", "r2");
     let candidate = json!({ "service": "web", "container": "shop-web-r2" });
-    journal.intent("candidate", candidate.clone()).await.unwrap();
+    journal
+        .intent("candidate", candidate.clone())
+        .await
+        .unwrap();
     journal.done("candidate", candidate).await.unwrap();
-    journal.intent("canary", json!({ "weight": 10 })).await.unwrap();
-    journal.done("canary", json!({ "weight": 10 })).await.unwrap();
+    journal
+        .intent("canary", json!({ "weight": 10 }))
+        .await
+        .unwrap();
+    journal
+        .done("canary", json!({ "weight": 10 }))
+        .await
+        .unwrap();
 
     let mut script = switch_to(&before, "r1");
     script.extend([
