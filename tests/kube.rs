@@ -119,7 +119,8 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
     assert_eq!(p.snapshot(), before);
 }
 
-/// A rehearsal skips what targets production (here the canary), so only the data copy is named.
+/// A rehearsal skips what targets production (here a canary with an analysis, which promote
+/// would refuse), so only the data copy is named.
 #[test]
 fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
     let p = Project::new()
@@ -130,7 +131,7 @@ fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
         )
         .playbook(
         "standard",
-        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - canary: { weight: 10, hold: 1s }\n  - promote: {}\n",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - canary: { weight: 10, hold: 1s, analysis: { maxErrorRate: 0.01 } }\n  - promote: {}\n",
     );
     let before = p.snapshot();
     let out = run_bare(&p, &["rehearse"], &[("KUBECONFIG", "/nonexistent")])
@@ -138,7 +139,7 @@ fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
         .stderr_has("step 1 `testEnv")
         .stderr_has("data copies into the test namespace")
         .stderr_has("nothing was done");
-    assert!(!out.stderr.contains("canary"), "{}", out.stderr);
+    assert!(!out.stderr.contains("step 2"), "{}", out.stderr);
     assert_eq!(p.snapshot(), before);
 }
 
