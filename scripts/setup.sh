@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what rollout's demo and tests need on a Debian machine, idempotently:
 # a Docker engine that answers, Debian's static busybox (every image is built FROM scratch
-# from it: no image is ever pulled), and Chromium (the report tests render HTML in it, headless).
+# from it: no image is ever pulled), Chromium (the report tests render HTML in it, headless) and
+# Prometheus (the kubernetes canary's analysis is tested against a real one, on loopback).
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -20,6 +21,11 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (headless, for the report tests)"
   apt_install chromium
+fi
+
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "setup: installing prometheus (the canary analysis tests query a real one)"
+  apt_install --no-install-recommends prometheus
 fi
 
 if ! docker info >/dev/null 2>&1; then

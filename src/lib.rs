@@ -40,6 +40,7 @@ pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod project;
+pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod run_id;

@@ -235,6 +235,36 @@ fn bad_settings_file() {
     );
 }
 
+/// Every problem of the Prometheus settings at once, each located: TLS this build lacks, an
+/// unknown placeholder, an empty query; and a key the section does not know.
+#[test]
+fn bad_prometheus_settings_are_located() {
+    let project = Project::new()
+        .manifest("shop", &crate::support::one_service("shop", "w:1"))
+        .file(
+            "rollout.yaml",
+            "backend: kubernetes\nkubernetes:\n  prometheus:\n    url: https://prom:9090\n    requests: 'sum(x{pod=~\"{{pod}}-.*\"})'\n    errors: ' '\n",
+        );
+    let before = project.snapshot();
+    project
+        .run(&["plan"])
+        .code(1)
+        .stderr_has("rollout.yaml:4:10: `https://prom:9090`: https is not supported, this build of rollout has no TLS")
+        .stderr_has("rollout.yaml:5:15: unknown placeholder `{{pod}}`; expected {{namespace}}, {{service}}, {{deployment}}, {{window}}")
+        .stderr_has("rollout.yaml:6:13: the query is empty");
+    assert_eq!(project.snapshot(), before, "nothing written");
+    let project = Project::new()
+        .manifest("shop", &crate::support::one_service("shop", "w:1"))
+        .file(
+            "rollout.yaml",
+            "backend: kubernetes\nkubernetes:\n  prometheus:\n    url: http://127.0.0.1:9090\n    requests: x\n    errors: y\n    p95: z\n",
+        );
+    project
+        .run(&["plan"])
+        .code(1)
+        .stderr_has("rollout.yaml:7:5: unknown key `p95`, expected one of url, requests, errors, p99");
+}
+
 #[test]
 fn invalid_json_path_is_located() {
     let project = Project::new().manifest("shop", &crate::support::one_service("shop", "w:1")).playbook(

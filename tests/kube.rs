@@ -106,7 +106,7 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
         .stderr_has("step 2 `smoke")
         .stderr_has("http, tcp and exec checks from this machine need a port-forward")
         .stderr_has("step 3 `canary")
-        .stderr_has("a canary analysis needs request figures (Prometheus queries), not built")
+        .stderr_has("a canary analysis needs the candidates' request figures: name a Prometheus and its queries under `kubernetes.prometheus` in rollout.yaml")
         .stderr_has("nothing was done");
     let err = run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")]);
     assert!(
@@ -116,6 +116,25 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
         "testEnv without copyData, a canary without analysis and promote run: {}",
         err.stderr
     );
+    assert_eq!(p.snapshot(), before);
+}
+
+/// With a Prometheus named in rollout.yaml, a canary analysis is no longer refused; one with
+/// `maxP99` still is while the settings have no `p99` query.
+#[test]
+fn a_canary_analysis_runs_with_prometheus_and_needs_its_p99_query_for_max_p99() {
+    let prometheus = "backend: kubernetes\nkubernetes:\n  prometheus:\n    url: http://127.0.0.1:9090\n    requests: 'sum(increase(http_requests_total{pod=~\"{{deployment}}-.*\"}[{{window}}]))'\n    errors: 'sum(increase(http_requests_total{pod=~\"{{deployment}}-.*\",code=~\"5..\"}[{{window}}]))'\n";
+    let p = kube_project("shop").file("rollout.yaml", prometheus).playbook(
+        "standard",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - canary: { weight: 10, hold: 1s, analysis: { maxErrorRate: 0.01 } }\n  - canary: { weight: 50, hold: 1s, analysis: { maxP99: 300ms } }\n  - promote: {}\n",
+    );
+    let before = p.snapshot();
+    let out = run_bare(&p, &["promote", "--yes"], &[("KUBECONFIG", "/nonexistent")])
+        .code(1)
+        .stderr_has("step 2 `canary: 50% of traffic for 1s, analysis: p99 <= 300ms")
+        .stderr_has("its analysis has `maxP99`, and `kubernetes.prometheus` in rollout.yaml has no `p99` query")
+        .stderr_has("nothing was done");
+    assert!(!out.stderr.contains("step 1"), "{}", out.stderr);
     assert_eq!(p.snapshot(), before);
 }
 

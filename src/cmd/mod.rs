@@ -85,6 +85,7 @@ const KUBERNETES_COMMANDS: [&str; 8] = [
 pub(crate) fn kubernetes_unsupported(
     playbook: &crate::manifest::playbook::Playbook,
     rehearsal: bool,
+    prometheus: Option<&crate::manifest::config::Prometheus>,
 ) -> Option<String> {
     use crate::manifest::playbook::{Step, Target};
     let steps: Vec<String> = playbook
@@ -112,8 +113,13 @@ pub(crate) fn kubernetes_unsupported(
                 }
                 Step::Canary {
                     analysis: Some(_), ..
-                } => {
-                    "a canary analysis needs request figures (Prometheus queries), not built; a canary without `analysis` runs (HTTPRoute weights or a replica ratio)"
+                } if prometheus.is_none() => {
+                    "a canary analysis needs the candidates' request figures: name a Prometheus and its queries under `kubernetes.prometheus` in rollout.yaml"
+                }
+                Step::Canary {
+                    analysis: Some(a), ..
+                } if a.max_p99.is_some() && prometheus.is_some_and(|p| p.p99.is_none()) => {
+                    "its analysis has `maxP99`, and `kubernetes.prometheus` in rollout.yaml has no `p99` query"
                 }
                 _ => return None,
             };
@@ -133,7 +139,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve`, `canary` (without analysis) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve`, `canary` (an analysis with Prometheus) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
         playbook.name,
         steps.join("\n  ")
     ))
@@ -157,7 +163,8 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
             }
             let engine = KubeEngine::connect()
                 .await
-                .context("the kubernetes backend needs a reachable cluster")?;
+                .context("the kubernetes backend needs a reachable cluster")?
+                .with_prometheus(project.config.prometheus.clone());
             Ok(Box::new(crate::engine::retry::Retrying::new(engine)))
         }
     }

@@ -23,7 +23,8 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     warn_interrupted(&project, &loaded.environment.name, printer);
     if project.config.backend == crate::manifest::config::Backend::Kubernetes
         && plan.has_changes()
-        && let Some(why) = super::kubernetes_unsupported(&playbook, false)
+        && let Some(why) =
+            super::kubernetes_unsupported(&playbook, false, project.config.prometheus.as_ref())
     {
         printer.warn(&format!("`rollout promote` would be refused: {why}"));
     }

@@ -33,7 +33,8 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let environment = super::load_environment(&project, &env, printer)?.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
     if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && let Some(why) = super::kubernetes_unsupported(&playbook, false)
+        && let Some(why) =
+            super::kubernetes_unsupported(&playbook, false, project.config.prometheus.as_ref())
     {
         anyhow::bail!("{why}; nothing was done");
     }

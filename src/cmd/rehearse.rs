@@ -25,7 +25,8 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     let environment = loaded.environment;
     let playbook = project.playbook(playbook.as_deref(), &environment)?;
     if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && let Some(why) = super::kubernetes_unsupported(&playbook, true)
+        && let Some(why) =
+            super::kubernetes_unsupported(&playbook, true, project.config.prometheus.as_ref())
     {
         anyhow::bail!("{why}; nothing was done");
     }

@@ -103,6 +103,8 @@ pub struct KubeEngine {
     client: Client,
     /// The kubeconfig context (or "in-cluster") and the server, for messages.
     context: String,
+    /// Where a canary's figures come from (`kubernetes.prometheus` in rollout.yaml).
+    prometheus: Option<crate::manifest::config::Prometheus>,
 }
 
 impl KubeEngine {
@@ -111,7 +113,17 @@ impl KubeEngine {
         KubeEngine {
             client,
             context: context.into(),
+            prometheus: None,
         }
+    }
+
+    /// The engine asking `prometheus` for a canary's figures ([`Engine::measure`]).
+    pub fn with_prometheus(
+        mut self,
+        prometheus: Option<crate::manifest::config::Prometheus>,
+    ) -> Self {
+        self.prometheus = prometheus;
+        self
     }
 
     /// Connects to the cluster of KUBECONFIG's current context (or `~/.kube/config`), else the
@@ -138,6 +150,7 @@ impl KubeEngine {
             })?;
         Ok(KubeEngine {
             client,
+            prometheus: None,
             context: format!(
                 "kubernetes {}.{} at {server} (context {context})",
                 version.major, version.minor
@@ -805,6 +818,41 @@ impl Engine for KubeEngine {
         kept: Option<&str>,
     ) -> Result<(), EngineError> {
         self.unsplit(env, service, kept).await
+    }
+
+    fn measures(&self) -> bool {
+        self.prometheus.is_some()
+    }
+
+    /// The candidate's figures from Prometheus, when rollout.yaml names one.
+    async fn measure(
+        &self,
+        env: &str,
+        service: &str,
+        candidate: &str,
+        window: Duration,
+    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
+        let Some(settings) = &self.prometheus else {
+            return Ok(None);
+        };
+        let ns = namespace(env);
+        let vars = crate::prometheus::Vars {
+            namespace: &ns,
+            service,
+            deployment: candidate,
+            window,
+        };
+        crate::prometheus::measure(settings, &vars)
+            .await
+            .map(Some)
+            .map_err(|reason| EngineError::Call {
+                action: "measure",
+                object: format!(
+                    "the {service} candidate ({candidate}) in Prometheus {}",
+                    settings.url
+                ),
+                reason,
+            })
     }
 
     fn shared_lock(&self, env: &str, holder: &str) -> Option<lease::LeaseLock> {

@@ -564,6 +564,25 @@ pub trait Engine: Send + Sync {
         Ok(())
     }
 
+    /// Whether [`Engine::measure`] has a source to ask.
+    fn measures(&self) -> bool {
+        false
+    }
+
+    /// [`Traffic::Services`]: what the platform's metrics source counted of `candidate`'s
+    /// requests over the last `window` (kubernetes: the Prometheus rollout.yaml names);
+    /// `None` where there is no such source.
+    async fn measure(
+        &self,
+        env: &str,
+        service: &str,
+        candidate: &str,
+        window: Duration,
+    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
+        let _ = (env, service, candidate, window);
+        Ok(None)
+    }
+
     /// A lock on the platform itself, shared by every machine that manages `env` there
     /// (kubernetes: a Lease), held by `holder`; `None` where the store's lock is the only one.
     fn shared_lock(&self, env: &str, holder: &str) -> Option<kube::lease::LeaseLock> {

@@ -286,6 +286,20 @@ impl<E: Engine> Engine for Retrying<E> {
         retry("end_split", || self.inner.end_split(env, service, kept)).await
     }
 
+    fn measures(&self) -> bool {
+        self.inner.measures()
+    }
+
+    async fn measure(
+        &self,
+        env: &str,
+        service: &str,
+        candidate: &str,
+        window: Duration,
+    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
+        self.inner.measure(env, service, candidate, window).await
+    }
+
     fn shared_lock(&self, env: &str, holder: &str) -> Option<super::kube::lease::LeaseLock> {
         self.inner.shared_lock(env, holder)
     }

@@ -996,9 +996,9 @@ impl<'a> Deployment<'a> {
         cancel: &CancellationToken,
     ) -> Result<String, Stop> {
         let through_services = self.engine.traffic() == Traffic::Services;
-        if through_services && analysis.is_some() {
+        if through_services && analysis.is_some() && !self.engine.measures() {
             return Err(Stop(format!(
-                "a canary analysis needs the requests' figures, and {} has no source for them yet (the edge proxy measures them on docker)",
+                "a canary analysis needs the requests' figures, and {} has no source for them: name a Prometheus under `kubernetes.prometheus` in rollout.yaml",
                 self.engine.describe()
             )));
         }
@@ -1012,7 +1012,9 @@ impl<'a> Deployment<'a> {
         self.put_routes(&routes).await?;
         self.journal.done("canary", entry).await.map_err(Stop)?;
         if through_services {
-            return self.hold_split(weight, hold, progress, cancel).await;
+            return self
+                .hold_split(weight, hold, analysis, progress, cancel)
+                .await;
         }
         let before = self.stats().await?;
         let t0 = Instant::now();
@@ -1083,45 +1085,16 @@ impl<'a> Deployment<'a> {
                 p99.map_or("n/a".into(), |p| format!("{}ms", p.as_millis()))
             );
             progress.note(&format!("  {line}"));
-            let failure = analysis.and_then(|a| {
-                if w.completed() < a.min_requests {
-                    Some(format!(
-                        "fewer than the {} requests the analysis needs",
-                        a.min_requests
-                    ))
-                } else if let (Some(max), Some(r)) = (a.max_error_rate, rate)
-                    && r > max
-                {
-                    Some(format!("error rate above {:.2}%", max * 100.0))
-                } else if let (Some(max), Some(p)) = (a.max_p99, p99)
-                    && p > max
-                {
-                    Some(format!("p99 above {}ms", max.as_millis()))
-                } else {
-                    None
-                }
-            });
-            self.canary_figures.push(CanaryFigures {
-                service: svc.name.clone(),
-                weight: weight.percent(),
-                hold_ms: hold.as_millis() as u64,
-                requests: w.completed(),
-                errors: w.responses.server_error + w.connection_errors,
-                error_rate: rate,
-                p99_ms: p99.map(|p| p.as_millis() as u64),
-                max_error_rate: analysis.and_then(|a| a.max_error_rate),
-                max_p99_ms: analysis
-                    .and_then(|a| a.max_p99)
-                    .map(|p| p.as_millis() as u64),
-                min_requests: analysis.map(|a| a.min_requests),
-                analysis: match (analysis, &failure) {
-                    (None, _) => report::Analysis::NotAnalysed,
-                    (Some(_), None) => report::Analysis::Pass,
-                    (Some(_), Some(reason)) => report::Analysis::Fail {
-                        reason: reason.clone(),
-                    },
-                },
-            });
+            let (figures, failure) = judge(
+                &svc.name,
+                weight,
+                hold,
+                w.completed(),
+                w.responses.server_error + w.connection_errors,
+                p99,
+                analysis,
+            );
+            self.canary_figures.push(figures);
             if let Some(reason) = failure {
                 return Err(Stop(format!("{line}: {reason}")));
             }
@@ -1136,12 +1109,14 @@ impl<'a> Deployment<'a> {
     }
 
     /// [`Traffic::Services`]: holds a canary split for `hold`, ending it early when a candidate
-    /// stops or crash-loops. Nothing measures the requests here, so the step says how each
-    /// service was split and the share its candidate really got.
+    /// stops or crash-loops; then asks the platform's metrics source (if it has one) for each
+    /// candidate's requests over the hold, and judges them by `analysis`. The step says how each
+    /// service was split, the share its candidate really got, and its figures.
     async fn hold_split(
         &mut self,
         weight: playbook::Weight,
         hold: Duration,
+        analysis: Option<&Analysis>,
         progress: &dyn Progress,
         cancel: &CancellationToken,
     ) -> Result<String, Stop> {
@@ -1185,29 +1160,55 @@ impl<'a> Deployment<'a> {
                 .await;
         }
         progress.end(&task, Status::Ok, "hold done", t0.elapsed());
-        let lines: Vec<String> = self
-            .splits
-            .iter()
-            .map(|(svc, split)| {
-                let share = if split.percent == weight.percent() {
-                    format!("{}%", split.percent)
-                } else {
-                    format!("{}% (asked {}%)", split.percent, weight.percent())
-                };
-                format!("{svc}: {share} to the candidate by {}", split.how)
-            })
-            .collect();
-        for line in &lines {
-            progress.note(&format!("  {line}"));
+        let measured = self.engine.measures();
+        let mut lines = Vec::new();
+        for (svc, split) in self.splits.clone() {
+            let share = if split.percent == weight.percent() {
+                format!("{}%", split.percent)
+            } else {
+                format!("{}% (asked {}%)", split.percent, weight.percent())
+            };
+            let mut line = format!("{svc}: {share} to the candidate by {}", split.how);
+            let candidate = self.candidates.get(&svc).cloned().unwrap_or_default();
+            let figures = self
+                .engine
+                .measure(&self.env.name, &svc, &candidate, hold)
+                .await
+                .map_err(|e| Stop(e.to_string()))?;
+            if let Some(m) = figures {
+                let (figures, failure) =
+                    judge(&svc, weight, hold, m.requests, m.errors, m.p99, analysis);
+                line.push_str(&format!(
+                    "; {} requests, error rate {}, p99 {}",
+                    figures.requests,
+                    figures
+                        .error_rate
+                        .map_or("n/a".into(), |r| format!("{:.2}%", r * 100.0)),
+                    figures.p99_ms.map_or("n/a".into(), |p| format!("{p}ms"))
+                ));
+                progress.note(&format!("  {line}"));
+                self.canary_figures.push(figures);
+                if let Some(reason) = failure {
+                    return Err(Stop(format!("{line}: {reason}")));
+                }
+            } else {
+                progress.note(&format!("  {line}"));
+            }
+            lines.push(line);
         }
         Ok(format!(
-            "{}% to the new version for {}: {}; requests not measured on this platform",
+            "{}% to the new version for {}: {}{}",
             weight.percent(),
             crate::manifest::duration::format(hold),
             if lines.is_empty() {
                 "no service to split".to_string()
             } else {
                 lines.join("; ")
+            },
+            if measured {
+                " (figures from Prometheus)"
+            } else {
+                "; requests not measured on this platform"
             }
         ))
     }
@@ -1430,6 +1431,60 @@ impl<'a> Deployment<'a> {
             .await;
         Ok(())
     }
+}
+
+/// One candidate's canary figures for the report, and why the analysis fails it, if it does:
+/// fewer requests than it needs, an error rate or a p99 above its limits. A pure function.
+fn judge(
+    service: &str,
+    weight: playbook::Weight,
+    hold: Duration,
+    requests: u64,
+    errors: u64,
+    p99: Option<Duration>,
+    analysis: Option<&Analysis>,
+) -> (CanaryFigures, Option<String>) {
+    let rate = (requests > 0).then(|| errors as f64 / requests as f64);
+    let failure = analysis.and_then(|a| {
+        if requests < a.min_requests {
+            Some(format!(
+                "fewer than the {} requests the analysis needs",
+                a.min_requests
+            ))
+        } else if let (Some(max), Some(r)) = (a.max_error_rate, rate)
+            && r > max
+        {
+            Some(format!("error rate above {:.2}%", max * 100.0))
+        } else if let (Some(max), Some(p)) = (a.max_p99, p99)
+            && p > max
+        {
+            Some(format!("p99 above {}ms", max.as_millis()))
+        } else {
+            None
+        }
+    });
+    let figures = CanaryFigures {
+        service: service.to_string(),
+        weight: weight.percent(),
+        hold_ms: hold.as_millis() as u64,
+        requests,
+        errors,
+        error_rate: rate,
+        p99_ms: p99.map(|p| p.as_millis() as u64),
+        max_error_rate: analysis.and_then(|a| a.max_error_rate),
+        max_p99_ms: analysis
+            .and_then(|a| a.max_p99)
+            .map(|p| p.as_millis() as u64),
+        min_requests: analysis.map(|a| a.min_requests),
+        analysis: match (analysis, &failure) {
+            (None, _) => report::Analysis::NotAnalysed,
+            (Some(_), None) => report::Analysis::Pass,
+            (Some(_), Some(reason)) => report::Analysis::Fail {
+                reason: reason.clone(),
+            },
+        },
+    };
+    (figures, failure)
 }
 
 /// Where traffic goes, as a platform moves it ([`Traffic`]).

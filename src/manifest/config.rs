@@ -25,7 +25,33 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub daemon: Option<Daemon>,
     pub notify: Vec<Notify>,
+    /// `kubernetes.prometheus`: where a canary's figures come from on the kubernetes backend.
+    pub prometheus: Option<Prometheus>,
 }
+
+/// Prometheus as the source of a canary's figures: its base URL and three PromQL queries, each
+/// with the placeholders of [`PROMETHEUS_PLACEHOLDERS`] filled in per candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prometheus {
+    /// `http://host:port` (and a path prefix, if Prometheus is served under one).
+    pub url: String,
+    /// The requests the candidate served over the window (one number).
+    pub requests: String,
+    /// Those of them that failed (one number; no series at all counts as none).
+    pub errors: String,
+    /// The 99th percentile of their latency, in seconds (needed by an analysis with `maxP99`).
+    pub p99: Option<String>,
+}
+
+/// What a Prometheus query may name, filled in per candidate: its namespace, its manifest
+/// service, its Deployment (its pods are `<deployment>-<hash>-<suffix>`), and the canary's hold
+/// as a PromQL duration (`60s`).
+pub const PROMETHEUS_PLACEHOLDERS: [&str; 4] = [
+    "{{namespace}}",
+    "{{service}}",
+    "{{deployment}}",
+    "{{window}}",
+];
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -129,6 +155,7 @@ impl Default for Config {
             },
             daemon: None,
             notify: Vec::new(),
+            prometheus: None,
         }
     }
 }
@@ -141,6 +168,7 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
         proxy,
         daemon,
         notify,
+        kubernetes,
     } = raw;
     let mut c = Checker::new(src);
     let defaults = Config::default();
@@ -201,6 +229,9 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
             on,
         });
     }
+    let prometheus = kubernetes
+        .and_then(|k| k.value.prometheus)
+        .map(|p| resolve_prometheus(&mut c, p.value));
     c.finish(Config {
         backend,
         state,
@@ -208,7 +239,66 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
         proxy,
         daemon,
         notify: out_notify,
+        prometheus,
     })
+}
+
+fn resolve_prometheus(c: &mut Checker<'_>, raw: super::raw::RawPrometheus) -> Prometheus {
+    let super::raw::RawPrometheus {
+        url,
+        requests,
+        errors,
+        p99,
+    } = raw;
+    if url.value.starts_with("https://") {
+        c.error(
+            pos(&url),
+            format!("`{}`: https is not supported, this build of rollout has no TLS; use an http:// URL (a `kubectl port-forward` to Prometheus, for instance)", url.value),
+        );
+    } else if !url.value.starts_with("http://")
+        || url
+            .value
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .is_none()
+    {
+        c.error(
+            pos(&url),
+            format!("`{}` is not an http:// URL with a host", url.value),
+        );
+    }
+    for q in [Some(&requests), Some(&errors), p99.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if q.value.trim().is_empty() {
+            c.error(pos(q), "the query is empty");
+        }
+        let mut rest = q.value.as_str();
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..]
+                .find("}}")
+                .map_or(rest.len(), |e| start + e + 2);
+            let name = &rest[start..end];
+            if !PROMETHEUS_PLACEHOLDERS.contains(&name) {
+                c.error(
+                    pos(q),
+                    format!(
+                        "unknown placeholder `{name}`; expected {}",
+                        PROMETHEUS_PLACEHOLDERS.join(", ")
+                    ),
+                );
+            }
+            rest = &rest[end..];
+        }
+    }
+    Prometheus {
+        url: url.value.trim_end_matches('/').to_string(),
+        requests: requests.value,
+        errors: errors.value,
+        p99: p99.map(|p| p.value),
+    }
 }
 
 fn addr(c: &mut Checker<'_>, v: &Spanned<String>, local_only: bool) -> SocketAddr {

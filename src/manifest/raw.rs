@@ -326,6 +326,25 @@ pub struct RawConfig {
     pub daemon: Option<Spanned<RawDaemon>>,
     #[serde(default)]
     pub notify: Option<Vec<Spanned<RawNotify>>>,
+    #[serde(default)]
+    pub kubernetes: Option<Spanned<RawKubernetes>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubernetes {
+    #[serde(default)]
+    pub prometheus: Option<Spanned<RawPrometheus>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPrometheus {
+    pub url: Spanned<String>,
+    pub requests: Spanned<String>,
+    pub errors: Spanned<String>,
+    #[serde(default)]
+    pub p99: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -385,3 +385,105 @@ async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
         done.outcome
     );
 }
+
+/// A canary with an analysis, its figures from a real Prometheus (Debian's, on loopback)
+/// scraping an exporter of the candidate's pod: 10% of its requests fail, above the analysis's
+/// 1%, so after the hold the run is rolled back (the Service on the old pods alone, the
+/// candidate removed) and the report keeps the figures that failed it. Real time: the queries
+/// go over real sockets.
+#[tokio::test]
+async fn a_canary_analysis_from_prometheus_rolls_back_a_failing_candidate() {
+    use crate::prometheus::testing;
+    let exporter = testing::Exporter::start("rollout-shop", "shop-web-r2", 90, 10);
+    let prometheus = testing::Server::start(exporter.port);
+    let settings = testing::settings(&prometheus.url);
+    prometheus
+        .wait_for(
+            &settings
+                .requests
+                .replace("{{namespace}}", "rollout-shop")
+                .replace("{{deployment}}", "shop-web-r2")
+                .replace("{{window}}", "4s"),
+        )
+        .await;
+
+    let (before, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let no_gateway_api = || {
+        on(Method::GET, &format!("{ROUTES}?")).reply(
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        )
+    };
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    script.extend(ready_candidate(&env, "r2"));
+    script.extend([
+        no_gateway_api(),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stored(&before, "web", "r1", 1)),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
+        on(Method::PATCH, &apply_uri(SERVICES, "web"))
+            .body(|b| assert!(b["spec"]["selector"].get("rollout.run").is_none()))
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]);
+    // The hold of 4 s: the candidate's status at 0, 1, 2, 3 and 4 s.
+    for _ in 0..5 {
+        script.extend(ready_candidate(&env, "r2"));
+    }
+    script.extend(switch_to(&before, "r1"));
+    script.extend([no_gateway_api(), delete_canary_service(false)]);
+    script.extend(remove(&env, "r2"));
+
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock").with_prometheus(Some(settings));
+    let observed = engine.observe("shop").await.unwrap();
+    let mut playbook = canary_playbook(10, 4);
+    if let Step::Canary { analysis, .. } = &mut playbook.steps[0] {
+        *analysis = Some(crate::manifest::playbook::Analysis {
+            max_error_rate: Some(0.01),
+            max_p99: Some(Duration::from_millis(500)),
+            min_requests: 20,
+        });
+    }
+    let plan = crate::plan::compute(&env, &observed, &playbook);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let journal = Journal::new(store.clone(), "shop", "r2");
+    let report = promote(
+        &engine,
+        &journal,
+        &env,
+        &playbook,
+        &plan,
+        "r2",
+        now(),
+        &opts(RunKind::Promotion),
+        &crate::progress::Silent,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    finished(server).await;
+    let Outcome::RolledBack { reason } = &report.outcome else {
+        panic!("rolled back: {report:#?}");
+    };
+    assert!(
+        reason.starts_with("web: 50% (asked 10%) to the candidate by replica ratio")
+            && reason.ends_with(": error rate above 1.00%"),
+        "{reason}"
+    );
+    let figures = &report.steps[0].canary[0];
+    assert_eq!(figures.service, "web");
+    let rate = figures.error_rate.expect("an error rate");
+    assert!((0.07..=0.13).contains(&rate), "{figures:?}");
+    assert!(figures.requests >= 20, "{figures:?}");
+    assert!(figures.p99_ms.is_some_and(|p| p < 500), "{figures:?}");
+    assert!(matches!(
+        figures.analysis,
+        crate::exec::report::Analysis::Fail { .. }
+    ));
+}
