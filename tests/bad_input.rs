@@ -259,10 +259,9 @@ fn bad_prometheus_settings_are_located() {
             "rollout.yaml",
             "backend: kubernetes\nkubernetes:\n  prometheus:\n    url: http://127.0.0.1:9090\n    requests: x\n    errors: y\n    p95: z\n",
         );
-    project
-        .run(&["plan"])
-        .code(1)
-        .stderr_has("rollout.yaml:7:5: unknown key `p95`, expected one of url, requests, errors, p99");
+    project.run(&["plan"]).code(1).stderr_has(
+        "rollout.yaml:7:5: unknown key `p95`, expected one of url, requests, errors, p99",
+    );
 }
 
 #[test]

@@ -90,9 +90,10 @@ fn run_bare(p: &Project, args: &[&str], vars: &[(&str, &str)]) -> Output {
     Output::from_child(args, out)
 }
 
-/// Data copies, explicit checks from this machine and a canary analysis are not built on this
-/// backend: promote names the steps, before it even looks for a cluster. A canary without an
-/// analysis is not named: it runs there.
+/// Explicit checks from this machine are not built on this backend, and a canary analysis needs
+/// a Prometheus named in rollout.yaml: promote names the steps, before it even looks for a
+/// cluster. A canary without an analysis is not named: it runs there (a data copy too: see the
+/// rehearsal below).
 #[test]
 fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
     let p = kube_project("shop").playbook(
@@ -113,7 +114,7 @@ fn promote_with_steps_the_backend_cannot_run_is_refused_naming_them() {
         !err.stderr.contains("step 1")
             && !err.stderr.contains("step 4")
             && !err.stderr.contains("step 5"),
-        "testEnv without copyData, a canary without analysis and promote run: {}",
+        "testEnv, a canary without analysis and promote run: {}",
         err.stderr
     );
     assert_eq!(p.snapshot(), before);
@@ -139,26 +140,29 @@ fn a_canary_analysis_runs_with_prometheus_and_needs_its_p99_query_for_max_p99() 
 }
 
 /// A rehearsal skips what targets production (here a canary with an analysis, which promote
-/// would refuse), so only the data copy is named.
+/// would refuse, and production's smoke checks), so only the test version's explicit checks
+/// are named; its data copy runs there (through VolumeSnapshots).
 #[test]
-fn rehearse_refuses_a_data_copy_but_not_the_steps_it_skips() {
+fn rehearse_refuses_explicit_checks_but_not_the_steps_it_skips_nor_a_data_copy() {
     let p = Project::new()
         .file("rollout.yaml", "backend: kubernetes\n")
         .manifest(
             "shop",
-            "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n",
+            "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n    ports: [ { name: pg, container: 5432 } ]\n",
         )
         .playbook(
         "standard",
-        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - canary: { weight: 10, hold: 1s, analysis: { maxErrorRate: 0.01 } }\n  - promote: {}\n",
+        "apiVersion: rollout/v1\nkind: Playbook\nname: standard\nsteps:\n  - testEnv: { ttl: 1h, copyData: [db] }\n  - smoke: { target: test, checks: [ { tcp: { service: db, port: 5432 } } ] }\n  - canary: { weight: 10, hold: 1s, analysis: { maxErrorRate: 0.01 } }\n  - promote: {}\n  - smoke: { target: production, checks: [ { tcp: { service: db, port: 5432 } } ] }\n",
     );
     let before = p.snapshot();
     let out = run_bare(&p, &["rehearse"], &[("KUBECONFIG", "/nonexistent")])
         .code(1)
-        .stderr_has("step 1 `testEnv")
-        .stderr_has("data copies into the test namespace")
+        .stderr_has("step 2 `smoke on test")
+        .stderr_has("http, tcp and exec checks from this machine need a port-forward")
         .stderr_has("nothing was done");
-    assert!(!out.stderr.contains("step 2"), "{}", out.stderr);
+    for skipped in ["step 1", "step 3", "step 5"] {
+        assert!(!out.stderr.contains(skipped), "{skipped}: {}", out.stderr);
+    }
     assert_eq!(p.snapshot(), before);
 }
 

@@ -105,9 +105,6 @@ pub(crate) fn kubernetes_unsupported(
         })
         .filter_map(|(i, step)| {
             let why = match step {
-                Step::TestEnv { copy_data, .. } if !copy_data.is_empty() => {
-                    "data copies into the test namespace (VolumeSnapshots or a copy Job) are not built"
-                }
                 Step::Smoke { checks, .. } if !checks.is_empty() => {
                     "http, tcp and exec checks from this machine need a port-forward or a pod exec, not built"
                 }
@@ -139,7 +136,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (without copyData), `approve`, `canary` (an analysis with Prometheus) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (copyData through VolumeSnapshots), `approve`, `canary` (an analysis with Prometheus) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
         playbook.name,
         steps.join("\n  ")
     ))

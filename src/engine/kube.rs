@@ -31,6 +31,7 @@
 
 pub mod canary;
 pub mod lease;
+pub mod snapshot;
 pub mod status;
 pub mod watch;
 
@@ -1134,15 +1135,20 @@ impl Engine for KubeEngine {
         Err(unsupported(&format!("unpausing {container}")))
     }
 
+    /// Through a VolumeSnapshot moved into the test namespace ([`snapshot`]).
     async fn copy_volume(
         &self,
         from: &str,
         to: &str,
-        _labels: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
     ) -> Result<(), EngineError> {
-        Err(unsupported(&format!(
-            "copying volume {from} to {to} (VolumeSnapshots or a copy Job)"
-        )))
+        let Some(test_ns) = namespace_of(labels) else {
+            return Err(unsupported(&format!(
+                "a volume copy without the {} label ({to})",
+                labels::ENVIRONMENT
+            )));
+        };
+        self.copy_by_snapshot(from, to, &test_ns, labels).await
     }
 
     async fn list_labelled(

@@ -128,16 +128,6 @@ pub async fn up(
         + jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_hours(2));
     let labels = test_labels(env, run, expires, opts.owner.as_deref());
     let by_platform = engine.probes() == Probes::ByPlatform;
-    if by_platform && !opts.copy_data.is_empty() {
-        return Err(EngineError::Unsupported {
-            what: format!(
-                "copying the data of {} into a test version on {} (VolumeSnapshots or a copy Job)",
-                opts.copy_data.join(", "),
-                engine.describe()
-            ),
-        }
-        .into());
-    }
     // Subscribe before anything starts, so no death or health change is missed. Where the
     // platform runs the probes, each service's own wait reads its state instead.
     let mut events: EventStream = if by_platform {
@@ -260,7 +250,10 @@ async fn prepare_volumes(
             .map(|o| o.name)
             .collect()
     };
-    let observed = if opts.copy_data.is_empty() {
+    // A platform that runs the pods itself cannot freeze one: its copy is a snapshot,
+    // crash-consistent, taken without a pause (so production is not even looked at).
+    let frozen = engine.probes() != Probes::ByPlatform;
+    let observed = if opts.copy_data.is_empty() || !frozen {
         None
     } else {
         Some(engine.observe(&env.name).await?)
@@ -336,6 +329,10 @@ async fn prepare_volumes(
                 "copied while production {} was paused for {}",
                 svc.name,
                 crate::progress::seconds(paused_for)
+            ),
+            None if !frozen => format!(
+                "copied from a snapshot of production's volumes on {} (crash-consistent, production not paused)",
+                engine.describe()
             ),
             None => "copied (production container not running, no pause needed)".to_string(),
         };

@@ -516,13 +516,19 @@ async fn operations_without_meaning_here_say_so() {
         err.to_string(),
         "not supported on the kubernetes backend yet: exec in shop-api-r1"
     );
+    let err = engine.pause("shop-db-r1").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not supported on the kubernetes backend yet: pausing shop-db-r1"
+    );
+    // A copy must say which test version it is for (its labels name the namespace).
     let err = engine
         .copy_volume("a", "b", &BTreeMap::new())
         .await
         .unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("not supported on the kubernetes backend yet: copying volume a to b")
+    assert_eq!(
+        err.to_string(),
+        "not supported on the kubernetes backend yet: a volume copy without the rollout.environment label (b)"
     );
     finished(server).await;
 }

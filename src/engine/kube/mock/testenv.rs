@@ -209,15 +209,209 @@ async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
     assert_eq!(t.services["web"].container, "shop-test-r9-web");
 }
 
-/// copyData cannot be honoured yet: said before anything is created.
-#[tokio::test]
-async fn a_data_copy_is_refused_before_anything_is_created() {
-    let (client, server) = serve(vec![]);
+/// Keeps every line a run reports, for the scenarios that check what it said.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl Recorded {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl crate::progress::Progress for Recorded {
+    fn begin(&self, _: &str) {}
+    fn end(&self, task: &str, _: crate::progress::Status, detail: &str, _: Duration) {
+        self.0.lock().unwrap().push(format!("{task}: {detail}"));
+    }
+    fn note(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_string());
+    }
+}
+
+const SNAPSHOTS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots";
+const TEST_SNAPSHOTS: &str =
+    "/apis/snapshot.storage.k8s.io/v1/namespaces/shop-test-r9/volumesnapshots";
+const CONTENTS: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents";
+
+fn snapshot(ns: &str, status: Value) -> Value {
+    json!({ "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": { "name": "shop-test-r9-db-data", "namespace": ns }, "status": status })
+}
+
+/// What `copyData: [db]` reads before copying: production's claims (by label, across the
+/// cluster), the one to copy being there.
+fn production_claims() -> Vec<Exchange> {
+    let of_production = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
+    vec![
+        on(
+            Method::GET,
+            &format!("/apis/apps/v1/deployments?&{of_production}"),
+        )
+        .ok(list("DeploymentList", vec![])),
+        on(Method::GET, &format!("/api/v1/namespaces?&{of_production}"))
+            .ok(list("NamespaceList", vec![])),
+        on(
+            Method::GET,
+            &format!("/api/v1/persistentvolumeclaims?&{of_production}"),
+        )
+        .ok(list(
+            "PersistentVolumeClaimList",
+            vec![meta("shop-db-data", Some("rollout-shop"))],
+        )),
+    ]
+}
+
+/// `copyData: [db]`: the test namespace, then db's claim restored from a snapshot of
+/// production's, moved across namespaces the CSI way: a snapshot beside production's claim
+/// (pending, then ready), its content kept (`Retain`) while that snapshot and content object
+/// go, a content for the same storage snapshot bound ahead to a snapshot in the test namespace
+/// (`Delete`, so the teardown takes it), that snapshot (ready), and the claim with it as its
+/// data source, production's storage class and the larger size. Production is not paused (a
+/// pod cannot be frozen), and nothing of production is written.
+#[tokio::test(start_paused = true)]
+async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test_namespace() {
+    let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
+    let labelled = |b: &Value| {
+        test_labels_checked(b);
+        assert_eq!(b["metadata"]["name"], "shop-test-r9-db-data");
+    };
+    let mut script = up_script("host:1:2".into());
+    // Replace the fresh claim of the plain bring-up with the copy.
+    let fresh = script
+        .iter()
+        .position(|e| e.uri == format!("{pvcs}/shop-test-r9-db-data"))
+        .unwrap();
+    script.drain(fresh..fresh + 2);
+    let mut copy = production_claims();
+    copy.extend([
+        on(Method::GET, "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data").ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
+            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                "resources": { "requests": { "storage": "1Gi" } } } })),
+        on(Method::POST, &format!("{SNAPSHOTS}?"))
+            .body(move |b| {
+                assert_eq!(b["metadata"]["labels"]["rollout.role"], "test");
+                assert_eq!(b["metadata"]["labels"]["rollout.run"], "r9");
+                assert_eq!(b["metadata"]["namespace"], "rollout-shop", "beside production's claim");
+                assert_eq!(b["spec"]["source"]["persistentVolumeClaimName"], "shop-db-data");
+            })
+            .ok(snapshot("rollout-shop", json!({}))),
+        on(Method::GET, &format!("{SNAPSHOTS}/shop-test-r9-db-data"))
+            .ok(snapshot("rollout-shop", json!({ "readyToUse": false }))),
+        on(Method::GET, &format!("{SNAPSHOTS}/shop-test-r9-db-data")).ok(snapshot(
+            "rollout-shop",
+            json!({ "readyToUse": true, "boundVolumeSnapshotContentName": "snapcontent-1234", "restoreSize": "2Gi" }),
+        )),
+        on(Method::GET, &format!("{CONTENTS}/snapcontent-1234")).ok(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": { "name": "snapcontent-1234" },
+            "spec": { "deletionPolicy": "Delete", "driver": "ebs.csi.aws.com", "volumeSnapshotClassName": "csi-snapclass",
+                "source": { "volumeHandle": "vol-0abc" },
+                "volumeSnapshotRef": { "name": "shop-test-r9-db-data", "namespace": "rollout-shop" } },
+            "status": { "readyToUse": true, "snapshotHandle": "snap-0def" } })),
+        on(Method::PATCH, &format!("{CONTENTS}/snapcontent-1234?"))
+            .body(|b| assert_eq!(b, &json!({ "spec": { "deletionPolicy": "Retain" } })))
+            .ok(json!({ "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent", "metadata": { "name": "snapcontent-1234" } })),
+        on(Method::DELETE, &format!("{SNAPSHOTS}/shop-test-r9-db-data?"))
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::DELETE, &format!("{CONTENTS}/snapcontent-1234?"))
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::POST, &format!("{CONTENTS}?"))
+            .body(|b| {
+                assert_eq!(b["metadata"]["labels"]["rollout.run"], "r9");
+                assert!(b["metadata"].get("namespace").is_none_or(Value::is_null), "cluster-scoped");
+                assert_eq!(
+                    b["spec"],
+                    json!({ "deletionPolicy": "Delete", "driver": "ebs.csi.aws.com", "volumeSnapshotClassName": "csi-snapclass",
+                        "source": { "snapshotHandle": "snap-0def" },
+                        "volumeSnapshotRef": { "name": "shop-test-r9-db-data", "namespace": "shop-test-r9" } })
+                );
+            })
+            .ok(json!({ "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent", "metadata": { "name": "shop-test-r9-db-data" } })),
+        on(Method::POST, &format!("{TEST_SNAPSHOTS}?"))
+            .body(move |b| {
+                labelled(b);
+                assert_eq!(b["spec"], json!({ "source": { "volumeSnapshotContentName": "shop-test-r9-db-data" } }));
+            })
+            .ok(snapshot("shop-test-r9", json!({}))),
+        on(Method::GET, &format!("{TEST_SNAPSHOTS}/shop-test-r9-db-data"))
+            .ok(snapshot("shop-test-r9", json!({ "readyToUse": true }))),
+        on(Method::PATCH, &apply_uri(&pvcs, "shop-test-r9-db-data"))
+            .body(move |b| {
+                labelled(b);
+                assert_eq!(
+                    b["spec"]["dataSource"],
+                    json!({ "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "shop-test-r9-db-data" })
+                );
+                assert_eq!(b["spec"]["storageClassName"], "fast-ssd");
+                assert_eq!(b["spec"]["resources"]["requests"]["storage"], "2Gi", "the snapshot's size, the larger");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
+    ]);
+    script.splice(fresh..fresh, copy);
+    let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
     let opts = testenv::Options {
-        ttl: Duration::from_secs(60),
+        ttl: Duration::from_secs(7200),
         copy_data: vec!["db".into()],
-        owner: None,
+        owner: Some("host:1:2".into()),
+    };
+    let progress = Recorded::default();
+    let t = testenv::up(
+        &engine,
+        &environment(),
+        "r9",
+        &opts,
+        now(),
+        &progress,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
+    assert!(
+        progress
+            .lines()
+            .iter()
+            .any(|l| l.contains("db data copy") && l.contains("copied from a snapshot of production's volumes on mock (crash-consistent, production not paused)")),
+        "{:?}",
+        progress.lines()
+    );
+}
+
+/// A cluster without VolumeSnapshots: the copy fails naming what is missing, before any pod of
+/// the test version starts (the namespace is torn down by the caller, as after any failure).
+#[tokio::test(start_paused = true)]
+async fn a_data_copy_on_a_cluster_without_snapshots_says_what_is_missing() {
+    let mut script = up_script("host:1:2".into());
+    script.truncate(2);
+    script.extend(production_claims());
+    script.extend([
+        on(
+            Method::GET,
+            "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
+        )
+        .ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" }, "spec": {} })),
+        on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ),
+    ]);
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let opts = testenv::Options {
+        ttl: Duration::from_secs(7200),
+        copy_data: vec!["db".into()],
+        owner: Some("host:1:2".into()),
     };
     let err = testenv::up(
         &engine,
@@ -231,10 +425,12 @@ async fn a_data_copy_is_refused_before_anything_is_created() {
     .await
     .unwrap_err();
     finished(server).await;
-    assert_eq!(
-        err.to_string(),
-        "not supported on the kubernetes backend yet: copying the data of db into a test version on mock (VolumeSnapshots or a copy Job)"
+    let text = err.to_string();
+    assert!(
+        text.contains("the cluster serves no VolumeSnapshots (snapshot.storage.k8s.io/v1): copyData needs them on this backend (a copy Job is not built)"),
+        "{text}"
     );
+    assert!(text.contains("db"), "names the service: {text}");
 }
 
 /// After a crash: the next command finds the test namespace by its labels, sees its TTL passed
