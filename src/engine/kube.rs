@@ -825,6 +825,18 @@ impl Engine for KubeEngine {
         self.prometheus.is_some()
     }
 
+    /// The Service of a service dropped from the manifest (and a canary Service a crash left).
+    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
+        let api: Api<KService> = self.api(&namespace(env));
+        for name in [service.to_string(), canary::canary_service(service)] {
+            delete_ok(
+                api.delete(&name, &DeleteParams::background()).await,
+                &format!("Service {name}"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The candidate's figures from Prometheus, when rollout.yaml names one.
     async fn measure(
         &self,

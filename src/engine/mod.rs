@@ -564,6 +564,13 @@ pub trait Engine: Send + Sync {
         Ok(())
     }
 
+    /// [`Traffic::Services`]: removes what routes to `service` of `env`, a service no longer in
+    /// the manifest whose containers are gone (kubernetes: its Service). Gone already is fine.
+    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
+        let _ = (env, service);
+        Ok(())
+    }
+
     /// Whether [`Engine::measure`] has a source to ask.
     fn measures(&self) -> bool {
         false

@@ -286,6 +286,10 @@ impl<E: Engine> Engine for Retrying<E> {
         retry("end_split", || self.inner.end_split(env, service, kept)).await
     }
 
+    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
+        retry("remove_route", || self.inner.remove_route(env, service)).await
+    }
+
     fn measures(&self) -> bool {
         self.inner.measures()
     }

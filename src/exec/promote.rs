@@ -1367,6 +1367,14 @@ impl<'a> Deployment<'a> {
         for c in &gone {
             remove_container(self.engine, c).await.map_err(Stop)?;
         }
+        if self.engine.traffic() == Traffic::Services {
+            for name in &self.removed {
+                self.engine
+                    .remove_route(&self.env.name, name)
+                    .await
+                    .map_err(|e| Stop(e.to_string()))?;
+            }
+        }
         if !gone.is_empty() {
             progress.note(&format!(
                 "  removed the previous version: {}",

@@ -793,3 +793,29 @@ async fn a_drain_past_its_limit_reports_the_endpoints_left() {
     finished(server).await;
     assert_eq!(result, Unrouted::StillRouted { endpoints: 1 });
 }
+
+/// A service dropped from the manifest: its Deployment and Secret are removed, and so is its
+/// Service (with any canary Service a crash may have left: none here), so nothing is left
+/// routing to pods that are gone.
+#[tokio::test(start_paused = true)]
+async fn a_service_dropped_from_the_manifest_loses_its_deployment_and_its_service() {
+    let (before, deployments, pods) = production("web:1");
+    let mut env = before.clone();
+    env.services.retain(|s| s.name != "web");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.push(on(Method::GET, NAMESPACE).ok(
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
+    ));
+    // Production's health has nothing to read (db has no health check); then web goes.
+    script.extend(remove(&before, "r1"));
+    script.extend([
+        on(Method::DELETE, &format!("{SERVICES}/web?"))
+            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::DELETE, &format!("{SERVICES}/web-canary?"))
+            .reply(404, not_found("services", "web-canary")),
+    ]);
+    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+}
