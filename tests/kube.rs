@@ -202,6 +202,10 @@ fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
             "/apis/coordination.k8s.io/v1/namespaces/rollout-shop/leases/rollout-lock",
             lease,
         ),
+        (
+            "/api/v1/namespaces/rollout-shop/configmaps",
+            empty("ConfigMapList"),
+        ),
     ]);
     let p = kube_project("shop")
         .playbook("kube", KUBE_PLAYBOOK)
@@ -408,6 +412,9 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     );
 }
 
+/// `status` through the real kube client: a crash-looping Deployment is `restarting`, and the
+/// revision running is the one the cluster's run records say, recorded by another machine;
+/// `history` on this machine shows it too. Both only read.
 #[test]
 fn status_shows_a_crash_looping_deployment() {
     let deployment = serde_json::json!({
@@ -423,6 +430,21 @@ fn status_shows_a_crash_looping_deployment() {
         "metadata": { "name": "shop-web-r1-x", "labels": { "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web", "rollout.run": "r1" } },
         "status": { "containerStatuses": [ { "name": "web", "image": "web:1", "imageID": "", "ready": false,
             "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } } ] }
+    });
+    let revision = serde_json::json!({
+        "environment": "shop", "number": 1, "run": "r1", "started": "2026-01-01T10:00:00Z",
+        "finished": "2026-01-01T10:00:30Z", "user": "bob", "playbook": "kube", "reason": null,
+        "changes": [], "services": {}, "images": ["web:1"], "outcome": { "status": "promoted" }
+    });
+    let journal = serde_json::json!([
+        { "step": "begin", "phase": "done", "data": { "kind": "promotion", "revision": 1, "old": {}, "changed": ["web"], "removed": [] }, "at": "2026-01-01T10:00:00Z" },
+        { "step": "end", "phase": "done", "data": { "outcome": "promoted" }, "at": "2026-01-01T10:00:30Z" }
+    ]);
+    let record = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "rollout-run-r1", "namespace": "rollout-shop",
+            "labels": { "rollout.environment": "shop", "rollout.run": "r1", "rollout.state": "run" } },
+        "data": { "revision.json": revision.to_string(), "journal.json": journal.to_string() }
     });
     let api = ApiServer::start(vec![
         ("/version", version()),
@@ -444,13 +466,37 @@ fn status_shows_a_crash_looping_deployment() {
             "/api/v1/persistentvolumeclaims",
             empty("PersistentVolumeClaimList"),
         ),
+        // The run records: revision 1, promoted by another machine's run r1.
+        (
+            "/api/v1/namespaces/rollout-shop/configmaps",
+            serde_json::json!({ "kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [record] }),
+        ),
     ]);
     let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
     let config = p.path().join("kubeconfig");
     p.run_with(&["status"], &[("KUBECONFIG", config.to_str().unwrap())])
         .code(0)
+        .stdout_has("Revision 1 (r1), promoted 2026-01-01T10:00:30Z by bob")
         .stdout_has("shop-web-r1 web:1 (restarting")
         .nowhere("Cluster lock");
+    // history on this machine, which never ran shop, shows the cluster's record.
+    let history = p
+        .run_with(
+            &["history", "-o", "json"],
+            &[("KUBECONFIG", config.to_str().unwrap())],
+        )
+        .code(0)
+        .json();
+    assert_eq!(history["revisions"][0]["run"], "r1");
+    assert_eq!(history["revisions"][0]["user"], "bob");
+    assert_eq!(history["revisions"][0]["outcome"]["status"], "promoted");
+    assert!(
+        api.seen().iter().any(|r| r.starts_with(
+            "GET /api/v1/namespaces/rollout-shop/configmaps?&labelSelector=rollout.environment%3Dshop%2Crollout.state%3Drun"
+        )),
+        "{:?}",
+        api.seen()
+    );
     assert!(
         api.seen().iter().all(|r| r.starts_with("GET ")),
         "status only reads: {:?}",

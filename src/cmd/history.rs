@@ -10,7 +10,12 @@ use crate::store::Store;
 pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let project = Project::open(dir)?;
     let env = super::load_environment(&project, &args.env, printer)?.environment;
-    let store = Store::open(&project.state_dir())?;
+    let store = std::sync::Arc::new(Store::open(&project.state_dir())?);
+    // Where the cluster keeps the run records, every machine's runs are read from it first.
+    if project.config.backend == crate::manifest::config::Backend::Kubernetes {
+        let engine = super::connect(&project, "history").await?;
+        super::pull_records(engine.as_ref(), &store, &env.name, printer).await?;
+    }
     let history = store.history(&env.name)?;
     if args.output == Format::Json {
         printer.json(&serde_json::json!({ "environment": env.name, "revisions": history }))?;

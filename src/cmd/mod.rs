@@ -62,11 +62,13 @@ pub(crate) fn load_environment(
     Ok(loaded)
 }
 
-/// The commands the kubernetes backend carries out so far (issue #8). `history`, `approve`,
-/// `report` and `audit` read the local store and never connect.
-const KUBERNETES_COMMANDS: [&str; 8] = [
+/// The commands the kubernetes backend carries out so far (issue #8). `history` connects to read
+/// the run records kept in the cluster; `approve`, `report` and `audit` read the local store and
+/// never connect.
+const KUBERNETES_COMMANDS: [&str; 9] = [
     "plan",
     "status",
+    "history",
     "promote",
     "rollback",
     "test-env up",
@@ -195,6 +197,26 @@ pub(crate) fn cancel_on_signal(printer: Printer) -> tokio_util::sync::Cancellati
     token
 }
 
+/// Where the platform keeps the environment's run records itself (kubernetes), brings them
+/// into the local store first, warning about any it could not take.
+pub(crate) async fn pull_records(
+    engine: &dyn Engine,
+    store: &std::sync::Arc<crate::store::Store>,
+    env: &str,
+    printer: Printer,
+) -> anyhow::Result<()> {
+    let Some(ledger) = engine.ledger() else {
+        return Ok(());
+    };
+    let conflicts = crate::exec::journal::pull(ledger.as_ref(), store, env)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for line in conflicts {
+        printer.warn(&line);
+    }
+    Ok(())
+}
+
 /// Removes test versions left by dead runs or past their TTL, saying what it removed.
 pub(crate) async fn collect_garbage(
     engine: &dyn Engine,
@@ -318,6 +340,11 @@ pub(crate) async fn lock_and_recover(
                 return Err(e.into());
             }
         }
+    }
+    // Under both locks: the runs of every machine, as the platform records them.
+    if let Err(e) = pull_records(engine, store, &env.name, printer).await {
+        guard.release().await?;
+        return Err(e);
     }
     let name = env.name.clone();
     let unfinished = store.call(move |s| s.unfinished_runs(&name)).await?;

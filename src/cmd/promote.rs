@@ -296,7 +296,8 @@ pub(crate) async fn execute(
         ));
     }
     let progress = Console::new(printer.paint(), json);
-    let journal = crate::exec::journal::Journal::new(store.clone(), &environment.name, run);
+    let journal = crate::exec::journal::Journal::new(store.clone(), &environment.name, run)
+        .with_ledger(engine.ledger());
     let report = promote::promote(
         engine,
         &journal,

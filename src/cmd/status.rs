@@ -10,8 +10,9 @@ use crate::store::{RevisionOutcome, Store};
 pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let project = Project::open(dir)?;
     let env = super::load_environment(&project, &args.env, printer)?.environment;
-    let store = Store::open(&project.state_dir())?;
+    let store = std::sync::Arc::new(Store::open(&project.state_dir())?);
     let engine = super::connect(&project, "status").await?;
+    super::pull_records(engine.as_ref(), &store, &env.name, printer).await?;
     let status = gather(&env.name, &env, &store, engine.as_ref()).await?;
     if args.output == Format::Json {
         printer.json(&status.to_json(&env.client))?;

@@ -31,6 +31,7 @@
 
 pub mod canary;
 pub mod lease;
+pub mod ledger;
 pub mod snapshot;
 pub mod status;
 pub mod watch;
@@ -823,6 +824,13 @@ impl Engine for KubeEngine {
 
     fn measures(&self) -> bool {
         self.prometheus.is_some()
+    }
+
+    /// Run records as ConfigMaps in `rollout-<env>` ([`ledger`]).
+    fn ledger(&self) -> Option<std::sync::Arc<dyn crate::engine::RunLedger>> {
+        Some(std::sync::Arc::new(ledger::ConfigMaps::new(
+            self.client.clone(),
+        )))
     }
 
     /// The Service of a service dropped from the manifest (and a canary Service a crash left).

@@ -325,6 +325,19 @@ pub enum Probes {
     ByPlatform,
 }
 
+/// A platform's own record of an environment's runs, shared by every machine that manages it
+/// there (kubernetes: a ConfigMap per run, [`kube::ledger`]). The local store is a cache of it:
+/// see `store::ledger`.
+#[async_trait]
+pub trait RunLedger: Send + Sync {
+    /// Writes one run's whole record (its revision and journal), replacing what was there.
+    async fn push(&self, doc: &crate::store::RunDoc) -> Result<(), EngineError>;
+    /// Every run recorded for `env`, oldest revision first.
+    async fn pull(&self, env: &str) -> Result<Vec<crate::store::RunDoc>, EngineError>;
+    /// Where the records are, for messages.
+    fn describe(&self, env: &str) -> String;
+}
+
 /// How a platform split a service's traffic for a canary ([`Engine::split_service`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
@@ -562,6 +575,12 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), EngineError> {
         let _ = (env, service, kept);
         Ok(())
+    }
+
+    /// Where this platform keeps the environments' run records itself, if it does (the local
+    /// store is then a cache of them).
+    fn ledger(&self) -> Option<std::sync::Arc<dyn RunLedger>> {
+        None
     }
 
     /// [`Traffic::Services`]: removes what routes to `service` of `env`, a service no longer in

@@ -290,6 +290,10 @@ impl<E: Engine> Engine for Retrying<E> {
         retry("remove_route", || self.inner.remove_route(env, service)).await
     }
 
+    fn ledger(&self) -> Option<std::sync::Arc<dyn super::RunLedger>> {
+        self.inner.ledger()
+    }
+
     fn measures(&self) -> bool {
         self.inner.measures()
     }

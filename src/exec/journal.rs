@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::store::{Phase, Store};
+use crate::engine::RunLedger;
+use crate::store::{Imported, Phase, Store};
 
 /// The environment variable naming a journal entry after which rollout exits at once, as if
 /// killed: `STEP.PHASE` (e.g. `switch.done`), optionally `@N` for its N-th occurrence in the run
@@ -15,12 +16,14 @@ pub const CRASH_AFTER: &str = "ROLLOUT_CRASH_AFTER";
 /// The exit code of a process ended by the fault-injection hook.
 pub const CRASH_EXIT: i32 = 86;
 
-/// One run's journal writer.
+/// One run's journal writer. With a platform ledger ([`Journal::with_ledger`]), the run's whole
+/// record is written there too after every entry, before the step it announces happens.
 #[derive(Clone)]
 pub struct Journal {
     store: Arc<Store>,
     environment: String,
     run: String,
+    ledger: Option<Arc<dyn RunLedger>>,
 }
 
 impl Journal {
@@ -29,7 +32,34 @@ impl Journal {
             store,
             environment: environment.to_string(),
             run: run.to_string(),
+            ledger: None,
         }
+    }
+
+    /// The journal that also keeps the run's record in `ledger` (the platform's).
+    pub fn with_ledger(mut self, ledger: Option<Arc<dyn RunLedger>>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Writes the run's whole record (revision and journal, as the store has them) to the
+    /// platform's ledger, if there is one. Called after every entry, and after the store's
+    /// `begin_run` and `end_run`.
+    pub async fn sync(&self) -> Result<(), String> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let run = self.run.clone();
+        let doc = self
+            .store
+            .call(move |s| s.export_run(&run))
+            .await
+            .map_err(|e| format!("the journal: {e}"))?;
+        let Some(doc) = doc else { return Ok(()) };
+        ledger
+            .push(&doc)
+            .await
+            .map_err(|e| format!("the run's record in the cluster: {e}"))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -62,9 +92,53 @@ impl Journal {
             .call(move |store| store.journal_append(&env, &run, &s, phase, &data))
             .await
             .map_err(|e| format!("the journal: {e}"))?;
+        self.sync().await?;
         crash_point(&format!("{step}.{}", phase.as_str()));
         Ok(())
     }
+}
+
+/// Imports `ledger`'s run records of `env` into `store` (a cache of them), so history, reports
+/// and recovery see the runs of every machine. A record this store is ahead of (an entry whose
+/// write to the platform failed) is written again from here. Returns a line for each record it
+/// could not import (it disagrees with this store, which keeps what it has).
+pub async fn pull(
+    ledger: &dyn RunLedger,
+    store: &Arc<Store>,
+    env: &str,
+) -> Result<Vec<String>, String> {
+    let docs = ledger
+        .pull(env)
+        .await
+        .map_err(|e| format!("reading the run records ({}): {e}", ledger.describe(env)))?;
+    let mut conflicts = Vec::new();
+    for doc in docs {
+        let run = doc.revision.run.clone();
+        let r = run.clone();
+        match store
+            .call(move |s| s.import_run(&doc))
+            .await
+            .map_err(|e| format!("the store: {e}"))?
+        {
+            Imported::Behind => {
+                let ours = store
+                    .call(move |s| s.export_run(&r))
+                    .await
+                    .map_err(|e| format!("the store: {e}"))?;
+                if let Some(ours) = ours {
+                    ledger.push(&ours).await.map_err(|e| {
+                        format!("writing run {run}'s record ({}): {e}", ledger.describe(env))
+                    })?;
+                }
+            }
+            Imported::Conflict(why) => conflicts.push(format!(
+                "run {run}'s record in {} was not taken: {why}",
+                ledger.describe(env)
+            )),
+            Imported::Same | Imported::Updated { .. } => {}
+        }
+    }
+    Ok(conflicts)
 }
 
 /// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).

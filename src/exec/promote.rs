@@ -518,11 +518,15 @@ pub async fn promote(
         };
         let (name, r) = (env.name.clone(), run.to_string());
         let data = serde_json::to_value(&outcome).unwrap_or_default();
-        if let Err(e) = journal
+        let ended = match journal
             .store()
             .call(move |s| s.end_run(&name, &r, number, revision_outcome, &data))
             .await
         {
+            Ok(()) => journal.sync().await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = ended {
             progress.note(&format!(
                 "  the run could not be closed in the journal ({e}); the next command settles it"
             ));
@@ -579,6 +583,7 @@ async fn begin_revision(
         .call(move |s| s.begin_run(new, begin))
         .await
         .map_err(|e| format!("the store: {e}"))?;
+    journal.sync().await?;
     crate::exec::journal::crash_point("begin.done");
     Ok(revision.number)
 }

@@ -70,7 +70,7 @@ pub async fn recover(
         .map_err(|e| format!("run {run}: unreadable begin entry: {e}"))?;
     let left_by = left_by(begin_entry);
     let last_step = entries.last().map(|e| e.label()).unwrap_or_default();
-    let journal = Journal::new(store.clone(), &env.name, run);
+    let journal = Journal::new(store.clone(), &env.name, run).with_ledger(engine.ledger());
     journal
         .intent("recover", serde_json::json!({ "by": by }))
         .await?;
@@ -124,6 +124,7 @@ pub async fn recover(
         .call(move |s| s.end_run(&name, &r, number, revision_outcome, &data))
         .await
         .map_err(|e| e.to_string())?;
+    journal.sync().await?;
     Ok(Recovered {
         run: run.to_string(),
         kind: begin.kind,

@@ -36,7 +36,7 @@ pub enum RevisionOutcome {
 }
 
 impl RevisionOutcome {
-    fn to_sql(&self) -> (&'static str, Option<&str>) {
+    pub(super) fn to_sql(&self) -> (&'static str, Option<&str>) {
         match self {
             RevisionOutcome::InProgress => ("inProgress", None),
             RevisionOutcome::Promoted => ("promoted", None),

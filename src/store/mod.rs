@@ -24,6 +24,7 @@ mod audit;
 mod gates;
 mod history;
 mod journal;
+mod ledger;
 mod lock;
 mod runs;
 mod schema;
@@ -32,6 +33,7 @@ pub use audit::AuditHead;
 pub use gates::{Awaited, Grant, GrantKind, Parked};
 pub use history::{NewRevision, Revision, RevisionOutcome};
 pub use journal::{BEGIN, END, JournalEntry, Phase};
+pub use ledger::{Imported, LedgerEntry, RunDoc};
 pub use lock::{Acquired, Claim, LockHolder};
 pub use runs::RunRecord;
 

@@ -156,6 +156,34 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
     ]
 }
 
+const CONFIGMAPS: &str = "/api/v1/namespaces/rollout-shop/configmaps";
+
+/// Run `run`'s record written whole to its ConfigMap, its journal now ending in `last`
+/// (`step.phase`).
+fn record(run: &'static str, last: &'static str) -> Exchange {
+    let name = format!("rollout-run-{run}");
+    on(Method::PATCH, &apply_uri(CONFIGMAPS, &name))
+        .body(move |b| {
+            assert_eq!(b["metadata"]["labels"]["rollout.state"], "run");
+            assert_eq!(b["metadata"]["labels"]["rollout.run"], run);
+            let revision: Value =
+                serde_json::from_str(b["data"]["revision.json"].as_str().unwrap()).unwrap();
+            assert_eq!(revision["run"], run);
+            let journal: Vec<Value> =
+                serde_json::from_str(b["data"]["journal.json"].as_str().unwrap()).unwrap();
+            let e = journal.last().unwrap();
+            assert_eq!(
+                format!(
+                    "{}.{}",
+                    e["step"].as_str().unwrap(),
+                    e["phase"].as_str().unwrap()
+                ),
+                last
+            );
+        })
+        .ok(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": name } }))
+}
+
 fn endpoints(pods: &[&str]) -> Value {
     list("EndpointSliceList", vec![slice(pods, "1")])
 }
@@ -663,9 +691,14 @@ fn no_test_version() -> Vec<Exchange> {
 async fn a_run_killed_before_the_switch_finished_is_undone_by_the_next_command() {
     let (store, _dir) = interrupted(false).await;
     let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
-    let mut script = switch_to(&before, "r1");
+    // Each journal entry of the recovery is in the run's record in the cluster before its
+    // step, so yet another machine could take over from there.
+    let mut script = vec![record("r2", "recover.intent"), record("r2", "undo.intent")];
+    script.extend(switch_to(&before, "r1"));
     script.extend(remove(&env, "r2"));
+    script.push(record("r2", "undo.done"));
     script.extend(no_test_version());
+    script.push(record("r2", "end.done"));
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
     let done = crate::exec::recover::recover(
@@ -698,11 +731,16 @@ async fn a_run_killed_before_the_switch_finished_is_undone_by_the_next_command()
 async fn a_run_killed_after_the_switch_is_finished_by_the_next_command() {
     let (store, _dir) = interrupted(true).await;
     let env = with_web_image("web:2");
-    let mut script =
-        vec![on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"]))];
+    let mut script = vec![
+        record("r2", "recover.intent"),
+        on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])),
+        record("r2", "finish.intent"),
+    ];
     script.extend(switch_to(&env, "r2"));
     script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.push(record("r2", "finish.done"));
     script.extend(no_test_version());
+    script.push(record("r2", "end.done"));
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
     let done = crate::exec::recover::recover(
@@ -818,4 +856,138 @@ async fn a_service_dropped_from_the_manifest_loses_its_deployment_and_its_servic
     ]);
     let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
     assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+}
+
+/// Machine A was killed mid-run; machine B has never run shop. B reads the run records from the
+/// cluster (one ConfigMap per run), so its history shows A's revision and its journal A's run,
+/// open; B's recovery then undoes it as A's own would, writing each of its entries to the
+/// record first, and the record ends rolled back, for every machine to see.
+#[tokio::test(start_paused = true)]
+async fn another_machine_reads_the_run_records_from_the_cluster_and_settles_the_interrupted_run() {
+    let (a, _a_dir) = interrupted(false).await;
+    let doc = a.export_run("r2").unwrap().unwrap();
+    let stored_record = serde_json::to_value(super::super::ledger::to_config_map(&doc)).unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(Store::open(b_dir.path()).unwrap());
+    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+
+    let mut script = vec![
+        on(
+            Method::GET,
+            &format!(
+                "{CONFIGMAPS}?&labelSelector=rollout.environment%3Dshop%2Crollout.state%3Drun"
+            ),
+        )
+        .ok(list("ConfigMapList", vec![stored_record])),
+        record("r2", "recover.intent"),
+        record("r2", "undo.intent"),
+    ];
+    script.extend(switch_to(&before, "r1"));
+    script.extend(remove(&env, "r2"));
+    script.push(record("r2", "undo.done"));
+    script.extend(no_test_version());
+    script.push(
+        on(Method::PATCH, &apply_uri(CONFIGMAPS, "rollout-run-r2"))
+            .body(|b| {
+                let revision: Value =
+                    serde_json::from_str(b["data"]["revision.json"].as_str().unwrap()).unwrap();
+                assert_eq!(revision["outcome"]["status"], "rolledBack", "{revision}");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "rollout-run-r2" } })),
+    );
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let ledger = engine.ledger().expect("the cluster keeps the records");
+    let conflicts = crate::exec::journal::pull(ledger.as_ref(), &b, "shop")
+        .await
+        .unwrap();
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert_eq!(b.history("shop").unwrap(), a.history("shop").unwrap());
+    assert_eq!(b.unfinished_runs("shop").unwrap().len(), 1, "A's run, open");
+    let done = crate::exec::recover::recover(
+        &engine,
+        &b,
+        &env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap();
+    finished(server).await;
+    assert_eq!(done.action, "undone");
+    assert!(done.left_by.contains("elsewhere"), "{}", done.left_by);
+    assert!(matches!(
+        b.revision("shop", 1).unwrap().unwrap().outcome,
+        RevisionOutcome::RolledBack { .. }
+    ));
+    assert!(b.unfinished_runs("shop").unwrap().is_empty());
+}
+
+/// A promotion on the kubernetes backend keeps its record in the cluster as it goes: the record
+/// is written after every journal entry, so each intent is there before its step (the switch's
+/// before the Service is written), and the record ends promoted.
+#[tokio::test(start_paused = true)]
+async fn a_promotion_writes_its_record_to_the_cluster_before_each_step() {
+    let (_, deployments, pods) = production("web:1");
+    let env = with_web_image("web:2");
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script.push(record("r2", "begin.done"));
+    let mut candidate = apply_candidate(&env, "r2", "web:2");
+    // The namespace is ensured before the candidate's intent is written.
+    candidate.insert(1, record("r2", "candidate.intent"));
+    script.extend(candidate);
+    script.extend(status_script(
+        stored(&env, "web", "r2", 1),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    script.push(record("r2", "candidate.done"));
+    script.push(record("r2", "switch.intent"));
+    script.extend(switch_to(&env, "r2"));
+    script.push(record("r2", "switch.done"));
+    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
+    script.push(record("r2", "drain.done"));
+    script.extend(status_script(
+        stored(&env, "web", "r2", 1),
+        vec![pod("web", "r2", running(), 0)],
+    ));
+    script.push(record("r2", "finish.intent"));
+    script.extend(switch_to(&env, "r2"));
+    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.push(record("r2", "finish.done"));
+    script.push(
+        on(Method::PATCH, &apply_uri(CONFIGMAPS, "rollout-run-r2"))
+            .body(|b| {
+                let revision: Value =
+                    serde_json::from_str(b["data"]["revision.json"].as_str().unwrap()).unwrap();
+                assert_eq!(revision["outcome"]["status"], "promoted", "{revision}");
+                assert_eq!(revision["number"], 1);
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "rollout-run-r2" } })),
+    );
+
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock");
+    let observed = engine.observe("shop").await.unwrap();
+    let plan = crate::plan::compute(&env, &observed, &playbook());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let journal = Journal::new(store.clone(), "shop", "r2").with_ledger(engine.ledger());
+    let report = promote(
+        &engine,
+        &journal,
+        &env,
+        &playbook(),
+        &plan,
+        "r2",
+        now(),
+        &opts(RunKind::Promotion),
+        &crate::progress::Silent,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    finished(server).await;
+    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
 }

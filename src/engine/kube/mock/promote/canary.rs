@@ -356,14 +356,17 @@ async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
         .await
         .unwrap();
 
-    let mut script = switch_to(&before, "r1");
+    let mut script = vec![record("r2", "recover.intent"), record("r2", "undo.intent")];
+    script.extend(switch_to(&before, "r1"));
     script.extend([
         on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("50", split_refs(10))])),
         patch_route("50", unsplit_refs()).ok(route("51", unsplit_refs())),
         delete_canary_service(true),
     ]);
     script.extend(remove(&env, "r2"));
+    script.push(record("r2", "undo.done"));
     script.extend(no_test_version());
+    script.push(record("r2", "end.done"));
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
     let done = crate::exec::recover::recover(
