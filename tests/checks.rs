@@ -544,8 +544,12 @@ impl Drop for ImageGuard {
         let _ = std::thread::spawn(move || {
             crate::support::docker::runtime().block_on(async {
                 if let Ok(engine) = rollout::engine::docker::DockerEngine::connect(None).await {
+                    // `noprune`: its parent layers may be another build's cache right now
+                    // (every busybox image starts with the same `COPY bin/ /bin/`); pruning
+                    // them under a concurrent build fails that build ("unknown parent image").
                     let options = bollard::query_parameters::RemoveImageOptions {
                         force: true,
+                        noprune: true,
                         ..Default::default()
                     };
                     let _ = engine

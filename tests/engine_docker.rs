@@ -44,8 +44,12 @@ impl Drop for ImageGuard {
                 .expect("runtime");
             rt.block_on(async {
                 if let Ok(engine) = DockerEngine::connect(None).await {
+                    // `noprune`: its parent layers may be another build's cache right now
+                    // (every busybox image starts with the same `COPY bin/ /bin/`); pruning
+                    // them under a concurrent build fails that build ("unknown parent image").
                     let options = bollard::query_parameters::RemoveImageOptions {
                         force: true,
+                        noprune: true,
                         ..Default::default()
                     };
                     let _ = engine
