@@ -1143,8 +1143,46 @@ impl Engine for KubeEngine {
         Err(unsupported(&format!("exec in {container}")))
     }
 
-    async fn logs_tail(&self, container: &str, _lines: usize) -> Result<Vec<String>, EngineError> {
-        Err(unsupported(&format!("logs of {container}")))
+    /// The last `lines` of the log of Deployment `container`'s newest pod: of its previous
+    /// instance when it has restarted and is not running now (a crash loop's useful lines are
+    /// the crashed one's). No pod is no lines.
+    async fn logs_tail(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError> {
+        let Some(d) = self.find_deployment(container).await? else {
+            return Ok(Vec::new());
+        };
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let Some(selector) = d.spec.selector.match_labels.as_ref().map(selector_string) else {
+            return Ok(Vec::new());
+        };
+        let pods: Api<Pod> = self.api(&ns);
+        let mut list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_error(e, "list", &format!("Pods of {container}")))?
+            .items;
+        list.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+        let Some(pod) = list.first() else {
+            return Ok(Vec::new());
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let previous = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .is_some_and(|c| {
+                c.restart_count > 0 && c.state.as_ref().is_none_or(|s| s.running.is_none())
+            });
+        let params = kube::api::LogParams {
+            tail_lines: Some(lines as i64),
+            previous,
+            ..Default::default()
+        };
+        let text = pods
+            .logs(&name, &params)
+            .await
+            .map_err(|e| api_error(e, "read the log of", &format!("Pod {name}")))?;
+        Ok(text.lines().map(str::to_string).collect())
     }
 
     async fn pause(&self, container: &str) -> Result<(), EngineError> {

@@ -101,12 +101,18 @@ async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Resu
         };
         match &status.state {
             ContainerState::Exited { code } => {
-                return Err(format!("{} exited with code {code}", svc.name));
+                return Err(format!(
+                    "{} exited with code {code}{}",
+                    svc.name,
+                    logs(engine, container).await
+                ));
             }
             ContainerState::Restarting => {
                 return Err(format!(
-                    "{} is crash-looping ({} restarts)",
-                    svc.name, status.restart_count
+                    "{} is crash-looping ({} restarts){}",
+                    svc.name,
+                    status.restart_count,
+                    logs(engine, container).await
                 ));
             }
             ContainerState::Other { name } => return Err(format!("{} is {name}", svc.name)),
@@ -124,9 +130,10 @@ async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Resu
         }
         if t0.elapsed() >= deadline {
             return Err(format!(
-                "{} did not become ready within {}: {last}",
+                "{} did not become ready within {}: {last}{}",
                 svc.name,
-                crate::progress::seconds(t0.elapsed())
+                crate::progress::seconds(t0.elapsed()),
+                logs(engine, container).await
             ));
         }
         tokio::time::sleep(crate::engine::kube::POLL).await;

@@ -39,6 +39,8 @@ struct Exchange {
     broken: bool,
     /// A watch: the answer is these events, one JSON object a line, then the server closes.
     events: Option<Vec<Value>>,
+    /// A plain-text answer (a pod's log).
+    text: Option<String>,
 }
 
 fn on(method: Method, uri: &str) -> Exchange {
@@ -50,6 +52,7 @@ fn on(method: Method, uri: &str) -> Exchange {
         reply: json!({}),
         broken: false,
         events: None,
+        text: None,
     }
 }
 
@@ -68,6 +71,11 @@ impl Exchange {
     }
     fn broken(mut self) -> Self {
         self.broken = true;
+        self
+    }
+    /// Answers with `text` as it is (a pod's log is not JSON).
+    fn text(mut self, text: &str) -> Self {
+        self.text = Some(text.to_string());
         self
     }
     /// Answers a watch with `events` (each `{"type": ..., "object": ...}`), then closes it.
@@ -118,6 +126,7 @@ fn serve(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<()>) {
                 continue;
             }
             let body = match &ex.events {
+                None if ex.text.is_some() => ex.text.clone().unwrap_or_default().into_bytes(),
                 Some(events) => events
                     .iter()
                     .flat_map(|e| {

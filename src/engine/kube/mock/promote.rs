@@ -470,8 +470,9 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
     assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
 }
 
-/// A candidate that crash-loops fails at once (no wait for the deadline); production was never
-/// switched, so the Service is not written at all; the candidate is removed.
+/// A candidate that crash-loops fails at once (no wait for the deadline), with the last lines its
+/// crashed instance logged; production was never switched, so the Service is not written at
+/// all; the candidate is removed.
 #[tokio::test(start_paused = true)]
 async fn crash_looping_candidate_is_removed_and_production_untouched() {
     let (_, deployments, pods) = production("web:1");
@@ -488,13 +489,31 @@ async fn crash_looping_candidate_is_removed_and_production_untouched() {
             3,
         )],
     ));
+    // Its last log lines, of the instance that crashed (the pod has restarted and is waiting).
+    let crashed = || {
+        pod(
+            "web",
+            "r2",
+            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 20s" } }),
+            3,
+        )
+    };
+    script.extend([
+        on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![stored(&env, "web", "r2", 0)])),
+        on(Method::GET, &pods_of("web", "r2")).ok(list("PodList", vec![crashed()])),
+        on(
+            Method::GET,
+            "/api/v1/namespaces/rollout-shop/pods/shop-web-r2-5d9f8c-x1x2x/log?&previous=true&tailLines=10",
+        )
+        .text("listening on :8080\npanic: DATABASE_URL is not set\n"),
+    ]);
     script.extend(remove(&env, "r2"));
 
     let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
     assert_eq!(
         ran.report.outcome,
         Outcome::Failed {
-            reason: "web is crash-looping (3 restarts)".into()
+            reason: "web is crash-looping (3 restarts)\nlast log lines:\n  | listening on :8080\n  | panic: DATABASE_URL is not set".into()
         }
     );
     assert_eq!(ran.report.rollback_ms, None, "nothing to put back");
