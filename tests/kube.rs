@@ -412,11 +412,9 @@ fn plan_on_an_empty_cluster_wants_everything_created_and_writes_nothing() {
     );
 }
 
-/// `status` through the real kube client: a crash-looping Deployment is `restarting`, and the
-/// revision running is the one the cluster's run records say, recorded by another machine;
-/// `history` on this machine shows it too. Both only read.
-#[test]
-fn status_shows_a_crash_looping_deployment() {
+/// Production of shop on the stand-in cluster: web's Deployment at run r1 crash-looping, its
+/// pod, and the run record of r1 (revision 1, promoted by bob from another machine).
+fn crash_looping_shop() -> (serde_json::Value, serde_json::Value, serde_json::Value) {
     let deployment = serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": { "name": "shop-web-r1", "namespace": "rollout-shop", "creationTimestamp": "2026-01-01T10:00:00Z",
@@ -446,6 +444,15 @@ fn status_shows_a_crash_looping_deployment() {
             "labels": { "rollout.environment": "shop", "rollout.run": "r1", "rollout.state": "run" } },
         "data": { "revision.json": revision.to_string(), "journal.json": journal.to_string() }
     });
+    (deployment, pod, record)
+}
+
+/// `status` through the real kube client: a crash-looping Deployment is `restarting`, and the
+/// revision running is the one the cluster's run records say, recorded by another machine;
+/// `history` on this machine shows it too. Both only read.
+#[test]
+fn status_shows_a_crash_looping_deployment() {
+    let (deployment, pod, record) = crash_looping_shop();
     let api = ApiServer::start(vec![
         ("/version", version()),
         (
@@ -500,6 +507,110 @@ fn status_shows_a_crash_looping_deployment() {
     assert!(
         api.seen().iter().all(|r| r.starts_with("GET ")),
         "status only reads: {:?}",
+        api.seen()
+    );
+}
+
+/// `rollout daemon` on the kubernetes backend, against the stand-in API server: it connects to
+/// the cluster, answers an environment's status through its API (the crash-looping Deployment
+/// and the revision the cluster's run record says), serves its metrics (drift against the
+/// cluster), and exits 0 on SIGTERM, having only read from the cluster.
+#[test]
+fn the_daemon_serves_status_and_metrics_from_the_cluster() {
+    let (deployment, pod, record) = crash_looping_shop();
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/apis/apps/v1/namespaces/rollout-shop/deployments",
+            serde_json::json!({ "kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {}, "items": [deployment] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/pods",
+            serde_json::json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod] }),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/secrets",
+            empty("SecretList"),
+        ),
+        ("/apis/apps/v1/deployments", empty("DeploymentList")),
+        ("/api/v1/namespaces", empty("NamespaceList")),
+        (
+            "/api/v1/persistentvolumeclaims",
+            empty("PersistentVolumeClaimList"),
+        ),
+        (
+            "/api/v1/namespaces/rollout-shop/configmaps",
+            serde_json::json!({ "kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [record] }),
+        ),
+    ]);
+    let port = crate::support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let p = kube_project("shop")
+        .file(
+            "rollout.yaml",
+            format!("backend: kubernetes\ndaemon:\n  listen: {addr}\n  tokens:\n    - {{ name: ops, fromEnv: T_OPS, clients: [acme], may: [read] }}\n"),
+        )
+        .file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .arg("-C")
+        .arg(p.path())
+        .arg("daemon")
+        .env("KUBECONFIG", &config)
+        .env("T_OPS", "tok-ops-5e1f")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(30)
+            || daemon.try_wait().unwrap().is_some()
+        {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().unwrap();
+            panic!(
+                "the daemon does not listen on {addr}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer tok-ops-5e1f\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let status = get("/api/v1/environments/shop");
+    let history = get("/api/v1/environments/shop/history");
+    let metrics = get("/metrics");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let exit = daemon.wait().unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let body: serde_json::Value =
+        serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(body["revision"]["run"], "r1", "{body}");
+    assert_eq!(body["revision"]["user"], "bob", "{body}");
+    assert!(body.to_string().contains("restarting"), "{body}");
+    assert!(
+        history.contains("\"user\":\"bob\""),
+        "the record read from the cluster: {history}"
+    );
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("rollout_drift{environment=\"shop\"}"),
+        "{metrics}"
+    );
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    assert!(
+        api.seen().iter().all(|r| r.starts_with("GET ")),
+        "the daemon only read: {:?}",
         api.seen()
     );
 }

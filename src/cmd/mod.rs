@@ -65,10 +65,11 @@ pub(crate) fn load_environment(
 /// The commands the kubernetes backend carries out so far (issue #8). `history` connects to read
 /// the run records kept in the cluster; `approve`, `report` and `audit` read the local store and
 /// never connect.
-const KUBERNETES_COMMANDS: [&str; 9] = [
+const KUBERNETES_COMMANDS: [&str; 10] = [
     "plan",
     "status",
     "history",
+    "daemon",
     "promote",
     "rollback",
     "test-env up",
@@ -157,7 +158,7 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
         Backend::Kubernetes => {
             if !KUBERNETES_COMMANDS.contains(&command) {
                 anyhow::bail!(
-                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env` and `rehearse` work there so far); nothing was done"
+                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env`, `rehearse` and `daemon` work there so far); nothing was done"
                 );
             }
             let engine = KubeEngine::connect()

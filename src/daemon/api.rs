@@ -522,7 +522,23 @@ async fn environments(
 }
 
 /// The status of `name`, as `rollout status -o json` shows it.
+/// Where the platform keeps the run records (kubernetes), brings `env`'s into the store first,
+/// logging any it could not take.
+async fn pull_records(daemon: &Daemon, env: &str) -> ApiResult<()> {
+    let Some(ledger) = daemon.engine.ledger() else {
+        return Ok(());
+    };
+    let conflicts = crate::exec::journal::pull(ledger.as_ref(), &daemon.store, env)
+        .await
+        .map_err(ApiError::internal)?;
+    for line in conflicts {
+        tracing::warn!(environment = %env, "{line}");
+    }
+    Ok(())
+}
+
 pub async fn status_of(daemon: &Daemon, name: &str, client: &str) -> ApiResult<Value> {
+    pull_records(daemon, name).await?;
     let lookup = |var: &str| std::env::var(var).ok();
     let source = daemon.source_of(name);
     let loaded = source
@@ -555,6 +571,7 @@ async fn history(
     Path(env): Path<String>,
 ) -> ApiResult<Json<Value>> {
     environment(&daemon, &token, &env, Right::Read)?;
+    pull_records(&daemon, &env).await?;
     let name = env.clone();
     let revisions = daemon
         .store
