@@ -1072,6 +1072,8 @@ impl Engine for KubeEngine {
             )?;
             removed.volumes += 1;
         }
+        // What a data copy killed half-way left outside the test namespace.
+        self.remove_snapshots(&sel).await?;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         for n in self.list_all::<Namespace>(&sel).await? {
             let Some(name) = n.metadata.name else {

@@ -768,6 +768,23 @@ fn test_selector() -> BTreeMap<String, String> {
     ])
 }
 
+/// The teardown's look for VolumeSnapshots and their contents a killed data copy left (in any
+/// namespace, by the run's labels): `query` is the label selector; none found.
+fn no_snapshots(query: &str) -> Vec<Exchange> {
+    vec![
+        on(
+            Method::GET,
+            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{query}"),
+        )
+        .ok(list("VolumeSnapshotList", vec![])),
+        on(
+            Method::GET,
+            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents?&{query}"),
+        )
+        .ok(list("VolumeSnapshotContentList", vec![])),
+    ]
+}
+
 fn meta(name: &str, ns: Option<&str>) -> Value {
     let mut m = json!({ "name": name, "labels": { "rollout.environment": "shop", "rollout.role": "test", "rollout.run": "r9" } });
     if let Some(ns) = ns {
@@ -868,6 +885,19 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
         )
         .body(background)
         .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        // A cluster without VolumeSnapshots: nothing to look for there.
+        on(
+            Method::GET,
+            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{TEST_SELECTOR}"),
+        )
+        .reply(
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ),
         on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
             "NamespaceList",
             vec![meta("shop-test-r9", None), terminating("shop-test-r8")],

@@ -272,6 +272,46 @@ impl KubeEngine {
         Ok(())
     }
 
+    /// Deletes the VolumeSnapshots (in any namespace) and VolumeSnapshotContents that carry all of
+    /// `selector`'s labels: what a copy killed half-way leaves outside the test namespace (a
+    /// snapshot beside production's claim, a content not yet bound). Nothing when the cluster
+    /// serves no VolumeSnapshots.
+    pub(super) async fn remove_snapshots(&self, selector: &str) -> Result<(), EngineError> {
+        let lp = kube::api::ListParams::default().labels(selector);
+        let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &snapshot_resource());
+        let snapshots = match all.list(&lp).await {
+            Ok(list) => list.items,
+            Err(e) if not_served(&e) => return Ok(()),
+            Err(e) => return Err(api_error(e, "list", &format!("VolumeSnapshots {selector}"))),
+        };
+        for s in snapshots {
+            let (Some(name), Some(ns)) = (s.metadata.name, s.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &ns, &snapshot_resource());
+            delete_ok(
+                api.delete(&name, &DeleteParams::background()).await,
+                &format!("VolumeSnapshot {name} in {ns}"),
+            )?;
+        }
+        let contents: Api<DynamicObject> = Api::all_with(self.client.clone(), &content_resource());
+        let list = contents
+            .list(&lp)
+            .await
+            .map_err(|e| api_error(e, "list", &format!("VolumeSnapshotContents {selector}")))?;
+        for c in list.items {
+            let Some(name) = c.metadata.name else {
+                continue;
+            };
+            delete_ok(
+                contents.delete(&name, &DeleteParams::background()).await,
+                &format!("VolumeSnapshotContent {name}"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Waits (up to [`SNAPSHOT_LIMIT`]) until VolumeSnapshot `name` is ready to use; its error
     /// ends the wait at once.
     async fn wait_ready(

@@ -700,8 +700,13 @@ fn no_test_version() -> Vec<Exchange> {
             &format!("/api/v1/persistentvolumeclaims?&{of_r2}"),
         )
         .ok(list("PersistentVolumeClaimList", vec![])),
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![])),
     ]
+    .into_iter()
+    .chain(no_snapshots(of_r2))
+    .chain([
+        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![]))
+    ])
+    .collect()
 }
 
 /// Killed after intending the switch, before it was done: the next command cannot know whether

@@ -170,12 +170,17 @@ pub(super) fn teardown_script() -> Vec<Exchange> {
         )
         .body(background)
         .ok(success()),
+    ]
+    .into_iter()
+    .chain(no_snapshots(TEST_SELECTOR))
+    .chain([
         on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
             .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
         on(Method::DELETE, &format!("{TEST_NS}?"))
             .body(background)
             .ok(success()),
-    ]
+    ])
+    .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -480,6 +485,29 @@ async fn a_test_namespace_left_by_a_crash_is_found_by_its_labels_and_deleted() {
             &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
         )
         .ok(list("PersistentVolumeClaimList", vec![])),
+        // The copy was killed half-way: its snapshot beside production's claim and a content
+        // not yet bound are found by the run's labels and deleted.
+        on(
+            Method::GET,
+            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{TEST_SELECTOR}"),
+        )
+        .ok(list("VolumeSnapshotList", vec![left("shop-test-r9-db-data", Some("rollout-shop"))])),
+        on(
+            Method::DELETE,
+            "/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots/shop-test-r9-db-data?",
+        )
+        .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+        .ok(success()),
+        on(
+            Method::GET,
+            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents?&{TEST_SELECTOR}"),
+        )
+        .ok(list("VolumeSnapshotContentList", vec![left("shop-test-r9-db-data", None)])),
+        on(
+            Method::DELETE,
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/shop-test-r9-db-data?",
+        )
+        .ok(success()),
         on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
             .ok(list("NamespaceList", vec![left("shop-test-r9", None)])),
         on(Method::DELETE, &format!("{TEST_NS}?"))
