@@ -78,10 +78,9 @@ const KUBERNETES_COMMANDS: [&str; 10] = [
     "rehearse",
 ];
 
-/// The steps of `playbook` the kubernetes backend cannot carry out yet, or `None` when it can run
-/// the whole playbook: `testEnv` without `copyData`, `approve`, `promote`, and `smoke` without
-/// explicit checks (only the built-in playbook has those: the services' own health, read from
-/// their readiness).
+/// The steps of `playbook` the kubernetes backend cannot carry out with these settings, or `None`
+/// when it can run the whole playbook: only a canary `analysis` needs something more there (a
+/// Prometheus under `kubernetes.prometheus`, with a `p99` query for `maxP99`).
 ///
 /// A rehearsal skips the steps aimed at production (canary, promote, production smoke), so only
 /// the others count for it.
@@ -108,9 +107,6 @@ pub(crate) fn kubernetes_unsupported(
         })
         .filter_map(|(i, step)| {
             let why = match step {
-                Step::Smoke { checks, .. } if !checks.is_empty() => {
-                    "http, tcp and exec checks from this machine need a port-forward or a pod exec, not built"
-                }
                 Step::Canary {
                     analysis: Some(_), ..
                 } if prometheus.is_none() => {
@@ -139,7 +135,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs `testEnv` (copyData through VolumeSnapshots), `approve`, `canary` (an analysis with Prometheus) and `promote` steps, and the built-in playbook's health checks (the services' health probes, run by the cluster as readiness probes)",
+        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs every other step there: `testEnv` (copyData through VolumeSnapshots), `smoke` (http and tcp checks through a port-forward, exec checks through the pod's exec), `approve`, `canary` and `promote`",
         playbook.name,
         steps.join("\n  ")
     ))

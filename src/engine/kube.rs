@@ -30,6 +30,7 @@
 //! `cmd::kubernetes_unsupported`).
 
 pub mod canary;
+pub mod forward;
 pub mod lease;
 pub mod ledger;
 pub mod snapshot;
@@ -107,6 +108,8 @@ pub struct KubeEngine {
     context: String,
     /// Where a canary's figures come from (`kubernetes.prometheus` in rollout.yaml).
     prometheus: Option<crate::manifest::config::Prometheus>,
+    /// Local ports carried to pods' ports, for checks from this machine ([`forward`]).
+    forwards: std::sync::Arc<forward::Forwards>,
 }
 
 impl KubeEngine {
@@ -116,6 +119,7 @@ impl KubeEngine {
             client,
             context: context.into(),
             prometheus: None,
+            forwards: Default::default(),
         }
     }
 
@@ -153,6 +157,7 @@ impl KubeEngine {
         Ok(KubeEngine {
             client,
             prometheus: None,
+            forwards: Default::default(),
             context: format!(
                 "kubernetes {}.{} at {server} (context {context})",
                 version.major, version.minor
@@ -1126,23 +1131,24 @@ impl Engine for KubeEngine {
         Ok(Some(status::from_deployment(&d, &pods)))
     }
 
+    /// A port on 127.0.0.1 carried to the pod's port through the API server, as `kubectl
+    /// port-forward` does ([`forward`]).
     async fn published_port(
         &self,
         container: &str,
-        _container_port: u16,
+        container_port: u16,
     ) -> Result<Option<u16>, EngineError> {
-        Err(unsupported(&format!(
-            "probing ports of {container} from this machine (needs a port-forward)"
-        )))
+        self.forward(container, container_port).await.map(Some)
     }
 
+    /// In the Deployment's running pod, through the API server, as `kubectl exec` does.
     async fn exec(
         &self,
         container: &str,
-        _command: &[String],
-        _limit: Duration,
+        command: &[String],
+        limit: Duration,
     ) -> Result<ExecOutput, EngineError> {
-        Err(unsupported(&format!("exec in {container}")))
+        self.exec_in_pod(container, command, limit).await
     }
 
     /// The last `lines` of the log of Deployment `container`'s newest pod: of its previous
