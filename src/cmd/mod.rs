@@ -135,7 +135,7 @@ pub(crate) fn kubernetes_unsupported(
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
     Some(format!(
-        "the kubernetes backend cannot carry out playbook `{}`{file} yet (issue #8):\n  {}\nit runs every other step there: `testEnv` (copyData through VolumeSnapshots), `smoke` (http and tcp checks through a port-forward, exec checks through the pod's exec), `approve`, `canary` and `promote`",
+        "the kubernetes backend cannot carry out playbook `{}`{file} with these settings:\n  {}\nit runs every other step there: `testEnv` (copyData through VolumeSnapshots), `smoke` (http and tcp checks through a port-forward, exec checks through the pod's exec), `approve`, `canary` and `promote`",
         playbook.name,
         steps.join("\n  ")
     ))
