@@ -1328,6 +1328,22 @@ impl<'a> Deployment<'a> {
         Ok(drained)
     }
 
+    /// After traffic went back to the old version: waits (up to [`playbook::DEFAULT_DRAIN`]) for
+    /// the requests in flight to `candidates` to finish, as the edge proxy counts them. Best
+    /// effort: an edge proxy that cannot be asked leaves nothing to wait for. (Where Services
+    /// carry the traffic, the platform's own pod termination drains them.)
+    async fn drain_candidates(&self, candidates: &BTreeMap<String, String>) {
+        if self.engine.traffic() != Traffic::EdgeProxy || candidates.is_empty() {
+            return;
+        }
+        let Ok(admin) = edge::admin(self.engine, &self.env.name).await else {
+            return;
+        };
+        for c in candidates.values() {
+            let _ = admin.wait_drained(c, playbook::DEFAULT_DRAIN).await;
+        }
+    }
+
     /// Where each service runs in production now: candidates for changed ones, else the old.
     async fn production_endpoints(&self) -> BTreeMap<String, Endpoint> {
         let mut out = BTreeMap::new();
@@ -1412,6 +1428,9 @@ impl<'a> Deployment<'a> {
             let routes = self.table(0).await?;
             self.put_routes(&routes).await?;
             self.rollback_ms = Some(t0.elapsed().as_millis() as u64);
+            // A canary sent the candidates requests that may still be in flight: they finish
+            // before the candidates stop, or removing them would cut those requests off.
+            self.drain_candidates(&candidates).await;
             self.candidates = candidates;
         } else {
             for c in self.stopped.clone() {
