@@ -2,7 +2,8 @@
 //! playbook's explicit http, tcp and exec checks run on this backend unchanged:
 //!
 //! - [`KubeEngine::forward`]: a listener on `127.0.0.1` (an ephemeral port) for one port of one
-//!   Deployment; each connection accepted is carried to a running pod of the Deployment through
+//!   Deployment; each connection accepted is carried to a running pod of the Deployment (looked
+//!   for again per connection, so a restarted pod is followed) through
 //!   the API server's `portforward` subresource (a WebSocket, `v4.channel.k8s.io`). The checks
 //!   then connect to `127.0.0.1:<port>` as they do to a container's published port on Docker.
 //!   The listener lives as long as the engine; one per Deployment and port.
@@ -70,9 +71,26 @@ pub fn exit_code(status: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status
         .unwrap_or(-1)
 }
 
+/// A running pod of the pods `selector` picks in `pods`' namespace (Deployment `container`'s).
+async fn find_running(
+    pods: &Api<Pod>,
+    selector: &str,
+    container: &str,
+) -> Result<String, EngineError> {
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| api_error(e, "list", &format!("Pods of {container}")))?;
+    running_pod(&list.items).ok_or_else(|| EngineError::Call {
+        action: "reach",
+        object: format!("Deployment {container}"),
+        reason: "none of its pods is running".into(),
+    })
+}
+
 impl KubeEngine {
-    /// The namespace and a running pod of Deployment `container`.
-    async fn pod_of_deployment(&self, container: &str) -> Result<(String, String), EngineError> {
+    /// The pods of Deployment `container` (their namespace's API) and its pod selector.
+    async fn pods_of_deployment(&self, container: &str) -> Result<(Api<Pod>, String), EngineError> {
         let d = self
             .find_deployment(container)
             .await?
@@ -89,17 +107,7 @@ impl KubeEngine {
             .as_ref()
             .map(selector_string)
             .unwrap_or_default();
-        let pods: Api<Pod> = self.api(&ns);
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Pods of {container}")))?;
-        let pod = running_pod(&list.items).ok_or_else(|| EngineError::Call {
-            action: "reach",
-            object: format!("Deployment {container}"),
-            reason: "none of its pods is running".into(),
-        })?;
-        Ok((ns, pod))
+        Ok((self.api(&ns), selector))
     }
 
     /// A local port carried to `port` of Deployment `container`'s running pod (opened once).
@@ -114,8 +122,10 @@ impl KubeEngine {
         {
             return Ok(*local);
         }
-        // The pod is looked for now, so a Deployment without a running pod fails here, clearly.
-        let (ns, pod) = self.pod_of_deployment(container).await?;
+        // A running pod is looked for now, so a Deployment without one fails here, clearly; each
+        // connection looks again, so a pod replaced meanwhile (a restart) is followed.
+        let (pods, selector) = self.pods_of_deployment(container).await?;
+        find_running(&pods, &selector, container).await?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|e| EngineError::Call {
@@ -124,12 +134,15 @@ impl KubeEngine {
                 reason: format!("cannot listen on 127.0.0.1: {e}"),
             })?;
         let local = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-        let pods: Api<Pod> = self.api(&ns);
+        let name = container.to_string();
         let task = tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let pods = pods.clone();
-                let pod = pod.clone();
+                let (pods, selector, name) = (pods.clone(), selector.clone(), name.clone());
                 tokio::spawn(async move {
+                    // No pod to carry it to: the connection closes, and the check says so.
+                    let Ok(pod) = find_running(&pods, &selector, &name).await else {
+                        return;
+                    };
                     let Ok(mut forwarder) = pods.portforward(&pod, &[port]).await else {
                         return;
                     };
@@ -155,15 +168,18 @@ impl KubeEngine {
         command: &[String],
         limit: Duration,
     ) -> Result<ExecOutput, EngineError> {
-        let (ns, pod) = self.pod_of_deployment(container).await?;
-        let pods: Api<Pod> = self.api(&ns);
+        let (pods, selector) = self.pods_of_deployment(container).await?;
+        let pod = find_running(&pods, &selector, container).await?;
         let what = || format!("`{}` in {container} (pod {pod})", command.join(" "));
         let run = async {
             let mut attached = pods
                 .exec(
                     &pod,
                     command.to_vec(),
-                    &AttachParams::default().stdout(true).stderr(true),
+                    &AttachParams::default()
+                        .stdin(false)
+                        .stdout(true)
+                        .stderr(true),
                 )
                 .await
                 .map_err(|e| api_error(e, "exec", &what()))?;
