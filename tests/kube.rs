@@ -607,3 +607,19 @@ fn the_daemon_serves_status_and_metrics_from_the_cluster() {
         api.seen()
     );
 }
+
+/// Without the cluster, `history` still shows what this machine has recorded, warning that the
+/// other machines' runs (kept in the cluster) could not be read.
+#[test]
+fn history_without_the_cluster_shows_this_machines_runs_with_a_warning() {
+    let p = kube_project("shop");
+    let missing = p.path().join("no-such-kubeconfig");
+    run_bare(
+        &p,
+        &["history"],
+        &[("KUBECONFIG", missing.to_str().unwrap())],
+    )
+    .code(0)
+    .stdout_has("shop has no revisions yet")
+    .stderr_has("showing only the runs this machine has recorded");
+}

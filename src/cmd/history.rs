@@ -11,10 +11,18 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     let project = Project::open(dir)?;
     let env = super::load_environment(&project, &args.env, printer)?.environment;
     let store = std::sync::Arc::new(Store::open(&project.state_dir())?);
-    // Where the cluster keeps the run records, every machine's runs are read from it first.
+    // Where the cluster keeps the run records, every machine's runs are read from it first;
+    // without the cluster, what this machine has recorded is still shown, with a warning.
     if project.config.backend == crate::manifest::config::Backend::Kubernetes {
-        let engine = super::connect(&project, "history").await?;
-        super::pull_records(engine.as_ref(), &store, &env.name, printer).await?;
+        let pulled = match super::connect(&project, "history").await {
+            Ok(engine) => super::pull_records(engine.as_ref(), &store, &env.name, printer).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pulled {
+            printer.warn(&format!(
+                "{e:#}; showing only the runs this machine has recorded"
+            ));
+        }
     }
     let history = store.history(&env.name)?;
     if args.output == Format::Json {
