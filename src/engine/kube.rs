@@ -9,14 +9,19 @@
 //! | container         | Deployment of one replica, its secrets in a Secret of the same name   |
 //! | container's ports | a Service named after the manifest service, created with the first    |
 //! |                   | Deployment of the service; [`Engine::route_service`] moves it         |
-//! | volume            | PersistentVolumeClaim (in the namespace its labels name)              |
+//! | volume            | PersistentVolumeClaim (in the namespace its labels name); a copy is a  |
+//! |                   | VolumeSnapshot moved into the test namespace ([`snapshot`])           |
 //! | shared lock       | a `coordination.k8s.io/v1` Lease ([`lease`])                          |
+//! | run records       | a ConfigMap per run in `rollout-<env>` ([`ledger`])                   |
+//! | published port    | a port on 127.0.0.1 carried to a pod by `portforward`; exec through   |
+//! |                   | the pod's `exec` ([`forward`])                                        |
 //!
 //! The executor is the same as on Docker; where the platform differs it asks the engine:
 //! [`Traffic::Services`] (a Service's selector moves traffic, whole, instead of the edge proxy;
-//! the old pods are waited out of its EndpointSlices before their Deployment goes) and
-//! [`Probes::ByPlatform`] (the manifest's probe is the pods' readiness probe; rollout reads the
-//! result from [`Engine::status`] instead of probing from this machine).
+//! a canary splits it by HTTPRoute weights or a replica ratio, [`canary`]; the old pods are
+//! waited out of its EndpointSlices before their Deployment goes) and [`Probes::ByPlatform`]
+//! (the manifest's probe is the pods' readiness probe; rollout reads the result from
+//! [`Engine::status`]; a canary's request figures come from Prometheus, [`Engine::measure`]).
 //!
 //! Everything is written with server-side apply under the field manager `rollout`, without
 //! forcing: a field another manager owns is a 409 the user sees, never silently taken over.
@@ -24,10 +29,11 @@
 //! annotation here. Objects carry the labels SPEC.md promises.
 //!
 //! The drain after a switch watches the Service's EndpointSlices ([`watch`]; a 410 Gone lists
-//! them again); the other waits (readiness, pods gone) poll every [`POLL`]. What has no meaning here yet (exec, logs, pause, volume copies, published
-//! ports, images, events) fails with [`EngineError::Unsupported`]; the commands and playbook
-//! steps that need it are refused before they start (see `cmd::connect` and
-//! `cmd::kubernetes_unsupported`).
+//! them again); the other waits (readiness, pods gone, snapshots ready) poll every [`POLL`].
+//! What has no meaning here (pause, images, events, building) fails with
+//! [`EngineError::Unsupported`]; the commands that need it are refused before they start (see
+//! `cmd::connect`), and a playbook whose canary analysis has no Prometheus to ask is refused by
+//! `cmd::kubernetes_unsupported`.
 
 pub mod canary;
 pub mod forward;
