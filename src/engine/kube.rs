@@ -239,12 +239,18 @@ impl KubeEngine {
             return Ok(None);
         };
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Deployment> = self.api(&ns);
-        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
-        api.patch(container, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| api_error(e, "scale", &format!("Deployment {container}")))?;
+        self.set_replicas(&ns, container, replicas).await?;
         Ok(Some(d))
+    }
+
+    /// Sets Deployment `name` in `ns` to `replicas` (a merge patch of `spec.replicas` alone).
+    async fn set_replicas(&self, ns: &str, name: &str, replicas: i32) -> Result<(), EngineError> {
+        let api: Api<Deployment> = self.api(ns);
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| api_error(e, "scale", &format!("Deployment {name}")))?;
+        Ok(())
     }
 
     /// Waits (up to `limit`) until Deployment `d` has no pod left, terminating ones included:

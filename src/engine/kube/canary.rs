@@ -233,15 +233,6 @@ impl KubeEngine {
             })
     }
 
-    async fn set_replicas(&self, ns: &str, name: &str, replicas: i32) -> Result<(), EngineError> {
-        let api: Api<Deployment> = self.api(ns);
-        let patch = json!({ "spec": { "replicas": replicas } });
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| api_error(e, "scale", &format!("Deployment {name}")))?;
-        Ok(())
-    }
-
     async fn apply_service(&self, ns: &str, svc: &KService) -> Result<(), EngineError> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<KService> = self.api(ns);
