@@ -202,10 +202,7 @@ pub(crate) async fn pull_records(
     env: &str,
     printer: Printer,
 ) -> anyhow::Result<()> {
-    let Some(ledger) = engine.ledger() else {
-        return Ok(());
-    };
-    let conflicts = crate::exec::journal::pull(ledger.as_ref(), store, env)
+    let conflicts = crate::exec::journal::pull_from(engine, store, env)
         .await
         .map_err(anyhow::Error::msg)?;
     for line in conflicts {

@@ -521,14 +521,10 @@ async fn environments(
     Ok(Json(json!({ "environments": list })))
 }
 
-/// The status of `name`, as `rollout status -o json` shows it.
 /// Where the platform keeps the run records (kubernetes), brings `env`'s into the store first,
 /// logging any it could not take.
 async fn pull_records(daemon: &Daemon, env: &str) -> ApiResult<()> {
-    let Some(ledger) = daemon.engine.ledger() else {
-        return Ok(());
-    };
-    let conflicts = crate::exec::journal::pull(ledger.as_ref(), &daemon.store, env)
+    let conflicts = crate::exec::journal::pull_from(daemon.engine.as_ref(), &daemon.store, env)
         .await
         .map_err(ApiError::internal)?;
     for line in conflicts {
@@ -537,6 +533,7 @@ async fn pull_records(daemon: &Daemon, env: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The status of `name`, as `rollout status -o json` shows it.
 pub async fn status_of(daemon: &Daemon, name: &str, client: &str) -> ApiResult<Value> {
     pull_records(daemon, name).await?;
     let lookup = |var: &str| std::env::var(var).ok();

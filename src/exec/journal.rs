@@ -98,6 +98,19 @@ impl Journal {
     }
 }
 
+/// [`pull`] from `engine`'s ledger, when the platform keeps the run records itself; nothing to
+/// do otherwise. The lines are the records it could not take.
+pub async fn pull_from(
+    engine: &dyn crate::engine::Engine,
+    store: &Arc<Store>,
+    env: &str,
+) -> Result<Vec<String>, String> {
+    match engine.ledger() {
+        Some(ledger) => pull(ledger.as_ref(), store, env).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Imports `ledger`'s run records of `env` into `store` (a cache of them), so history, reports
 /// and recovery see the runs of every machine. A record this store is ahead of (an entry whose
 /// write to the platform failed) is written again from here. Returns a line for each record it
