@@ -654,7 +654,9 @@ async fn rollback_switches_the_service_back_to_the_previous_settings() {
 
 /// A run killed mid-way, as its journal left it: web's candidate r2 started, and the switch
 /// intended (and done, when `switched`).
-async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
+/// Run r2 of shop as another machine's process left it: begun (web changed, its candidate
+/// started), with its journal open for the steps the scenario adds.
+async fn begun_with_candidate() -> (Arc<Store>, tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let env = with_web_image("web:2");
@@ -681,6 +683,11 @@ async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
         .await
         .unwrap();
     journal.done("candidate", candidate).await.unwrap();
+    (store, dir, journal)
+}
+
+async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
+    let (store, dir, journal) = begun_with_candidate().await;
     journal.intent("switch", json!({})).await.unwrap();
     if switched {
         journal.done("switch", json!({ "ms": 3 })).await.unwrap();

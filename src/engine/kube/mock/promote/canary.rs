@@ -79,6 +79,47 @@ fn delete_canary_service(found: bool) -> Exchange {
     }
 }
 
+/// A cluster that serves no Gateway API: the HTTPRoute list is a 404 for the resource type.
+fn no_gateway_api() -> Exchange {
+    on(Method::GET, &format!("{ROUTES}?")).reply(
+        404,
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
+}
+
+/// The replica-ratio split of web, r2 beside r1 (one pod each, so the candidate is not scaled):
+/// no Gateway API, both Deployments read, web's Service applied selecting both versions' pods.
+fn replica_split(before: &Environment, env: &Environment) -> Vec<Exchange> {
+    vec![
+        no_gateway_api(),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stored(before, "web", "r1", 1)),
+        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(env, "web", "r2", 1)),
+        on(Method::PATCH, &apply_uri(SERVICES, "web"))
+            .body(|b| {
+                assert_eq!(
+                    b["spec"]["selector"],
+                    json!({ "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web" }),
+                    "both versions' pods, the run left out"
+                );
+                assert_eq!(b["spec"]["ports"][0]["port"], 8080, "the ports stay");
+            })
+            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
+    ]
+}
+
+/// The undo of that split: web on r1 alone, the split ended (no route, no canary Service to
+/// find), the candidate removed.
+fn replica_undo(before: &Environment, env: &Environment) -> Vec<Exchange> {
+    let mut script = switch_to(before, "r1");
+    script.extend([no_gateway_api(), delete_canary_service(false)]);
+    script.extend(remove(env, "r2"));
+    script
+}
+
 fn canary_playbook(weight: u8, hold_secs: u64) -> Playbook {
     let mut p = Playbook::switch_only("kube".into());
     p.steps = vec![
@@ -183,35 +224,11 @@ async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_t
 {
     let (before, deployments, pods) = production("web:1");
     let env = with_web_image("web:2");
-    let no_gateway_api = || {
-        on(Method::GET, &format!("{ROUTES}?")).reply(
-            404,
-            status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-        )
-    };
     let mut script = observe_script(deployments.clone(), pods.clone());
     script.extend(observe_script(deployments, pods));
     script.extend(apply_candidate(&env, "r2", "web:2"));
     script.extend(ready_candidate(&env, "r2"));
-    script.extend([
-        no_gateway_api(),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stored(&before, "web", "r1", 1)),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
-        on(Method::PATCH, &apply_uri(SERVICES, "web"))
-            .body(|b| {
-                assert_eq!(
-                    b["spec"]["selector"],
-                    json!({ "rollout.environment": "shop", "rollout.role": "production", "rollout.service": "web" }),
-                    "both versions' pods, the run left out"
-                );
-                assert_eq!(b["spec"]["ports"][0]["port"], 8080, "the ports stay");
-            })
-            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
-    ]);
+    script.extend(replica_split(&before, &env));
     // The hold: ready at 0 s, crash-looping at 1 s.
     script.extend(ready_candidate(&env, "r2"));
     script.extend(status_script(
@@ -223,10 +240,8 @@ async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_t
             3,
         )],
     ));
-    // Undo: web on r1 alone, the split ended (nothing to find), the candidate removed.
-    script.extend(switch_to(&before, "r1"));
-    script.extend([no_gateway_api(), delete_canary_service(false)]);
-    script.extend(remove(&env, "r2"));
+    // Undo.
+    script.extend(replica_undo(&before, &env));
 
     let ran = run(
         script,
@@ -321,32 +336,8 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
 /// back, the canary Service deleted, the candidate removed.
 #[tokio::test(start_paused = true)]
 async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (store, _dir, journal) = begun_with_candidate().await;
     let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
-    let new = crate::store::NewRevision {
-        environment: "shop".into(),
-        run: "r2".into(),
-        started: now(),
-        user: "alice".into(),
-        playbook: "kube".into(),
-        reason: None,
-        changes: json!([]),
-        services: serde_json::to_value(crate::exec::report::snapshots(&env)).unwrap(),
-        images: vec!["db:1".into(), "web:2".into()],
-    };
-    let begin = json!({
-        "kind": "promotion", "user": "alice", "owner": "elsewhere:4242:1767268800",
-        "old": { "db": ["shop-db-r1"], "web": ["shop-web-r1"] }, "changed": ["web"], "removed": []
-    });
-    store.begin_run(new, begin).unwrap();
-    let journal = Journal::new(store.clone(), "shop", "r2");
-    let candidate = json!({ "service": "web", "container": "shop-web-r2" });
-    journal
-        .intent("candidate", candidate.clone())
-        .await
-        .unwrap();
-    journal.done("candidate", candidate).await.unwrap();
     journal
         .intent("canary", json!({ "weight": 10 }))
         .await
@@ -412,35 +403,16 @@ async fn a_canary_analysis_from_prometheus_rolls_back_a_failing_candidate() {
 
     let (before, deployments, pods) = production("web:1");
     let env = with_web_image("web:2");
-    let no_gateway_api = || {
-        on(Method::GET, &format!("{ROUTES}?")).reply(
-            404,
-            status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-        )
-    };
     let mut script = observe_script(deployments.clone(), pods.clone());
     script.extend(observe_script(deployments, pods));
     script.extend(apply_candidate(&env, "r2", "web:2"));
     script.extend(ready_candidate(&env, "r2"));
-    script.extend([
-        no_gateway_api(),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stored(&before, "web", "r1", 1)),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
-        on(Method::PATCH, &apply_uri(SERVICES, "web"))
-            .body(|b| assert!(b["spec"]["selector"].get("rollout.run").is_none()))
-            .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
-    ]);
+    script.extend(replica_split(&before, &env));
     // The hold of 4 s: the candidate's status at 0, 1, 2, 3 and 4 s.
     for _ in 0..5 {
         script.extend(ready_candidate(&env, "r2"));
     }
-    script.extend(switch_to(&before, "r1"));
-    script.extend([no_gateway_api(), delete_canary_service(false)]);
-    script.extend(remove(&env, "r2"));
+    script.extend(replica_undo(&before, &env));
 
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock").with_prometheus(Some(settings));
