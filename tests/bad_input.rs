@@ -264,6 +264,33 @@ fn bad_prometheus_settings_are_located() {
     );
 }
 
+/// A copy image that is no image reference, located; the section's keys named when one is
+/// misspelt.
+#[test]
+fn a_bad_copy_image_is_located() {
+    let project = Project::new()
+        .manifest("shop", &crate::support::one_service("shop", "w:1"))
+        .file(
+            "rollout.yaml",
+            "backend: kubernetes\nkubernetes:\n  copyImage: 'busybox:'\n",
+        );
+    let before = project.snapshot();
+    project
+        .run(&["plan"])
+        .code(1)
+        .stderr_has("rollout.yaml:3:14: copyImage `busybox:`: the tag after `:` is empty");
+    assert_eq!(project.snapshot(), before, "nothing written");
+    let project = Project::new()
+        .manifest("shop", &crate::support::one_service("shop", "w:1"))
+        .file(
+            "rollout.yaml",
+            "backend: kubernetes\nkubernetes:\n  copyimage: x\n",
+        );
+    project.run(&["plan"]).code(1).stderr_has(
+        "rollout.yaml:3:3: unknown key `copyimage`, expected one of prometheus, copyImage",
+    );
+}
+
 #[test]
 fn invalid_json_path_is_located() {
     let project = Project::new().manifest("shop", &crate::support::one_service("shop", "w:1")).playbook(

@@ -14,8 +14,8 @@ use rollout::engine::spec::{
     base_labels, production_container, production_network, production_volume,
 };
 use rollout::engine::{
-    ContainerEvent, ContainerSpec, ContainerState, Engine, EngineError, EventKind, EventStream,
-    HealthState, ObjectKind, Outcome, Removed, Role, ServiceSnapshot, labels,
+    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Engine, EngineError, EventKind,
+    EventStream, HealthState, ObjectKind, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use rollout::manifest::env::{self, Environment, Health, Probe};
 use rollout::manifest::raw::RawEnvironment;
@@ -845,12 +845,148 @@ async fn copy_volume_copies_contents_and_leaves_the_source_alone() {
     let missing = format!("{}-nope", fx.env);
     match engine.copy_volume(&missing, &b, &copy_labels).await {
         Err(e) => assert!(e.to_string().contains("no volume"), "{e}"),
-        Ok(()) => panic!("copied from a missing volume"),
+        Ok(_) => panic!("copied from a missing volume"),
     }
     assert!(
         engine.client().inspect_volume(&missing).await.is_err(),
         "a missing source is not created"
     );
+}
+
+/// Waits until container `name` has exited; its exit code.
+async fn exit_code(engine: &DockerEngine, name: &str, limit: Duration) -> i64 {
+    let t0 = Instant::now();
+    loop {
+        let status = engine.status(name).await.expect("status");
+        if let Some(ContainerStatus {
+            state: ContainerState::Exited { code },
+            ..
+        }) = status
+        {
+            return code;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{name} still running after {limit:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The scripts of the kubernetes backend's copy Jobs (`copyjob::SINK_SCRIPT` and
+/// `SOURCE_SCRIPT`, as the Jobs run them: `sh -c`) run here by busybox in two containers on one
+/// network, as the sink and source pods do: the sink starts listening two seconds late (the
+/// source is refused, and tries again), and the copy arrives whole: contents, modes, numeric
+/// owners, a symlink, an empty directory, a 3 MB random file. A source whose `tar` cannot read
+/// its directory fails at once (it does not try again after connecting), and so does the sink,
+/// which received no archive. Only the scripts run here: the Jobs around them are the mock API
+/// server's (`engine::kube::mock::testenv`).
+#[tokio::test]
+async fn the_copy_job_scripts_stream_a_volume_whole_between_two_busybox_containers() {
+    use rollout::engine::kube::copyjob::{SINK_SCRIPT, SOURCE_SCRIPT};
+    let engine = engine().await;
+    let tag = format!("rollout-test-copyjob:{}", unique("t"));
+    let image = ImageGuard(tag.clone());
+    let context = rollout::engine::image::util_context().expect("util context (busybox-static?)");
+    engine.build_image(&tag, &context).await.expect("build");
+    let fx = Fixture::new(&engine, &image, "cj").await;
+    let limit = Duration::from_secs(60);
+    let source = fx.volume(&engine, "source").await;
+    let sink = fx.volume(&engine, "sink").await;
+    let scratch = fx.volume(&engine, "scratch").await;
+
+    let seed = "mkdir -p /data/sub/deep /data/empty && echo hello > /data/sub/a.txt \
+        && busybox head -c 3000000 /dev/urandom > /data/big && busybox ln -s big /data/link \
+        && busybox chown 999:998 /data/sub/a.txt && busybox chmod 640 /data/sub/a.txt \
+        && busybox chmod 700 /data/sub/deep";
+    let mut seeder = fx.spec("seed", Some(&["sh", "-c", seed]));
+    seeder.volumes = vec![(source.clone(), "/data".into())];
+    engine.run_container(&seeder).await.expect("seed");
+    assert_eq!(exit_code(&engine, &seeder.name, limit).await, 0);
+
+    let late_sink = format!("sleep 2; {SINK_SCRIPT}");
+    let mut receiving = fx.spec("sink", Some(&["sh", "-c", &late_sink]));
+    receiving.volumes = vec![(sink.clone(), "/data".into())];
+    engine.run_container(&receiving).await.expect("sink");
+    let mut sending = fx.spec("source", Some(&["sh", "-c", SOURCE_SCRIPT]));
+    sending.volumes = vec![
+        (source.clone(), "/data".into()),
+        (scratch.clone(), "/tmp".into()),
+    ];
+    sending.env = BTreeMap::from([(
+        "SINK".to_string(),
+        rollout::engine::spec::EnvValue::Plain("sink".to_string()),
+    )]);
+    engine.run_container(&sending).await.expect("source");
+    let sent = exit_code(&engine, &sending.name, limit).await;
+    let received = exit_code(&engine, &receiving.name, limit).await;
+    let logs = |name: String| {
+        let engine = &engine;
+        async move { engine.logs_tail(&name, 20).await.expect("logs").join("\n") }
+    };
+    assert_eq!(sent, 0, "source: {}", logs(sending.name.clone()).await);
+    assert_eq!(received, 0, "sink: {}", logs(receiving.name.clone()).await);
+    assert!(
+        logs(sending.name.clone()).await.contains("can't connect"),
+        "the source was refused first, and tried again"
+    );
+
+    // Both trees described the same way: type, mode, numeric owner, size, link target, and
+    // every file's checksum.
+    let describe = "cd /data && busybox find . | busybox sort | while read -r f; do \
+        busybox stat -c '%n %F %a %u:%g %s %N' \"$f\"; done; \
+        busybox find . -type f | busybox sort | busybox xargs busybox md5sum";
+    let mut described = Vec::new();
+    for (suffix, volume) in [("read-source", &source), ("read-sink", &sink)] {
+        let mut reader = fx.spec(suffix, Some(&["sh", "-c", describe]));
+        reader.volumes = vec![(volume.clone(), "/data".into())];
+        engine.run_container(&reader).await.expect("reader");
+        assert_eq!(exit_code(&engine, &reader.name, limit).await, 0);
+        described.push(logs(reader.name.clone()).await);
+    }
+    assert!(
+        described[0].contains("./sub/a.txt regular file 640 999:998 6"),
+        "{}",
+        described[0]
+    );
+    assert!(
+        described[0].contains("./link symbolic link"),
+        "{}",
+        described[0]
+    );
+    assert!(
+        described[0].contains("./empty directory"),
+        "{}",
+        described[0]
+    );
+    assert!(described[0].contains(" 3000000 "), "{}", described[0]);
+    assert_eq!(described[0], described[1], "the copy is whole");
+
+    // A source whose tar fails: no retry after connecting, and the sink fails too.
+    let broken = fx.volume(&engine, "broken").await;
+    let scratch2 = fx.volume(&engine, "scratch2").await;
+    let mut receiving = fx.spec("sink2", Some(&["sh", "-c", SINK_SCRIPT]));
+    receiving.volumes = vec![(broken.clone(), "/data".into())];
+    engine.run_container(&receiving).await.expect("sink2");
+    let mut sending = fx.spec("source2", Some(&["sh", "-c", SOURCE_SCRIPT]));
+    // No /data to read.
+    sending.volumes = vec![(scratch2.clone(), "/tmp".into())];
+    sending.env = BTreeMap::from([(
+        "SINK".to_string(),
+        rollout::engine::spec::EnvValue::Plain("sink2".to_string()),
+    )]);
+    engine.run_container(&sending).await.expect("source2");
+    assert_eq!(exit_code(&engine, &sending.name, limit).await, 1);
+    let said = logs(sending.name.clone()).await;
+    assert_eq!(
+        said.matches("tar: can't change directory to '/data'")
+            .count(),
+        1,
+        "tar ran once: no second try after connecting: {said}"
+    );
+    assert!(!said.contains("never answered"), "{said}");
+    assert_eq!(exit_code(&engine, &receiving.name, limit).await, 1);
+    assert!(logs(receiving.name.clone()).await.contains("tar"));
 }
 
 #[tokio::test]

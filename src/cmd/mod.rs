@@ -160,7 +160,8 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
             let engine = KubeEngine::connect()
                 .await
                 .context("the kubernetes backend needs a reachable cluster")?
-                .with_prometheus(project.config.prometheus.clone());
+                .with_prometheus(project.config.prometheus.clone())
+                .with_copy_image(project.config.copy_image.clone());
             Ok(Box::new(crate::engine::retry::Retrying::new(engine)))
         }
     }

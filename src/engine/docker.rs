@@ -30,9 +30,9 @@ use futures_util::StreamExt;
 
 use super::image::{self, BuildContext, UTIL_IMAGE};
 use super::{
-    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Engine, EngineError, EnvValue,
-    EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind, Observed,
-    ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
+    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
+    EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
+    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use crate::manifest::env::{Health, Probe};
 use crate::manifest::secret::SecretValue;
@@ -1297,7 +1297,7 @@ impl Engine for DockerEngine {
         from: &str,
         to: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Copied, EngineError> {
         // Mounting a missing volume would create it empty: check, so a wrong name is an error.
         match call(self.docker.inspect_volume(from)).await {
             Ok(_) => {}
@@ -1317,7 +1317,7 @@ impl Engine for DockerEngine {
         self.remove_container_if_any(&helper).await?;
         let copied = self.run_copy_helper(&helper, from, to, labels).await;
         let removed = self.remove_container_if_any(&helper).await;
-        copied.and(removed)
+        copied.and(removed).map(|()| Copied::Files)
     }
 
     async fn list_labelled(

@@ -23,9 +23,9 @@ use tokio::sync::mpsc;
 
 use super::image::BuildContext;
 use super::{
-    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Engine, EngineError, EnvValue,
-    EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind, Observed,
-    ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
+    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
+    EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
+    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use crate::manifest::env::Probe;
 use crate::manifest::secret::SecretValue;
@@ -847,7 +847,7 @@ impl Engine for FakeEngine {
         from: &str,
         to: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Copied, EngineError> {
         let mut state = self.lock();
         state.enter(FakeCall::CopyVolume {
             from: from.to_string(),
@@ -867,7 +867,7 @@ impl Engine for FakeEngine {
                 labels: labels.clone(),
             });
         state.copies.push((from.to_string(), to.to_string()));
-        Ok(())
+        Ok(Copied::Files)
     }
 
     async fn list_labelled(

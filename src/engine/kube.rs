@@ -10,7 +10,9 @@
 //! | container's ports | a Service named after the manifest service, created with the first    |
 //! |                   | Deployment of the service; [`Engine::route_service`] moves it         |
 //! | volume            | PersistentVolumeClaim (in the namespace its labels name); a copy is a  |
-//! |                   | VolumeSnapshot moved into the test namespace ([`snapshot`])           |
+//! |                   | VolumeSnapshot moved into the test namespace ([`snapshot`]), else two |
+//! |                   | Jobs streaming a tar from production's claim to the test claim        |
+//! |                   | ([`copyjob`])                                                         |
 //! | shared lock       | a `coordination.k8s.io/v1` Lease ([`lease`])                          |
 //! | run records       | a ConfigMap per run in `rollout-<env>` ([`ledger`])                   |
 //! | published port    | a port on 127.0.0.1 carried to a pod by `portforward`; exec through   |
@@ -36,6 +38,7 @@
 //! `cmd::kubernetes_unsupported`.
 
 pub mod canary;
+pub mod copyjob;
 pub mod forward;
 pub mod lease;
 pub mod ledger;
@@ -48,6 +51,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Namespace,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
@@ -62,7 +66,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    ContainerSpec, ContainerStatus, Engine, EngineError, EnvValue, EventStream, ExecOutput,
+    ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EnvValue, EventStream, ExecOutput,
     LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
     Removed, ServiceSnapshot, Split, Traffic, Unrouted, image, labels,
 };
@@ -116,6 +120,9 @@ pub struct KubeEngine {
     prometheus: Option<crate::manifest::config::Prometheus>,
     /// Local ports carried to pods' ports, for checks from this machine ([`forward`]).
     forwards: std::sync::Arc<forward::Forwards>,
+    /// The image of a copy's Jobs (`kubernetes.copyImage`), [`copyjob::DEFAULT_COPY_IMAGE`]
+    /// when unset.
+    copy_image: Option<String>,
 }
 
 impl KubeEngine {
@@ -126,7 +133,14 @@ impl KubeEngine {
             context: context.into(),
             prometheus: None,
             forwards: Default::default(),
+            copy_image: None,
         }
+    }
+
+    /// The engine running a copy's Jobs ([`copyjob`]) from `image` rather than the default.
+    pub fn with_copy_image(mut self, image: Option<String>) -> Self {
+        self.copy_image = image;
+        self
     }
 
     /// The engine asking `prometheus` for a canary's figures ([`Engine::measure`]).
@@ -164,6 +178,7 @@ impl KubeEngine {
             client,
             prometheus: None,
             forwards: Default::default(),
+            copy_image: None,
             context: format!(
                 "kubernetes {}.{} at {server} (context {context})",
                 version.major, version.minor
@@ -1089,7 +1104,15 @@ impl Engine for KubeEngine {
             )?;
             removed.volumes += 1;
         }
-        // What a data copy killed half-way left outside the test namespace.
+        // What a data copy killed half-way left outside the test namespace: its source Job in
+        // production's namespace, its snapshots.
+        for j in self.list_all::<Job>(&sel).await? {
+            let (Some(name), Some(ns)) = (j.metadata.name, j.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<Job> = self.api(&ns);
+            delete_ok(api.delete(&name, &dp).await, &format!("Job {name} in {ns}"))?;
+        }
         self.remove_snapshots(&sel).await?;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         for n in self.list_all::<Namespace>(&sel).await? {
@@ -1213,20 +1236,34 @@ impl Engine for KubeEngine {
         Err(unsupported(&format!("unpausing {container}")))
     }
 
-    /// Through a VolumeSnapshot moved into the test namespace ([`snapshot`]).
+    /// Through a VolumeSnapshot moved into the test namespace ([`snapshot`]), else by two Jobs
+    /// ([`copyjob`]).
     async fn copy_volume(
         &self,
         from: &str,
         to: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
-        let Some(test_ns) = namespace_of(labels) else {
+    ) -> Result<Copied, EngineError> {
+        let (Some(test_ns), Some(env)) = (namespace_of(labels), labels.get(labels::ENVIRONMENT))
+        else {
             return Err(unsupported(&format!(
                 "a volume copy without the {} label ({to})",
                 labels::ENVIRONMENT
             )));
         };
-        self.copy_by_snapshot(from, to, &test_ns, labels).await
+        let prod_ns = namespace(env);
+        let source = self.production_claim(from, &prod_ns).await?;
+        match self
+            .copy_by_snapshot(&source, from, to, &prod_ns, &test_ns, labels)
+            .await?
+        {
+            snapshot::Snapshotted::Done => Ok(Copied::Snapshot),
+            snapshot::Snapshotted::NotServed => {
+                self.copy_by_job(&source, from, to, &prod_ns, &test_ns, labels)
+                    .await?;
+                Ok(Copied::Streamed)
+            }
+        }
     }
 
     async fn list_labelled(

@@ -235,6 +235,18 @@ pub enum HealthState {
     Unhealthy,
 }
 
+/// How a volume copy was made, for what the run says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// File by file from the volume itself (consistent if its container was paused).
+    Files,
+    /// Restored from a snapshot of the volume taken by the platform: crash-consistent.
+    Snapshot,
+    /// File by file while production kept writing (kubernetes without VolumeSnapshots, whose
+    /// pods cannot be paused): a file written during the copy may arrive torn.
+    Streamed,
+}
+
 /// Whether an idempotent call changed anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -469,13 +481,14 @@ pub trait Engine: Send + Sync {
     async fn unpause(&self, container: &str) -> Result<(), EngineError>;
 
     /// Copies the contents of volume `from` into volume `to` (created with `labels` if absent),
-    /// with a short-lived helper container built locally.
+    /// with a short-lived helper container built locally (kubernetes: a snapshot, else Jobs);
+    /// how it was copied.
     async fn copy_volume(
         &self,
         from: &str,
         to: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError>;
+    ) -> Result<Copied, EngineError>;
 
     /// Every container, network and volume carrying all of `selector`'s labels.
     async fn list_labelled(

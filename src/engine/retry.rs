@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    ContainerSpec, ContainerStatus, Engine, EngineError, EventStream, ExecOutput, LabelledObject,
-    Observed, Outcome, Removed, image,
+    ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EventStream, ExecOutput,
+    LabelledObject, Observed, Outcome, Removed, image,
 };
 
 /// The backoff before each retry.
@@ -188,7 +188,7 @@ impl<E: Engine> Engine for Retrying<E> {
         from: &str,
         to: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Copied, EngineError> {
         retry("copy_volume", || self.inner.copy_volume(from, to, labels)).await
     }
 

@@ -27,6 +27,9 @@ pub struct Config {
     pub notify: Vec<Notify>,
     /// `kubernetes.prometheus`: where a canary's figures come from on the kubernetes backend.
     pub prometheus: Option<Prometheus>,
+    /// `kubernetes.copyImage`: the image of a data copy's Jobs on a cluster without
+    /// VolumeSnapshots (busybox's `sh`, `nc` and `tar`).
+    pub copy_image: Option<String>,
 }
 
 /// Prometheus as the source of a canary's figures: its base URL and three PromQL queries, each
@@ -156,6 +159,7 @@ impl Default for Config {
             daemon: None,
             notify: Vec::new(),
             prometheus: None,
+            copy_image: None,
         }
     }
 }
@@ -229,9 +233,17 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
             on,
         });
     }
-    let prometheus = kubernetes
-        .and_then(|k| k.value.prometheus)
-        .map(|p| resolve_prometheus(&mut c, p.value));
+    let (prometheus, copy_image) = match kubernetes {
+        Some(k) => (k.value.prometheus, k.value.copy_image),
+        None => (None, None),
+    };
+    let prometheus = prometheus.map(|p| resolve_prometheus(&mut c, p.value));
+    if let Some(image) = &copy_image
+        && let Err(why) = super::env::check_image(&image.value)
+    {
+        c.error(pos(image), format!("copyImage `{}`: {why}", image.value));
+    }
+    let copy_image = copy_image.map(|i| i.value);
     c.finish(Config {
         backend,
         state,
@@ -240,6 +252,7 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
         daemon,
         notify: out_notify,
         prometheus,
+        copy_image,
     })
 }
 

@@ -253,7 +253,7 @@ pub fn check_dns_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_image(image: &str) -> Result<(), String> {
+pub(super) fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() {
         return Err("the image is empty".into());
     }

@@ -335,6 +335,8 @@ pub struct RawConfig {
 pub struct RawKubernetes {
     #[serde(default)]
     pub prometheus: Option<Spanned<RawPrometheus>>,
+    #[serde(default)]
+    pub copy_image: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

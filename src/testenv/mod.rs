@@ -28,8 +28,8 @@ use crate::engine::spec::{
     production_volume, test_container, test_labels, test_network, test_volume,
 };
 use crate::engine::{
-    ContainerState, Engine, EngineError, EventKind, EventStream, HealthState, ObjectKind, Probes,
-    Removed, Role, labels,
+    ContainerState, Copied, Engine, EngineError, EventKind, EventStream, HealthState, ObjectKind,
+    Probes, Removed, Role, labels,
 };
 use crate::manifest::env::{Environment, Probe, Service};
 use crate::progress::{Progress, Status};
@@ -307,10 +307,14 @@ async fn prepare_volumes(
         }
         let paused_at = Instant::now();
         let mut result = Ok(());
+        let mut streamed = false;
         for (from, to) in &sources {
-            if let Err(e) = engine.copy_volume(from, to, labels).await {
-                result = Err(e);
-                break;
+            match engine.copy_volume(from, to, labels).await {
+                Ok(how) => streamed |= how == Copied::Streamed,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         // Production must never stay frozen: thaw before looking at how the copy went.
@@ -325,6 +329,10 @@ async fn prepare_volumes(
             reason: e.to_string(),
         })?;
         let how = match running {
+            _ if streamed => format!(
+                "copied file by file by copy Jobs on {} while production kept running (no snapshot to take, a pod cannot be paused: a file written during the copy may arrive torn)",
+                engine.describe()
+            ),
             Some(_) => format!(
                 "copied while production {} was paused for {}",
                 svc.name,

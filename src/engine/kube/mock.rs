@@ -757,10 +757,12 @@ fn test_selector() -> BTreeMap<String, String> {
     ])
 }
 
-/// The teardown's look for VolumeSnapshots and their contents a killed data copy left (in any
-/// namespace, by the run's labels): `query` is the label selector; none found.
-fn no_snapshots(query: &str) -> Vec<Exchange> {
+/// The teardown's look for what a killed data copy left (in any namespace, by the run's
+/// labels): its Jobs, VolumeSnapshots and their contents; `query` is the label selector; none
+/// found.
+fn no_copy_leftovers(query: &str) -> Vec<Exchange> {
     vec![
+        on(Method::GET, &format!("/apis/batch/v1/jobs?&{query}")).ok(list("JobList", vec![])),
         on(
             Method::GET,
             &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{query}"),
@@ -871,6 +873,21 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
         on(
             Method::DELETE,
             "/api/v1/namespaces/shop-test-r9/persistentvolumeclaims/shop-db-data-r9?",
+        )
+        .body(background)
+        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        // A data copy killed half-way left its source Job beside production's claim.
+        on(
+            Method::GET,
+            &format!("/apis/batch/v1/jobs?&{TEST_SELECTOR}"),
+        )
+        .ok(list(
+            "JobList",
+            vec![meta("shop-test-r9-db-data-source", Some("rollout-shop"))],
+        )),
+        on(
+            Method::DELETE,
+            "/apis/batch/v1/namespaces/rollout-shop/jobs/shop-test-r9-db-data-source?",
         )
         .body(background)
         .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),

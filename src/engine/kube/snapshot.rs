@@ -17,8 +17,8 @@
 //! Deleting the test namespace at teardown deletes its VolumeSnapshot, and with it the content
 //! and the storage's snapshot. The copy is crash-consistent (like a power cut: production is not
 //! paused, the platform cannot freeze a pod); databases recover from their journal as after one.
-//! Clusters that serve no `snapshot.storage.k8s.io/v1` are told so, naming what is missing: a copy
-//! Job is not built.
+//! On clusters that serve no `snapshot.storage.k8s.io/v1` nothing is done here: the copy is
+//! streamed by two Jobs instead ([`super::copyjob`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,8 +34,8 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
-use super::{KubeEngine, POLL, VOLUME_SIZE, api_error, delete_ok, namespace, split_labels};
-use crate::engine::{EngineError, labels};
+use super::{KubeEngine, POLL, VOLUME_SIZE, api_error, delete_ok, split_labels};
+use crate::engine::EngineError;
 
 /// How long a snapshot may take to be ready to use.
 pub const SNAPSHOT_LIMIT: Duration = Duration::from_secs(600);
@@ -91,32 +91,33 @@ fn larger(a: String, b: Option<String>) -> String {
     }
 }
 
+/// How [`KubeEngine::copy_by_snapshot`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshotted {
+    /// The test claim is restored from a snapshot.
+    Done,
+    /// The cluster serves no VolumeSnapshots; nothing was done.
+    NotServed,
+}
+
 fn not_served(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 impl KubeEngine {
-    /// Copies production's claim `from` into the test claim `to` (in the namespace `labels`
-    /// name) through a VolumeSnapshot, as the module says.
+    /// Copies production's claim `source` (named `from`, in `prod_ns`) into the test claim `to`
+    /// in `test_ns` through a VolumeSnapshot, as the module says; nothing done, and
+    /// [`Snapshotted::NotServed`], where the cluster serves no VolumeSnapshots.
     pub(super) async fn copy_by_snapshot(
         &self,
+        source: &PersistentVolumeClaim,
         from: &str,
         to: &str,
+        prod_ns: &str,
         test_ns: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
-        let env = labels.get(labels::ENVIRONMENT).cloned().unwrap_or_default();
-        let prod_ns = namespace(&env);
-        let claims: Api<PersistentVolumeClaim> = self.api(&prod_ns);
-        let source = claims
-            .get_opt(from)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("PersistentVolumeClaim {from}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "copy",
-                object: format!("PersistentVolumeClaim {from}"),
-                reason: format!("it is not in {prod_ns}"),
-            })?;
+    ) -> Result<Snapshotted, EngineError> {
+        let prod_ns = prod_ns.to_string();
         let (meta_labels, annotations) = split_labels(labels);
         let meta = |name: &str, ns: Option<&str>| {
             json!({
@@ -136,22 +137,20 @@ impl KubeEngine {
             "spec": { "source": { "persistentVolumeClaimName": from } },
         }))
         .expect("a VolumeSnapshot");
-        prod_snapshots
+        match prod_snapshots
             .create(&PostParams::default(), &snapshot)
             .await
-            .map_err(|e| {
-                if not_served(&e) {
-                    EngineError::Call {
-                        action: "copy",
-                        object: format!("PersistentVolumeClaim {from}"),
-                        reason: format!(
-                            "the cluster serves no VolumeSnapshots ({GROUP}/v1): copyData needs them on this backend (a copy Job is not built)"
-                        ),
-                    }
-                } else {
-                    api_error(e, "snapshot", &format!("PersistentVolumeClaim {from}"))
-                }
-            })?;
+        {
+            Ok(_) => {}
+            Err(e) if not_served(&e) => return Ok(Snapshotted::NotServed),
+            Err(e) => {
+                return Err(api_error(
+                    e,
+                    "snapshot",
+                    &format!("PersistentVolumeClaim {from}"),
+                ));
+            }
+        }
         let taken = self.wait_ready(&prod_snapshots, to, &prod_ns).await?;
         let content_name = taken.data["status"]["boundVolumeSnapshotContentName"]
             .as_str()
@@ -229,7 +228,47 @@ impl KubeEngine {
         self.wait_ready(&test_snapshots, to, test_ns).await?;
 
         // 4. The test claim, restored from it.
-        let spec = source.spec.unwrap_or_default();
+        let data_source = TypedLocalObjectReference {
+            api_group: Some(GROUP.to_string()),
+            kind: "VolumeSnapshot".to_string(),
+            name: to.to_string(),
+        };
+        self.apply_test_claim(source, to, test_ns, labels, Some(data_source), restore_size)
+            .await?;
+        Ok(Snapshotted::Done)
+    }
+
+    /// Production's claim `from` in `prod_ns`, which a copy reads; its absence is an error.
+    pub(super) async fn production_claim(
+        &self,
+        from: &str,
+        prod_ns: &str,
+    ) -> Result<PersistentVolumeClaim, EngineError> {
+        let claims: Api<PersistentVolumeClaim> = self.api(prod_ns);
+        claims
+            .get_opt(from)
+            .await
+            .map_err(|e| api_error(e, "read", &format!("PersistentVolumeClaim {from}")))?
+            .ok_or_else(|| EngineError::Call {
+                action: "copy",
+                object: format!("PersistentVolumeClaim {from}"),
+                reason: format!("it is not in {prod_ns}"),
+            })
+    }
+
+    /// Applies test claim `to` in `test_ns` as a copy of production's `source`: its access
+    /// modes, its storage class and at least its size (or `restore_size`, if larger), filled
+    /// from `data_source` if given.
+    pub(super) async fn apply_test_claim(
+        &self,
+        source: &PersistentVolumeClaim,
+        to: &str,
+        test_ns: &str,
+        labels: &BTreeMap<String, String>,
+        data_source: Option<TypedLocalObjectReference>,
+        restore_size: Option<String>,
+    ) -> Result<(), EngineError> {
+        let spec = source.spec.clone().unwrap_or_default();
         let size = spec
             .resources
             .as_ref()
@@ -251,11 +290,7 @@ impl KubeEngine {
                     .access_modes
                     .or_else(|| Some(vec!["ReadWriteOnce".to_string()])),
                 storage_class_name: spec.storage_class_name,
-                data_source: Some(TypedLocalObjectReference {
-                    api_group: Some(GROUP.to_string()),
-                    kind: "VolumeSnapshot".to_string(),
-                    name: to.to_string(),
-                }),
+                data_source,
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([(
                         "storage".to_string(),

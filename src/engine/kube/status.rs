@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::engine::{ContainerState, ContainerStatus, HealthState};
 
 /// Waiting reasons that mean the pod will not come up by itself.
-const FAILED_WAITING: [&str; 5] = [
+pub(super) const FAILED_WAITING: [&str; 5] = [
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",

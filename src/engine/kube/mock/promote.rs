@@ -709,7 +709,7 @@ fn no_test_version() -> Vec<Exchange> {
         .ok(list("PersistentVolumeClaimList", vec![])),
     ]
     .into_iter()
-    .chain(no_snapshots(of_r2))
+    .chain(no_copy_leftovers(of_r2))
     .chain([
         on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![]))
     ])
