@@ -234,6 +234,34 @@ impl crate::progress::Progress for Recorded {
     }
 }
 
+/// Test version r9 of shop brought up with `copyData: [db]` against the API server `script`
+/// plays (copy Jobs from `copy_image`, if named); every scripted request checked to have come.
+async fn up_copying_db(
+    script: Vec<Exchange>,
+    copy_image: Option<&str>,
+    progress: &dyn crate::progress::Progress,
+) -> Result<testenv::TestEnv, testenv::TestEnvError> {
+    let (client, server) = serve(script);
+    let engine = KubeEngine::new(client, "mock").with_copy_image(copy_image.map(str::to_string));
+    let opts = testenv::Options {
+        ttl: Duration::from_secs(7200),
+        copy_data: vec!["db".into()],
+        owner: Some("host:1:2".into()),
+    };
+    let up = testenv::up(
+        &engine,
+        &environment(),
+        "r9",
+        &opts,
+        now(),
+        progress,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    finished(server).await;
+    up
+}
+
 const SNAPSHOTS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots";
 const TEST_SNAPSHOTS: &str =
     "/apis/snapshot.storage.k8s.io/v1/namespaces/shop-test-r9/volumesnapshots";
@@ -356,26 +384,8 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
     ]);
     script.splice(fresh..fresh, copy);
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock");
-    let opts = testenv::Options {
-        ttl: Duration::from_secs(7200),
-        copy_data: vec!["db".into()],
-        owner: Some("host:1:2".into()),
-    };
     let progress = Recorded::default();
-    let t = testenv::up(
-        &engine,
-        &environment(),
-        "r9",
-        &opts,
-        now(),
-        &progress,
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    finished(server).await;
+    let t = up_copying_db(script, None, &progress).await.unwrap();
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
     assert!(
         progress
@@ -516,27 +526,14 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
         on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
     script.splice(fresh..fresh, copy);
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock")
-        .with_copy_image(Some("registry.example/tools/busybox:1.36".into()));
-    let opts = testenv::Options {
-        ttl: Duration::from_secs(7200),
-        copy_data: vec!["db".into()],
-        owner: Some("host:1:2".into()),
-    };
     let progress = Recorded::default();
-    let t = testenv::up(
-        &engine,
-        &environment(),
-        "r9",
-        &opts,
-        now(),
+    let t = up_copying_db(
+        script,
+        Some("registry.example/tools/busybox:1.36"),
         &progress,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap();
-    finished(server).await;
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
     assert!(
         progress.lines().iter().any(|l| l.contains("db data copy")
@@ -611,26 +608,13 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
         on(Method::DELETE, &format!("{SINK_JOB}?")).ok(success()),
         on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock")
-        .with_copy_image(Some("registry.example/tools/busybox:1.36".into()));
-    let opts = testenv::Options {
-        ttl: Duration::from_secs(7200),
-        copy_data: vec!["db".into()],
-        owner: Some("host:1:2".into()),
-    };
-    let err = testenv::up(
-        &engine,
-        &environment(),
-        "r9",
-        &opts,
-        now(),
+    let err = up_copying_db(
+        script,
+        Some("registry.example/tools/busybox:1.36"),
         &crate::progress::Silent,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap_err();
-    finished(server).await;
     let text = err.to_string();
     assert!(text.contains("db"), "names the service: {text}");
     assert!(
@@ -664,26 +648,13 @@ async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
         on(Method::DELETE, &format!("{SINK_JOB}?")).ok(success()),
         on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock")
-        .with_copy_image(Some("registry.example/tools/busybox:1.36".into()));
-    let opts = testenv::Options {
-        ttl: Duration::from_secs(7200),
-        copy_data: vec!["db".into()],
-        owner: Some("host:1:2".into()),
-    };
-    let err = testenv::up(
-        &engine,
-        &environment(),
-        "r9",
-        &opts,
-        now(),
+    let err = up_copying_db(
+        script,
+        Some("registry.example/tools/busybox:1.36"),
         &crate::progress::Silent,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap_err();
-    finished(server).await;
     let text = err.to_string();
     assert!(
         text.contains(&format!("copy `Job shop-test-r9-db-data-sink in shop-test-r9` failed: its pod cannot be created: {forbidden}")),
