@@ -310,6 +310,34 @@ impl KubeEngine {
         }
     }
 
+    /// The last `most` Warning events of Pod `pod` in `ns`, a line each (`event FailedMount:
+    /// …`, with how many times it happened when more than once).
+    async fn warnings(&self, ns: &str, pod: &str, most: usize) -> Result<Vec<String>, EngineError> {
+        let events: Api<k8s_openapi::api::core::v1::Event> = self.api(ns);
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={pod},type=Warning"
+        ));
+        let mut list = events
+            .list(&lp)
+            .await
+            .map_err(|e| api_error(e, "list", &format!("events of Pod {pod}")))?
+            .items;
+        list.sort_by_key(|e| e.last_timestamp.clone().or(e.first_timestamp.clone()));
+        let skip = list.len().saturating_sub(most);
+        Ok(list
+            .into_iter()
+            .skip(skip)
+            .map(|e| {
+                let reason = e.reason.unwrap_or_else(|| "Warning".into());
+                let message = e.message.unwrap_or_default();
+                match e.count.filter(|n| *n > 1) {
+                    Some(n) => format!("event {reason} (x{n}): {message}"),
+                    None => format!("event {reason}: {message}"),
+                }
+            })
+            .collect())
+    }
+
     async fn list_all<K>(&self, selector: &str) -> Result<Vec<K>, EngineError>
     where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
@@ -1188,7 +1216,10 @@ impl Engine for KubeEngine {
 
     /// The last `lines` of the log of Deployment `container`'s newest pod: of its previous
     /// instance when it has restarted and is not running now (a crash loop's useful lines are
-    /// the crashed one's). No pod is no lines.
+    /// the crashed one's). No pod is no lines. A pod none of whose containers has run has no
+    /// log: its lines say why instead, from its status ([`status::not_started`]) and its
+    /// Warning events (a volume that cannot be mounted, an image that cannot be pulled...), as
+    /// `kubectl describe pod` shows them.
     async fn logs_tail(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError> {
         let Some(d) = self.find_deployment(container).await? else {
             return Ok(Vec::new());
@@ -1208,6 +1239,10 @@ impl Engine for KubeEngine {
             return Ok(Vec::new());
         };
         let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Some(mut why) = status::not_started(pod) {
+            why.extend(self.warnings(&ns, &name, lines).await?);
+            return Ok(why);
+        }
         let previous = pod
             .status
             .as_ref()

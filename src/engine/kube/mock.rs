@@ -925,6 +925,57 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
     );
 }
 
+/// A pod none of whose containers has run has no log to read: what a failure quotes instead is
+/// why, from the pod's status (the waiting reason; conditions but Ready's) and its Warning
+/// events, oldest first, as `kubectl describe pod` shows them. No log is asked for.
+#[tokio::test]
+async fn a_pod_that_never_started_says_why_from_its_status_and_events_instead_of_a_log() {
+    let find = "/apis/apps/v1/deployments?&fieldSelector=metadata.name%3Dshop-db-r2&labelSelector=rollout.environment";
+    let mut d = deployment_item("shop-db-r2", "rollout-shop");
+    d["spec"]["selector"] = json!({ "matchLabels": { "rollout.environment": "shop", "rollout.run": "r2", "rollout.service": "db" } });
+    let pods = "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.environment%3Dshop%2Crollout.run%3Dr2%2Crollout.service%3Ddb";
+    let pending = json!({
+        "metadata": { "name": "shop-db-r2-7c4b9d-bbbbb" },
+        "status": { "phase": "Pending",
+            "conditions": [
+                { "type": "PodScheduled", "status": "True" },
+                { "type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [db]" } ],
+            "containerStatuses": [ { "name": "db", "image": "db:2", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "waiting": { "reason": "ContainerCreating" } } } ] }
+    });
+    let warning = |reason: &str, message: &str, count: i32, at: &str| {
+        json!({ "metadata": { "name": format!("shop-db-r2-7c4b9d-bbbbb.{reason}") },
+            "involvedObject": { "kind": "Pod", "name": "shop-db-r2-7c4b9d-bbbbb" },
+            "type": "Warning", "reason": reason, "message": message, "count": count, "lastTimestamp": at })
+    };
+    let (client, server) = serve(vec![
+        on(Method::GET, find).ok(list("DeploymentList", vec![d])),
+        on(Method::GET, pods).ok(list("PodList", vec![pending])),
+        on(
+            Method::GET,
+            "/api/v1/namespaces/rollout-shop/events?&fieldSelector=involvedObject.kind%3DPod%2CinvolvedObject.name%3Dshop-db-r2-7c4b9d-bbbbb%2Ctype%3DWarning",
+        )
+        .ok(list(
+            "EventList",
+            vec![
+                warning("FailedMount", "MountVolume.SetUp failed for volume \"data\": rpc error: code = Internal", 4, "2026-01-01T12:03:00Z"),
+                warning("FailedAttachVolume", "Multi-Attach error for volume \"pvc-1\": Volume is already exclusively attached to one node", 1, "2026-01-01T12:01:00Z"),
+            ],
+        )),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let lines = engine.logs_tail("shop-db-r2", 10).await.unwrap();
+    finished(server).await;
+    assert_eq!(
+        lines,
+        vec![
+            "container db is waiting: ContainerCreating",
+            "event FailedAttachVolume: Multi-Attach error for volume \"pvc-1\": Volume is already exclusively attached to one node",
+            "event FailedMount (x4): MountVolume.SetUp failed for volume \"data\": rpc error: code = Internal",
+        ]
+    );
+}
+
 /// Stopping scales to zero and waits until no pod of the Deployment is left (a terminating pod
 /// still runs); one that never goes fails the stop after its grace period and a margin.
 #[tokio::test(start_paused = true)]

@@ -125,6 +125,63 @@ pub fn from_deployment(d: &Deployment, pods: &[Pod]) -> ContainerStatus {
     }
 }
 
+/// Why pod `p` has printed nothing yet, when none of its containers has ever run (so it has no
+/// log to read): its false conditions with their messages (but `Ready` and `ContainersReady`) (the scheduler's `0/3 nodes are
+/// available: …` is the `PodScheduled` one) and its containers' waiting reasons. `None` for a pod
+/// one of whose containers has run. A pure function.
+pub fn not_started(p: &Pod) -> Option<Vec<String>> {
+    let name = p.metadata.name.as_deref().unwrap_or("?");
+    let status = p.status.as_ref();
+    let containers = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let ran = containers.iter().any(|c| {
+        c.restart_count > 0
+            || c.last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+            || c.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+    });
+    if ran {
+        return None;
+    }
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let mut lines = Vec::new();
+    for c in status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+    {
+        // Ready and ContainersReady only repeat that the containers are not ready.
+        if c.status != "False" || matches!(c.type_.as_str(), "Ready" | "ContainersReady") {
+            continue;
+        }
+        let Some(message) = c.message.as_deref().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        let reason = c.reason.as_deref().unwrap_or("no reason");
+        lines.push(format!(
+            "pod {name} has not started ({phase}): {} is False ({reason}): {message}",
+            c.type_
+        ));
+    }
+    for c in containers {
+        let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = w.reason.as_deref().unwrap_or("waiting");
+        lines.push(match w.message.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => format!("container {} is waiting: {reason}: {m}", c.name),
+            None => format!("container {} is waiting: {reason}", c.name),
+        });
+    }
+    if lines.is_empty() {
+        lines.push(format!("pod {name} has not started ({phase})"));
+    }
+    Some(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +213,47 @@ mod tests {
             } ] }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_never_ran_says_why_and_one_that_ran_has_a_log() {
+        let unschedulable: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "shop-web-r2-abc" },
+            "status": { "phase": "Pending", "conditions": [
+                { "type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                  "message": "containers with unready status: [web]" },
+                { "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                  "message": "0/3 nodes are available: 3 Insufficient cpu." } ] }
+        }))
+        .unwrap();
+        assert_eq!(
+            not_started(&unschedulable).unwrap(),
+            vec![
+                "pod shop-web-r2-abc has not started (Pending): PodScheduled is False (Unschedulable): 0/3 nodes are available: 3 Insufficient cpu."
+            ]
+        );
+        let pulling = pod(
+            json!({ "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"web:2\"" } }),
+            0,
+        );
+        assert_eq!(
+            not_started(&pulling).unwrap(),
+            vec!["container web is waiting: ImagePullBackOff: Back-off pulling image \"web:2\""]
+        );
+        let bare: Pod = serde_json::from_value(json!({ "metadata": { "name": "p" } })).unwrap();
+        assert_eq!(
+            not_started(&bare).unwrap(),
+            vec!["pod p has not started (Pending)"]
+        );
+        assert_eq!(not_started(&pod(json!({ "running": {} }), 0)), None);
+        assert_eq!(
+            not_started(&pod(
+                json!({ "waiting": { "reason": "CrashLoopBackOff" } }),
+                2
+            )),
+            None,
+            "a crash loop has its crashed instance's log"
+        );
     }
 
     #[test]
