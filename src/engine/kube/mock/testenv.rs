@@ -623,6 +623,41 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
     );
 }
 
+/// A `ReadWriteOncePod` claim on a cluster without VolumeSnapshots: no second pod may mount it
+/// while production's runs, so nothing is created and the error says why.
+#[tokio::test(start_paused = true)]
+async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job() {
+    let mut script = up_script("host:1:2".into());
+    script.truncate(2);
+    script.extend(production_claims());
+    script.extend([
+        on(
+            Method::GET,
+            "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
+        )
+        .ok(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
+            "spec": { "accessModes": ["ReadWriteOncePod"] } })),
+        on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
+            404,
+            status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ),
+    ]);
+    let err = up_copying_db(script, None, &crate::progress::Silent)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("it is ReadWriteOncePod, so no pod but production's may mount it, and the cluster serves no VolumeSnapshots to copy it by"),
+        "{text}"
+    );
+}
+
 /// A sink whose pod the test namespace refuses (a Pod Security level forbidding root): the
 /// Job's FailedCreate event is quoted at once rather than waited out, and the sink is deleted
 /// (the source was never created: its delete finds nothing).
