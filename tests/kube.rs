@@ -229,6 +229,73 @@ fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
     );
 }
 
+/// Run r1 of shop was parked at its `approve: { by: client }` gate on another machine (by
+/// alice): this machine, whose store has never heard of it, reads it from the cluster's gates.
+/// alice cannot approve her own run (two-person rule, exit 3, nothing written); bob can, and
+/// his approval is written back to the gates ConfigMap, guarded by the version read, for every
+/// machine (the next `promote` anywhere resumes the run approved).
+#[test]
+fn an_approval_on_one_machine_of_a_run_parked_on_another_goes_through_the_cluster() {
+    let doc = serde_json::json!({
+        "environment": "shop",
+        "parked": { "environment": "shop", "run": "r1", "digest": "d1", "user": "alice", "twoPerson": true,
+            "awaiting": [ { "kind": "approval", "gate": "client", "services": [] } ], "gateStep": 1,
+            "report": { "steps": [] }, "at": "2026-01-01T10:00:00Z" },
+        "grants": []
+    });
+    let gates = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "rollout-gates", "namespace": "rollout-shop", "resourceVersion": "41" },
+        "data": { "gates.json": doc.to_string() }
+    });
+    let api = ApiServer::start(vec![
+        ("/version", version()),
+        (
+            "/api/v1/namespaces/rollout-shop/configmaps/rollout-gates",
+            gates,
+        ),
+    ]);
+    let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
+    let config = p.path().join("kubeconfig");
+    let kube = ("KUBECONFIG", config.to_str().unwrap());
+    p.run_with(
+        &["approve", "latest", "--by", "client"],
+        &[kube, ("USER", "alice")],
+    )
+    .code(3)
+    .stderr_has("two-person rule: alice started run r1 and cannot also approve it");
+    assert!(
+        api.written().is_empty(),
+        "a refused approval writes nothing"
+    );
+    p.run_with(
+        &["approve", "latest", "--by", "client", "--note", "change ticket 4411"],
+        &[kube, ("USER", "bob")],
+    )
+    .code(0)
+    .stdout_has("Recorded the approval by `client` (bob) for run r1 of shop. `rollout promote -e shop` resumes it.");
+    let written = api.written();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let (request, body) = &written[0];
+    assert_eq!(
+        request,
+        "PUT /api/v1/namespaces/rollout-shop/configmaps/rollout-gates"
+    );
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "41",
+        "guarded by the version read"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(body["data"]["gates.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        doc["parked"]["run"], "r1",
+        "still parked: the next promote resumes it"
+    );
+    assert_eq!(doc["grants"][0]["who"], "bob");
+    assert_eq!(doc["grants"][0]["gate"], "client");
+    assert_eq!(doc["grants"][0]["note"], "change ticket 4411");
+}
+
 /// Against a real cluster (KUBECONFIG): `plan` on a fresh environment reads nothing and wants
 /// everything created; `status` reports it not running. Creates nothing in the cluster.
 #[test]
@@ -309,9 +376,12 @@ fn real_cluster_promote_rollback_and_test_namespace() {
 
 /// A stand-in API server on 127.0.0.1: answers `GET path` from `routes` (path without query;
 /// anything else is a 404 `Status`), one request per connection, and records each request line.
+/// A write (`PUT`, `POST`, `PATCH`) to a path of `routes` is answered with its own body, as the
+/// API server answers a successful replace, and its body is kept ([`ApiServer::written`]).
 struct ApiServer {
     port: u16,
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    written: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
 }
 
 impl ApiServer {
@@ -320,7 +390,8 @@ impl ApiServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, kept) = (seen.clone(), written.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -329,17 +400,35 @@ impl ApiServer {
                 if reader.read_line(&mut line).is_err() {
                     continue;
                 }
-                // The rest of the head (GETs carry no body).
+                // The rest of the head, and the body it announces.
                 let mut header = String::new();
+                let mut length = 0usize;
                 while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
                     header.clear();
+                }
+                let mut body = vec![0u8; length];
+                if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                    continue;
                 }
                 let mut parts = line.split_whitespace();
                 let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 log.lock().unwrap().push(format!("{method} {target}"));
                 let path = target.split('?').next().unwrap_or("");
+                let sent: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 let (status, body) = match routes.iter().find(|(p, _)| *p == path) {
                     Some((_, body)) if method == "GET" => ("200 OK", body.clone()),
+                    Some(_) if matches!(method, "PUT" | "POST" | "PATCH") => {
+                        kept.lock()
+                            .unwrap()
+                            .push((format!("{method} {path}"), sent.clone()));
+                        ("200 OK", sent)
+                    }
                     _ => (
                         "404 Not Found",
                         serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{path} not found") }),
@@ -353,7 +442,16 @@ impl ApiServer {
                 );
             }
         });
-        ApiServer { port, seen }
+        ApiServer {
+            port,
+            seen,
+            written,
+        }
+    }
+
+    /// The writes answered, each with its body.
+    fn written(&self) -> Vec<(String, serde_json::Value)> {
+        self.written.lock().unwrap().clone()
     }
 
     /// A kubeconfig whose current context `stand-in` points here.

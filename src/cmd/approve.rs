@@ -35,6 +35,21 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
         expires,
         env: env.env,
     };
+    // Where the platform keeps the gates (kubernetes), the run may have been parked on another
+    // machine, and the approval is for every machine: read them first, write them after.
+    let platform = match project.config.backend {
+        crate::manifest::config::Backend::Docker => None,
+        crate::manifest::config::Backend::Kubernetes => {
+            let engine = super::connect(&project, "approve").await?;
+            let envs = gate_environments(&project, &request)?;
+            for env in &envs {
+                crate::exec::journal::pull_gates(engine.as_ref(), &store, env)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            }
+            Some(engine)
+        }
+    };
     let recorded = record(
         &project,
         &store,
@@ -42,6 +57,15 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
         &current_user(),
         jiff::Timestamp::now(),
     )?;
+    if let (Some(engine), Outcome::Recorded { grant, what }) = (&platform, &recorded.outcome) {
+        crate::exec::journal::push_gates(engine.as_ref(), &store, &grant.environment)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: the {what} is recorded on this machine only; run `rollout approve` again to record it for every machine"
+                )
+            })?;
+    }
     for w in &recorded.warnings {
         printer.warn(w);
     }
@@ -66,6 +90,19 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
             Ok(ExitStatus::Success)
         }
     }
+}
+
+/// The environments whose gates an approval may concern: the one `-e` names (or the project's
+/// only one), else, for a run id, every environment of the project.
+pub fn gate_environments(project: &Project, request: &Request) -> anyhow::Result<Vec<String>> {
+    if request.env.is_some() || request.run == "latest" {
+        return Ok(vec![project.environment_name(request.env.as_deref())?]);
+    }
+    Ok(project
+        .catalog()?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// What is to be approved: `rollout approve`'s arguments, or the daemon's API request.

@@ -65,7 +65,7 @@ pub(crate) fn load_environment(
 /// The commands the kubernetes backend carries out so far (issue #8). `history` connects to read
 /// the run records kept in the cluster; `approve`, `report` and `audit` read the local store and
 /// never connect.
-const KUBERNETES_COMMANDS: [&str; 10] = [
+const KUBERNETES_COMMANDS: [&str; 11] = [
     "plan",
     "status",
     "history",
@@ -76,6 +76,7 @@ const KUBERNETES_COMMANDS: [&str; 10] = [
     "test-env down",
     "test-env list",
     "rehearse",
+    "approve",
 ];
 
 /// The steps of `playbook` the kubernetes backend cannot carry out with these settings, or `None`
@@ -154,7 +155,7 @@ pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<
         Backend::Kubernetes => {
             if !KUBERNETES_COMMANDS.contains(&command) {
                 anyhow::bail!(
-                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env`, `rehearse` and `daemon` work there so far); nothing was done"
+                    "not supported on the kubernetes backend yet: `rollout {command}` (issue #8; `plan`, `status`, `promote`, `rollback`, `history`, `test-env`, `rehearse`, `approve` and `daemon` work there so far); nothing was done"
                 );
             }
             let engine = KubeEngine::connect()
@@ -209,7 +210,9 @@ pub(crate) async fn pull_records(
     for line in conflicts {
         printer.warn(&line);
     }
-    Ok(())
+    crate::exec::journal::pull_gates(engine, store, env)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// Removes test versions left by dead runs or past their TTL, saying what it removed.

@@ -46,6 +46,10 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     // A run parked at a gate for this very change resumes under its own id; any other change
     // gets a new run (and the parked one is superseded below).
     let digest = change_digest(&environment, &playbook);
+    // Parked, or approved, on another machine: the platform's gates first (kubernetes).
+    crate::exec::journal::pull_gates(engine.as_ref(), &store, &environment.name)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let name = environment.name.clone();
     let parked = store.call(move |s| s.parked(&name)).await?;
     let resuming = parked.filter(|p| p.digest == digest);
@@ -123,6 +127,10 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     let r = run.clone();
     let grants = store.call(move |s| s.grants(&r)).await?;
     if !plan.has_changes() {
+        // A run superseded above is off its gate for every machine.
+        crate::exec::journal::push_gates(engine.as_ref(), &store, &environment.name)
+            .await
+            .map_err(anyhow::Error::msg)?;
         guard.release().await?;
         if json {
             printer.json(&serde_json::json!({ "environment": environment.name, "outcome": { "outcome": "nothingToDo" } }))?;
@@ -179,7 +187,15 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         }
         _ => store.call(move |s| s.unpark(&name, &r)).await?,
     }
+    // Where the platform keeps the gates, every machine sees the run parked (for `rollout
+    // approve` anywhere) or off its gate.
+    let pushed = crate::exec::journal::push_gates(engine.as_ref(), &store, &environment.name).await;
     guard.release().await?;
+    if let Err(e) = pushed {
+        printer.warn(&format!(
+            "{e}: other machines do not see this gate yet (a promote there starts the change from its first step)"
+        ));
+    }
     status.map(|e| e.status)
 }
 

@@ -702,6 +702,9 @@ async fn approvals(
     Path(env): Path<String>,
 ) -> ApiResult<Json<Value>> {
     environment(&daemon, &token, &env, Right::Read)?;
+    crate::exec::journal::pull_gates(daemon.engine.as_ref(), &daemon.store, &env)
+        .await
+        .map_err(ApiError::internal)?;
     let name = env.clone();
     let (parked, grants) = daemon
         .store
@@ -749,6 +752,10 @@ async fn approve(
         request.run = "latest".into();
     }
     request.env = Some(env.clone());
+    // Parked or approved on another machine, and approved here for every machine (kubernetes).
+    crate::exec::journal::pull_gates(daemon.engine.as_ref(), &daemon.store, &env)
+        .await
+        .map_err(ApiError::internal)?;
     let who = format!("api:{}", token.name);
     let d = daemon.clone();
     let recorded = tokio::task::spawn_blocking(move || {
@@ -759,6 +766,11 @@ async fn approve(
     .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
     for w in &recorded.warnings {
         tracing::warn!(environment = %env, "{w}");
+    }
+    if let crate::cmd::approve::Outcome::Recorded { .. } = &recorded.outcome {
+        crate::exec::journal::push_gates(daemon.engine.as_ref(), &daemon.store, &env)
+            .await
+            .map_err(ApiError::internal)?;
     }
     Ok(match recorded.outcome {
         crate::cmd::approve::Outcome::Recorded { grant, what } => (

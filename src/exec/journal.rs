@@ -154,6 +154,72 @@ pub async fn pull(
     Ok(conflicts)
 }
 
+/// Where the platform keeps the environment's gates (kubernetes), brings them into `store`:
+/// the run parked there and its grants, from whichever machine parked or approved it. A store
+/// holding a parked run the platform has never heard of (parked before the platform kept gates)
+/// writes it there.
+pub async fn pull_gates(
+    engine: &dyn crate::engine::Engine,
+    store: &Arc<Store>,
+    env: &str,
+) -> Result<(), String> {
+    let Some(ledger) = engine.ledger() else {
+        return Ok(());
+    };
+    let doc = ledger
+        .pull_gates(env)
+        .await
+        .map_err(|e| format!("reading the gates of {env}: {e}"))?;
+    match doc {
+        Some(doc) => {
+            store
+                .call(move |s| s.import_gates(&doc))
+                .await
+                .map_err(|e| format!("the store: {e}"))?;
+            Ok(())
+        }
+        None => {
+            let name = env.to_string();
+            let parked_here = store
+                .call(move |s| s.parked(&name))
+                .await
+                .map_err(|e| format!("the store: {e}"))?;
+            match parked_here {
+                Some(_) => push_gates(engine, store, env).await,
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Where the platform keeps the environment's gates (kubernetes), writes this store's there:
+/// its parked run (or none), with the grants for it of both sides. Called under the
+/// environment's lock after a run parks or leaves its gate, and by `approve`.
+pub async fn push_gates(
+    engine: &dyn crate::engine::Engine,
+    store: &Arc<Store>,
+    env: &str,
+) -> Result<(), String> {
+    let Some(ledger) = engine.ledger() else {
+        return Ok(());
+    };
+    let name = env.to_string();
+    let ours = store
+        .call(move |s| s.export_gates(&name))
+        .await
+        .map_err(|e| format!("the store: {e}"))?;
+    ledger
+        .update_gates(env, &|doc: &mut crate::store::GatesDoc| {
+            let theirs = std::mem::take(&mut doc.grants);
+            doc.parked = ours.parked.clone();
+            doc.grants = ours.grants.clone();
+            doc.merge_grants(&theirs);
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing the gates of {env}: {e}"))
+}
+
 /// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).
 pub fn crash_point(label: &str) {
     static TARGET: OnceLock<Option<(String, u32)>> = OnceLock::new();

@@ -78,6 +78,35 @@ pub struct Parked {
     pub at: Timestamp,
 }
 
+/// An environment's gates as the platform keeps them for every machine (kubernetes: the
+/// ConfigMap `rollout-gates`): the run parked at a gate, if any, and the grants recorded for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatesDoc {
+    pub environment: String,
+    pub parked: Option<Parked>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+impl GatesDoc {
+    /// Adds the grants of `others` this doc lacks that are for its parked run (those of a run no
+    /// longer parked count for nothing).
+    pub fn merge_grants(&mut self, others: &[Grant]) {
+        let Some(run) = self.parked.as_ref().map(|p| p.run.clone()) else {
+            self.grants.clear();
+            return;
+        };
+        self.grants.retain(|g| g.run == run);
+        for g in others {
+            if g.run == run && !self.grants.contains(g) {
+                self.grants.push(g.clone());
+            }
+        }
+        self.grants.sort_by_key(|g| g.at);
+    }
+}
+
 type RawGrant = (
     String,
     String,
@@ -204,6 +233,50 @@ impl Store {
         })
     }
 
+    /// `env`'s gates as this store has them: its parked run and that run's grants.
+    pub fn export_gates(&self, env: &str) -> Result<GatesDoc, StoreError> {
+        let parked = self.parked(env)?;
+        let grants = match &parked {
+            Some(p) => self.grants(&p.run)?,
+            None => Vec::new(),
+        };
+        Ok(GatesDoc {
+            environment: env.to_string(),
+            parked,
+            grants,
+        })
+    }
+
+    /// Takes the platform's gates of an environment as the truth: its parked run replaces this
+    /// store's (none there unparks this store's: it was resumed or superseded elsewhere), and
+    /// the grants recorded for it that this store lacks are added. Whether anything changed.
+    pub fn import_gates(&self, doc: &GatesDoc) -> Result<bool, StoreError> {
+        let env = &doc.environment;
+        let local = self.parked(env)?;
+        let mut changed = false;
+        match (&doc.parked, &local) {
+            (Some(p), l) if l.as_ref() != Some(p) => {
+                self.park(p)?;
+                changed = true;
+            }
+            (None, Some(l)) => {
+                self.unpark(env, &l.run)?;
+                changed = true;
+            }
+            _ => {}
+        }
+        if let Some(p) = &doc.parked {
+            let have = self.grants(&p.run)?;
+            for g in doc.grants.iter().filter(|g| g.run == p.run) {
+                if !have.contains(g) {
+                    self.record_grant(g)?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     /// The run parked in `env`, if any.
     pub fn parked(&self, env: &str) -> Result<Option<Parked>, StoreError> {
         self.parked_where("environment = ?1", env)
@@ -274,6 +347,87 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parked(run: &str) -> Parked {
+        Parked {
+            environment: "shop".into(),
+            run: run.into(),
+            digest: "d".into(),
+            user: "alice".into(),
+            two_person: true,
+            awaiting: vec![Awaited {
+                kind: GrantKind::Approval,
+                gate: "client".into(),
+                services: vec![],
+            }],
+            gate_step: 2,
+            report: serde_json::json!({ "steps": [] }),
+            at: "2026-01-01T10:00:00.123456789Z".parse().unwrap(),
+        }
+    }
+
+    fn grant(run: &str, who: &str) -> Grant {
+        Grant {
+            run: run.into(),
+            environment: "shop".into(),
+            kind: GrantKind::Approval,
+            gate: "client".into(),
+            who: who.into(),
+            reference: None,
+            note: Some("ok".into()),
+            expires: None,
+            at: "2026-01-01T10:05:00.5Z".parse().unwrap(),
+        }
+    }
+
+    /// Another machine's gates come in whole: its parked run, its grants once (importing again
+    /// changes nothing), and a doc with no parked run unparks this store's.
+    #[test]
+    fn gates_from_another_machine_are_imported_once_and_an_empty_doc_unparks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doc = GatesDoc {
+            environment: "shop".into(),
+            parked: Some(parked("r1")),
+            grants: vec![grant("r1", "bob"), grant("r0", "carol")],
+        };
+        assert!(store.import_gates(&doc).unwrap());
+        assert_eq!(store.parked("shop").unwrap(), Some(parked("r1")));
+        assert_eq!(store.grants("r1").unwrap(), vec![grant("r1", "bob")]);
+        assert!(
+            store.grants("r0").unwrap().is_empty(),
+            "not the parked run's"
+        );
+        assert!(!store.import_gates(&doc).unwrap(), "nothing new");
+        assert_eq!(store.grants("r1").unwrap().len(), 1);
+        let mine = store.export_gates("shop").unwrap();
+        assert_eq!(mine.parked, doc.parked);
+        assert_eq!(mine.grants, vec![grant("r1", "bob")]);
+
+        let resumed = GatesDoc {
+            environment: "shop".into(),
+            parked: None,
+            grants: vec![],
+        };
+        assert!(store.import_gates(&resumed).unwrap());
+        assert_eq!(store.parked("shop").unwrap(), None);
+    }
+
+    #[test]
+    fn merged_grants_are_the_parked_runs_only_each_once_in_order() {
+        let mut doc = GatesDoc {
+            environment: "shop".into(),
+            parked: Some(parked("r1")),
+            grants: vec![grant("r0", "old"), grant("r1", "bob")],
+        };
+        let mut early = grant("r1", "dave");
+        early.at = "2026-01-01T10:01:00Z".parse().unwrap();
+        doc.merge_grants(&[grant("r1", "bob"), early.clone(), grant("r2", "x")]);
+        assert_eq!(doc.grants, vec![early, grant("r1", "bob")]);
+        doc.parked = None;
+        doc.merge_grants(&[grant("r1", "bob")]);
+        assert!(doc.grants.is_empty());
+    }
 
     #[test]
     fn grants_and_parked_runs_round_trip() {

@@ -30,7 +30,7 @@ mod runs;
 mod schema;
 
 pub use audit::AuditHead;
-pub use gates::{Awaited, Grant, GrantKind, Parked};
+pub use gates::{Awaited, GatesDoc, Grant, GrantKind, Parked};
 pub use history::{NewRevision, Revision, RevisionOutcome};
 pub use journal::{BEGIN, END, JournalEntry, Phase};
 pub use ledger::{Imported, LedgerEntry, RunDoc};

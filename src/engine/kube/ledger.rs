@@ -11,11 +11,28 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 use super::{FIELD_MANAGER, api_error, namespace};
 use crate::engine::{EngineError, RunLedger, labels};
-use crate::store::{LedgerEntry, Revision, RunDoc};
+use crate::store::{GatesDoc, LedgerEntry, Revision, RunDoc};
+
+/// The ConfigMap of an environment's gates (`gates.json`: the run parked at a gate and its
+/// grants), in `rollout-<env>`.
+pub const GATES: &str = "rollout-gates";
+
+/// How many times a gates write is tried again after another writer's came first.
+const GATES_TRIES: usize = 5;
+
+/// An environment's gates read from their ConfigMap; the error says what is wrong with it.
+pub fn gates_from_config_map(cm: &ConfigMap) -> Result<GatesDoc, String> {
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("gates.json"))
+        .ok_or("it has no gates.json")?;
+    serde_json::from_str(text).map_err(|e| format!("gates.json: {e}"))
+}
 
 /// The label value that marks a ConfigMap as a run record.
 pub const STATE_LABEL: &str = "rollout.state";
@@ -120,5 +137,89 @@ impl RunLedger for ConfigMaps {
 
     fn describe(&self, env: &str) -> String {
         format!("ConfigMaps rollout-run-* in {}", namespace(env))
+    }
+
+    async fn pull_gates(&self, env: &str) -> Result<Option<GatesDoc>, EngineError> {
+        let ns = namespace(env);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let what = format!("ConfigMap {GATES} in {ns}");
+        match api.get_opt(GATES).await {
+            Ok(None) => Ok(None),
+            Ok(Some(cm)) => {
+                gates_from_config_map(&cm)
+                    .map(Some)
+                    .map_err(|reason| EngineError::Call {
+                        action: "read",
+                        object: what,
+                        reason,
+                    })
+            }
+            Err(e) => Err(api_error(e, "read", &what)),
+        }
+    }
+
+    /// Read, changed, and written back with the `resourceVersion` read (a replace, or a create
+    /// when there was none): the API server refuses the write with a 409 if another writer's
+    /// came in between, and the whole is done again.
+    async fn update_gates(
+        &self,
+        env: &str,
+        change: &(dyn for<'d> Fn(&'d mut GatesDoc) + Send + Sync),
+    ) -> Result<GatesDoc, EngineError> {
+        let ns = namespace(env);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let what = format!("ConfigMap {GATES} in {ns}");
+        for _ in 0..GATES_TRIES {
+            let current = api
+                .get_opt(GATES)
+                .await
+                .map_err(|e| api_error(e, "read", &what))?;
+            let mut doc = match &current {
+                Some(cm) => gates_from_config_map(cm).map_err(|reason| EngineError::Call {
+                    action: "read",
+                    object: what.clone(),
+                    reason,
+                })?,
+                None => GatesDoc {
+                    environment: env.to_string(),
+                    parked: None,
+                    grants: Vec::new(),
+                },
+            };
+            change(&mut doc);
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(GATES.to_string()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(BTreeMap::from([
+                        (labels::ENVIRONMENT.to_string(), env.to_string()),
+                        (STATE_LABEL.to_string(), "gates".to_string()),
+                    ])),
+                    resource_version: current
+                        .as_ref()
+                        .and_then(|c| c.metadata.resource_version.clone()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    "gates.json".to_string(),
+                    serde_json::to_string(&doc).expect("gates serialize"),
+                )])),
+                ..Default::default()
+            };
+            let written = match current {
+                Some(_) => api.replace(GATES, &PostParams::default(), &cm).await,
+                None => api.create(&PostParams::default(), &cm).await,
+            };
+            match written {
+                Ok(_) => return Ok(doc),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(api_error(e, "record", &what)),
+            }
+        }
+        Err(EngineError::Call {
+            action: "record",
+            object: what,
+            reason: format!("other writers came first {GATES_TRIES} times in a row"),
+        })
     }
 }

@@ -744,6 +744,114 @@ async fn our_lease_is_renewed_and_released() {
     finished(server).await;
 }
 
+// --- gates: the run parked at a gate, and its grants, for every machine ---
+
+const GATES_CM: &str = "/api/v1/namespaces/rollout-shop/configmaps/rollout-gates";
+
+fn parked_r1() -> crate::store::Parked {
+    crate::store::Parked {
+        environment: "shop".into(),
+        run: "r1".into(),
+        digest: "d1".into(),
+        user: "alice".into(),
+        two_person: true,
+        awaiting: vec![crate::store::Awaited {
+            kind: crate::store::GrantKind::Approval,
+            gate: "client".into(),
+            services: vec![],
+        }],
+        gate_step: 1,
+        report: json!({ "steps": [] }),
+        at: now(),
+    }
+}
+
+fn approval(who: &str, minute: i64) -> crate::store::Grant {
+    crate::store::Grant {
+        run: "r1".into(),
+        environment: "shop".into(),
+        kind: crate::store::GrantKind::Approval,
+        gate: "client".into(),
+        who: who.into(),
+        reference: None,
+        note: None,
+        expires: None,
+        at: now() + jiff::SignedDuration::from_mins(minute),
+    }
+}
+
+fn gates_cm(rv: &str, grants: Vec<crate::store::Grant>) -> Value {
+    let doc = crate::store::GatesDoc {
+        environment: "shop".into(),
+        parked: Some(parked_r1()),
+        grants,
+    };
+    json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "rollout-gates", "namespace": "rollout-shop", "resourceVersion": rv },
+        "data": { "gates.json": serde_json::to_string(&doc).unwrap() } })
+}
+
+fn gates_in(body: &Value) -> crate::store::GatesDoc {
+    serde_json::from_str(body["data"]["gates.json"].as_str().unwrap()).unwrap()
+}
+
+/// Machine A parks run r1 (the gates ConfigMap is created: there was none), then records bob's
+/// approval; carol's, from machine B, lands in between, so A's replace guarded by the version it
+/// read is refused (409) and A reads again and keeps both. Machine C, with an empty store, then
+/// reads the run parked and both approvals.
+#[tokio::test]
+async fn gates_are_written_for_every_machine_guarded_by_their_version_and_read_back() {
+    let (client, server) = serve(vec![
+        on(Method::GET, GATES_CM).reply(404, not_found("configmaps", "rollout-gates")),
+        on(Method::POST, "/api/v1/namespaces/rollout-shop/configmaps?")
+            .body(|b| {
+                assert_eq!(b["metadata"]["name"], "rollout-gates");
+                assert_eq!(b["metadata"]["labels"]["rollout.environment"], "shop");
+                assert_eq!(b["metadata"]["labels"]["rollout.state"], "gates");
+                assert!(b["metadata"].get("resourceVersion").is_none_or(Value::is_null));
+                let doc = gates_in(b);
+                assert_eq!(doc.parked, Some(parked_r1()));
+                assert!(doc.grants.is_empty());
+            })
+            .reply(201, gates_cm("5", vec![])),
+        on(Method::GET, GATES_CM).ok(gates_cm("5", vec![])),
+        on(Method::PUT, &format!("{GATES_CM}?"))
+            .body(|b| assert_eq!(b["metadata"]["resourceVersion"], "5"))
+            .reply(409, status(409, "Conflict", "Operation cannot be fulfilled on configmaps \"rollout-gates\": the object has been modified; please apply your changes to the latest version and try again")),
+        on(Method::GET, GATES_CM).ok(gates_cm("6", vec![approval("carol", 1)])),
+        on(Method::PUT, &format!("{GATES_CM}?"))
+            .body(|b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "6");
+                assert_eq!(gates_in(b).grants, vec![approval("carol", 1), approval("bob", 2)]);
+            })
+            .ok(gates_cm("7", vec![approval("carol", 1), approval("bob", 2)])),
+        on(Method::GET, GATES_CM).ok(gates_cm("7", vec![approval("carol", 1), approval("bob", 2)])),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::sync::Arc::new(crate::store::Store::open(dir.path()).unwrap());
+    a.park(&parked_r1()).unwrap();
+    crate::exec::journal::push_gates(&engine, &a, "shop")
+        .await
+        .unwrap();
+    a.record_grant(&approval("bob", 2)).unwrap();
+    crate::exec::journal::push_gates(&engine, &a, "shop")
+        .await
+        .unwrap();
+
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = std::sync::Arc::new(crate::store::Store::open(dir_c.path()).unwrap());
+    crate::exec::journal::pull_gates(&engine, &c, "shop")
+        .await
+        .unwrap();
+    finished(server).await;
+    assert_eq!(c.parked("shop").unwrap(), Some(parked_r1()));
+    assert_eq!(
+        c.grants("r1").unwrap(),
+        vec![approval("carol", 1), approval("bob", 2)]
+    );
+}
+
 // --- objects found and removed by their labels ---
 
 const TEST_SELECTOR: &str =
