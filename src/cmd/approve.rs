@@ -58,7 +58,7 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
         jiff::Timestamp::now(),
     )?;
     if let (Some(engine), Outcome::Recorded { grant, what }) = (&platform, &recorded.outcome) {
-        crate::exec::journal::push_gates(engine.as_ref(), &store, &grant.environment)
+        crate::exec::journal::push_grant(engine.as_ref(), &store, grant)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -767,10 +767,15 @@ async fn approve(
     for w in &recorded.warnings {
         tracing::warn!(environment = %env, "{w}");
     }
-    if let crate::cmd::approve::Outcome::Recorded { .. } = &recorded.outcome {
-        crate::exec::journal::push_gates(daemon.engine.as_ref(), &daemon.store, &env)
+    if let crate::cmd::approve::Outcome::Recorded { grant, .. } = &recorded.outcome {
+        crate::exec::journal::push_grant(daemon.engine.as_ref(), &daemon.store, grant)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{e}; the approval is recorded on this daemon's machine only"),
+                )
+            })?;
     }
     Ok(match recorded.outcome {
         crate::cmd::approve::Outcome::Recorded { grant, what } => (

@@ -348,17 +348,23 @@ pub trait RunLedger: Send + Sync {
     async fn pull(&self, env: &str) -> Result<Vec<crate::store::RunDoc>, EngineError>;
     /// Where the records are, for messages.
     fn describe(&self, env: &str) -> String;
+    /// Where the gates are, for messages.
+    fn describe_gates(&self, env: &str) -> String;
     /// The environment's gates (the run parked at a gate, and its grants), as every machine
     /// sees them; `None` when none were ever written.
     async fn pull_gates(&self, env: &str) -> Result<Option<crate::store::GatesDoc>, EngineError>;
-    /// Rewrites the environment's gates as `change` makes them from what is there (an empty doc
-    /// when nothing is); a concurrent write makes it read them again and apply `change` again.
-    /// The doc as written.
+    /// Rewrites the environment's gates as `change` makes them from what is there (`None` when
+    /// nothing ever was); `change` answering `None` writes nothing. A concurrent write makes it
+    /// read them again and ask `change` again. The doc as written, if one was.
     async fn update_gates(
         &self,
         env: &str,
-        change: &(dyn for<'d> Fn(&'d mut crate::store::GatesDoc) + Send + Sync),
-    ) -> Result<crate::store::GatesDoc, EngineError>;
+        change: &(
+             dyn for<'d> Fn(Option<&'d crate::store::GatesDoc>) -> Option<crate::store::GatesDoc>
+                 + Send
+                 + Sync
+         ),
+    ) -> Result<Option<crate::store::GatesDoc>, EngineError>;
 }
 
 /// How a platform split a service's traffic for a canary ([`Engine::split_service`]).

@@ -155,9 +155,8 @@ pub async fn pull(
 }
 
 /// Where the platform keeps the environment's gates (kubernetes), brings them into `store`:
-/// the run parked there and its grants, from whichever machine parked or approved it. A store
-/// holding a parked run the platform has never heard of (parked before the platform kept gates)
-/// writes it there.
+/// the run parked there and its grants, from whichever machine parked or approved it. Where it
+/// has none yet, this store keeps what it has.
 pub async fn pull_gates(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
@@ -170,31 +169,18 @@ pub async fn pull_gates(
         .pull_gates(env)
         .await
         .map_err(|e| format!("reading the gates of {env}: {e}"))?;
-    match doc {
-        Some(doc) => {
-            store
-                .call(move |s| s.import_gates(&doc))
-                .await
-                .map_err(|e| format!("the store: {e}"))?;
-            Ok(())
-        }
-        None => {
-            let name = env.to_string();
-            let parked_here = store
-                .call(move |s| s.parked(&name))
-                .await
-                .map_err(|e| format!("the store: {e}"))?;
-            match parked_here {
-                Some(_) => push_gates(engine, store, env).await,
-                None => Ok(()),
-            }
-        }
+    if let Some(doc) = doc {
+        store
+            .call(move |s| s.import_gates(&doc))
+            .await
+            .map_err(|e| format!("the store: {e}"))?;
     }
+    Ok(())
 }
 
 /// Where the platform keeps the environment's gates (kubernetes), writes this store's there:
-/// its parked run (or none), with the grants for it of both sides. Called under the
-/// environment's lock after a run parks or leaves its gate, and by `approve`.
+/// its parked run (or none), with the grants for it of both sides. For `promote` under the
+/// environment's lock, after a run parks or leaves its gate.
 pub async fn push_gates(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
@@ -209,15 +195,60 @@ pub async fn push_gates(
         .await
         .map_err(|e| format!("the store: {e}"))?;
     ledger
-        .update_gates(env, &|doc: &mut crate::store::GatesDoc| {
-            let theirs = std::mem::take(&mut doc.grants);
-            doc.parked = ours.parked.clone();
-            doc.grants = ours.grants.clone();
-            doc.merge_grants(&theirs);
+        .update_gates(env, &|there: Option<&crate::store::GatesDoc>| {
+            if there.is_none() && ours.parked.is_none() {
+                return None;
+            }
+            let mut doc = ours.clone();
+            doc.merge_grants(there.map(|t| t.grants.as_slice()).unwrap_or_default());
+            Some(doc)
         })
         .await
         .map(|_| ())
         .map_err(|e| format!("writing the gates of {env}: {e}"))
+}
+
+/// Where the platform keeps the gates (kubernetes), adds `grant` to them, for every machine:
+/// only while its run is the one parked there (a run resumed or superseded on another machine
+/// meanwhile is not put back on its gate; that is an error). Where the platform has no gates
+/// yet, this store's are written, the grant with them.
+pub async fn push_grant(
+    engine: &dyn crate::engine::Engine,
+    store: &Arc<Store>,
+    grant: &crate::store::Grant,
+) -> Result<(), String> {
+    let Some(ledger) = engine.ledger() else {
+        return Ok(());
+    };
+    let env = grant.environment.clone();
+    let name = env.clone();
+    let ours = store
+        .call(move |s| s.export_gates(&name))
+        .await
+        .map_err(|e| format!("the store: {e}"))?;
+    let written = ledger
+        .update_gates(
+            &env,
+            &|there: Option<&crate::store::GatesDoc>| match there {
+                None => Some(ours.clone()),
+                Some(t) if t.parked.as_ref().is_some_and(|p| p.run == grant.run) => {
+                    let mut doc = t.clone();
+                    doc.merge_grants(std::slice::from_ref(grant));
+                    Some(doc)
+                }
+                Some(_) => None,
+            },
+        )
+        .await
+        .map_err(|e| format!("writing the gates of {env}: {e}"))?;
+    match written {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "run {} is no longer waiting at its gate in {} (it was resumed or superseded on another machine)",
+            grant.run,
+            ledger.describe_gates(&env)
+        )),
+    }
 }
 
 /// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).

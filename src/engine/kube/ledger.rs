@@ -139,6 +139,10 @@ impl RunLedger for ConfigMaps {
         format!("ConfigMaps rollout-run-* in {}", namespace(env))
     }
 
+    fn describe_gates(&self, env: &str) -> String {
+        format!("ConfigMap {GATES} in {}", namespace(env))
+    }
+
     async fn pull_gates(&self, env: &str) -> Result<Option<GatesDoc>, EngineError> {
         let ns = namespace(env);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
@@ -164,8 +168,8 @@ impl RunLedger for ConfigMaps {
     async fn update_gates(
         &self,
         env: &str,
-        change: &(dyn for<'d> Fn(&'d mut GatesDoc) + Send + Sync),
-    ) -> Result<GatesDoc, EngineError> {
+        change: &(dyn for<'d> Fn(Option<&'d GatesDoc>) -> Option<GatesDoc> + Send + Sync),
+    ) -> Result<Option<GatesDoc>, EngineError> {
         let ns = namespace(env);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         let what = format!("ConfigMap {GATES} in {ns}");
@@ -174,19 +178,18 @@ impl RunLedger for ConfigMaps {
                 .get_opt(GATES)
                 .await
                 .map_err(|e| api_error(e, "read", &what))?;
-            let mut doc = match &current {
-                Some(cm) => gates_from_config_map(cm).map_err(|reason| EngineError::Call {
+            let read = current
+                .as_ref()
+                .map(gates_from_config_map)
+                .transpose()
+                .map_err(|reason| EngineError::Call {
                     action: "read",
                     object: what.clone(),
                     reason,
-                })?,
-                None => GatesDoc {
-                    environment: env.to_string(),
-                    parked: None,
-                    grants: Vec::new(),
-                },
+                })?;
+            let Some(doc) = change(read.as_ref()) else {
+                return Ok(None);
             };
-            change(&mut doc);
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(GATES.to_string()),
@@ -211,7 +214,7 @@ impl RunLedger for ConfigMaps {
                 None => api.create(&PostParams::default(), &cm).await,
             };
             match written {
-                Ok(_) => return Ok(doc),
+                Ok(_) => return Ok(Some(doc)),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(api_error(e, "record", &what)),
             }

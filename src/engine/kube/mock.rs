@@ -835,7 +835,7 @@ async fn gates_are_written_for_every_machine_guarded_by_their_version_and_read_b
         .await
         .unwrap();
     a.record_grant(&approval("bob", 2)).unwrap();
-    crate::exec::journal::push_gates(&engine, &a, "shop")
+    crate::exec::journal::push_grant(&engine, &a, &approval("bob", 2))
         .await
         .unwrap();
 
@@ -849,6 +849,31 @@ async fn gates_are_written_for_every_machine_guarded_by_their_version_and_read_b
     assert_eq!(
         c.grants("r1").unwrap(),
         vec![approval("carol", 1), approval("bob", 2)]
+    );
+}
+
+/// An approval whose run was resumed (or superseded) on another machine between reading the
+/// gates and writing the approval: nothing is written (the run is not put back on its gate),
+/// and the error says why.
+#[tokio::test]
+async fn an_approval_for_a_run_no_longer_parked_in_the_cluster_writes_nothing() {
+    let (client, server) = serve(vec![
+        on(Method::GET, GATES_CM).ok(json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "rollout-gates", "namespace": "rollout-shop", "resourceVersion": "8" },
+            "data": { "gates.json": json!({ "environment": "shop", "parked": null, "grants": [] }).to_string() } })),
+    ]);
+    let engine = KubeEngine::new(client, "mock");
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::sync::Arc::new(crate::store::Store::open(dir.path()).unwrap());
+    a.park(&parked_r1()).unwrap();
+    a.record_grant(&approval("erin", 3)).unwrap();
+    let err = crate::exec::journal::push_grant(&engine, &a, &approval("erin", 3))
+        .await
+        .unwrap_err();
+    finished(server).await;
+    assert_eq!(
+        err,
+        "run r1 is no longer waiting at its gate in ConfigMap rollout-gates in rollout-shop (it was resumed or superseded on another machine)"
     );
 }
 
