@@ -453,19 +453,8 @@ mod tests {
         assert!(store.grants("r2").unwrap().is_empty());
 
         let p = Parked {
-            environment: "shop".into(),
-            run: "r1".into(),
-            digest: "abc".into(),
-            user: "ana".into(),
-            two_person: true,
-            awaiting: vec![Awaited {
-                kind: GrantKind::Approval,
-                gate: "client".into(),
-                services: vec![],
-            }],
-            gate_step: 2,
-            report: serde_json::json!({"steps": []}),
             at: now,
+            ..parked("r1")
         };
         store.park(&p).unwrap();
         assert_eq!(store.parked("shop").unwrap(), Some(p.clone()));
