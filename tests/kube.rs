@@ -229,6 +229,25 @@ fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
     );
 }
 
+const GATES: &str = "/api/v1/namespaces/rollout-shop/configmaps/rollout-gates";
+
+/// The gates ConfigMap of shop (`resourceVersion` 41) with run `run` parked by alice on another
+/// machine, waiting for the client's approval, none recorded yet.
+fn parked_by_alice(run: &str) -> serde_json::Value {
+    let doc = serde_json::json!({
+        "environment": "shop",
+        "parked": { "environment": "shop", "run": run, "digest": "d1", "user": "alice", "twoPerson": true,
+            "awaiting": [ { "kind": "approval", "gate": "client", "services": [] } ], "gateStep": 1,
+            "report": { "steps": [] }, "at": "2026-01-01T10:00:00Z" },
+        "grants": []
+    });
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "rollout-gates", "namespace": "rollout-shop", "resourceVersion": "41" },
+        "data": { "gates.json": doc.to_string() }
+    })
+}
+
 /// Run r1 of shop was parked at its `approve: { by: client }` gate on another machine (by
 /// alice): this machine, whose store has never heard of it, reads it from the cluster's gates.
 /// alice cannot approve her own run (two-person rule, exit 3, nothing written); bob can, and
@@ -236,24 +255,9 @@ fn promote_refused_by_a_lease_another_holder_holds_naming_it() {
 /// machine (the next `promote` anywhere resumes the run approved).
 #[test]
 fn an_approval_on_one_machine_of_a_run_parked_on_another_goes_through_the_cluster() {
-    let doc = serde_json::json!({
-        "environment": "shop",
-        "parked": { "environment": "shop", "run": "r1", "digest": "d1", "user": "alice", "twoPerson": true,
-            "awaiting": [ { "kind": "approval", "gate": "client", "services": [] } ], "gateStep": 1,
-            "report": { "steps": [] }, "at": "2026-01-01T10:00:00Z" },
-        "grants": []
-    });
-    let gates = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": { "name": "rollout-gates", "namespace": "rollout-shop", "resourceVersion": "41" },
-        "data": { "gates.json": doc.to_string() }
-    });
     let api = ApiServer::start(vec![
         ("/version", version()),
-        (
-            "/api/v1/namespaces/rollout-shop/configmaps/rollout-gates",
-            gates,
-        ),
+        (GATES, parked_by_alice("r1")),
     ]);
     let p = kube_project("shop").file("kubeconfig", api.kubeconfig());
     let config = p.path().join("kubeconfig");
@@ -605,7 +609,8 @@ fn status_shows_a_crash_looping_deployment() {
 /// `rollout daemon` on the kubernetes backend, against the stand-in API server: it connects to
 /// the cluster, answers an environment's status through its API (the crash-looping Deployment
 /// and the revision the cluster's run record says), serves its metrics (drift against the
-/// cluster), and exits 0 on SIGTERM, having only read from the cluster.
+/// cluster) and the run parked at a gate on another machine (from the cluster's gates), and
+/// exits 0 on SIGTERM, having only read from the cluster.
 #[test]
 fn the_daemon_serves_status_and_metrics_from_the_cluster() {
     let (deployment, pod, record) = crash_looping_shop();
@@ -633,6 +638,7 @@ fn the_daemon_serves_status_and_metrics_from_the_cluster() {
             "/api/v1/namespaces/rollout-shop/configmaps",
             serde_json::json!({ "kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [record] }),
         ),
+        (GATES, parked_by_alice("r2")),
     ]);
     let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -689,6 +695,10 @@ fn the_daemon_serves_status_and_metrics_from_the_cluster() {
     assert_eq!(body["revision"]["run"], "r1", "{body}");
     assert_eq!(body["revision"]["user"], "bob", "{body}");
     assert!(body.to_string().contains("restarting"), "{body}");
+    assert_eq!(
+        body["waiting"]["run"], "r2",
+        "the run parked on another machine, from the cluster's gates: {body}"
+    );
     assert!(
         history.contains("\"user\":\"bob\""),
         "the record read from the cluster: {history}"

@@ -521,8 +521,8 @@ async fn environments(
     Ok(Json(json!({ "environments": list })))
 }
 
-/// Where the platform keeps the run records (kubernetes), brings `env`'s into the store first,
-/// logging any it could not take.
+/// Where the platform keeps the run records and gates (kubernetes), brings `env`'s into the
+/// store first, logging any record it could not take.
 async fn pull_records(daemon: &Daemon, env: &str) -> ApiResult<()> {
     let conflicts = crate::exec::journal::pull_from(daemon.engine.as_ref(), &daemon.store, env)
         .await

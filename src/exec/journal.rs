@@ -98,17 +98,19 @@ impl Journal {
     }
 }
 
-/// [`pull`] from `engine`'s ledger, when the platform keeps the run records itself; nothing to
-/// do otherwise. The lines are the records it could not take.
+/// [`pull`] from `engine`'s ledger, and its gates ([`pull_gates`]), when the platform keeps the
+/// run records itself; nothing to do otherwise. The lines are the records it could not take.
 pub async fn pull_from(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
     env: &str,
 ) -> Result<Vec<String>, String> {
-    match engine.ledger() {
-        Some(ledger) => pull(ledger.as_ref(), store, env).await,
-        None => Ok(Vec::new()),
-    }
+    let Some(ledger) = engine.ledger() else {
+        return Ok(Vec::new());
+    };
+    let conflicts = pull(ledger.as_ref(), store, env).await?;
+    pull_gates(engine, store, env).await?;
+    Ok(conflicts)
 }
 
 /// Imports `ledger`'s run records of `env` into `store` (a cache of them), so history, reports
