@@ -191,11 +191,7 @@ pub async fn push_gates(
     let Some(ledger) = engine.ledger() else {
         return Ok(());
     };
-    let name = env.to_string();
-    let ours = store
-        .call(move |s| s.export_gates(&name))
-        .await
-        .map_err(|e| format!("the store: {e}"))?;
+    let ours = gates_here(store, env).await?;
     ledger
         .update_gates(env, &|there: Option<&crate::store::GatesDoc>| {
             if there.is_none() && ours.parked.is_none() {
@@ -223,11 +219,7 @@ pub async fn push_grant(
         return Ok(());
     };
     let env = grant.environment.clone();
-    let name = env.clone();
-    let ours = store
-        .call(move |s| s.export_gates(&name))
-        .await
-        .map_err(|e| format!("the store: {e}"))?;
+    let ours = gates_here(store, &env).await?;
     let written = ledger
         .update_gates(
             &env,
@@ -251,6 +243,15 @@ pub async fn push_grant(
             ledger.describe_gates(&env)
         )),
     }
+}
+
+/// `env`'s gates as this store has them ([`Store::export_gates`]).
+async fn gates_here(store: &Arc<Store>, env: &str) -> Result<crate::store::GatesDoc, String> {
+    let name = env.to_string();
+    store
+        .call(move |s| s.export_gates(&name))
+        .await
+        .map_err(|e| format!("the store: {e}"))
 }
 
 /// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).

@@ -34,6 +34,15 @@ pub fn gates_from_config_map(cm: &ConfigMap) -> Result<GatesDoc, String> {
     serde_json::from_str(text).map_err(|e| format!("gates.json: {e}"))
 }
 
+/// [`gates_from_config_map`] of the ConfigMap `what` names, its error an [`EngineError`].
+fn read_gates(cm: &ConfigMap, what: &str) -> Result<GatesDoc, EngineError> {
+    gates_from_config_map(cm).map_err(|reason| EngineError::Call {
+        action: "read",
+        object: what.to_string(),
+        reason,
+    })
+}
+
 /// The label value that marks a ConfigMap as a run record.
 pub const STATE_LABEL: &str = "rollout.state";
 
@@ -147,19 +156,11 @@ impl RunLedger for ConfigMaps {
         let ns = namespace(env);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         let what = format!("ConfigMap {GATES} in {ns}");
-        match api.get_opt(GATES).await {
-            Ok(None) => Ok(None),
-            Ok(Some(cm)) => {
-                gates_from_config_map(&cm)
-                    .map(Some)
-                    .map_err(|reason| EngineError::Call {
-                        action: "read",
-                        object: what,
-                        reason,
-                    })
-            }
-            Err(e) => Err(api_error(e, "read", &what)),
-        }
+        let current = api
+            .get_opt(GATES)
+            .await
+            .map_err(|e| api_error(e, "read", &what))?;
+        current.as_ref().map(|cm| read_gates(cm, &what)).transpose()
     }
 
     /// Read, changed, and written back with the `resourceVersion` read (a replace, or a create
@@ -180,13 +181,8 @@ impl RunLedger for ConfigMaps {
                 .map_err(|e| api_error(e, "read", &what))?;
             let read = current
                 .as_ref()
-                .map(gates_from_config_map)
-                .transpose()
-                .map_err(|reason| EngineError::Call {
-                    action: "read",
-                    object: what.clone(),
-                    reason,
-                })?;
+                .map(|cm| read_gates(cm, &what))
+                .transpose()?;
             let Some(doc) = change(read.as_ref()) else {
                 return Ok(None);
             };
