@@ -235,8 +235,9 @@ pub enum HealthState {
     Unhealthy,
 }
 
-/// How a volume copy was made, for what the run says of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a volume copy was made, for what the run says of it; ordered from the most consistent
+/// to the least (a service's copy is as consistent as its least consistent volume's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Copied {
     /// File by file from the volume itself (consistent if its container was paused).
     Files,

@@ -307,10 +307,10 @@ async fn prepare_volumes(
         }
         let paused_at = Instant::now();
         let mut result = Ok(());
-        let mut streamed = false;
+        let mut copied = Copied::Files;
         for (from, to) in &sources {
             match engine.copy_volume(from, to, labels).await {
-                Ok(how) => streamed |= how == Copied::Streamed,
+                Ok(how) => copied = copied.max(how),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -328,21 +328,23 @@ async fn prepare_volumes(
             service: svc.name.clone(),
             reason: e.to_string(),
         })?;
-        let how = match running {
-            _ if streamed => format!(
+        let how = match (copied, running) {
+            (Copied::Streamed, _) => format!(
                 "copied file by file by copy Jobs on {} while production kept running (no snapshot to take, a pod cannot be paused: a file written during the copy may arrive torn)",
                 engine.describe()
             ),
-            Some(_) => format!(
+            (Copied::Snapshot, _) => format!(
+                "copied from a snapshot of production's volumes on {} (crash-consistent, production not paused)",
+                engine.describe()
+            ),
+            (Copied::Files, Some(_)) => format!(
                 "copied while production {} was paused for {}",
                 svc.name,
                 crate::progress::seconds(paused_for)
             ),
-            None if !frozen => format!(
-                "copied from a snapshot of production's volumes on {} (crash-consistent, production not paused)",
-                engine.describe()
-            ),
-            None => "copied (production container not running, no pause needed)".to_string(),
+            (Copied::Files, None) => {
+                "copied (production container not running, no pause needed)".to_string()
+            }
         };
         progress.end(&task, Status::Ok, &how, t0.elapsed());
     }
