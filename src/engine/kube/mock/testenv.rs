@@ -404,6 +404,16 @@ const SINK_PODS: &str =
 const SOURCE_PODS: &str = "/api/v1/namespaces/rollout-shop/pods?&labelSelector=rollout.copy%3Dshop-test-r9-db-data-source";
 const SINK_REFUSED: &str = "/api/v1/namespaces/shop-test-r9/events?&fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3Dshop-test-r9-db-data-sink%2Creason%3DFailedCreate";
 
+/// Job `name` (at `uri`) deleted with its pods (`Background`), then found gone.
+fn deleted(uri: &str, name: &str) -> [Exchange; 2] {
+    [
+        on(Method::DELETE, &format!("{uri}?"))
+            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        on(Method::GET, uri).reply(404, not_found("jobs.batch", name)),
+    ]
+}
+
 fn job_status(name: &str, ns: &str, status: Value) -> Value {
     json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": name, "namespace": ns }, "status": status })
 }
@@ -522,9 +532,8 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
         on(Method::DELETE, &format!("{SOURCE_JOB}?")).body(background).ok(success()),
         on(Method::GET, SOURCE_JOB).ok(job_status("shop-test-r9-db-data-source", "rollout-shop", json!({ "succeeded": 1 }))),
         on(Method::GET, SOURCE_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
-        on(Method::DELETE, &format!("{SINK_JOB}?")).body(background).ok(success()),
-        on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
+    copy.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
     script.splice(fresh..fresh, copy);
     let progress = Recorded::default();
     let t = up_copying_db(
@@ -551,7 +560,6 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
 /// the test version goes on failing. No pod of the test version has started.
 #[tokio::test(start_paused = true)]
 async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted() {
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     let mut script = up_script("host:1:2".into());
     script.truncate(2);
     script.extend(copy_by_jobs_begins());
@@ -602,12 +610,9 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
             "/api/v1/namespaces/rollout-shop/pods/source-y2/log?&tailLines=20",
         )
         .text("tar: ./pg_wal/000000010000000000000003: Permission denied\n"),
-        on(Method::DELETE, &format!("{SOURCE_JOB}?")).ok(success()),
-        on(Method::GET, SOURCE_JOB)
-            .reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
-        on(Method::DELETE, &format!("{SINK_JOB}?")).ok(success()),
-        on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
+    script.extend(deleted(SOURCE_JOB, "shop-test-r9-db-data-source"));
+    script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
     let err = up_copying_db(
         script,
         Some("registry.example/tools/busybox:1.36"),
@@ -663,7 +668,6 @@ async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job
 /// (the source was never created: its delete finds nothing).
 #[tokio::test(start_paused = true)]
 async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     let forbidden = "pods \"shop-test-r9-db-data-sink-4x8kq\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
     let mut script = up_script("host:1:2".into());
     script.truncate(2);
@@ -680,9 +684,8 @@ async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
         )),
         on(Method::DELETE, &format!("{SOURCE_JOB}?"))
             .reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
-        on(Method::DELETE, &format!("{SINK_JOB}?")).ok(success()),
-        on(Method::GET, SINK_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-sink")),
     ]);
+    script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
     let err = up_copying_db(
         script,
         Some("registry.example/tools/busybox:1.36"),
