@@ -14,24 +14,25 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::first_line;
 use super::journal::Journal;
 use super::report::{
     self, CanaryFigures, Emergency, Outcome, RunKind, RunReport, StepReport, StepStatus,
 };
-use super::{first_line, run_checks, teardown};
-use crate::check::{Endpoint, Target};
+use super::settle;
+use super::walk::{Mode, Production, Walk};
+use crate::check::Endpoint;
 use crate::edge;
 use crate::engine::spec::{production_container, production_network, production_volume};
 use crate::engine::{ContainerState, Engine, Role, Traffic, Unrouted};
-use crate::gate::window;
+use crate::gate;
 use crate::manifest::env::{Environment, Service};
-use crate::manifest::playbook::{self, Analysis, Playbook, Step, Target as StepTarget};
-use crate::plan::{Action, Gate, Plan};
+use crate::manifest::playbook::{self, Analysis, Playbook, Step};
+use crate::plan::{Action, Plan};
 use crate::progress::{Progress, Status};
 use crate::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
 use crate::proxy::stats::{StatsSnapshot, Window};
-use crate::store::{Awaited, Grant, GrantKind, NewRevision, RevisionOutcome};
-use crate::testenv::{self, TestEnv};
+use crate::store::{Grant, NewRevision};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -87,16 +88,17 @@ pub(super) struct Deployment<'a> {
     /// the next whole routing ends the split.
     split: bool,
     /// How long the switch to the new version took (the routing update alone).
-    switch_ms: Option<u64>,
+    pub(super) switch_ms: Option<u64>,
     /// How long putting the old version back took, from the failure to the routes.
-    rollback_ms: Option<u64>,
+    pub(super) rollback_ms: Option<u64>,
     /// The current canary step's figures, per candidate, for the report.
-    canary_figures: Vec<CanaryFigures>,
+    pub(super) canary_figures: Vec<CanaryFigures>,
     /// [`Traffic::Services`]: how the current canary step split each service.
     splits: Vec<(String, crate::engine::Split)>,
 }
 
-/// Runs `playbook` against production for the changes in `plan`.
+/// Runs `playbook` against production for the changes in `plan` (a promotion, or a rollback
+/// when `opts.kind` says so).
 #[allow(clippy::too_many_arguments)]
 pub async fn promote(
     engine: &dyn Engine,
@@ -111,11 +113,18 @@ pub async fn promote(
     cancel: &CancellationToken,
 ) -> RunReport {
     let started = Instant::now();
+    let mode = Mode::of(opts.kind);
     let mut report = RunReport::new(opts.kind, run, env, playbook, now);
     report.reason = opts.reason.clone();
     report.emergency = opts.emergency.clone().map(|reason| Emergency { reason });
     report.changes = report::changes(&plan.services, &report::snapshots(env));
-    if let Some(reason) = refusal(playbook, now, opts) {
+    let request = gate::Request {
+        kind: opts.kind,
+        run,
+        emergency: opts.emergency.as_deref(),
+    };
+    let decision = gate::evaluate(&plan.gates, playbook, &opts.grants, now, request);
+    if let gate::Decision::Refused { reason } = decision {
         report.outcome = Outcome::Refused { reason };
         return report;
     }
@@ -130,65 +139,26 @@ pub async fn promote(
             r.clone(),
         ));
     }
-    // Third parties first: without their authorization nothing starts.
-    let mut awaiting = Vec::new();
-    let mut gate_reasons = Vec::new();
-    for g in &plan.gates {
-        let Gate::ThirdParty { party, services } = g else {
-            continue;
-        };
-        let recorded: Vec<&Grant> = opts
-            .grants
-            .iter()
-            .filter(|x| x.kind == GrantKind::Authorization && &x.gate == party)
-            .collect();
-        match recorded.iter().rev().find(|x| x.valid_at(now)) {
-            Some(x) => report.authorizations.push(report::Authorization {
-                party: party.clone(),
-                reference: x.reference.clone().unwrap_or_default(),
-                by: x.who.clone(),
-                note: x.note.clone(),
-                expires: x.expires,
-            }),
-            None if opts.kind == RunKind::Rollback => {
-                report.outcome = Outcome::Refused {
-                    reason: format!(
-                        "{} managed by third party `{party}`: a rollback changes it too and needs its authorization, which only a parked promotion can wait for; promote the previous manifest instead (`rollout promote` parks until `rollout approve RUN --by {party}` records it)",
-                        services.join(", ")
-                    ),
-                };
-                return report;
-            }
-            None => {
-                let expired = recorded
-                    .last()
-                    .and_then(|x| x.expires)
-                    .map(|e| {
-                        format!(
-                            " (its authorization expired at {})",
-                            e.strftime("%Y-%m-%d %H:%M UTC")
-                        )
-                    })
-                    .unwrap_or_default();
-                gate_reasons.push(format!(
-                    "{} managed by third party `{party}`: its recorded authorization is required{expired}; record it with `rollout approve {run} --by {party} --reference REF [--expires WHEN]`",
-                    services.join(", ")
-                ));
-                awaiting.push(Awaited {
-                    kind: GrantKind::Authorization,
-                    gate: party.clone(),
-                    services: services.clone(),
+    match decision {
+        gate::Decision::Refused { .. } => unreachable!("returned above"),
+        // Third parties first: without their authorization nothing starts.
+        gate::Decision::Await { awaiting, reason } => {
+            report.awaiting = awaiting;
+            report.gate_step = Some(opts.resume.as_ref().map_or(0, |r| r.gate_step));
+            report.outcome = Outcome::Refused { reason };
+            return report;
+        }
+        gate::Decision::Proceed { authorized } => {
+            for (party, x) in authorized {
+                report.authorizations.push(report::Authorization {
+                    party,
+                    reference: x.reference.clone().unwrap_or_default(),
+                    by: x.who.clone(),
+                    note: x.note.clone(),
+                    expires: x.expires,
                 });
             }
         }
-    }
-    if !awaiting.is_empty() {
-        report.awaiting = awaiting;
-        report.gate_step = Some(opts.resume.as_ref().map_or(0, |r| r.gate_step));
-        report.outcome = Outcome::Refused {
-            reason: gate_reasons.join("; "),
-        };
-        return report;
     }
     let first_step = match &opts.resume {
         Some(r) => {
@@ -204,320 +174,75 @@ pub async fn promote(
         }
         None => 0,
     };
-    let mut d = match Deployment::new(engine, env, plan, run, opts.bind, journal, cancel).await {
+    let deployment = match Deployment::new(engine, env, plan, run, opts.bind, journal, cancel).await
+    {
         Ok(d) => d,
         Err(Stop(reason)) => {
             report.outcome = Outcome::Failed { reason };
             return report;
         }
     };
-    // The revision begins with the first step that changes production: a run stopped before
-    // (a failed test version, a gate waiting for people) never touched it.
-    let mut revision: Option<u64> = None;
-
-    let mut test_env: Option<TestEnv> = None;
-    let mut failed: Option<String> = None;
-    let steps: Vec<Step> = if opts.kind == RunKind::Rollback {
-        vec![Step::Promote {
-            drain: playbook::DEFAULT_DRAIN,
-        }]
-    } else {
-        playbook.steps.clone()
+    let steps = mode.steps(playbook);
+    let mut w = Walk {
+        engine,
+        env,
+        playbook,
+        run,
+        now,
+        mode,
+        progress,
+        cancel,
+        report,
+        test_env: None,
+        // A resumed run began its test version before its gate.
+        made_test_env: steps
+            .iter()
+            .take(first_step)
+            .any(|s| matches!(s, Step::TestEnv { .. })),
+        parked: false,
+        production: Some(Production {
+            journal,
+            plan,
+            opts,
+            deployment,
+            revision: None,
+        }),
     };
-    let mut parked = false;
-    for (index, step) in steps.iter().enumerate() {
-        if index < first_step {
-            continue;
-        }
-        let description = playbook::describe(step);
-        if let Some(why) = &failed {
-            report.steps.push(StepReport::new(
-                index,
-                &description,
-                StepStatus::NotRun,
-                format!("not run: {}", first_line(why)),
-            ));
-            continue;
-        }
-        if cancel.is_cancelled() {
-            failed = Some("stopped by a signal".into());
-            continue;
-        }
-        progress.note(&format!("{}. {description}", index + 1));
-        if matches!(step, Step::Canary { .. } | Step::Promote { .. }) && revision.is_none() {
-            match begin_revision(journal, env, playbook, plan, run, now, opts, &report, &d).await {
-                Ok(n) => {
-                    progress.note(&format!("revision {n} of {}", env.name));
-                    report.revision = Some(n);
-                    revision = Some(n);
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    continue;
-                }
-            }
-        }
-        let t0 = Instant::now();
-        let mut sr = StepReport::new(index, &description, StepStatus::Ok, String::new());
-        let result: Result<String, Stop> = match step {
-            Step::TestEnv { ttl, copy_data } => {
-                let o = testenv::Options {
-                    ttl: *ttl,
-                    copy_data: copy_data.clone(),
-                    owner: Some(testenv::owner::current()),
-                };
-                let up = match journal.intent("testEnv", serde_json::json!({})).await {
-                    Ok(()) => testenv::up(engine, env, run, &o, now, progress, cancel)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                match up {
-                    Ok(t) => {
-                        if let Err(e) = journal.done("testEnv", serde_json::json!({})).await {
-                            progress.note(&format!("  {e}"));
-                        }
-                        let detail = format!("test version {} is up", t.network);
-                        test_env = Some(t);
-                        Ok(detail)
-                    }
-                    Err(e) => Err(Stop(e)),
-                }
-            }
-            Step::Smoke { target, checks } => {
-                let services = match target {
-                    StepTarget::Test => test_env
-                        .as_ref()
-                        .map(|t| t.services.clone())
-                        .unwrap_or_default(),
-                    StepTarget::Production => d.production_endpoints().await,
-                };
-                let t = Target {
-                    engine,
-                    services,
-                    environment: env,
-                };
-                let results = run_checks(&t, env, checks, progress, cancel).await;
-                let failures = results.iter().filter(|r| !r.verdict.passed()).count();
-                let detail = format!(
-                    "{} of {} checks passed",
-                    results.len() - failures,
-                    results.len()
-                );
-                sr.checks = results;
-                if failures > 0 {
-                    Err(Stop(detail))
-                } else {
-                    Ok(detail)
-                }
-            }
-            Step::Approve { by } => {
-                let starter = report.user.clone();
-                let approval = opts.grants.iter().rev().find(|x| {
-                    x.kind == GrantKind::Approval
-                        && &x.gate == by
-                        && !(playbook.two_person_rule && x.who == starter)
-                });
-                match approval {
-                    Some(x) => {
-                        report.approvals.push(report::Approval {
-                            by: x.who.clone(),
-                            role: by.clone(),
-                            at: x.at,
-                            note: x.note.clone(),
-                        });
-                        Ok(format!(
-                            "approved by {} as `{by}`{}",
-                            x.who,
-                            x.note
-                                .as_deref()
-                                .map(|n| format!(": {n}"))
-                                .unwrap_or_default()
-                        ))
-                    }
-                    None => {
-                        parked = true;
-                        report.awaiting = vec![Awaited {
-                            kind: GrantKind::Approval,
-                            gate: by.clone(),
-                            services: Vec::new(),
-                        }];
-                        report.gate_step = Some(index);
-                        sr.status = StepStatus::NotRun;
-                        Err(Stop(format!(
-                            "waiting for an approval by `{by}`: `rollout approve {run} --by {by} [--note TEXT]`{}, then `rollout promote` resumes the run from this step",
-                            if playbook.two_person_rule {
-                                format!(" by someone other than {starter} (two-person rule)")
-                            } else {
-                                String::new()
-                            }
-                        )))
-                    }
-                }
-            }
-            Step::Canary {
-                weight,
-                hold,
-                analysis,
-            } => {
-                if d.old_public().is_empty() {
-                    sr.status = StepStatus::Skipped;
-                    Ok(
-                        "skipped: no running version of a public service to share traffic with"
-                            .into(),
-                    )
-                } else {
-                    d.canary(*weight, *hold, analysis.as_ref(), progress, cancel)
-                        .await
-                }
-            }
-            Step::Promote { drain } => d.switch(*drain, progress).await,
-        };
-        sr.elapsed_ms = t0.elapsed().as_millis() as u64;
-        sr.canary = std::mem::take(&mut d.canary_figures);
-        match result {
-            Ok(detail) => {
-                sr.detail = detail;
-                let status = if sr.status == StepStatus::Skipped {
-                    Status::Skipped
-                } else {
-                    Status::Ok
-                };
-                progress.end(&description, status, &sr.detail, t0.elapsed());
-            }
-            Err(Stop(reason)) => {
-                sr.status = if parked {
-                    StepStatus::NotRun
-                } else {
-                    StepStatus::Failed
-                };
-                sr.detail = reason.clone();
-                progress.end(
-                    &description,
-                    if parked {
-                        Status::Skipped
-                    } else {
-                        Status::Failed
-                    },
-                    &first_line(&reason),
-                    t0.elapsed(),
-                );
-                failed = Some(reason);
-            }
-        }
-        report.steps.push(sr);
-    }
+    let mut failed = w.steps(first_step).await;
     let signalled = cancel.is_cancelled();
-    if signalled && failed.is_none() {
-        failed = Some("stopped by a signal".into());
-    }
+    let p = w
+        .production
+        .as_mut()
+        .expect("a promotion has a production side");
+    let d = &mut p.deployment;
     // A run must reach `promote`: a playbook that only canaries never switches production.
     if failed.is_none() && !d.switched() {
         failed = Some("the playbook has no promote step: production was not switched".into());
     }
-    let touched = d.touched();
-    // Stopped by a signal after the switch: the new version serves, drained into; finishing is
-    // the safe way out (as recovery does), switching back would be a second change.
-    let keep = signalled && d.switched();
-    let unsettled = |what: &str, e: &str| Outcome::Failed {
-        reason: format!(
-            "{what}: {e}; the journal keeps the run open, so the next rollout command for {} finishes it",
-            env.name
-        ),
+    let facts = settle::Facts {
+        failed,
+        parked: w.parked,
+        signalled,
+        switched: d.switched(),
+        touched: d.touched(),
     };
-    let (outcome, settled) = match &failed {
-        // Parked at a gate: approve steps come before anything changes production.
-        Some(reason) if parked => (
-            Outcome::Refused {
-                reason: reason.clone(),
-            },
-            true,
-        ),
-        None => match d.finish(progress).await {
-            Ok(()) => (Outcome::Promoted, true),
-            Err(Stop(e)) => (
-                unsettled("promoted, but removing the old version failed", &e),
-                false,
-            ),
-        },
-        Some(reason) if keep => match d.finish(progress).await {
-            Ok(()) => (
-                Outcome::Cancelled {
-                    reason: format!(
-                        "{reason} after the switch: the new version serves; the steps after it did not run"
-                    ),
-                },
-                true,
-            ),
-            Err(Stop(e)) => (
-                unsettled(
-                    &format!("{reason} after the switch; removing the old version failed"),
-                    &e,
-                ),
-                false,
-            ),
-        },
-        Some(reason) => match (touched, d.undo(progress).await) {
-            (false, Ok(())) if signalled => (
-                Outcome::Cancelled {
-                    reason: reason.clone(),
-                },
-                true,
-            ),
-            (false, Ok(())) => (
-                Outcome::Failed {
-                    reason: reason.clone(),
-                },
-                true,
-            ),
-            (true, Ok(())) if signalled => (
-                Outcome::Cancelled {
-                    reason: format!("{reason}; the previous version was put back"),
-                },
-                true,
-            ),
-            (true, Ok(())) => (
-                Outcome::RolledBack {
-                    reason: reason.clone(),
-                },
-                true,
-            ),
-            (_, Err(Stop(e))) => (
-                unsettled(
-                    &format!("{reason}; putting the previous version back failed too"),
-                    &e,
-                ),
-                false,
-            ),
-        },
+    let done = match settle::action(&facts) {
+        settle::Action::Park => Ok(()),
+        settle::Action::Finish => d.finish(progress).await,
+        settle::Action::Undo => d.undo(progress).await,
     };
-    if test_env.is_some()
-        || report
-            .steps
-            .iter()
-            .any(|s| s.description.starts_with("testEnv"))
-    {
-        report.teardown = Some(teardown(engine, env, run, progress).await);
-    }
-    if let (true, Some(number)) = (settled, revision) {
-        let revision_outcome = match &outcome {
-            Outcome::Promoted => RevisionOutcome::Promoted,
-            Outcome::Cancelled { .. } if keep => RevisionOutcome::Promoted,
-            Outcome::RolledBack { reason } => RevisionOutcome::RolledBack {
-                reason: reason.clone(),
-            },
-            Outcome::Cancelled { reason } if touched => RevisionOutcome::RolledBack {
-                reason: reason.clone(),
-            },
-            Outcome::Failed { reason } | Outcome::Cancelled { reason } => RevisionOutcome::Failed {
-                reason: reason.clone(),
-            },
-            other => RevisionOutcome::Failed {
-                reason: format!("unexpected outcome {other:?}"),
-            },
-        };
+    let settled = settle::outcome(
+        &facts,
+        done.as_ref().map(|_| ()).map_err(|Stop(e)| e.as_str()),
+        &env.name,
+    );
+    let (switch_ms, rollback_ms, revision) = (d.switch_ms, d.rollback_ms, p.revision);
+    w.teardown().await;
+    let mut report = w.report;
+    if let (true, Some(number)) = (settled.settled, revision) {
+        let revision_outcome = settle::revision_outcome(&facts, &settled.outcome);
         let (name, r) = (env.name.clone(), run.to_string());
-        let data = serde_json::to_value(&outcome).unwrap_or_default();
+        let data = serde_json::to_value(&settled.outcome).unwrap_or_default();
         let ended = match journal
             .store()
             .call(move |s| s.end_run(&name, &r, number, revision_outcome, &data))
@@ -534,16 +259,16 @@ pub async fn promote(
             crate::exec::journal::crash_point("end.done");
         }
     }
-    report.switch_ms = d.switch_ms;
-    report.rollback_ms = d.rollback_ms;
-    report.outcome = outcome;
+    report.switch_ms = switch_ms;
+    report.rollback_ms = rollback_ms;
+    report.outcome = settled.outcome;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
 
 /// Records the run's revision and its journal's `begin`, just before production is changed.
 #[allow(clippy::too_many_arguments)]
-async fn begin_revision(
+pub(super) async fn begin_revision(
     journal: &Journal,
     env: &Environment,
     playbook: &Playbook,
@@ -607,34 +332,8 @@ pub(super) struct Begin {
     pub removed: Vec<String>,
 }
 
-/// A gate that is closed before anything starts: the window, approvals, third parties.
-fn refusal(playbook: &Playbook, now: jiff::Timestamp, opts: &Options) -> Option<String> {
-    if opts.kind == RunKind::Rollback {
-        return None;
-    }
-    if let (Some(w), None) = (&playbook.window, &opts.emergency)
-        && let window::State::Closed { why, next } = window::check(w, now)
-    {
-        let next = next
-            .map(|n| format!("; it opens next at {}", n.strftime("%a %Y-%m-%d %H:%M %Z")))
-            .unwrap_or_default();
-        return Some(format!(
-            "{why} ({} {}-{} {}){next}; use --emergency --reason TEXT to override",
-            w.days
-                .iter()
-                .map(|d| playbook::weekday_name(*d))
-                .collect::<Vec<_>>()
-                .join(","),
-            w.from,
-            w.to,
-            w.tz
-        ));
-    }
-    None
-}
-
 impl<'a> Deployment<'a> {
-    async fn new(
+    pub(super) async fn new(
         engine: &'a dyn Engine,
         env: &'a Environment,
         plan: &Plan,
@@ -756,12 +455,12 @@ impl<'a> Deployment<'a> {
     }
 
     /// The promote step's switch happened: all traffic went to the new version.
-    fn switched(&self) -> bool {
+    pub(super) fn switched(&self) -> bool {
         self.switch_ms.is_some()
     }
 
     /// Changed public services that have a running old version (the ones a canary can split).
-    fn old_public(&self) -> Vec<&'a Service> {
+    pub(super) fn old_public(&self) -> Vec<&'a Service> {
         self.changed
             .iter()
             .copied()
@@ -992,7 +691,7 @@ impl<'a> Deployment<'a> {
         admin.stats().await.map_err(|e| Stop(e.to_string()))
     }
 
-    async fn canary(
+    pub(super) async fn canary(
         &mut self,
         weight: playbook::Weight,
         hold: Duration,
@@ -1220,7 +919,11 @@ impl<'a> Deployment<'a> {
 
     /// The promote step: candidates up, stateful services stop-started, all traffic switched,
     /// the old version drained.
-    async fn switch(&mut self, drain: Duration, progress: &dyn Progress) -> Result<String, Stop> {
+    pub(super) async fn switch(
+        &mut self,
+        drain: Duration,
+        progress: &dyn Progress,
+    ) -> Result<String, Stop> {
         self.start_candidates(progress).await?;
         for svc in self.changed.clone() {
             if !svc.stateful || self.candidates.contains_key(&svc.name) {
@@ -1345,7 +1048,7 @@ impl<'a> Deployment<'a> {
     }
 
     /// Where each service runs in production now: candidates for changed ones, else the old.
-    async fn production_endpoints(&self) -> BTreeMap<String, Endpoint> {
+    pub(super) async fn production_endpoints(&self) -> BTreeMap<String, Endpoint> {
         let mut out = BTreeMap::new();
         for svc in &self.env.services {
             let container = self

@@ -13,7 +13,7 @@ use super::report::{Outcome, RunKind};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
 use crate::progress::Progress;
-use crate::store::{JournalEntry, RevisionOutcome, Store};
+use crate::store::{JournalEntry, Store};
 use crate::testenv::owner::{self, Liveness};
 
 /// What recovery did with one interrupted run.
@@ -101,23 +101,7 @@ pub async fn recover(
     super::teardown(engine, env, run, progress).await;
     let reason =
         format!("interrupted after `{last_step}` (left by {left_by}); {action} by run {by}");
-    let (outcome, revision_outcome) = if switched {
-        (Outcome::Promoted, RevisionOutcome::Promoted)
-    } else if touched {
-        (
-            Outcome::RolledBack {
-                reason: reason.clone(),
-            },
-            RevisionOutcome::RolledBack { reason },
-        )
-    } else {
-        (
-            Outcome::Cancelled {
-                reason: reason.clone(),
-            },
-            RevisionOutcome::Failed { reason },
-        )
-    };
+    let (outcome, revision_outcome) = super::settle::recovered(switched, touched, reason);
     let (name, r, number) = (env.name.clone(), run.to_string(), begin.revision);
     let data = serde_json::to_value(&outcome).unwrap_or_default();
     store

@@ -384,7 +384,10 @@ async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_d
     let report = &ran.report;
     assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     let details: Vec<&str> = report.steps.iter().map(|s| s.detail.as_str()).collect();
-    assert_eq!(details[0], "test version shop-test-r9 is up");
+    assert_eq!(
+        details[0],
+        "test version shop-test-r9 is up: 2 services healthy"
+    );
     assert_eq!(details[1], "1 of 1 checks passed");
     assert_eq!(details[3], "1 of 1 checks passed");
     let teardown = report.teardown.as_ref().unwrap();

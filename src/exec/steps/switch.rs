@@ -1,0 +1,15 @@
+//! `promote`: the switch. Candidates up, stateful services stop-started, all traffic on the
+//! new version, the old version drained (its removal waits for the end of the run).
+
+use std::time::Duration;
+
+use super::super::promote::Stop;
+use super::super::walk::Walk;
+
+pub(super) async fn run(w: &mut Walk<'_>, drain: Duration) -> Result<String, Stop> {
+    let progress = w.progress;
+    super::production(w)?
+        .deployment
+        .switch(drain, progress)
+        .await
+}
