@@ -306,7 +306,7 @@ pub(crate) async fn lock_and_recover(
     // The platform's own lock, where several machines manage the environment (kubernetes).
     let holder = crate::engine::kube::lease::holder(
         &crate::exec::report::current_user(),
-        &crate::testenv::owner::current(),
+        &crate::owner::current(),
         run,
     );
     if let Some(shared) = engine.shared_lock(&env.name, &holder) {

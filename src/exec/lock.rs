@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::kube::lease::{self, LeaseError, LeaseLock};
 use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
-use crate::testenv::owner::{self, Liveness};
+use crate::owner::{self, Liveness};
 
 /// How long a lock stays valid without being renewed.
 pub const LEASE: Duration = Duration::from_secs(15);

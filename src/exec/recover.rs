@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::manifest::env::Environment;
 use crate::progress::Progress;
 use crate::store::{JournalEntry, RevisionOutcome, Store};
-use crate::testenv::owner::{self, Liveness};
+use crate::owner::{self, Liveness};
 
 /// What recovery did with one interrupted run.
 #[derive(Debug, Clone, serde::Serialize)]

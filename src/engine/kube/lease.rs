@@ -160,7 +160,7 @@ impl LeaseLock {
             .map_err(|e| self.api_err("read", e))?;
         let gone = |h: &str| {
             holder_owner(h).is_some_and(|o| {
-                crate::testenv::owner::liveness(o) == crate::testenv::owner::Liveness::Dead
+                crate::owner::liveness(o) == crate::owner::Liveness::Dead
             })
         };
         let decision = decide(found.as_ref(), &self.holder, now, &gone);

@@ -655,7 +655,7 @@ async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
     // No pid reaches 2^22 + 1 (Linux's pid_max is at most 2^22).
     let dead = super::lease::holder(
         "bob",
-        &format!("{}:4194305:1", crate::testenv::owner::hostname()),
+        &format!("{}:4194305:1", crate::owner::hostname()),
         "r0",
     );
     let (client, server) = serve(vec![
