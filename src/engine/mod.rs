@@ -1,11 +1,13 @@
 //! The seam between rollout's decisions and the container platform.
 //!
 //! [`Engine`] is ours: bollard has no trait. [`docker::DockerEngine`] talks to a real engine,
-//! [`fake::FakeEngine`] is a scripted stand-in for unit tests of the code above the seam.
+//! `fake::FakeEngine` is a scripted stand-in for tests of the code above the seam, compiled only
+//! for tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
 //! Everything rollout creates carries the labels in [`labels`], and [`Engine::observe`] reads an
 //! environment back from those labels alone.
 
 pub mod docker;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod image;
 pub mod kube;
