@@ -8,7 +8,7 @@
 //! |                   | test version                                                          |
 //! | container         | Deployment of one replica, its secrets in a Secret of the same name   |
 //! | container's ports | a Service named after the manifest service, created with the first    |
-//! |                   | Deployment of the service; [`Engine::route_service`] moves it         |
+//! |                   | Deployment of the service; [`ServiceTraffic::route_service`] moves it |
 //! | volume            | PersistentVolumeClaim (in the namespace its labels name); a copy is a  |
 //! |                   | VolumeSnapshot moved into the test namespace ([`snapshot`]), else two |
 //! |                   | Jobs streaming a tar from production's claim to the test claim        |
@@ -19,11 +19,11 @@
 //! |                   | the pod's `exec` ([`forward`])                                        |
 //!
 //! The executor is the same as on Docker; where the platform differs it asks the engine:
-//! [`Traffic::Services`] (a Service's selector moves traffic, whole, instead of the edge proxy;
+//! [`Traffic::Services`](crate::engine::Traffic::Services) (a Service's selector moves traffic, whole, instead of the edge proxy;
 //! a canary splits it by HTTPRoute weights or a replica ratio, [`canary`]; the old pods are
 //! waited out of its EndpointSlices before their Deployment goes) and [`Probes::ByPlatform`]
 //! (the manifest's probe is the pods' readiness probe; rollout reads the result from
-//! [`Engine::status`]; a canary's request figures come from Prometheus, [`Engine::measure`]).
+//! [`Engine::status`]; a canary's request figures come from Prometheus, [`ServiceTraffic::measure`]).
 //!
 //! Everything is written with server-side apply under the field manager `rollout`, without
 //! forcing: a field another manager owns is a 409 the user sees, never silently taken over.
@@ -68,7 +68,7 @@ use serde::de::DeserializeOwned;
 use super::{
     ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EnvValue, EventStream, ExecOutput,
     LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
-    Removed, ServiceSnapshot, Split, Traffic, Unrouted, image, labels,
+    Removed, ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, image, labels,
 };
 use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
@@ -143,7 +143,7 @@ impl KubeEngine {
         self
     }
 
-    /// The engine asking `prometheus` for a canary's figures ([`Engine::measure`]).
+    /// The engine asking `prometheus` for a canary's figures ([`ServiceTraffic::measure`]).
     pub fn with_prometheus(
         mut self,
         prometheus: Option<crate::manifest::config::Prometheus>,
@@ -804,86 +804,12 @@ impl Engine for KubeEngine {
         self.context.clone()
     }
 
-    fn traffic(&self) -> Traffic {
-        Traffic::Services
-    }
-
     fn probes(&self) -> Probes {
         Probes::ByPlatform
     }
 
-    /// The blue-green switch: Service `service` is applied whole, selecting exactly the pods of
-    /// Deployment `container`. Nothing else changes; the previous Deployment keeps running until
-    /// it is removed.
-    async fn route_service(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-    ) -> Result<(), EngineError> {
-        let ns = namespace(env);
-        let deployments: Api<Deployment> = self.api(&ns);
-        let d = deployments
-            .get_opt(container)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("Deployment {container}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "switch",
-                object: format!("Service {service}"),
-                reason: format!("its target, Deployment {container}, is not in {ns}"),
-            })?;
-        let Some(svc) = service_for(service, &d) else {
-            // No port: nothing reaches it through a Service.
-            return Ok(());
-        };
-        let api: Api<KService> = self.api(&ns);
-        api.patch(
-            service,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&svc),
-        )
-        .await
-        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
-        Ok(())
-    }
-
-    /// Watches the Service's EndpointSlices until no endpoint is a pod of `container`
-    /// ([`watch`]: a 410 Gone lists them again).
-    async fn wait_unrouted(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-        limit: Duration,
-    ) -> Result<Unrouted, EngineError> {
-        self.wait_out_of_endpoints(&namespace(env), service, container, limit)
-            .await
-    }
-
-    /// A canary: weights on the HTTPRoute that sends to the service, else a replica ratio
-    /// ([`canary`]).
-    async fn split_service(
-        &self,
-        env: &str,
-        service: &str,
-        stable: &str,
-        candidate: &str,
-        percent: u8,
-    ) -> Result<Split, EngineError> {
-        self.split(env, service, stable, candidate, percent).await
-    }
-
-    async fn end_split(
-        &self,
-        env: &str,
-        service: &str,
-        kept: Option<&str>,
-    ) -> Result<(), EngineError> {
-        self.unsplit(env, service, kept).await
-    }
-
-    fn measures(&self) -> bool {
-        self.prometheus.is_some()
+    fn services(&self) -> Option<&dyn ServiceTraffic> {
+        Some(self)
     }
 
     /// Run records as ConfigMaps in `rollout-<env>` ([`ledger`]).
@@ -893,56 +819,13 @@ impl Engine for KubeEngine {
         )))
     }
 
-    /// The Service of a service dropped from the manifest (and a canary Service a crash left).
-    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
-        let api: Api<KService> = self.api(&namespace(env));
-        for name in [service.to_string(), canary::canary_service(service)] {
-            delete_ok(
-                api.delete(&name, &DeleteParams::background()).await,
-                &format!("Service {name}"),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The candidate's figures from Prometheus, when rollout.yaml names one.
-    async fn measure(
-        &self,
-        env: &str,
-        service: &str,
-        candidate: &str,
-        window: Duration,
-    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
-        let Some(settings) = &self.prometheus else {
-            return Ok(None);
-        };
-        let ns = namespace(env);
-        let vars = crate::prometheus::Vars {
-            namespace: &ns,
-            service,
-            deployment: candidate,
-            window,
-        };
-        crate::prometheus::measure(settings, &vars)
-            .await
-            .map(Some)
-            .map_err(|reason| EngineError::Call {
-                action: "measure",
-                object: format!(
-                    "the {service} candidate ({candidate}) in Prometheus {}",
-                    settings.url
-                ),
-                reason,
-            })
-    }
-
-    fn shared_lock(&self, env: &str, holder: &str) -> Option<lease::LeaseLock> {
-        Some(lease::LeaseLock::new(
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<Box<dyn SharedLock>> {
+        Some(Box::new(lease::LeaseLock::new(
             self.client.clone(),
             env,
             holder,
             LEASE_SECONDS,
-        ))
+        )))
     }
 
     async fn observe(&self, environment: &str) -> Result<Observed, EngineError> {
@@ -1372,6 +1255,127 @@ impl Engine for KubeEngine {
         Err(unsupported(&format!(
             "the edge proxy's addresses ({container}): traffic moves through Services"
         )))
+    }
+}
+
+/// Traffic moves through Services: a selector switch, a canary split, their endpoints watched.
+#[async_trait]
+impl ServiceTraffic for KubeEngine {
+    /// The blue-green switch: Service `service` is applied whole, selecting exactly the pods of
+    /// Deployment `container`. Nothing else changes; the previous Deployment keeps running until
+    /// it is removed.
+    async fn route_service(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        let ns = namespace(env);
+        let deployments: Api<Deployment> = self.api(&ns);
+        let d = deployments
+            .get_opt(container)
+            .await
+            .map_err(|e| api_error(e, "read", &format!("Deployment {container}")))?
+            .ok_or_else(|| EngineError::Call {
+                action: "switch",
+                object: format!("Service {service}"),
+                reason: format!("its target, Deployment {container}, is not in {ns}"),
+            })?;
+        let Some(svc) = service_for(service, &d) else {
+            // No port: nothing reaches it through a Service.
+            return Ok(());
+        };
+        let api: Api<KService> = self.api(&ns);
+        api.patch(
+            service,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .map_err(|e| api_error(e, "switch", &format!("Service {service}")))?;
+        Ok(())
+    }
+
+    /// Watches the Service's EndpointSlices until no endpoint is a pod of `container`
+    /// ([`watch`]: a 410 Gone lists them again).
+    async fn wait_unrouted(
+        &self,
+        env: &str,
+        service: &str,
+        container: &str,
+        limit: Duration,
+    ) -> Result<Unrouted, EngineError> {
+        self.wait_out_of_endpoints(&namespace(env), service, container, limit)
+            .await
+    }
+
+    /// A canary: weights on the HTTPRoute that sends to the service, else a replica ratio
+    /// ([`canary`]).
+    async fn split_service(
+        &self,
+        env: &str,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        percent: u8,
+    ) -> Result<Split, EngineError> {
+        self.split(env, service, stable, candidate, percent).await
+    }
+
+    async fn end_split(
+        &self,
+        env: &str,
+        service: &str,
+        kept: Option<&str>,
+    ) -> Result<(), EngineError> {
+        self.unsplit(env, service, kept).await
+    }
+
+    fn measures(&self) -> bool {
+        self.prometheus.is_some()
+    }
+
+    /// The Service of a service dropped from the manifest (and a canary Service a crash left).
+    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
+        let api: Api<KService> = self.api(&namespace(env));
+        for name in [service.to_string(), canary::canary_service(service)] {
+            delete_ok(
+                api.delete(&name, &DeleteParams::background()).await,
+                &format!("Service {name}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The candidate's figures from Prometheus, when rollout.yaml names one.
+    async fn measure(
+        &self,
+        env: &str,
+        service: &str,
+        candidate: &str,
+        window: Duration,
+    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
+        let Some(settings) = &self.prometheus else {
+            return Ok(None);
+        };
+        let ns = namespace(env);
+        let vars = crate::prometheus::Vars {
+            namespace: &ns,
+            service,
+            deployment: candidate,
+            window,
+        };
+        crate::prometheus::measure(settings, &vars)
+            .await
+            .map(Some)
+            .map_err(|reason| EngineError::Call {
+                action: "measure",
+                object: format!(
+                    "the {service} candidate ({candidate}) in Prometheus {}",
+                    settings.url
+                ),
+                reason,
+            })
     }
 }
 

@@ -11,8 +11,11 @@ pub mod docker;
 pub mod fake;
 pub mod image;
 pub mod kube;
+pub mod ledger;
 pub mod retry;
+pub mod shared_lock;
 pub mod spec;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -24,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::env::{Health, Port, Service, Volume};
 use crate::manifest::secret::SecretValue;
 
+pub use ledger::RunLedger;
+pub use shared_lock::SharedLock;
 pub use spec::{ContainerSpec, EnvValue};
+pub use traffic::{ServiceTraffic, Split, Traffic, Unrouted};
 
 /// Label keys. SPEC.md promises the first three to users and scripts.
 pub mod labels {
@@ -319,17 +325,6 @@ pub struct LabelledObject {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How traffic reaches a service's versions on a platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Traffic {
-    /// rollout's edge proxy holds the public ports and moves traffic by weight (docker).
-    #[default]
-    EdgeProxy,
-    /// The platform routes a service's stable name to one version; rollout moves it with
-    /// [`Engine::route_service`] (kubernetes Services, by their selector).
-    Services,
-}
-
 /// Who runs a service's health probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probes {
@@ -338,55 +333,6 @@ pub enum Probes {
     /// The platform itself (kubernetes readiness probes); rollout reads the result from
     /// [`Engine::status`].
     ByPlatform,
-}
-
-/// A platform's own record of an environment's runs, shared by every machine that manages it
-/// there (kubernetes: a ConfigMap per run, [`kube::ledger`]). The local store is a cache of it:
-/// see `store::ledger`.
-#[async_trait]
-pub trait RunLedger: Send + Sync {
-    /// Writes one run's whole record (its revision and journal), replacing what was there.
-    async fn push(&self, doc: &crate::store::RunDoc) -> Result<(), EngineError>;
-    /// Every run recorded for `env`, oldest revision first.
-    async fn pull(&self, env: &str) -> Result<Vec<crate::store::RunDoc>, EngineError>;
-    /// Where the records are, for messages.
-    fn describe(&self, env: &str) -> String;
-    /// Where the gates are, for messages.
-    fn describe_gates(&self, env: &str) -> String;
-    /// The environment's gates (the run parked at a gate, and its grants), as every machine
-    /// sees them; `None` when none were ever written.
-    async fn pull_gates(&self, env: &str) -> Result<Option<crate::store::GatesDoc>, EngineError>;
-    /// Rewrites the environment's gates as `change` makes them from what is there (`None` when
-    /// nothing ever was); `change` answering `None` writes nothing. A concurrent write makes it
-    /// read them again and ask `change` again. The doc as written, if one was.
-    async fn update_gates(
-        &self,
-        env: &str,
-        change: &(
-             dyn for<'d> Fn(Option<&'d crate::store::GatesDoc>) -> Option<crate::store::GatesDoc>
-                 + Send
-                 + Sync
-         ),
-    ) -> Result<Option<crate::store::GatesDoc>, EngineError>;
-}
-
-/// How a platform split a service's traffic for a canary ([`Engine::split_service`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// The share of requests the candidate gets, as the split really is (a replica ratio
-    /// cannot give every percentage).
-    pub percent: u8,
-    /// How, in a few words: the route and weights, or the pods beside each other.
-    pub how: String,
-}
-
-/// Whether a version still receives traffic through its service, after it was routed away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unrouted {
-    /// No endpoint of the service is the old version any more.
-    Done,
-    /// Still listed after the wait: this many endpoints.
-    StillRouted { endpoints: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -430,7 +376,9 @@ pub enum EngineError {
     },
 }
 
-/// The operations rollout needs from a container platform. Every call is idempotent.
+/// The operations rollout needs from a container platform, which every backend does; what only
+/// some platforms offer is a capability reached through an `Option` ([`Engine::services`],
+/// [`Engine::ledger`], [`Engine::shared_lock`]). Every call is idempotent.
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Which engine this is, for messages: kind, version and endpoint.
@@ -537,77 +485,26 @@ pub trait Engine: Send + Sync {
         network: &str,
     ) -> Result<Option<std::net::IpAddr>, EngineError>;
 
-    /// How traffic moves between versions here.
-    fn traffic(&self) -> Traffic {
-        Traffic::EdgeProxy
-    }
-
-    /// Who runs health probes here.
+    /// Who runs health probes here. A fact of every backend (docker: rollout, from the host;
+    /// kubernetes: the platform's readiness probes), read by test versions and checks as well
+    /// as by promotions, so it stays on the core rather than with service traffic.
     fn probes(&self) -> Probes {
         Probes::FromHost
     }
 
-    /// [`Traffic::Services`]: points the service `service` of `env` at `container`'s replicas,
-    /// and only at them.
-    async fn route_service(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-    ) -> Result<(), EngineError> {
-        let _ = (env, container);
-        Err(EngineError::Unsupported {
-            what: format!("routing service {service} on {}", self.describe()),
-        })
+    /// How traffic moves between versions here: through [`Engine::services`] where the platform
+    /// has them, else through rollout's edge proxy. Derived, not overridden.
+    fn traffic(&self) -> Traffic {
+        if self.services().is_some() {
+            Traffic::Services
+        } else {
+            Traffic::EdgeProxy
+        }
     }
 
-    /// [`Traffic::Services`]: waits (up to `limit`) until `container`'s replicas are no longer
-    /// endpoints of `service`, so removing them drops no request.
-    async fn wait_unrouted(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-        limit: Duration,
-    ) -> Result<Unrouted, EngineError> {
-        let _ = (env, container, limit);
-        Err(EngineError::Unsupported {
-            what: format!("draining service {service} on {}", self.describe()),
-        })
-    }
-
-    /// [`Traffic::Services`], a canary: sends about `percent` (1 to 99) of `service`'s traffic to
-    /// `candidate`'s replicas and the rest to `stable`'s, as this platform can split it. Says
-    /// how, and the share the candidate really gets.
-    async fn split_service(
-        &self,
-        env: &str,
-        service: &str,
-        stable: &str,
-        candidate: &str,
-        percent: u8,
-    ) -> Result<Split, EngineError> {
-        let _ = (env, stable, candidate, percent);
-        Err(EngineError::Unsupported {
-            what: format!(
-                "splitting service {service}'s traffic on {}",
-                self.describe()
-            ),
-        })
-    }
-
-    /// [`Traffic::Services`]: ends a split [`Engine::split_service`] began, once
-    /// [`Engine::route_service`] has pointed the service at one version: everything the split
-    /// made goes, and `kept`, the candidate that now serves alone (if it stays), is back to its
-    /// own size. Nothing to end is not an error.
-    async fn end_split(
-        &self,
-        env: &str,
-        service: &str,
-        kept: Option<&str>,
-    ) -> Result<(), EngineError> {
-        let _ = (env, service, kept);
-        Ok(())
+    /// The platform's own services, if traffic moves through them (kubernetes).
+    fn services(&self) -> Option<&dyn ServiceTraffic> {
+        None
     }
 
     /// Where this platform keeps the environments' run records itself, if it does (the local
@@ -616,35 +513,10 @@ pub trait Engine: Send + Sync {
         None
     }
 
-    /// [`Traffic::Services`]: removes what routes to `service` of `env`, a service no longer in
-    /// the manifest whose containers are gone (kubernetes: its Service). Gone already is fine.
-    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
-        let _ = (env, service);
-        Ok(())
-    }
-
-    /// Whether [`Engine::measure`] has a source to ask.
-    fn measures(&self) -> bool {
-        false
-    }
-
-    /// [`Traffic::Services`]: what the platform's metrics source counted of `candidate`'s
-    /// requests over the last `window` (kubernetes: the Prometheus rollout.yaml names);
-    /// `None` where there is no such source.
-    async fn measure(
-        &self,
-        env: &str,
-        service: &str,
-        candidate: &str,
-        window: Duration,
-    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
-        let _ = (env, service, candidate, window);
-        Ok(None)
-    }
-
     /// A lock on the platform itself, shared by every machine that manages `env` there
-    /// (kubernetes: a Lease), held by `holder`; `None` where the store's lock is the only one.
-    fn shared_lock(&self, env: &str, holder: &str) -> Option<kube::lease::LeaseLock> {
+    /// (kubernetes: a Lease), held by `holder` ([`shared_lock::holder`]); `None` where the
+    /// store's lock is the only one.
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<Box<dyn SharedLock>> {
         let _ = (env, holder);
         None
     }
