@@ -1,0 +1,275 @@
+//! Reading back what rollout made, from its labels alone: an environment's production
+//! containers ([`Engine::observe`](super::Engine::observe)), and every object a selector matches
+//! (listed or removed).
+
+use super::*;
+
+/// One production container as listed and inspected, before grouping by service.
+pub(super) struct Found {
+    pub(super) service: String,
+    pub(super) container: ObservedContainer,
+    /// Creation time with sub-second precision, to order containers created in the same second.
+    pub(super) created_precise: Option<jiff::Timestamp>,
+    pub(super) spec_label: Option<String>,
+    pub(super) env: Vec<String>,
+}
+
+pub(super) fn describe_selector(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl DockerEngine {
+    pub(super) async fn observed(&self, environment: &str) -> Result<Observed, EngineError> {
+        let mut found = self.list_production(environment).await?;
+        // Oldest first, so the newest container of a service is its last.
+        found.sort_by(|a, b| {
+            (a.container.created, a.created_precise, &a.container.name).cmp(&(
+                b.container.created,
+                b.created_precise,
+                &b.container.name,
+            ))
+        });
+        let mut services: BTreeMap<String, ObservedService> = BTreeMap::new();
+        for f in found {
+            let spec = f.spec_label.as_deref().and_then(|json| {
+                serde_json::from_str::<ServiceSnapshot>(json)
+                    .inspect_err(|e| {
+                        tracing::debug!(container = %f.container.name, error = %e, "unreadable rollout.spec label");
+                    })
+                    .ok()
+            });
+            let secrets = match &spec {
+                Some(s) => {
+                    let keys: Vec<&str> = s.secret_keys.iter().map(String::as_str).collect();
+                    secrets_from_env(&f.env, &keys)
+                }
+                None => BTreeMap::new(),
+            };
+            let entry = services
+                .entry(f.service.clone())
+                .or_insert_with(|| ObservedService {
+                    name: f.service.clone(),
+                    containers: Vec::new(),
+                    spec: None,
+                    secrets: BTreeMap::new(),
+                });
+            entry.containers.push(f.container);
+            // Later containers are newer: they replace what an older one recorded.
+            entry.spec = spec;
+            entry.secrets = secrets;
+        }
+        Ok(Observed {
+            environment: environment.to_string(),
+            services,
+            traffic: self.traffic(),
+        })
+    }
+
+    pub(super) async fn labelled(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<LabelledObject>, EngineError> {
+        let object = describe_selector(selector);
+        let sorted = |map: Option<HashMap<String, String>>| -> BTreeMap<String, String> {
+            map.unwrap_or_default().into_iter().collect()
+        };
+        let mut found = Vec::new();
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(selector)),
+            ..Default::default()
+        };
+        let containers = call(self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|f| f.call("list containers", &object))?;
+        for c in containers {
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .or(c.id)
+                .unwrap_or_default();
+            found.push(LabelledObject {
+                kind: ObjectKind::Container,
+                name,
+                labels: sorted(c.labels),
+            });
+        }
+        let options = ListNetworksOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let networks = call(self.docker.list_networks(Some(options)))
+            .await
+            .map_err(|f| f.call("list networks", &object))?;
+        for n in networks {
+            found.push(LabelledObject {
+                kind: ObjectKind::Network,
+                name: n.name.or(n.id).unwrap_or_default(),
+                labels: sorted(n.labels),
+            });
+        }
+        let options = ListVolumesOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let volumes = call(self.docker.list_volumes(Some(options)))
+            .await
+            .map_err(|f| f.call("list volumes", &object))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            found.push(LabelledObject {
+                kind: ObjectKind::Volume,
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            });
+        }
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok(found)
+    }
+
+    pub(super) async fn list_production(&self, environment: &str) -> Result<Vec<Found>, EngineError> {
+        let selector = BTreeMap::from([
+            (labels::ENVIRONMENT.to_string(), environment.to_string()),
+            (
+                labels::ROLE.to_string(),
+                Role::Production.as_str().to_string(),
+            ),
+        ]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(&selector)),
+            ..Default::default()
+        };
+        let summaries = call(self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|f| f.call("list containers of environment", environment))?;
+        let mut found = Vec::new();
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            let mut labels = summary.labels.unwrap_or_default();
+            let Some(service) = labels.remove(labels::SERVICE) else {
+                continue;
+            };
+            let inspect = match call(self.docker.inspect_container(&id, None)).await {
+                Ok(i) => i,
+                // Removed between the list and the inspect: it no longer runs.
+                Err(f) if f.is_not_found() => continue,
+                Err(f) => return Err(f.call("inspect container", &id)),
+            };
+            let name = inspect
+                .name
+                .as_deref()
+                .or(summary
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(String::as_str))
+                .unwrap_or(&id)
+                .trim_start_matches('/')
+                .to_string();
+            let config = inspect.config.clone().unwrap_or_default();
+            let image = config.image.clone().or(summary.image).unwrap_or_default();
+            let created_precise = inspect
+                .created
+                .as_deref()
+                .and_then(|c| c.parse::<jiff::Timestamp>().ok());
+            let created = summary
+                .created
+                .or(created_precise.map(|t| t.as_second()))
+                .unwrap_or_default();
+            found.push(Found {
+                service,
+                container: ObservedContainer {
+                    id,
+                    name,
+                    image,
+                    state: container_state(&inspect),
+                    health: health_state(&inspect),
+                    run: labels.remove(labels::RUN),
+                    created,
+                },
+                created_precise,
+                spec_label: labels.remove(labels::SPEC),
+                env: config.env.unwrap_or_default(),
+            });
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn remove_containers(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<usize, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(selector)),
+            ..Default::default()
+        };
+        let containers = call(self.docker.list_containers(Some(options)))
+            .await
+            .map_err(|f| f.call("list containers", &describe_selector(selector)))?;
+        let mut removed = 0;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match call(self.docker.remove_container(&id, Some(options))).await {
+                Ok(()) => removed += 1,
+                // Already gone, or being removed by a concurrent call: the goal is reached.
+                Err(f) if f.is_not_found() || f.status() == Some(409) => {}
+                Err(f) => return Err(f.call("remove container", &id)),
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(super) async fn remove_networks(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<usize, EngineError> {
+        let options = ListNetworksOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let networks = call(self.docker.list_networks(Some(options)))
+            .await
+            .map_err(|f| f.call("list networks", &describe_selector(selector)))?;
+        let mut removed = 0;
+        for network in networks {
+            let Some(id) = network.id else { continue };
+            let name = network.name.unwrap_or_else(|| id.clone());
+            match call(self.docker.remove_network(&id)).await {
+                Ok(()) => removed += 1,
+                Err(f) if f.is_not_found() => {}
+                Err(f) => return Err(f.call("remove network", &name)),
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(super) async fn remove_volumes(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<usize, EngineError> {
+        let options = ListVolumesOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let volumes = call(self.docker.list_volumes(Some(options)))
+            .await
+            .map_err(|f| f.call("list volumes", &describe_selector(selector)))?;
+        let mut removed = 0;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let options = RemoveVolumeOptions { force: false };
+            match call(self.docker.remove_volume(&volume.name, Some(options))).await {
+                Ok(()) => removed += 1,
+                Err(f) if f.is_not_found() => {}
+                Err(f) => return Err(f.call("remove volume", &volume.name)),
+            }
+        }
+        Ok(removed)
+    }
+}
