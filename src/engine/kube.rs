@@ -68,7 +68,8 @@ use serde::de::DeserializeOwned;
 use super::{
     ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EnvValue, EventStream, ExecOutput,
     LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
-    Removed, ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, image, labels,
+    Removed, ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, error_chain, image,
+    labels,
 };
 use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
@@ -172,7 +173,7 @@ impl KubeEngine {
             })?
             .map_err(|e| EngineError::ClusterUnreachable {
                 context: context.clone(),
-                reason: format!("{server}: {}", with_causes(&e)),
+                reason: format!("{server}: {}", error_chain(&e)),
             })?;
         Ok(KubeEngine {
             client,
@@ -278,7 +279,7 @@ impl KubeEngine {
             .match_labels
             .as_ref()
             .filter(|m| !m.is_empty())
-            .map(selector_string)
+            .map(labels::selector)
         else {
             // No selector to tell its pods by (rollout's Deployments always have one).
             return Ok(());
@@ -418,7 +419,7 @@ fn api_error(e: kube::Error, action: &'static str, object: &str) -> EngineError 
         kube::Error::HyperError(_) | kube::Error::Service(_) => EngineError::LostCluster {
             action,
             object: object.to_string(),
-            reason: with_causes(&e),
+            reason: error_chain(&e),
         },
         other => EngineError::Call {
             action,
@@ -426,21 +427,6 @@ fn api_error(e: kube::Error, action: &'static str, object: &str) -> EngineError 
             reason: other.to_string(),
         },
     }
-}
-
-/// An error and its causes on one line ("client error (Connect): Connection refused").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 fn unsupported(what: &str) -> EngineError {
@@ -456,14 +442,6 @@ pub fn pod_selector(env: &str, service: &str, run: &str) -> BTreeMap<String, Str
         (labels::SERVICE.to_string(), service.to_string()),
         (labels::RUN.to_string(), run.to_string()),
     ])
-}
-
-fn selector_string(selector: &BTreeMap<String, String>) -> String {
-    selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Whether `value` may be a Kubernetes label value: at most 63 characters of `[A-Za-z0-9-_.]`,
@@ -986,7 +964,7 @@ impl Engine for KubeEngine {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Removed, EngineError> {
-        let sel = selector_string(selector);
+        let sel = labels::selector(selector);
         let mut removed = Removed::default();
         let dp = DeleteParams::background();
         for d in self.list_all::<Deployment>(&sel).await? {
@@ -1066,7 +1044,7 @@ impl Engine for KubeEngine {
             .selector
             .match_labels
             .as_ref()
-            .map(selector_string)
+            .map(labels::selector)
             .unwrap_or_default();
         let pods: Api<Pod> = self.api(&ns);
         let pods = pods
@@ -1108,7 +1086,7 @@ impl Engine for KubeEngine {
             return Ok(Vec::new());
         };
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let Some(selector) = d.spec.selector.match_labels.as_ref().map(selector_string) else {
+        let Some(selector) = d.spec.selector.match_labels.as_ref().map(labels::selector) else {
             return Ok(Vec::new());
         };
         let pods: Api<Pod> = self.api(&ns);
@@ -1188,7 +1166,7 @@ impl Engine for KubeEngine {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<LabelledObject>, EngineError> {
-        let sel = selector_string(selector);
+        let sel = labels::selector(selector);
         let mut out = Vec::new();
         let found = |kind, meta: &ObjectMeta| LabelledObject {
             kind,

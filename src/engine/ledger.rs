@@ -36,4 +36,3 @@ pub trait RunLedger: Send + Sync {
          ),
     ) -> Result<Option<crate::store::GatesDoc>, EngineError>;
 }
-

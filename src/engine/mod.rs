@@ -47,6 +47,33 @@ pub mod labels {
     pub const EXPIRES: &str = "rollout.expires";
     /// Test versions owned by a running process (`host:pid:start`); removed once it is gone.
     pub const OWNER: &str = "rollout.owner";
+
+    /// A label selector as both backends write it, `key=value,key=value` (Kubernetes' selector
+    /// syntax, and the object named in Docker's messages).
+    pub fn selector(selector: &std::collections::BTreeMap<String, String>) -> String {
+        selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): Connection refused"): hyper's
+/// own message hides the useful part in its source. A cause whose text is already on the line
+/// is not said twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// What an object is for.

@@ -265,7 +265,10 @@ impl<E: Engine> ServiceTraffic for Retrying<E> {
         container: &str,
     ) -> Result<(), EngineError> {
         let inner = self.inner_services();
-        retry("route_service", || inner.route_service(env, service, container)).await
+        retry("route_service", || {
+            inner.route_service(env, service, container)
+        })
+        .await
     }
 
     async fn wait_unrouted(

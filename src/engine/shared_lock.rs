@@ -56,8 +56,10 @@ pub trait SharedLock: Send + Sync {
     async fn acquire(&self, now: Timestamp) -> Result<Acquired, SharedLockError>;
 
     /// Who holds the lock at `now` and until when, without touching it; `None` when nobody does.
-    async fn holder_at(&self, now: Timestamp)
-    -> Result<Option<(String, Timestamp)>, SharedLockError>;
+    async fn holder_at(
+        &self,
+        now: Timestamp,
+    ) -> Result<Option<(String, Timestamp)>, SharedLockError>;
 
     /// Gives the lock up if we hold it; one held by someone else is left alone. Whether it was
     /// ours.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::shared_lock::{self, SharedLock, SharedLockError};
-use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
 use crate::owner::{self, Liveness};
+use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
 
 /// How long a lock stays valid without being renewed.
 pub const LEASE: Duration = Duration::from_secs(15);

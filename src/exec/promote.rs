@@ -923,8 +923,8 @@ impl<'a> Deployment<'a> {
         let routes = match table {
             Table::Edge(routes) => routes,
             Table::Services(targets) => {
-                let services =
-                    crate::engine::traffic::services(self.engine).map_err(|e| Stop(e.to_string()))?;
+                let services = crate::engine::traffic::services(self.engine)
+                    .map_err(|e| Stop(e.to_string()))?;
                 for (service, container) in targets {
                     self.routed = true;
                     services
@@ -949,8 +949,8 @@ impl<'a> Deployment<'a> {
                 whole,
                 split,
             } => {
-                let services =
-                    crate::engine::traffic::services(self.engine).map_err(|e| Stop(e.to_string()))?;
+                let services = crate::engine::traffic::services(self.engine)
+                    .map_err(|e| Stop(e.to_string()))?;
                 for (service, container) in whole {
                     self.routed = true;
                     services

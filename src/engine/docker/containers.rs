@@ -289,7 +289,11 @@ impl DockerEngine {
         }
     }
 
-    pub(super) async fn tail_logs(&self, container: &str, lines: usize) -> Result<Vec<String>, EngineError> {
+    pub(super) async fn tail_logs(
+        &self,
+        container: &str,
+        lines: usize,
+    ) -> Result<Vec<String>, EngineError> {
         let options = LogsOptions {
             stdout: true,
             stderr: true,
@@ -341,7 +345,10 @@ impl DockerEngine {
     }
 
     /// The state a container is in now, `None` if there is none of that name.
-    pub(super) async fn state_of(&self, container: &str) -> Result<Option<ContainerState>, EngineError> {
+    pub(super) async fn state_of(
+        &self,
+        container: &str,
+    ) -> Result<Option<ContainerState>, EngineError> {
         Ok(self
             .inspect_by_name(container)
             .await?

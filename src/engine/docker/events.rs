@@ -75,7 +75,7 @@ impl DockerEngine {
             until: None,
             filters: Some(event_filters(selector)),
         };
-        let object = describe_selector(selector);
+        let object = labels::selector(selector);
         // Not bounded by the call timeout: the stream lives as long as its reader wants.
         let stream = self.docker.events(Some(options)).filter_map(move |item| {
             let out = match item {

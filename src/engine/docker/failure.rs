@@ -96,22 +96,6 @@ impl Failure {
     }
 }
 
-/// An error and its sources on one line: hyper's own message ("client error (Connect)") hides
-/// the useful part ("No such file or directory") in its source.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 pub(super) async fn timed<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, BollardError>>,
@@ -123,6 +107,8 @@ pub(super) async fn timed<T>(
     }
 }
 
-pub(super) async fn call<T>(fut: impl Future<Output = Result<T, BollardError>>) -> Result<T, Failure> {
+pub(super) async fn call<T>(
+    fut: impl Future<Output = Result<T, BollardError>>,
+) -> Result<T, Failure> {
     timed(CALL_TIMEOUT, fut).await
 }

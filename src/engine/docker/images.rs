@@ -3,8 +3,6 @@
 
 use super::*;
 
-
-
 impl DockerEngine {
     pub(super) async fn build(&self, tag: &str, context: &BuildContext) -> Result<(), EngineError> {
         let build_error = |reason: String| EngineError::Build {

@@ -32,7 +32,8 @@ use super::image::{self, BuildContext, UTIL_IMAGE};
 use super::{
     ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
     EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
-    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
+    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot,
+    error_chain, labels,
 };
 use crate::manifest::env::{Health, Probe};
 use crate::manifest::secret::SecretValue;
@@ -48,7 +49,6 @@ mod volumes;
 
 use containers::*;
 use failure::*;
-use observe::*;
 
 /// The endpoint used when neither a host nor `DOCKER_HOST` is given.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -126,7 +126,6 @@ impl DockerEngine {
     pub fn client(&self) -> &Docker {
         &self.docker
     }
-
 }
 
 #[async_trait]

@@ -14,14 +14,6 @@ pub(super) struct Found {
     pub(super) env: Vec<String>,
 }
 
-pub(super) fn describe_selector(selector: &BTreeMap<String, String>) -> String {
-    selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl DockerEngine {
     pub(super) async fn observed(&self, environment: &str) -> Result<Observed, EngineError> {
         let mut found = self.list_production(environment).await?;
@@ -73,7 +65,7 @@ impl DockerEngine {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<LabelledObject>, EngineError> {
-        let object = describe_selector(selector);
+        let object = labels::selector(selector);
         let sorted = |map: Option<HashMap<String, String>>| -> BTreeMap<String, String> {
             map.unwrap_or_default().into_iter().collect()
         };
@@ -130,7 +122,10 @@ impl DockerEngine {
         Ok(found)
     }
 
-    pub(super) async fn list_production(&self, environment: &str) -> Result<Vec<Found>, EngineError> {
+    pub(super) async fn list_production(
+        &self,
+        environment: &str,
+    ) -> Result<Vec<Found>, EngineError> {
         let selector = BTreeMap::from([
             (labels::ENVIRONMENT.to_string(), environment.to_string()),
             (
@@ -210,7 +205,7 @@ impl DockerEngine {
         };
         let containers = call(self.docker.list_containers(Some(options)))
             .await
-            .map_err(|f| f.call("list containers", &describe_selector(selector)))?;
+            .map_err(|f| f.call("list containers", &labels::selector(selector)))?;
         let mut removed = 0;
         for id in containers.into_iter().filter_map(|c| c.id) {
             let options = RemoveContainerOptions {
@@ -237,7 +232,7 @@ impl DockerEngine {
         };
         let networks = call(self.docker.list_networks(Some(options)))
             .await
-            .map_err(|f| f.call("list networks", &describe_selector(selector)))?;
+            .map_err(|f| f.call("list networks", &labels::selector(selector)))?;
         let mut removed = 0;
         for network in networks {
             let Some(id) = network.id else { continue };
@@ -260,7 +255,7 @@ impl DockerEngine {
         };
         let volumes = call(self.docker.list_volumes(Some(options)))
             .await
-            .map_err(|f| f.call("list volumes", &describe_selector(selector)))?;
+            .map_err(|f| f.call("list volumes", &labels::selector(selector)))?;
         let mut removed = 0;
         for volume in volumes.volumes.unwrap_or_default() {
             let options = RemoveVolumeOptions { force: false };

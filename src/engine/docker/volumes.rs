@@ -3,8 +3,6 @@
 
 use super::*;
 
-
-
 impl DockerEngine {
     pub(super) async fn copy(
         &self,

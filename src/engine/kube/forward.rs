@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, ListParams};
 use tokio::io::AsyncReadExt;
 
-use super::{KubeEngine, api_error, selector_string};
+use super::{KubeEngine, api_error};
+use crate::engine::labels;
 use crate::engine::{EngineError, ExecOutput};
 
 /// How much of a command's output is kept (its end), as on Docker.
@@ -105,7 +106,7 @@ impl KubeEngine {
             .selector
             .match_labels
             .as_ref()
-            .map(selector_string)
+            .map(labels::selector)
             .unwrap_or_default();
         Ok((self.api(&ns), selector))
     }

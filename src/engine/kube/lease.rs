@@ -94,7 +94,6 @@ impl LeaseLock {
         }
     }
 
-
     /// What and where the lock is, for messages.
     fn lock(&self) -> String {
         format!("Lease {LEASE_NAME} in {}", self.namespace)
@@ -120,7 +119,6 @@ impl LeaseLock {
 
 #[async_trait::async_trait]
 impl SharedLock for LeaseLock {
-
     /// How often a holder renews: a third of the duration, so two renewals may fail in a row.
     fn renew_every(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::try_from(self.duration_secs / 3).unwrap_or(1).max(1))
@@ -134,9 +132,8 @@ impl SharedLock for LeaseLock {
             .await
             .map_err(|e| self.api_err("read", e))?;
         let gone = |h: &str| {
-            holder_owner(h).is_some_and(|o| {
-                crate::owner::liveness(o) == crate::owner::Liveness::Dead
-            })
+            holder_owner(h)
+                .is_some_and(|o| crate::owner::liveness(o) == crate::owner::Liveness::Dead)
         };
         let decision = decide(found.as_ref(), &self.holder, now, &gone);
         let stamp = MicroTime(now);

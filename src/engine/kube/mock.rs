@@ -16,8 +16,8 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use super::lease::LeaseLock;
-use crate::engine::shared_lock::{Acquired, SharedLock, SharedLockError};
 use super::*;
+use crate::engine::shared_lock::{Acquired, SharedLock, SharedLockError};
 use crate::engine::spec::{base_labels, production_container, production_network};
 use crate::engine::{ContainerState, Role};
 use crate::manifest::env::Environment;
