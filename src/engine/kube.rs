@@ -70,9 +70,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EnvValue, EventStream, ExecOutput,
-    LabelledObject, ObjectKind, Observed, ObservedContainer, ObservedService, Outcome, Probes,
-    Removed, ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, error_chain, image,
-    labels,
+    LabelledObject, ObjectKind, Observed, ObservedContainer, Outcome, Probes, Removed,
+    ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, error_chain, image, labels,
 };
 use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
@@ -265,7 +264,11 @@ impl Engine for KubeEngine {
                 .filter_map(|s| Some((s.metadata.name.clone()?, s)))
                 .collect()
         };
-        let mut services: BTreeMap<String, ObservedService> = BTreeMap::new();
+        let mut observed = Observed {
+            environment: environment.to_string(),
+            services: BTreeMap::new(),
+            traffic: self.traffic(),
+        };
         for (service, container, spec) in found {
             let values = secrets
                 .get(&container.name)
@@ -281,23 +284,9 @@ impl Engine for KubeEngine {
                         .collect()
                 })
                 .unwrap_or_default();
-            let entry = services
-                .entry(service.clone())
-                .or_insert_with(|| ObservedService {
-                    name: service.clone(),
-                    containers: Vec::new(),
-                    spec: None,
-                    secrets: BTreeMap::new(),
-                });
-            entry.containers.push(container);
-            entry.spec = spec;
-            entry.secrets = values;
+            observed.add(&service, container, spec, values);
         }
-        Ok(Observed {
-            environment: environment.to_string(),
-            services,
-            traffic: self.traffic(),
-        })
+        Ok(observed)
     }
 
     async fn ensure_network(

@@ -205,6 +205,32 @@ pub struct Observed {
     pub traffic: Traffic,
 }
 
+impl Observed {
+    /// Adds one production container of `service`, with the settings recorded on it and the
+    /// secret values read from it. Containers come oldest first: a later one is newer, and what
+    /// it recorded replaces what an older one did.
+    pub fn add(
+        &mut self,
+        service: &str,
+        container: ObservedContainer,
+        spec: Option<ServiceSnapshot>,
+        secrets: BTreeMap<String, SecretValue>,
+    ) {
+        let entry = self
+            .services
+            .entry(service.to_string())
+            .or_insert_with(|| ObservedService {
+                name: service.to_string(),
+                containers: Vec::new(),
+                spec: None,
+                secrets: BTreeMap::new(),
+            });
+        entry.containers.push(container);
+        entry.spec = spec;
+        entry.secrets = secrets;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ObservedService {
     pub name: String,

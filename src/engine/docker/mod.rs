@@ -32,8 +32,7 @@ use super::image::{self, BuildContext, UTIL_IMAGE};
 use super::{
     ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
     EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
-    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot,
-    error_chain, labels,
+    Observed, ObservedContainer, Outcome, Removed, Role, ServiceSnapshot, error_chain, labels,
 };
 use crate::manifest::env::{Health, Probe};
 use crate::manifest::secret::SecretValue;

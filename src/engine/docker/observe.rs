@@ -25,7 +25,11 @@ impl DockerEngine {
                 &b.container.name,
             ))
         });
-        let mut services: BTreeMap<String, ObservedService> = BTreeMap::new();
+        let mut observed = Observed {
+            environment: environment.to_string(),
+            services: BTreeMap::new(),
+            traffic: self.traffic(),
+        };
         for f in found {
             let spec = f.spec_label.as_deref().and_then(|json| {
                 serde_json::from_str::<ServiceSnapshot>(json)
@@ -41,24 +45,10 @@ impl DockerEngine {
                 }
                 None => BTreeMap::new(),
             };
-            let entry = services
-                .entry(f.service.clone())
-                .or_insert_with(|| ObservedService {
-                    name: f.service.clone(),
-                    containers: Vec::new(),
-                    spec: None,
-                    secrets: BTreeMap::new(),
-                });
-            entry.containers.push(f.container);
             // Later containers are newer: they replace what an older one recorded.
-            entry.spec = spec;
-            entry.secrets = secrets;
+            observed.add(&f.service, f.container, spec, secrets);
         }
-        Ok(Observed {
-            environment: environment.to_string(),
-            services,
-            traffic: self.traffic(),
-        })
+        Ok(observed)
     }
 
     pub(super) async fn labelled(
