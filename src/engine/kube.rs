@@ -372,44 +372,25 @@ impl Engine for KubeEngine {
         selector: &BTreeMap<String, String>,
     ) -> Result<Removed, EngineError> {
         let sel = labels::selector(selector);
-        let mut removed = Removed::default();
-        let dp = DeleteParams::background();
-        for d in self.list_all::<Deployment>(&sel).await? {
-            let (Some(name), Some(ns)) = (d.metadata.name, d.metadata.namespace) else {
-                continue;
-            };
-            let api: Api<Deployment> = self.api(&ns);
-            delete_ok(api.delete(&name, &dp).await, &format!("Deployment {name}"))?;
-            removed.containers += 1;
-        }
-        for s in self.list_all::<Secret>(&sel).await? {
-            let (Some(name), Some(ns)) = (s.metadata.name, s.metadata.namespace) else {
-                continue;
-            };
-            let api: Api<Secret> = self.api(&ns);
-            delete_ok(api.delete(&name, &dp).await, &format!("Secret {name}"))?;
-        }
-        for c in self.list_all::<PersistentVolumeClaim>(&sel).await? {
-            let (Some(name), Some(ns)) = (c.metadata.name, c.metadata.namespace) else {
-                continue;
-            };
-            let api: Api<PersistentVolumeClaim> = self.api(&ns);
-            delete_ok(
-                api.delete(&name, &dp).await,
-                &format!("PersistentVolumeClaim {name}"),
-            )?;
-            removed.volumes += 1;
-        }
+        let mut removed = Removed {
+            containers: self
+                .delete_all::<Deployment>(&sel, |name, _| format!("Deployment {name}"))
+                .await?,
+            ..Removed::default()
+        };
+        self.delete_all::<Secret>(&sel, |name, _| format!("Secret {name}"))
+            .await?;
+        removed.volumes = self
+            .delete_all::<PersistentVolumeClaim>(&sel, |name, _| {
+                format!("PersistentVolumeClaim {name}")
+            })
+            .await?;
         // What a data copy killed half-way left outside the test namespace: its source Job in
         // production's namespace, its snapshots.
-        for j in self.list_all::<Job>(&sel).await? {
-            let (Some(name), Some(ns)) = (j.metadata.name, j.metadata.namespace) else {
-                continue;
-            };
-            let api: Api<Job> = self.api(&ns);
-            delete_ok(api.delete(&name, &dp).await, &format!("Job {name} in {ns}"))?;
-        }
+        self.delete_all::<Job>(&sel, |name, ns| format!("Job {name} in {ns}"))
+            .await?;
         self.remove_snapshots(&sel).await?;
+        let dp = DeleteParams::background();
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         for n in self.list_all::<Namespace>(&sel).await? {
             let Some(name) = n.metadata.name else {
@@ -446,13 +427,7 @@ impl Engine for KubeEngine {
             return Ok(None);
         };
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let selector = d
-            .spec
-            .selector
-            .match_labels
-            .as_ref()
-            .map(labels::selector)
-            .unwrap_or_default();
+        let selector = pods_of(&d).unwrap_or_default();
         let pods: Api<Pod> = self.api(&ns);
         let pods = pods
             .list(&ListParams::default().labels(&selector))
@@ -493,7 +468,7 @@ impl Engine for KubeEngine {
             return Ok(Vec::new());
         };
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let Some(selector) = d.spec.selector.match_labels.as_ref().map(labels::selector) else {
+        let Some(selector) = pods_of(&d) else {
             return Ok(Vec::new());
         };
         let pods: Api<Pod> = self.api(&ns);

@@ -196,21 +196,21 @@ impl DockerEngine {
         let containers = call(self.docker.list_containers(Some(options)))
             .await
             .map_err(|f| f.call("list containers", &labels::selector(selector)))?;
-        let mut removed = 0;
-        for id in containers.into_iter().filter_map(|c| c.id) {
+        let found = containers
+            .into_iter()
+            .filter_map(|c| c.id)
+            .map(|id| (id.clone(), id));
+        let remove = |id: String| async move {
             let options = RemoveContainerOptions {
                 force: true,
                 v: true,
                 ..Default::default()
             };
-            match call(self.docker.remove_container(&id, Some(options))).await {
-                Ok(()) => removed += 1,
-                // Already gone, or being removed by a concurrent call: the goal is reached.
-                Err(f) if f.is_not_found() || f.status() == Some(409) => {}
-                Err(f) => return Err(f.call("remove container", &id)),
-            }
-        }
-        Ok(removed)
+            call(self.docker.remove_container(&id, Some(options))).await
+        };
+        // Already gone, or being removed by a concurrent call: the goal is reached.
+        let gone = |f: &Failure| f.is_not_found() || f.status() == Some(409);
+        remove_each(found, "remove container", remove, gone).await
     }
 
     pub(super) async fn remove_networks(
@@ -223,17 +223,13 @@ impl DockerEngine {
         let networks = call(self.docker.list_networks(Some(options)))
             .await
             .map_err(|f| f.call("list networks", &labels::selector(selector)))?;
-        let mut removed = 0;
-        for network in networks {
-            let Some(id) = network.id else { continue };
-            let name = network.name.unwrap_or_else(|| id.clone());
-            match call(self.docker.remove_network(&id)).await {
-                Ok(()) => removed += 1,
-                Err(f) if f.is_not_found() => {}
-                Err(f) => return Err(f.call("remove network", &name)),
-            }
-        }
-        Ok(removed)
+        let found = networks.into_iter().filter_map(|n| {
+            let id = n.id?;
+            let name = n.name.unwrap_or_else(|| id.clone());
+            Some((id, name))
+        });
+        let remove = |id: String| async move { call(self.docker.remove_network(&id)).await };
+        remove_each(found, "remove network", remove, Failure::is_not_found).await
     }
 
     pub(super) async fn remove_volumes(
@@ -246,15 +242,35 @@ impl DockerEngine {
         let volumes = call(self.docker.list_volumes(Some(options)))
             .await
             .map_err(|f| f.call("list volumes", &labels::selector(selector)))?;
-        let mut removed = 0;
-        for volume in volumes.volumes.unwrap_or_default() {
+        let found =
+            (volumes.volumes.unwrap_or_default().into_iter()).map(|v| (v.name.clone(), v.name));
+        let remove = |name: String| async move {
             let options = RemoveVolumeOptions { force: false };
-            match call(self.docker.remove_volume(&volume.name, Some(options))).await {
-                Ok(()) => removed += 1,
-                Err(f) if f.is_not_found() => {}
-                Err(f) => return Err(f.call("remove volume", &volume.name)),
-            }
-        }
-        Ok(removed)
+            call(self.docker.remove_volume(&name, Some(options))).await
+        };
+        remove_each(found, "remove volume", remove, Failure::is_not_found).await
     }
+}
+
+/// Removes each object found, by its id (the first of the pair; the second names it in
+/// messages); one `gone` says is already going counts as done, not as removed. How many it
+/// removed.
+async fn remove_each<Fut>(
+    found: impl IntoIterator<Item = (String, String)>,
+    action: &'static str,
+    remove: impl Fn(String) -> Fut,
+    gone: impl Fn(&Failure) -> bool,
+) -> Result<usize, EngineError>
+where
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let mut removed = 0;
+    for (id, name) in found {
+        match remove(id).await {
+            Ok(()) => removed += 1,
+            Err(f) if gone(&f) => {}
+            Err(f) => return Err(f.call(action, &name)),
+        }
+    }
+    Ok(removed)
 }

@@ -193,14 +193,7 @@ impl KubeEngine {
         limit: Duration,
     ) -> Result<(), EngineError> {
         let name = d.metadata.name.clone().unwrap_or_default();
-        let Some(selector) = d
-            .spec
-            .selector
-            .match_labels
-            .as_ref()
-            .filter(|m| !m.is_empty())
-            .map(labels::selector)
-        else {
+        let Some(selector) = pods_of(d).filter(|s| !s.is_empty()) else {
             // No selector to tell its pods by (rollout's Deployments always have one).
             return Ok(());
         };
@@ -286,5 +279,33 @@ impl KubeEngine {
             .into_iter()
             .filter(|k| k.meta().deletion_timestamp.is_none())
             .collect())
+    }
+
+    /// Deletes every object of kind `K` carrying `selector`, in whichever namespace it is; how
+    /// many there were. `object` names one (from its name and namespace) for messages.
+    pub(super) async fn delete_all<K>(
+        &self,
+        selector: &str,
+        object: impl Fn(&str, &str) -> String,
+    ) -> Result<usize, EngineError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let dp = DeleteParams::background();
+        let mut deleted = 0;
+        for k in self.list_all::<K>(selector).await? {
+            let meta = k.meta();
+            let (Some(name), Some(ns)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
+                continue;
+            };
+            let api: Api<K> = self.api(ns);
+            delete_ok(api.delete(name, &dp).await, &object(name, ns))?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 }

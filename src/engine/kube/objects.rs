@@ -344,3 +344,9 @@ pub(super) fn selects(d: &Deployment, pod: &Pod) -> bool {
     want.iter()
         .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
 }
+
+/// The label selector of Deployment `d`'s pods, as the API's list calls take it; `None` where
+/// it selects by no labels (rollout's Deployments always do).
+pub(super) fn pods_of(d: &Deployment) -> Option<String> {
+    d.spec.selector.match_labels.as_ref().map(labels::selector)
+}
