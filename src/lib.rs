@@ -9,7 +9,10 @@
 //! - [`project`]: a project folder: settings, manifests, playbooks, and choosing among them.
 //! - [`manifest`]: the files a user writes, parsed with positions and resolved into valid types.
 //! - [`plan`]: `compute(desired, observed, playbook) -> Plan`, pure; and its rendering.
-//! - [`engine`]: the seam to the container platform (Docker through bollard; a fake for tests).
+//! - [`engine`]: the seam to the container platform: a core `Engine` (docker through bollard,
+//!   kubernetes through kube-rs) and the capabilities a backend may add (service traffic, a shared
+//!   lock, a run ledger); a scripted fake behind `cfg(test)` / the `test-support` feature.
+//! - [`owner`]: who runs a process (`host:pid:start`) and whether it is still alive.
 //! - [`testenv`]: test versions: isolated copies brought up in dependency order, torn down always.
 //! - [`check`]: smoke checks (http, tcp, exec) from the host, with typed verdicts.
 //! - [`gate`]: what must hold before production is touched (change windows).
@@ -37,6 +40,7 @@ pub mod exec;
 pub mod gate;
 pub mod manifest;
 pub mod notify;
+pub mod owner;
 pub mod plan;
 pub mod progress;
 pub mod project;

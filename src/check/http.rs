@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::json_path;
 use super::{Verdict, head, human};
+use crate::engine::error_chain;
 
 /// More than any health or status page needs; a check must not buffer a download.
 pub(super) const MAX_BODY: usize = 1 << 20;
@@ -111,7 +112,10 @@ pub(super) async fn get(port: u16, path: &str) -> Result<Response, Verdict> {
                 "connection to {addr} closed before any response (is the service listening yet?)"
             ))
         } else {
-            Verdict::fail(format!("HTTP exchange with {addr} failed: {}", chain(&e)))
+            Verdict::fail(format!(
+                "HTTP exchange with {addr} failed: {}",
+                error_chain(&e)
+            ))
         }
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -135,7 +139,7 @@ pub(super) async fn get(port: u16, path: &str) -> Result<Response, Verdict> {
         let frame = frame.map_err(|e| {
             Verdict::fail(format!(
                 "reading the body from {addr} failed: {}",
-                chain(&e)
+                error_chain(&e)
             ))
         })?;
         if let Ok(data) = frame.into_data() {
@@ -180,18 +184,6 @@ fn dropped(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-/// hyper's own message is terse ("error trying to connect"); the cause says what happened.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The verdict on a response. A wrong status says so alone (the rest of such a response is

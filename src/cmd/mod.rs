@@ -304,13 +304,13 @@ pub(crate) async fn lock_and_recover(
         Err(LockError::Store(e)) => return Err(e.into()),
     };
     // The platform's own lock, where several machines manage the environment (kubernetes).
-    let holder = crate::engine::kube::lease::holder(
+    let holder = crate::engine::shared_lock::holder(
         &crate::exec::report::current_user(),
-        &crate::testenv::owner::current(),
+        &crate::owner::current(),
         run,
     );
     if let Some(shared) = engine.shared_lock(&env.name, &holder) {
-        use crate::engine::kube::lease::{Acquired, LeaseError};
+        use crate::engine::shared_lock::{Acquired, SharedLockError};
         // The lock lives in the environment's namespace (its production network): it must exist.
         let labels = crate::engine::spec::base_labels(env, crate::engine::Role::Production, run);
         engine
@@ -327,7 +327,7 @@ pub(crate) async fn lock_and_recover(
                 }
                 guard.share(shared);
             }
-            Err(e @ LeaseError::Held { .. }) => {
+            Err(e @ SharedLockError::Held { .. }) => {
                 guard.release().await?;
                 return refuse(ExitStatus::Refused, "refused", e.to_string());
             }

@@ -25,7 +25,7 @@ use super::image::BuildContext;
 use super::{
     ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
     EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
-    Observed, ObservedContainer, ObservedService, Outcome, Removed, Role, ServiceSnapshot, labels,
+    Observed, ObservedContainer, Outcome, Removed, Role, ServiceSnapshot, labels,
 };
 use crate::manifest::env::Probe;
 use crate::manifest::secret::SecretValue;
@@ -480,7 +480,11 @@ impl Engine for FakeEngine {
                 Role::Production.as_str().to_string(),
             ),
         ]);
-        let mut services: BTreeMap<String, ObservedService> = BTreeMap::new();
+        let mut observed = Observed {
+            environment: environment.to_string(),
+            services: BTreeMap::new(),
+            traffic: self.traffic(),
+        };
         // Creation order: the last container of a service is its newest.
         for c in state
             .containers
@@ -500,31 +504,22 @@ impl Engine for FakeEngine {
                 .flat_map(|s| s.secret_keys.iter())
                 .filter_map(|k| c.spec.env.get(k).map(|v| (k.clone(), env_value(v))))
                 .collect();
-            let entry = services
-                .entry(service.clone())
-                .or_insert_with(|| ObservedService {
-                    name: service.clone(),
-                    containers: Vec::new(),
-                    spec: None,
-                    secrets: BTreeMap::new(),
-                });
-            entry.containers.push(ObservedContainer {
-                id: c.id.clone(),
-                name: c.spec.name.clone(),
-                image: c.spec.image.clone(),
-                state: c.state.clone(),
-                health: c.health,
-                run: c.spec.labels.get(labels::RUN).cloned(),
-                created: c.created,
-            });
-            entry.spec = spec;
-            entry.secrets = secrets;
+            observed.add(
+                service,
+                ObservedContainer {
+                    id: c.id.clone(),
+                    name: c.spec.name.clone(),
+                    image: c.spec.image.clone(),
+                    state: c.state.clone(),
+                    health: c.health,
+                    run: c.spec.labels.get(labels::RUN).cloned(),
+                    created: c.created,
+                },
+                spec,
+                secrets,
+            );
         }
-        Ok(Observed {
-            environment: environment.to_string(),
-            services,
-            traffic: self.traffic(),
-        })
+        Ok(observed)
     }
 
     async fn ensure_network(

@@ -1,16 +1,21 @@
 //! The seam between rollout's decisions and the container platform.
 //!
 //! [`Engine`] is ours: bollard has no trait. [`docker::DockerEngine`] talks to a real engine,
-//! [`fake::FakeEngine`] is a scripted stand-in for unit tests of the code above the seam.
+//! `fake::FakeEngine` is a scripted stand-in for tests of the code above the seam, compiled only
+//! for tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
 //! Everything rollout creates carries the labels in [`labels`], and [`Engine::observe`] reads an
 //! environment back from those labels alone.
 
 pub mod docker;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod image;
 pub mod kube;
+pub mod ledger;
 pub mod retry;
+pub mod shared_lock;
 pub mod spec;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -22,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::env::{Health, Port, Service, Volume};
 use crate::manifest::secret::SecretValue;
 
+pub use ledger::RunLedger;
+pub use shared_lock::SharedLock;
 pub use spec::{ContainerSpec, EnvValue};
+pub use traffic::{ServiceTraffic, Split, Traffic, Unrouted};
 
 /// Label keys. SPEC.md promises the first three to users and scripts.
 pub mod labels {
@@ -39,6 +47,33 @@ pub mod labels {
     pub const EXPIRES: &str = "rollout.expires";
     /// Test versions owned by a running process (`host:pid:start`); removed once it is gone.
     pub const OWNER: &str = "rollout.owner";
+
+    /// A label selector as both backends write it, `key=value,key=value` (Kubernetes' selector
+    /// syntax, and the object named in Docker's messages).
+    pub fn selector(selector: &std::collections::BTreeMap<String, String>) -> String {
+        selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): Connection refused"): hyper's
+/// own message hides the useful part in its source. A cause whose text is already on the line
+/// is not said twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// What an object is for.
@@ -168,6 +203,32 @@ pub struct Observed {
     pub services: BTreeMap<String, ObservedService>,
     /// How the platform observed moves traffic (which services a canary can split).
     pub traffic: Traffic,
+}
+
+impl Observed {
+    /// Adds one production container of `service`, with the settings recorded on it and the
+    /// secret values read from it. Containers come oldest first: a later one is newer, and what
+    /// it recorded replaces what an older one did.
+    pub fn add(
+        &mut self,
+        service: &str,
+        container: ObservedContainer,
+        spec: Option<ServiceSnapshot>,
+        secrets: BTreeMap<String, SecretValue>,
+    ) {
+        let entry = self
+            .services
+            .entry(service.to_string())
+            .or_insert_with(|| ObservedService {
+                name: service.to_string(),
+                containers: Vec::new(),
+                spec: None,
+                secrets: BTreeMap::new(),
+            });
+        entry.containers.push(container);
+        entry.spec = spec;
+        entry.secrets = secrets;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -317,17 +378,6 @@ pub struct LabelledObject {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How traffic reaches a service's versions on a platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Traffic {
-    /// rollout's edge proxy holds the public ports and moves traffic by weight (docker).
-    #[default]
-    EdgeProxy,
-    /// The platform routes a service's stable name to one version; rollout moves it with
-    /// [`Engine::route_service`] (kubernetes Services, by their selector).
-    Services,
-}
-
 /// Who runs a service's health probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probes {
@@ -336,55 +386,6 @@ pub enum Probes {
     /// The platform itself (kubernetes readiness probes); rollout reads the result from
     /// [`Engine::status`].
     ByPlatform,
-}
-
-/// A platform's own record of an environment's runs, shared by every machine that manages it
-/// there (kubernetes: a ConfigMap per run, [`kube::ledger`]). The local store is a cache of it:
-/// see `store::ledger`.
-#[async_trait]
-pub trait RunLedger: Send + Sync {
-    /// Writes one run's whole record (its revision and journal), replacing what was there.
-    async fn push(&self, doc: &crate::store::RunDoc) -> Result<(), EngineError>;
-    /// Every run recorded for `env`, oldest revision first.
-    async fn pull(&self, env: &str) -> Result<Vec<crate::store::RunDoc>, EngineError>;
-    /// Where the records are, for messages.
-    fn describe(&self, env: &str) -> String;
-    /// Where the gates are, for messages.
-    fn describe_gates(&self, env: &str) -> String;
-    /// The environment's gates (the run parked at a gate, and its grants), as every machine
-    /// sees them; `None` when none were ever written.
-    async fn pull_gates(&self, env: &str) -> Result<Option<crate::store::GatesDoc>, EngineError>;
-    /// Rewrites the environment's gates as `change` makes them from what is there (`None` when
-    /// nothing ever was); `change` answering `None` writes nothing. A concurrent write makes it
-    /// read them again and ask `change` again. The doc as written, if one was.
-    async fn update_gates(
-        &self,
-        env: &str,
-        change: &(
-             dyn for<'d> Fn(Option<&'d crate::store::GatesDoc>) -> Option<crate::store::GatesDoc>
-                 + Send
-                 + Sync
-         ),
-    ) -> Result<Option<crate::store::GatesDoc>, EngineError>;
-}
-
-/// How a platform split a service's traffic for a canary ([`Engine::split_service`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// The share of requests the candidate gets, as the split really is (a replica ratio
-    /// cannot give every percentage).
-    pub percent: u8,
-    /// How, in a few words: the route and weights, or the pods beside each other.
-    pub how: String,
-}
-
-/// Whether a version still receives traffic through its service, after it was routed away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unrouted {
-    /// No endpoint of the service is the old version any more.
-    Done,
-    /// Still listed after the wait: this many endpoints.
-    StillRouted { endpoints: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -428,7 +429,9 @@ pub enum EngineError {
     },
 }
 
-/// The operations rollout needs from a container platform. Every call is idempotent.
+/// The operations rollout needs from a container platform, which every backend does; what only
+/// some platforms offer is a capability reached through an `Option` ([`Engine::services`],
+/// [`Engine::ledger`], [`Engine::shared_lock`]). Every call is idempotent.
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Which engine this is, for messages: kind, version and endpoint.
@@ -535,77 +538,26 @@ pub trait Engine: Send + Sync {
         network: &str,
     ) -> Result<Option<std::net::IpAddr>, EngineError>;
 
-    /// How traffic moves between versions here.
-    fn traffic(&self) -> Traffic {
-        Traffic::EdgeProxy
-    }
-
-    /// Who runs health probes here.
+    /// Who runs health probes here. A fact of every backend (docker: rollout, from the host;
+    /// kubernetes: the platform's readiness probes), read by test versions and checks as well
+    /// as by promotions, so it stays on the core rather than with service traffic.
     fn probes(&self) -> Probes {
         Probes::FromHost
     }
 
-    /// [`Traffic::Services`]: points the service `service` of `env` at `container`'s replicas,
-    /// and only at them.
-    async fn route_service(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-    ) -> Result<(), EngineError> {
-        let _ = (env, container);
-        Err(EngineError::Unsupported {
-            what: format!("routing service {service} on {}", self.describe()),
-        })
+    /// How traffic moves between versions here: through [`Engine::services`] where the platform
+    /// has them, else through rollout's edge proxy. Derived, not overridden.
+    fn traffic(&self) -> Traffic {
+        if self.services().is_some() {
+            Traffic::Services
+        } else {
+            Traffic::EdgeProxy
+        }
     }
 
-    /// [`Traffic::Services`]: waits (up to `limit`) until `container`'s replicas are no longer
-    /// endpoints of `service`, so removing them drops no request.
-    async fn wait_unrouted(
-        &self,
-        env: &str,
-        service: &str,
-        container: &str,
-        limit: Duration,
-    ) -> Result<Unrouted, EngineError> {
-        let _ = (env, container, limit);
-        Err(EngineError::Unsupported {
-            what: format!("draining service {service} on {}", self.describe()),
-        })
-    }
-
-    /// [`Traffic::Services`], a canary: sends about `percent` (1 to 99) of `service`'s traffic to
-    /// `candidate`'s replicas and the rest to `stable`'s, as this platform can split it. Says
-    /// how, and the share the candidate really gets.
-    async fn split_service(
-        &self,
-        env: &str,
-        service: &str,
-        stable: &str,
-        candidate: &str,
-        percent: u8,
-    ) -> Result<Split, EngineError> {
-        let _ = (env, stable, candidate, percent);
-        Err(EngineError::Unsupported {
-            what: format!(
-                "splitting service {service}'s traffic on {}",
-                self.describe()
-            ),
-        })
-    }
-
-    /// [`Traffic::Services`]: ends a split [`Engine::split_service`] began, once
-    /// [`Engine::route_service`] has pointed the service at one version: everything the split
-    /// made goes, and `kept`, the candidate that now serves alone (if it stays), is back to its
-    /// own size. Nothing to end is not an error.
-    async fn end_split(
-        &self,
-        env: &str,
-        service: &str,
-        kept: Option<&str>,
-    ) -> Result<(), EngineError> {
-        let _ = (env, service, kept);
-        Ok(())
+    /// The platform's own services, if traffic moves through them (kubernetes).
+    fn services(&self) -> Option<&dyn ServiceTraffic> {
+        None
     }
 
     /// Where this platform keeps the environments' run records itself, if it does (the local
@@ -614,35 +566,10 @@ pub trait Engine: Send + Sync {
         None
     }
 
-    /// [`Traffic::Services`]: removes what routes to `service` of `env`, a service no longer in
-    /// the manifest whose containers are gone (kubernetes: its Service). Gone already is fine.
-    async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
-        let _ = (env, service);
-        Ok(())
-    }
-
-    /// Whether [`Engine::measure`] has a source to ask.
-    fn measures(&self) -> bool {
-        false
-    }
-
-    /// [`Traffic::Services`]: what the platform's metrics source counted of `candidate`'s
-    /// requests over the last `window` (kubernetes: the Prometheus rollout.yaml names);
-    /// `None` where there is no such source.
-    async fn measure(
-        &self,
-        env: &str,
-        service: &str,
-        candidate: &str,
-        window: Duration,
-    ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
-        let _ = (env, service, candidate, window);
-        Ok(None)
-    }
-
     /// A lock on the platform itself, shared by every machine that manages `env` there
-    /// (kubernetes: a Lease), held by `holder`; `None` where the store's lock is the only one.
-    fn shared_lock(&self, env: &str, holder: &str) -> Option<kube::lease::LeaseLock> {
+    /// (kubernetes: a Lease), held by `holder` ([`shared_lock::holder`]); `None` where the
+    /// store's lock is the only one.
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<Box<dyn SharedLock>> {
         let _ = (env, holder);
         None
     }

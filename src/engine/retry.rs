@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{
     ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EventStream, ExecOutput,
-    LabelledObject, Observed, Outcome, Removed, image,
+    LabelledObject, Observed, Outcome, Removed, ServiceTraffic, image,
 };
 
 /// The backoff before each retry.
@@ -229,22 +229,44 @@ impl<E: Engine> Engine for Retrying<E> {
         retry("address", || self.inner.address(container, network)).await
     }
 
-    fn traffic(&self) -> super::Traffic {
-        self.inner.traffic()
-    }
-
     fn probes(&self) -> super::Probes {
         self.inner.probes()
     }
 
+    /// The inner engine's services, each call retried like the core's.
+    fn services(&self) -> Option<&dyn ServiceTraffic> {
+        self.inner.services().map(|_| self as &dyn ServiceTraffic)
+    }
+
+    fn ledger(&self) -> Option<std::sync::Arc<dyn super::RunLedger>> {
+        self.inner.ledger()
+    }
+
+    fn shared_lock(&self, env: &str, holder: &str) -> Option<Box<dyn super::SharedLock>> {
+        self.inner.shared_lock(env, holder)
+    }
+}
+
+impl<E: Engine> Retrying<E> {
+    /// The inner engine's services: [`Engine::services`] offers ours only where it has them.
+    fn inner_services(&self) -> &dyn ServiceTraffic {
+        self.inner
+            .services()
+            .expect("Retrying::services answers only for an engine with services")
+    }
+}
+
+#[async_trait]
+impl<E: Engine> ServiceTraffic for Retrying<E> {
     async fn route_service(
         &self,
         env: &str,
         service: &str,
         container: &str,
     ) -> Result<(), EngineError> {
+        let inner = self.inner_services();
         retry("route_service", || {
-            self.inner.route_service(env, service, container)
+            inner.route_service(env, service, container)
         })
         .await
     }
@@ -256,8 +278,9 @@ impl<E: Engine> Engine for Retrying<E> {
         container: &str,
         limit: Duration,
     ) -> Result<super::Unrouted, EngineError> {
+        let inner = self.inner_services();
         retry("wait_unrouted", || {
-            self.inner.wait_unrouted(env, service, container, limit)
+            inner.wait_unrouted(env, service, container, limit)
         })
         .await
     }
@@ -270,9 +293,9 @@ impl<E: Engine> Engine for Retrying<E> {
         candidate: &str,
         percent: u8,
     ) -> Result<super::Split, EngineError> {
+        let inner = self.inner_services();
         retry("split_service", || {
-            self.inner
-                .split_service(env, service, stable, candidate, percent)
+            inner.split_service(env, service, stable, candidate, percent)
         })
         .await
     }
@@ -283,19 +306,17 @@ impl<E: Engine> Engine for Retrying<E> {
         service: &str,
         kept: Option<&str>,
     ) -> Result<(), EngineError> {
-        retry("end_split", || self.inner.end_split(env, service, kept)).await
+        let inner = self.inner_services();
+        retry("end_split", || inner.end_split(env, service, kept)).await
     }
 
     async fn remove_route(&self, env: &str, service: &str) -> Result<(), EngineError> {
-        retry("remove_route", || self.inner.remove_route(env, service)).await
-    }
-
-    fn ledger(&self) -> Option<std::sync::Arc<dyn super::RunLedger>> {
-        self.inner.ledger()
+        let inner = self.inner_services();
+        retry("remove_route", || inner.remove_route(env, service)).await
     }
 
     fn measures(&self) -> bool {
-        self.inner.measures()
+        self.inner.services().is_some_and(|s| s.measures())
     }
 
     async fn measure(
@@ -305,11 +326,9 @@ impl<E: Engine> Engine for Retrying<E> {
         candidate: &str,
         window: Duration,
     ) -> Result<Option<crate::prometheus::Measured>, EngineError> {
-        self.inner.measure(env, service, candidate, window).await
-    }
-
-    fn shared_lock(&self, env: &str, holder: &str) -> Option<super::kube::lease::LeaseLock> {
-        self.inner.shared_lock(env, holder)
+        self.inner_services()
+            .measure(env, service, candidate, window)
+            .await
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::kube::lease::{self, LeaseError, LeaseLock};
+use crate::engine::shared_lock::{self, SharedLock, SharedLockError};
+use crate::owner::{self, Liveness};
 use crate::store::{Acquired, Claim, LockHolder, Store, StoreError};
-use crate::testenv::owner::{self, Liveness};
 
 /// How long a lock stays valid without being renewed.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -178,28 +178,28 @@ const SHARED_POLL: Duration = Duration::from_secs(2);
 
 /// The platform's lock, held: renewed in the background until released.
 pub struct SharedGuard {
-    lock: Arc<LeaseLock>,
+    lock: Arc<dyn SharedLock>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
 /// Takes the platform's lock, waiting up to `wait` for its holder to let go; `lost` is cancelled
 /// if it is taken from us while held (we failed to renew it in time and another run took it).
 pub async fn acquire_shared(
-    lock: LeaseLock,
+    lock: Box<dyn SharedLock>,
     wait: Option<Duration>,
     lost: CancellationToken,
-) -> Result<(SharedGuard, lease::Acquired), LeaseError> {
+) -> Result<(SharedGuard, shared_lock::Acquired), SharedLockError> {
     let t0 = Instant::now();
     let acquired = loop {
         match lock.acquire(jiff::Timestamp::now()).await {
             Ok(a) => break a,
-            Err(LeaseError::Held { .. }) if wait.is_some_and(|w| t0.elapsed() < w) => {
+            Err(SharedLockError::Held { .. }) if wait.is_some_and(|w| t0.elapsed() < w) => {
                 tokio::time::sleep(SHARED_POLL).await
             }
             Err(e) => return Err(e),
         }
     };
-    let lock = Arc::new(lock);
+    let lock: Arc<dyn SharedLock> = Arc::from(lock);
     let renewer = {
         let lock = lock.clone();
         let every = lock.renew_every();
@@ -208,7 +208,7 @@ pub async fn acquire_shared(
                 tokio::time::sleep(every).await;
                 match lock.acquire(jiff::Timestamp::now()).await {
                     Ok(_) => {}
-                    Err(e @ LeaseError::Held { .. }) => {
+                    Err(e @ SharedLockError::Held { .. }) => {
                         tracing::error!("the shared lock was taken over: {e}");
                         lost.cancel();
                         return;
@@ -223,7 +223,7 @@ pub async fn acquire_shared(
 }
 
 impl SharedGuard {
-    pub async fn release(self) -> Result<bool, LeaseError> {
+    pub async fn release(self) -> Result<bool, SharedLockError> {
         self.renewer.abort();
         self.lock.release().await
     }

@@ -297,7 +297,7 @@ pub(super) async fn begin_revision(
         kind: opts.kind,
         revision: 0,
         user: report.user.clone(),
-        owner: crate::testenv::owner::current(),
+        owner: crate::owner::current(),
         old: d.old.clone(),
         changed: d.changed.iter().map(|s| s.name.clone()).collect(),
         removed: d.removed.clone(),
@@ -622,9 +622,11 @@ impl<'a> Deployment<'a> {
         let routes = match table {
             Table::Edge(routes) => routes,
             Table::Services(targets) => {
+                let services = crate::engine::traffic::services(self.engine)
+                    .map_err(|e| Stop(e.to_string()))?;
                 for (service, container) in targets {
                     self.routed = true;
-                    self.engine
+                    services
                         .route_service(&self.env.name, service, container)
                         .await
                         .map_err(|e| Stop(e.to_string()))?;
@@ -632,7 +634,7 @@ impl<'a> Deployment<'a> {
                         let kept = Some(container.as_str()).filter(|c| {
                             self.candidates.get(service).map(String::as_str) == Some(c)
                         });
-                        self.engine
+                        services
                             .end_split(&self.env.name, service, kept)
                             .await
                             .map_err(|e| Stop(e.to_string()))?;
@@ -646,9 +648,11 @@ impl<'a> Deployment<'a> {
                 whole,
                 split,
             } => {
+                let services = crate::engine::traffic::services(self.engine)
+                    .map_err(|e| Stop(e.to_string()))?;
                 for (service, container) in whole {
                     self.routed = true;
-                    self.engine
+                    services
                         .route_service(&self.env.name, service, container)
                         .await
                         .map_err(|e| Stop(e.to_string()))?;
@@ -657,8 +661,7 @@ impl<'a> Deployment<'a> {
                 for (service, stable, candidate) in split {
                     self.routed = true;
                     self.split = true;
-                    let how = self
-                        .engine
+                    let how = services
                         .split_service(&self.env.name, service, stable, candidate, *percent)
                         .await
                         .map_err(|e| Stop(e.to_string()))?;
@@ -700,7 +703,8 @@ impl<'a> Deployment<'a> {
         cancel: &CancellationToken,
     ) -> Result<String, Stop> {
         let through_services = self.engine.traffic() == Traffic::Services;
-        if through_services && analysis.is_some() && !self.engine.measures() {
+        let measures = self.engine.services().is_some_and(|s| s.measures());
+        if through_services && analysis.is_some() && !measures {
             return Err(Stop(format!(
                 "a canary analysis needs the requests' figures, and {} has no source for them: name a Prometheus under `kubernetes.prometheus` in rollout.yaml",
                 self.engine.describe()
@@ -864,7 +868,7 @@ impl<'a> Deployment<'a> {
                 .await;
         }
         progress.end(&task, Status::Ok, "hold done", t0.elapsed());
-        let measured = self.engine.measures();
+        let measured = self.engine.services().is_some_and(|s| s.measures());
         let mut lines = Vec::new();
         for (svc, split) in self.splits.clone() {
             let share = if split.percent == weight.percent() {
@@ -874,11 +878,13 @@ impl<'a> Deployment<'a> {
             };
             let mut line = format!("{svc}: {share} to the candidate by {}", split.how);
             let candidate = self.candidates.get(&svc).cloned().unwrap_or_default();
-            let figures = self
-                .engine
-                .measure(&self.env.name, &svc, &candidate, hold)
-                .await
-                .map_err(|e| Stop(e.to_string()))?;
+            let figures = match self.engine.services() {
+                Some(services) => services
+                    .measure(&self.env.name, &svc, &candidate, hold)
+                    .await
+                    .map_err(|e| Stop(e.to_string()))?,
+                None => None,
+            };
             if let Some(m) = figures {
                 let (figures, failure) =
                     judge(&svc, weight, hold, m.requests, m.errors, m.p99, analysis);
@@ -987,11 +993,10 @@ impl<'a> Deployment<'a> {
         if !self.routed {
             return Ok(drained);
         }
-        if self.engine.traffic() == Traffic::Services {
+        if let Some(services) = self.engine.services() {
             for svc in self.changed.iter().filter(|s| !s.ports.is_empty()) {
                 for c in self.old.get(&svc.name).into_iter().flatten() {
-                    match self
-                        .engine
+                    match services
                         .wait_unrouted(&self.env.name, &svc.name, c, drain)
                         .await
                     {
@@ -1091,9 +1096,9 @@ impl<'a> Deployment<'a> {
         for c in &gone {
             remove_container(self.engine, c).await.map_err(Stop)?;
         }
-        if self.engine.traffic() == Traffic::Services {
+        if let Some(services) = self.engine.services() {
             for name in &self.removed {
-                self.engine
+                services
                     .remove_route(&self.env.name, name)
                     .await
                     .map_err(|e| Stop(e.to_string()))?;

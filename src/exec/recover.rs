@@ -12,9 +12,9 @@ use super::promote::{Begin, Deployment, Stop};
 use super::report::{Outcome, RunKind};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
+use crate::owner::{self, Liveness};
 use crate::progress::Progress;
 use crate::store::{JournalEntry, Store};
-use crate::testenv::owner::{self, Liveness};
 
 /// What recovery did with one interrupted run.
 #[derive(Debug, Clone, serde::Serialize)]

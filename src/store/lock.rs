@@ -29,7 +29,7 @@ pub struct LockHolder {
 impl LockHolder {
     /// The host and pid parts of the owner, for messages.
     pub fn host_pid(&self) -> (String, String) {
-        crate::testenv::owner::host_pid(&self.owner)
+        crate::owner::host_pid(&self.owner)
     }
 
     /// One line naming the holder: who, where, which run, since when.

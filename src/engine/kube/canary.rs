@@ -1,4 +1,4 @@
-//! Canary splits on the kubernetes backend ([`Engine::split_service`](crate::engine::Engine)).
+//! Canary splits on the kubernetes backend ([`ServiceTraffic::split_service`](crate::engine::ServiceTraffic)).
 //!
 //! A Service sends to whatever pods its selector picks, so a weight needs something more. Two
 //! ways, chosen per service at each canary step:
@@ -16,7 +16,7 @@
 //!   version's, so the candidate's share is `k / (k + stable)`: with one pod each, 50% whatever
 //!   the weight asked. The share really given is what the step reports.
 //!
-//! Ending a split ([`Engine::end_split`](crate::engine::Engine)) comes after the Service was
+//! Ending a split ([`ServiceTraffic::end_split`](crate::engine::ServiceTraffic)) comes after the Service was
 //! pointed at one version again: the route's rules lose the canary backend, the canary Service
 //! is deleted, and a candidate that stays is scaled back to its one replica.
 

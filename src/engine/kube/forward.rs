@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, ListParams};
 use tokio::io::AsyncReadExt;
 
-use super::{KubeEngine, api_error, selector_string};
+use super::{KubeEngine, api_error, pods_of};
 use crate::engine::{EngineError, ExecOutput};
 
 /// How much of a command's output is kept (its end), as on Docker.
@@ -100,13 +100,7 @@ impl KubeEngine {
                 reason: "it is not in the cluster".into(),
             })?;
         let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let selector = d
-            .spec
-            .selector
-            .match_labels
-            .as_ref()
-            .map(selector_string)
-            .unwrap_or_default();
+        let selector = pods_of(&d).unwrap_or_default();
         Ok((self.api(&ns), selector))
     }
 

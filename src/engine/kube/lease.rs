@@ -1,7 +1,8 @@
 //! One change at a time per environment, on a cluster: the lock as a `coordination.k8s.io/v1`
 //! Lease named [`LEASE_NAME`] in the environment's namespace.
 //!
-//! [`decide`] is pure (the Lease as read, who asks, `now`); [`LeaseLock`] does the I/O. Writes
+//! [`decide`] is pure (the Lease as read, who asks, `now`); [`LeaseLock`] does the I/O, as the
+//! engine's [`SharedLock`]. Writes
 //! carry the `resourceVersion` that was read, so two processes deciding at once cannot both win:
 //! the API server answers the slower one 409, which is reported as the lock being held.
 //! `promote` and `rollback` take it through `exec::lock::acquire_shared`, after the local
@@ -13,20 +14,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
 use super::{FIELD_MANAGER, namespace};
+use crate::engine::shared_lock::{Acquired, SharedLock, SharedLockError, holder_owner};
 
 /// The Lease's name in `rollout-<env>`.
 pub const LEASE_NAME: &str = "rollout-lock";
-
-/// The holder identity of a run: who, which process (`host:pid:start`), which run.
-pub fn holder(user: &str, owner: &str, run: &str) -> String {
-    format!("{user} ({owner}, run {run})")
-}
-
-/// The process (`host:pid:start`) inside a [`holder`] identity, if it is one.
-pub fn holder_owner(holder: &str) -> Option<&str> {
-    let inner = holder.rsplit_once(" (")?.1.strip_suffix(')')?;
-    Some(inner.split_once(", run ")?.0)
-}
 
 /// What to do with the Lease as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,33 +71,7 @@ pub fn decide(
     }
 }
 
-/// What acquiring did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquired {
-    Created,
-    Renewed,
-    TookOver { from: Option<String> },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    #[error(
-        "environment {env} is locked by {holder} until {until} (Lease {LEASE_NAME} in {namespace}); try again after it finishes"
-    )]
-    Held {
-        env: String,
-        namespace: String,
-        holder: String,
-        until: String,
-    },
-    #[error("{action} Lease {LEASE_NAME} in {namespace} failed: {reason}")]
-    Api {
-        action: &'static str,
-        namespace: String,
-        reason: String,
-    },
-}
-
+/// A [`SharedLock`] as a Lease in the environment's namespace.
 pub struct LeaseLock {
     api: Api<Lease>,
     env: String,
@@ -129,39 +94,46 @@ impl LeaseLock {
         }
     }
 
-    /// How often a holder renews: a third of the duration, so two renewals may fail in a row.
-    pub fn renew_every(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(u64::try_from(self.duration_secs / 3).unwrap_or(1).max(1))
+    /// What and where the lock is, for messages.
+    fn lock(&self) -> String {
+        format!("Lease {LEASE_NAME} in {}", self.namespace)
     }
 
-    fn api_err(&self, action: &'static str, e: kube::Error) -> LeaseError {
-        LeaseError::Api {
+    fn api_err(&self, action: &'static str, e: kube::Error) -> SharedLockError {
+        SharedLockError::Call {
             action,
-            namespace: self.namespace.clone(),
+            lock: self.lock(),
             reason: e.to_string(),
         }
     }
 
-    fn held(&self, holder: String, until: String) -> LeaseError {
-        LeaseError::Held {
+    fn held(&self, holder: String, until: String) -> SharedLockError {
+        SharedLockError::Held {
             env: self.env.clone(),
-            namespace: self.namespace.clone(),
+            lock: self.lock(),
             holder,
             until,
         }
     }
+}
+
+#[async_trait::async_trait]
+impl SharedLock for LeaseLock {
+    /// How often a holder renews: a third of the duration, so two renewals may fail in a row.
+    fn renew_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.duration_secs / 3).unwrap_or(1).max(1))
+    }
 
     /// Takes the lock, renews it if ours, or takes over an expired one; refuses a held one.
-    pub async fn acquire(&self, now: Timestamp) -> Result<Acquired, LeaseError> {
+    async fn acquire(&self, now: Timestamp) -> Result<Acquired, SharedLockError> {
         let found = self
             .api
             .get_opt(LEASE_NAME)
             .await
             .map_err(|e| self.api_err("read", e))?;
         let gone = |h: &str| {
-            holder_owner(h).is_some_and(|o| {
-                crate::testenv::owner::liveness(o) == crate::testenv::owner::Liveness::Dead
-            })
+            holder_owner(h)
+                .is_some_and(|o| crate::owner::liveness(o) == crate::owner::Liveness::Dead)
         };
         let decision = decide(found.as_ref(), &self.holder, now, &gone);
         let stamp = MicroTime(now);
@@ -230,10 +202,10 @@ impl LeaseLock {
 
     /// Who holds the lock at `now` and until when, without touching it; `None` when nobody
     /// does (no Lease, released, or run out).
-    pub async fn holder_at(
+    async fn holder_at(
         &self,
         now: Timestamp,
-    ) -> Result<Option<(String, Timestamp)>, LeaseError> {
+    ) -> Result<Option<(String, Timestamp)>, SharedLockError> {
         let found = self
             .api
             .get_opt(LEASE_NAME)
@@ -252,7 +224,7 @@ impl LeaseLock {
     }
 
     /// Gives the lock up if we hold it; a lock held by someone else is left alone.
-    pub async fn release(&self) -> Result<bool, LeaseError> {
+    async fn release(&self) -> Result<bool, SharedLockError> {
         let Some(lease) = self
             .api
             .get_opt(LEASE_NAME)
@@ -298,14 +270,6 @@ mod tests {
                 ..Default::default()
             }),
         }
-    }
-
-    #[test]
-    fn holder_identities_carry_their_process() {
-        let h = holder("alice (ops)", "box:42:1700000000", "r1a2");
-        assert_eq!(h, "alice (ops) (box:42:1700000000, run r1a2)");
-        assert_eq!(holder_owner(&h), Some("box:42:1700000000"));
-        assert_eq!(holder_owner("some-controller"), None);
     }
 
     #[test]

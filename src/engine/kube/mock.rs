@@ -15,8 +15,9 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
-use super::lease::{Acquired, LeaseError, LeaseLock};
+use super::lease::LeaseLock;
 use super::*;
+use crate::engine::shared_lock::{Acquired, SharedLock, SharedLockError};
 use crate::engine::spec::{base_labels, production_container, production_network};
 use crate::engine::{ContainerState, Role};
 use crate::manifest::env::Environment;
@@ -577,7 +578,7 @@ async fn lease_held_by_another_holder_is_refused_naming_it() {
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     let err = lock.acquire(now()).await.unwrap_err();
     finished(server).await;
-    assert!(matches!(err, LeaseError::Held { .. }));
+    assert!(matches!(err, SharedLockError::Held { .. }));
     assert_eq!(
         err.to_string(),
         "environment shop is locked by ci:7:run-b until 2026-01-01T12:00:20Z (Lease rollout-lock in rollout-shop); try again after it finishes"
@@ -653,9 +654,9 @@ async fn the_lease_holder_is_read_without_a_write() {
 #[tokio::test]
 async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
     // No pid reaches 2^22 + 1 (Linux's pid_max is at most 2^22).
-    let dead = super::lease::holder(
+    let dead = crate::engine::shared_lock::holder(
         "bob",
-        &format!("{}:4194305:1", crate::testenv::owner::hostname()),
+        &format!("{}:4194305:1", crate::owner::hostname()),
         "r0",
     );
     let (client, server) = serve(vec![

@@ -19,7 +19,7 @@ pub(super) async fn run(
     let o = testenv::Options {
         ttl,
         copy_data: copy_data.to_vec(),
-        owner: Some(testenv::owner::current()),
+        owner: Some(crate::owner::current()),
     };
     if let Some(p) = &w.production {
         p.journal

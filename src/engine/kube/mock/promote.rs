@@ -354,7 +354,7 @@ async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_d
     let env = with_web_image("web:2");
     let mut script = observe_script(deployments.clone(), pods.clone());
     script.extend(observe_script(deployments, pods));
-    script.extend(up_script(crate::testenv::owner::current()));
+    script.extend(up_script(crate::owner::current()));
     // smoke on test: web's health (db has none).
     script.extend(status_of("web", 1));
     script.extend(apply_candidate(&env, "r9", "web:2"));

@@ -1,5 +1,6 @@
-//! Who owns a test version: the process running it, as `host:pid:start`, so the next command
-//! can tell a version whose run is still going from one left by a killed process.
+//! Who owns a test version, a lock or a lease: the process running it, as `host:pid:start`, so
+//! the next command can tell a run still going from one left by a killed process. It sits at the
+//! top of the crate and depends on nothing of ours, so `engine`, `store` and `testenv` can all ask.
 
 /// The owner string of this process.
 pub fn current() -> String {
