@@ -8,7 +8,7 @@ use crate::manifest::env::Environment;
 use crate::manifest::playbook::{self, Playbook};
 use crate::manifest::raw::{RawConfig, RawEnvironment, RawPlaybook};
 use crate::manifest::source::{Diagnostic, Diagnostics, Source};
-use crate::manifest::{compose, env, yaml};
+use crate::manifest::{compose, env, suggest, yaml};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -140,12 +140,9 @@ impl Project {
         match all.as_slice() {
             [] => Err(ProjectError::NoManifests(self.dir.join("manifests"))),
             [(n, _)] => Ok(n.clone()),
-            _ => Err(ProjectError::AmbiguousEnvironment(
-                all.iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
+            _ => Err(ProjectError::AmbiguousEnvironment(suggest::listing(
+                all.iter().map(|(n, _)| n.as_str()),
+            ))),
         }
     }
 
@@ -170,23 +167,14 @@ impl Project {
             }
             None => {
                 let all = self.manifests()?;
-                let names = || {
-                    all.iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let names = || suggest::listing(all.iter().map(|(n, _)| n.as_str()));
                 match name {
                     Some(n) => match all.iter().find(|(en, _)| en == n) {
                         Some((_, p)) => p.clone(),
                         None => {
                             return Err(ProjectError::UnknownEnvironment {
                                 name: n.to_string(),
-                                available: if all.is_empty() {
-                                    "none".into()
-                                } else {
-                                    names()
-                                },
+                                available: names(),
                             });
                         }
                     },
@@ -243,23 +231,14 @@ impl Project {
             let pb = playbook::resolve(&src, raw)?;
             all.push((pb, src));
         }
-        let names = || {
-            all.iter()
-                .map(|(p, _)| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = || suggest::listing(all.iter().map(|(p, _)| p.name.as_str()));
         let chosen = match name {
             Some(n) => match all.iter().position(|(p, _)| p.name == n) {
                 Some(i) => i,
                 None => {
                     return Err(ProjectError::UnknownPlaybook {
                         name: n.to_string(),
-                        available: if all.is_empty() {
-                            "none".into()
-                        } else {
-                            names()
-                        },
+                        available: names(),
                     });
                 }
             },

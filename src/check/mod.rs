@@ -12,7 +12,6 @@
 
 mod exec;
 mod http;
-pub mod json_path;
 mod tcp;
 
 use std::collections::BTreeMap;
@@ -25,6 +24,7 @@ use crate::engine::{Engine, HealthState};
 use crate::manifest::env::{
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, Environment, Probe, Protocol, Service,
 };
+use crate::manifest::json_path;
 use crate::manifest::playbook::{Check, CheckKind};
 
 /// The outcome of one check. Inconclusive (could not decide: e.g. no published port, connection

@@ -112,7 +112,7 @@ pub struct Notify {
     pub on: Vec<Event>,
 }
 
-/// What a webhook can be told about (see [`crate::notify`]).
+/// What a webhook can be told about (the `notify` module sends them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Failed,
@@ -176,17 +176,14 @@ pub fn resolve(src: &Source, raw: RawConfig) -> Result<Config, Diagnostics> {
     } = raw;
     let mut c = Checker::new(src);
     let defaults = Config::default();
-    let backend = match backend.as_ref().map(|b| (b.value.as_str(), pos(b))) {
-        None | Some(("docker", _)) => Backend::Docker,
-        Some(("kubernetes", _)) => Backend::Kubernetes,
-        Some((other, at)) => {
-            c.error(
-                at,
-                format!("unknown backend `{other}`; expected `docker` or `kubernetes`"),
-            );
-            Backend::Docker
-        }
-    };
+    let backend = c.keyword(
+        backend.as_ref(),
+        "backend",
+        &[
+            ("docker", Backend::Docker),
+            ("kubernetes", Backend::Kubernetes),
+        ],
+    );
     let state = state.map_or(defaults.state, |s| PathBuf::from(s.value));
     let docker_host = docker.and_then(|d| d.value.host.map(|h| h.value));
     let proxy = match proxy {
@@ -401,16 +398,8 @@ fn resolve_daemon(c: &mut Checker<'_>, d: RawDaemon) -> Daemon {
         let tz =
             r.tz.as_ref()
                 .map_or_else(|| "UTC".to_string(), |t| t.value.clone());
-        if let Some(t) = &r.tz
-            && jiff::tz::TimeZone::get(&t.value).is_err()
-        {
-            c.error(
-                pos(t),
-                format!(
-                    "unknown time zone `{}`; expected an IANA name such as Europe/Paris",
-                    t.value
-                ),
-            );
+        if let Some(t) = &r.tz {
+            c.time_zone(t);
         }
         match r.schedule.value.parse::<croner::Cron>() {
             Ok(schedule) => out_rehearsals.push(Rehearsal {

@@ -14,6 +14,7 @@ use super::duration;
 use super::raw::{OrderedMap, RawEnvironment, RawHealth, RawService};
 use super::secret::{Secret, SecretSource, SecretValue};
 use super::source::{Diagnostic, Diagnostics, Pos, Source};
+use super::suggest;
 use super::yaml::{Spanned, Text, pos};
 
 pub const API_VERSION: &str = "rollout/v1";
@@ -152,25 +153,64 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub fn api_version(&mut self, v: &Spanned<String>) {
-        if v.value != API_VERSION {
+    /// The head every rollout document starts with: `apiVersion` and `kind`.
+    pub fn head(&mut self, api_version: &Spanned<String>, kind: &Spanned<String>, expected: &str) {
+        if api_version.value != API_VERSION {
             self.error(
-                pos(v),
+                pos(api_version),
                 format!(
                     "unsupported apiVersion `{}`; expected `{API_VERSION}`",
-                    v.value
+                    api_version.value
+                ),
+            );
+        }
+        if kind.value != expected {
+            self.error(
+                pos(kind),
+                format!(
+                    "this file declares kind `{}`; expected `{expected}` here",
+                    kind.value
                 ),
             );
         }
     }
 
-    pub fn kind(&mut self, v: &Spanned<String>, expected: &str) {
-        if v.value != expected {
+    /// One of a few words, each standing for a value. The first of `words` (never empty) is the
+    /// default: for a word left out, and for one not listed, which is reported as an unknown
+    /// `what` ("unknown backend `x`; expected `docker` or `kubernetes`").
+    pub fn keyword<T: Copy>(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        what: &str,
+        words: &[(&str, T)],
+    ) -> T {
+        let default = words[0].1;
+        let Some(v) = v else {
+            return default;
+        };
+        if let Some((_, value)) = words.iter().find(|(w, _)| *w == v.value) {
+            return *value;
+        }
+        let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+        self.error(
+            pos(v),
+            format!(
+                "unknown {what} `{}`; expected {}",
+                v.value,
+                suggest::one_of(&names)
+            ),
+        );
+        default
+    }
+
+    /// An IANA time zone name.
+    pub fn time_zone(&mut self, tz: &Spanned<String>) {
+        if jiff::tz::TimeZone::get(&tz.value).is_err() {
             self.error(
-                pos(v),
+                pos(tz),
                 format!(
-                    "this file declares kind `{}`; expected `{expected}` here",
-                    v.value
+                    "unknown time zone `{}`; expected an IANA name such as Europe/Paris",
+                    tz.value
                 ),
             );
         }
@@ -301,8 +341,7 @@ pub fn resolve(
         services,
     } = raw;
     let mut c = Checker::new(src);
-    c.api_version(&api_version);
-    c.kind(&kind, "Environment");
+    c.head(&api_version, &kind, "Environment");
     let env_name = c.name(&name, "environment name");
     let client_name = c.name(&client, "client name");
     if services.value.0.is_empty() {
@@ -452,22 +491,11 @@ fn resolve_service(
                 format!("port name `{port_name}` is used twice in service `{name}`"),
             );
         }
-        let protocol = match p
-            .value
-            .protocol
-            .as_ref()
-            .map(|s| (s.value.as_str(), pos(s)))
-        {
-            None | Some(("http", _)) => Protocol::Http,
-            Some(("tcp", _)) => Protocol::Tcp,
-            Some((other, at)) => {
-                c.error(
-                    at,
-                    format!("unknown protocol `{other}`; expected `http` or `tcp`"),
-                );
-                Protocol::Http
-            }
-        };
+        let protocol = c.keyword(
+            p.value.protocol.as_ref(),
+            "protocol",
+            &[("http", Protocol::Http), ("tcp", Protocol::Tcp)],
+        );
         resolved_ports.push(Port {
             name: port_name,
             container,
@@ -481,7 +509,7 @@ fn resolve_service(
         if d.value == name {
             c.error(pos(d), format!("service `{name}` depends on itself"));
         } else if !known.contains(d.value.as_str()) {
-            c.error(pos(d), format!("service `{name}` depends on `{}`, which is not a service of this environment (services: {})", d.value, known.iter().copied().collect::<Vec<_>>().join(", ")));
+            c.error(pos(d), format!("service `{name}` depends on `{}`, which is not a service of this environment (services: {})", d.value, suggest::listing(known.iter().copied())));
         } else if deps.contains(&d.value) {
             c.error(
                 pos(d),

@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use super::duration;
 use super::env::{Checker, Environment, Protocol};
+use super::json_path;
 use super::raw::{RawAnalysis, RawCheck, RawPlaybook, RawStep, RawWindow};
 use super::source::{Diagnostics, Pos, Source};
+use super::suggest;
 use super::yaml::{Spanned, pos};
 
 /// A traffic weight in percent, 0..=100.
@@ -302,7 +304,6 @@ impl Playbook {
     /// stateful services). Errors point into the playbook file.
     pub fn check_against(&self, src: &Source, env: &Environment) -> Result<(), Diagnostics> {
         let mut c = Checker::new(src);
-        let names: Vec<&str> = env.services.iter().map(|s| s.name.as_str()).collect();
         for r in &self.refs {
             match env.service(&r.name) {
                 None => c.error(
@@ -312,7 +313,7 @@ impl Playbook {
                         if r.what == RefKind::Check { "this check" } else { "copyData" },
                         r.name,
                         env.name,
-                        names.join(", ")
+                        suggest::listing(env.services.iter().map(|s| s.name.as_str()))
                     ),
                 ),
                 Some(s) if r.what == RefKind::CopyData && s.volumes.is_empty() => c.error(
@@ -359,20 +360,14 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
         two_person_rule,
     } = raw;
     let mut c = Checker::new(src);
-    c.api_version(&api_version);
-    c.kind(&kind, "Playbook");
+    c.head(&api_version, &kind, "Playbook");
     let name = c.name(&name, "playbook name");
     let window = window.as_ref().map(|w| resolve_window(&mut c, w));
-    let on_failure = match on_failure.as_ref().map(|s| (s.value.as_str(), pos(s))) {
-        None | Some(("rollback", _)) => OnFailure::Rollback,
-        Some((other, at)) => {
-            c.error(
-                at,
-                format!("unknown onFailure `{other}`; expected `rollback`"),
-            );
-            OnFailure::Rollback
-        }
-    };
+    let on_failure = c.keyword(
+        on_failure.as_ref(),
+        "onFailure",
+        &[("rollback", OnFailure::Rollback)],
+    );
     let mut refs = Vec::new();
     let mut out = Vec::new();
     if steps.value.is_empty() {
@@ -459,17 +454,11 @@ fn resolve_step(c: &mut Checker<'_>, step: &Spanned<RawStep>, refs: &mut Vec<Ser
             }
         }
         RawStep::Smoke(s) => {
-            let target = match s.target.as_ref().map(|t| (t.value.as_str(), pos(t))) {
-                None | Some(("test", _)) => Target::Test,
-                Some(("production", _)) => Target::Production,
-                Some((other, at)) => {
-                    c.error(
-                        at,
-                        format!("unknown smoke target `{other}`; expected `test` or `production`"),
-                    );
-                    Target::Test
-                }
-            };
+            let target = c.keyword(
+                s.target.as_ref(),
+                "smoke target",
+                &[("test", Target::Test), ("production", Target::Production)],
+            );
             let checks = s
                 .checks
                 .iter()
@@ -570,7 +559,7 @@ fn resolve_check(c: &mut Checker<'_>, ch: &Spanned<RawCheck>, refs: &mut Vec<Ser
                 .map(|(k, v)| (k.value.to_ascii_lowercase(), v.value.0.clone()))
                 .collect();
             let json = h.expect_json.as_ref().map(|j| {
-                if let Err(e) = crate::check::json_path::parse(&j.value.path.value) {
+                if let Err(e) = json_path::parse(&j.value.path.value) {
                     c.error(pos(&j.value.path), format!("invalid JSON path: {e}"));
                 }
                 (j.value.path.value.clone(), j.value.equals.clone())
@@ -664,15 +653,7 @@ fn resolve_window(c: &mut Checker<'_>, w: &Spanned<RawWindow>) -> Window {
     if from_m == to_m {
         c.error(pos(to), "the window opens and closes at the same time");
     }
-    if jiff::tz::TimeZone::get(&tz.value).is_err() {
-        c.error(
-            pos(tz),
-            format!(
-                "unknown time zone `{}`; expected an IANA name such as Europe/Paris",
-                tz.value
-            ),
-        );
-    }
+    c.time_zone(tz);
     let mut out_freezes = Vec::new();
     for f in freezes.iter().flatten() {
         let from = date(c, &f.value.from);

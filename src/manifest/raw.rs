@@ -3,6 +3,9 @@
 //! Every struct denies unknown keys so a typo is an error, and keeps the position of values that
 //! a later check may need to point at. [`super::env`], [`super::playbook`] and [`super::config`]
 //! resolve these into types that cannot be invalid.
+//!
+//! A field of type `Option` may be left out (serde reads a missing `Option` as `None`, so no
+//! `#[serde(default)]` is needed); every other field is required.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -55,7 +58,6 @@ pub struct RawEnvironment {
     pub kind: Spanned<String>,
     pub name: Spanned<String>,
     pub client: Spanned<String>,
-    #[serde(default)]
     pub self_heal: Option<bool>,
     pub services: Spanned<OrderedMap<Spanned<RawService>>>,
 }
@@ -64,23 +66,14 @@ pub struct RawEnvironment {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawService {
     pub image: Spanned<String>,
-    #[serde(default)]
     pub command: Option<Vec<String>>,
-    #[serde(default)]
     pub env: Option<OrderedMap<Spanned<Text>>>,
-    #[serde(default)]
     pub secrets: Option<OrderedMap<Spanned<RawSecret>>>,
-    #[serde(default)]
     pub ports: Option<Vec<Spanned<RawPort>>>,
-    #[serde(default)]
     pub depends_on: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
     pub health: Option<Spanned<RawHealth>>,
-    #[serde(default)]
     pub stateful: Option<bool>,
-    #[serde(default)]
     pub volumes: Option<Vec<Spanned<RawVolume>>>,
-    #[serde(default)]
     pub managed_by: Option<Spanned<RawManagedBy>>,
 }
 
@@ -93,31 +86,21 @@ pub struct RawSecret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPort {
-    #[serde(default)]
     pub name: Option<Spanned<String>>,
     pub container: Spanned<i64>,
-    #[serde(default)]
     pub public: Option<Spanned<i64>>,
-    #[serde(default)]
     pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawHealth {
-    #[serde(default)]
     pub http: Option<Spanned<RawHttpProbe>>,
-    #[serde(default)]
     pub tcp: Option<Spanned<RawTcpProbe>>,
-    #[serde(default)]
     pub exec: Option<Spanned<Vec<String>>>,
-    #[serde(default)]
     pub interval: Option<Spanned<Text>>,
-    #[serde(default)]
     pub timeout: Option<Spanned<Text>>,
-    #[serde(default)]
     pub start_period: Option<Spanned<Text>>,
-    #[serde(default)]
     pub retries: Option<Spanned<i64>>,
 }
 
@@ -125,7 +108,6 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawHttpProbe {
     pub port: Spanned<i64>,
-    #[serde(default)]
     pub path: Option<Spanned<String>>,
 }
 
@@ -156,12 +138,9 @@ pub struct RawPlaybook {
     pub api_version: Spanned<String>,
     pub kind: Spanned<String>,
     pub name: Spanned<String>,
-    #[serde(default)]
     pub window: Option<Spanned<RawWindow>>,
     pub steps: Spanned<Vec<Spanned<RawStep>>>,
-    #[serde(default)]
     pub on_failure: Option<Spanned<String>>,
-    #[serde(default)]
     pub two_person_rule: Option<Spanned<bool>>,
 }
 
@@ -172,7 +151,6 @@ pub struct RawWindow {
     pub from: Spanned<String>,
     pub to: Spanned<String>,
     pub tz: Spanned<String>,
-    #[serde(default)]
     pub freezes: Option<Vec<Spanned<RawFreeze>>>,
 }
 
@@ -181,7 +159,6 @@ pub struct RawWindow {
 pub struct RawFreeze {
     pub from: Spanned<String>,
     pub to: Spanned<String>,
-    #[serde(default)]
     pub reason: Option<String>,
 }
 
@@ -198,16 +175,13 @@ pub enum RawStep {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawTestEnv {
-    #[serde(default)]
     pub ttl: Option<Spanned<Text>>,
-    #[serde(default)]
     pub copy_data: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSmoke {
-    #[serde(default)]
     pub target: Option<Spanned<String>>,
     pub checks: Vec<Spanned<RawCheck>>,
 }
@@ -222,27 +196,21 @@ pub struct RawApprove {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawCanary {
     pub weight: Spanned<i64>,
-    #[serde(default)]
     pub hold: Option<Spanned<Text>>,
-    #[serde(default)]
     pub analysis: Option<Spanned<RawAnalysis>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAnalysis {
-    #[serde(default)]
     pub max_error_rate: Option<Spanned<f64>>,
-    #[serde(default)]
     pub max_p99: Option<Spanned<Text>>,
-    #[serde(default)]
     pub min_requests: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPromote {
-    #[serde(default)]
     pub drain: Option<Spanned<Text>>,
 }
 
@@ -258,21 +226,13 @@ pub enum RawCheck {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawHttpCheck {
     pub service: Spanned<String>,
-    #[serde(default)]
     pub port: Option<Spanned<i64>>,
-    #[serde(default)]
     pub path: Option<Spanned<String>>,
-    #[serde(default)]
     pub expect_status: Option<Spanned<i64>>,
-    #[serde(default)]
     pub expect_body: Option<String>,
-    #[serde(default)]
     pub expect_header: Option<OrderedMap<Spanned<Text>>>,
-    #[serde(default)]
     pub expect_json: Option<Spanned<RawJsonExpect>>,
-    #[serde(default)]
     pub timeout: Option<Spanned<Text>>,
-    #[serde(default)]
     pub retries: Option<Spanned<i64>>,
 }
 
@@ -288,9 +248,7 @@ pub struct RawJsonExpect {
 pub struct RawTcpCheck {
     pub service: Spanned<String>,
     pub port: Spanned<i64>,
-    #[serde(default)]
     pub timeout: Option<Spanned<Text>>,
-    #[serde(default)]
     pub retries: Option<Spanned<i64>>,
 }
 
@@ -299,13 +257,9 @@ pub struct RawTcpCheck {
 pub struct RawExecCheck {
     pub service: Spanned<String>,
     pub command: Spanned<Vec<String>>,
-    #[serde(default)]
     pub timeout: Option<Spanned<Text>>,
-    #[serde(default)]
     pub retries: Option<Spanned<i64>>,
-    #[serde(default)]
     pub expect_exit: Option<Spanned<i64>>,
-    #[serde(default)]
     pub expect_output: Option<String>,
 }
 
@@ -314,28 +268,19 @@ pub struct RawExecCheck {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
-    #[serde(default)]
     pub backend: Option<Spanned<String>>,
-    #[serde(default)]
     pub state: Option<Spanned<String>>,
-    #[serde(default)]
     pub docker: Option<Spanned<RawDocker>>,
-    #[serde(default)]
     pub proxy: Option<Spanned<RawProxy>>,
-    #[serde(default)]
     pub daemon: Option<Spanned<RawDaemon>>,
-    #[serde(default)]
     pub notify: Option<Vec<Spanned<RawNotify>>>,
-    #[serde(default)]
     pub kubernetes: Option<Spanned<RawKubernetes>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawKubernetes {
-    #[serde(default)]
     pub prometheus: Option<Spanned<RawPrometheus>>,
-    #[serde(default)]
     pub copy_image: Option<Spanned<String>>,
 }
 
@@ -345,34 +290,27 @@ pub struct RawPrometheus {
     pub url: Spanned<String>,
     pub requests: Spanned<String>,
     pub errors: Spanned<String>,
-    #[serde(default)]
     pub p99: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawDocker {
-    #[serde(default)]
     pub host: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawProxy {
-    #[serde(default)]
     pub bind: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawDaemon {
-    #[serde(default)]
     pub listen: Option<Spanned<String>>,
-    #[serde(default)]
     pub tokens: Option<Vec<Spanned<RawToken>>>,
-    #[serde(default)]
     pub gitops: Option<Spanned<RawGitops>>,
-    #[serde(default)]
     pub rehearsals: Option<Vec<Spanned<RawRehearsal>>>,
 }
 
@@ -389,13 +327,9 @@ pub struct RawToken {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawGitops {
     pub repo: Spanned<String>,
-    #[serde(default)]
     pub branch: Option<Spanned<String>>,
-    #[serde(default)]
     pub path: Option<Spanned<String>>,
-    #[serde(default)]
     pub interval: Option<Spanned<Text>>,
-    #[serde(default)]
     pub playbook: Option<Spanned<String>>,
 }
 
@@ -403,10 +337,8 @@ pub struct RawGitops {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRehearsal {
     pub environment: Spanned<String>,
-    #[serde(default)]
     pub playbook: Option<Spanned<String>>,
     pub schedule: Spanned<String>,
-    #[serde(default)]
     pub tz: Option<Spanned<String>>,
 }
 
@@ -414,6 +346,5 @@ pub struct RawRehearsal {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawNotify {
     pub webhook: Spanned<String>,
-    #[serde(default)]
     pub on: Option<Vec<Spanned<String>>>,
 }
