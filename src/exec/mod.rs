@@ -6,6 +6,7 @@
 //! Rehearsals run every step against a test version only: steps aimed at production (and gates,
 //! which only matter before production is touched) are reported "skipped in rehearsal".
 
+mod deploy;
 pub mod health;
 pub mod journal;
 pub mod lock;
@@ -14,6 +15,7 @@ pub mod recover;
 pub mod report;
 pub mod settle;
 mod steps;
+mod traffic;
 pub mod walk;
 
 use std::time::Instant;
