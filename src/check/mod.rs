@@ -12,6 +12,7 @@
 
 mod exec;
 mod http;
+pub mod ready;
 mod tcp;
 
 use std::collections::BTreeMap;

@@ -232,7 +232,7 @@ impl<'a> Deployment<'a> {
             return Err(Stop(e.to_string()));
         }
         let healthy = tokio::select! {
-            r = super::health::wait(engine, svc, &spec.name) => r,
+            r = crate::check::ready::wait(engine, svc, &spec.name) => r,
             () = self.cancel.cancelled() => Err("stopped by a signal".to_string()),
         };
         match healthy {

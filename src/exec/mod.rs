@@ -7,7 +7,6 @@
 //! which only matter before production is touched) are reported "skipped in rehearsal".
 
 mod deploy;
-pub mod health;
 pub mod journal;
 pub mod lock;
 pub mod promote;

@@ -363,7 +363,7 @@ async fn start_and_wait(
 ) -> Result<(Endpoint, String), TestEnvError> {
     engine.run_container(spec).await?;
     if engine.probes() == Probes::ByPlatform {
-        let how = crate::exec::health::wait(engine, svc, container)
+        let how = crate::check::ready::wait(engine, svc, container)
             .await
             .map_err(|reason| TestEnvError::NotReady { reason })?;
         let endpoint = Endpoint {

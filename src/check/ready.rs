@@ -1,8 +1,9 @@
-//! Waiting for a production candidate to become healthy, and noticing when it dies.
+//! Waiting for a container to become healthy, and noticing when it dies: production candidates,
+//! and the services of a test version on platforms that probe them themselves.
 //!
 //! Candidates start beside production one service at a time, so a short poll of the engine's
-//! state (and of the http/tcp probe from the host) is enough here; test versions, which start
-//! whole graphs, read the event stream instead.
+//! state (and of the http/tcp probe from the host) is enough here; test versions on docker, which
+//! start whole graphs, read the event stream instead (`testenv`).
 
 use std::time::{Duration, Instant};
 
