@@ -17,7 +17,7 @@ pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result
     let project = Project::open(dir)?;
     let loaded = super::load_environment(&project, &env, printer)?;
     let playbook = project.playbook(playbook.as_deref(), &loaded.environment)?;
-    let engine = super::connect(&project, "plan").await?;
+    let engine = crate::session::connect(&project, "plan").await?;
     let observed = engine.observe(&loaded.environment.name).await?;
     let plan = plan::compute(&loaded.environment, &observed, &playbook);
     warn_interrupted(&project, &loaded.environment.name, printer);

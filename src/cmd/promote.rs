@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, PromoteArgs};
-use crate::engine::Engine;
 use crate::exec::promote::{self, Options};
 use crate::exec::report::{Outcome, RunKind, RunReport};
 use crate::manifest::env::Environment;
@@ -17,7 +16,8 @@ use crate::progress::Console;
 use crate::project::Project;
 use anyhow::Context;
 
-use crate::store::{Awaited, GrantKind, Parked, Store};
+use crate::session::Session;
+use crate::store::{Parked, Store};
 
 pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let PromoteArgs {
@@ -38,7 +38,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     {
         anyhow::bail!("{why}; nothing was done");
     }
-    let engine = super::connect(&project, "promote").await?;
+    let engine = crate::session::connect(&project, "promote").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     let json = output == Format::Json;
     let store = Arc::new(Store::open(&project.state_dir())?);
@@ -57,19 +57,17 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         .as_ref()
         .map_or_else(|| crate::run_id::new(now), |p| p.run.clone());
     let cancel = super::cancel_on_signal(printer);
-    let guard = match super::lock_and_recover(
-        &project,
-        engine.as_ref(),
-        &store,
-        &environment,
-        &run,
-        "promote",
-        wait,
-        &cancel,
+    let session = Session {
+        project: &project,
+        engine: engine.as_ref(),
+        store: &store,
+        cancel: &cancel,
         json,
         printer,
-    )
-    .await?
+    };
+    let guard = match session
+        .lock_and_recover(&environment, &run, "promote", wait)
+        .await?
     {
         Ok(g) => g,
         Err(status) => return Ok(status),
@@ -87,7 +85,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
             printer.out(&format!(
                 "Run {} was waiting for {}; it is superseded by this {}.",
                 old.run,
-                awaited_text(&old.awaiting),
+                crate::session::approve::awaited_text(&old.awaiting),
                 if plan.has_changes() {
                     "change"
                 } else {
@@ -153,20 +151,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         grants,
         resume,
     };
-    let status = execute(
-        &project,
-        engine.as_ref(),
-        &store,
-        &run,
-        &environment,
-        &playbook,
-        &plan,
-        &opts,
-        &cancel,
-        json,
-        printer,
-    )
-    .await;
+    let status = execute(&session, &run, &environment, &playbook, &plan, &opts).await;
     // Parked at a gate: kept for `rollout approve` and the next promote; else off its gate.
     let name = environment.name.clone();
     let r = run.clone();
@@ -218,22 +203,6 @@ fn change_digest(env: &Environment, playbook: &Playbook) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
-/// "an approval by `client`, an authorization by `hosting-co`".
-pub(crate) fn awaited_text(awaiting: &[Awaited]) -> String {
-    awaiting
-        .iter()
-        .map(|a| match a.kind {
-            GrantKind::Approval => format!("an approval by `{}`", a.gate),
-            GrantKind::Authorization => format!(
-                "an authorization by third party `{}` (for {})",
-                a.gate,
-                a.services.join(", ")
-            ),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// What `execute` did: the exit status and the run's report.
 pub(crate) struct Executed {
     pub status: ExitStatus,
@@ -259,20 +228,22 @@ fn confirm(plan: &Plan, printer: Printer) -> anyhow::Result<()> {
 }
 
 /// Runs a promotion or rollback and reports it: first line `run <id>`, progress, outcome.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn execute(
-    project: &Project,
-    engine: &dyn Engine,
-    store: &Arc<Store>,
+    session: &Session<'_>,
     run: &str,
     environment: &Environment,
     playbook: &Playbook,
     plan: &Plan,
     opts: &Options,
-    cancel: &tokio_util::sync::CancellationToken,
-    json: bool,
-    printer: Printer,
 ) -> anyhow::Result<Executed> {
+    let Session {
+        project,
+        engine,
+        store,
+        cancel,
+        json,
+        printer,
+    } = *session;
     let now = jiff::Timestamp::now();
     // Recorded as running from the start, so `status` and `report` see it from any process.
     let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
@@ -349,7 +320,10 @@ pub(crate) async fn execute(
             crate::notify::Event::AwaitingApproval,
             &environment.name,
             run,
-            Some(&format!("waiting for {}", awaited_text(&report.awaiting))),
+            Some(&format!(
+                "waiting for {}",
+                crate::session::approve::awaited_text(&report.awaiting)
+            )),
             jiff::Timestamp::now(),
         ));
     }

@@ -30,7 +30,7 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
     {
         anyhow::bail!("{why}; nothing was done");
     }
-    let engine = super::connect(&project, "rehearse").await?;
+    let engine = crate::session::connect(&project, "rehearse").await?;
     super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.
     let observed = engine.observe(&environment.name).await?;

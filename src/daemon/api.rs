@@ -542,7 +542,7 @@ pub async fn status_of(daemon: &Daemon, name: &str, client: &str) -> ApiResult<V
         .project
         .environment(Some(name), source.manifest.as_deref(), &lookup)
         .map_err(ApiError::internal)?;
-    let status = crate::cmd::status::gather(
+    let status = crate::session::status::gather(
         name,
         &loaded.environment,
         &daemon.store,
@@ -747,7 +747,7 @@ async fn approve(
     bytes: Bytes,
 ) -> ApiResult<Response> {
     environment(&daemon, &token, &env, Right::Approve)?;
-    let mut request: crate::cmd::approve::Request = body(&bytes)?;
+    let mut request: crate::session::approve::Request = body(&bytes)?;
     if request.run.is_empty() {
         request.run = "latest".into();
     }
@@ -759,7 +759,13 @@ async fn approve(
     let who = format!("api:{}", token.name);
     let d = daemon.clone();
     let recorded = tokio::task::spawn_blocking(move || {
-        crate::cmd::approve::record(&d.project, &d.store, &request, &who, jiff::Timestamp::now())
+        crate::session::approve::record(
+            &d.project,
+            &d.store,
+            &request,
+            &who,
+            jiff::Timestamp::now(),
+        )
     })
     .await
     .map_err(ApiError::internal)?
@@ -767,7 +773,7 @@ async fn approve(
     for w in &recorded.warnings {
         tracing::warn!(environment = %env, "{w}");
     }
-    if let crate::cmd::approve::Outcome::Recorded { grant, .. } = &recorded.outcome {
+    if let crate::session::approve::Outcome::Recorded { grant, .. } = &recorded.outcome {
         crate::exec::journal::push_grant(daemon.engine.as_ref(), &daemon.store, grant)
             .await
             .map_err(|e| {
@@ -778,12 +784,12 @@ async fn approve(
             })?;
     }
     Ok(match recorded.outcome {
-        crate::cmd::approve::Outcome::Recorded { grant, what } => (
+        crate::session::approve::Outcome::Recorded { grant, what } => (
             StatusCode::CREATED,
             Json(json!({ "run": grant.run, "environment": grant.environment, "recorded": grant, "summary": what })),
         )
             .into_response(),
-        crate::cmd::approve::Outcome::Refused { run, reason } => ApiError::new(
+        crate::session::approve::Outcome::Refused { run, reason } => ApiError::new(
             StatusCode::CONFLICT,
             format!("run {run}: {reason}"),
         )
