@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, Caller, clients, environment, require, run_links};
 use crate::daemon::auth::Resolved;
+use crate::daemon::gitops::short;
 use crate::daemon::{Daemon, Shared};
 use crate::manifest::config::Right;
 
@@ -182,10 +183,6 @@ pub fn request_retry(daemon: &Daemon, env: &str, who: &str) -> ApiResult<String>
     tracing::info!(environment = env, commit = %commit, by = who, "gitops retry requested");
     handle.retry(env);
     Ok(commit)
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
 }
 
 pub(super) async fn gitops_retry(
