@@ -14,24 +14,16 @@ use crate::session::approve::{Outcome, Request, record};
 use crate::store::Store;
 
 pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let ApproveArgs {
-        run,
-        by,
-        note,
-        reference,
-        expires,
-        env,
-        output,
-    } = args;
+    let output = args.output;
     let project = Project::open(dir)?;
     let store = Arc::new(Store::open(&project.state_dir())?);
     let request = Request {
-        run,
-        by,
-        note,
-        reference,
-        expires,
-        env: env.env,
+        run: args.run,
+        by: args.by,
+        note: args.note,
+        reference: args.reference,
+        expires: args.expires,
+        env: args.env.env,
     };
     // Where the platform keeps the gates (kubernetes), the run may have been parked on another
     // machine, and the approval is for every machine: read them first, write them after.

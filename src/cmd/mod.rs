@@ -19,6 +19,7 @@ use crate::cli::output::Printer;
 use crate::cli::{Cli, Command, ExitStatus};
 use crate::engine::Engine;
 use crate::project::{Loaded, Project};
+use crate::session;
 
 pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
     let Cli {
@@ -57,17 +58,35 @@ pub(crate) fn load_environment(
     Ok(loaded)
 }
 
-/// The steps of `playbook` the kubernetes backend cannot carry out with these settings, or `None`
-/// when it can run the whole playbook: only a canary `analysis` needs something more there (a
-/// Prometheus under `kubernetes.prometheus`, with a `p99` query for `maxP99`).
+/// The environment a command is about (see [`load_environment`]) and the playbook it runs
+/// there (`-p`, else the project's choice), both read and checked before the engine is asked
+/// anything.
+pub(crate) fn load_with_playbook(
+    project: &Project,
+    env: &crate::cli::EnvArgs,
+    playbook: Option<&str>,
+    printer: Printer,
+) -> anyhow::Result<(Loaded, crate::manifest::playbook::Playbook)> {
+    let loaded = load_environment(project, env, printer)?;
+    let playbook = project.playbook(playbook, &loaded.environment)?;
+    Ok((loaded, playbook))
+}
+
+/// On the kubernetes backend, why it cannot carry out `playbook` with these settings; `None`
+/// on docker, or when it can run the whole playbook: only a canary `analysis` needs something
+/// more there (a Prometheus under `kubernetes.prometheus`, with a `p99` query for `maxP99`).
 ///
 /// A rehearsal skips the steps aimed at production (canary, promote, production smoke), so only
 /// the others count for it.
 pub(crate) fn kubernetes_unsupported(
+    project: &Project,
     playbook: &crate::manifest::playbook::Playbook,
     rehearsal: bool,
-    prometheus: Option<&crate::manifest::config::Prometheus>,
 ) -> Option<String> {
+    if project.config.backend != crate::manifest::config::Backend::Kubernetes {
+        return None;
+    }
+    let prometheus = project.config.prometheus.as_ref();
     use crate::manifest::playbook::{Step, Target};
     let steps: Vec<String> = playbook
         .steps
@@ -148,16 +167,21 @@ pub(crate) fn cancel_on_signal(printer: Printer) -> tokio_util::sync::Cancellati
     token
 }
 
-/// Removes test versions left by dead runs or past their TTL, saying what it removed.
-pub(crate) async fn collect_garbage(
-    engine: &dyn Engine,
+/// Connects for `command` (see [`session::connect`]), then removes the test versions (of `env`,
+/// or all) left by dead runs or past their TTL, saying what it removed.
+pub(crate) async fn connect_and_collect(
+    project: &Project,
+    command: &str,
     env: Option<&str>,
     printer: Printer,
-) -> anyhow::Result<()> {
-    for line in crate::testenv::collect_garbage(engine, env, jiff::Timestamp::now()).await? {
+) -> anyhow::Result<Box<dyn Engine>> {
+    let engine = session::connect(project, command).await?;
+    for line in
+        crate::testenv::collect_garbage(engine.as_ref(), env, jiff::Timestamp::now()).await?
+    {
         printer.warn(&line);
     }
-    Ok(())
+    Ok(engine)
 }
 
 /// Writes a run's report files and records the run in the store, so `rollout report RUN` and

@@ -30,16 +30,14 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         output,
     } = args;
     let project = Project::open(dir)?;
-    let environment = super::load_environment(&project, &env, printer)?.environment;
-    let playbook = project.playbook(playbook.as_deref(), &environment)?;
-    if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && let Some(why) =
-            super::kubernetes_unsupported(&playbook, false, project.config.prometheus.as_ref())
-    {
+    let (loaded, playbook) =
+        super::load_with_playbook(&project, &env, playbook.as_deref(), printer)?;
+    let environment = loaded.environment;
+    if let Some(why) = super::kubernetes_unsupported(&project, &playbook, false) {
         anyhow::bail!("{why}; nothing was done");
     }
-    let engine = crate::session::connect(&project, "promote").await?;
-    super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    let engine =
+        super::connect_and_collect(&project, "promote", Some(&environment.name), printer).await?;
     let json = output == Format::Json;
     let store = Arc::new(Store::open(&project.state_dir())?);
     let now = jiff::Timestamp::now();
@@ -57,14 +55,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         .as_ref()
         .map_or_else(|| crate::run_id::new(now), |p| p.run.clone());
     let cancel = super::cancel_on_signal(printer);
-    let session = Session {
-        project: &project,
-        engine: engine.as_ref(),
-        store: &store,
-        cancel: &cancel,
-        json,
-        printer,
-    };
+    let session = Session::new(&project, engine.as_ref(), &store, &cancel, json, printer);
     let guard = match session
         .lock_and_recover(&environment, &run, "promote", wait)
         .await?
@@ -236,20 +227,14 @@ pub(crate) async fn execute(
     plan: &Plan,
     opts: &Options,
 ) -> anyhow::Result<Executed> {
-    let Session {
-        project,
-        engine,
-        store,
-        cancel,
-        json,
-        printer,
-    } = *session;
+    let printer = session.printer;
+    let rollback = opts.kind == RunKind::Rollback;
     let now = jiff::Timestamp::now();
     // Recorded as running from the start, so `status` and `report` see it from any process.
     let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
     started.outcome = Outcome::Running;
-    super::record_run(store, &started, None, printer);
-    let state = project.state_dir();
+    super::record_run(session.store, &started, None, printer);
+    let state = session.project.state_dir();
     let audit = |event: crate::audit::Event| {
         if let Err(e) = crate::audit::append(&state, event) {
             printer.warn(&format!("the audit trail could not record run {run}: {e}"));
@@ -267,10 +252,10 @@ pub(crate) async fn execute(
             reason: reason.clone(),
         });
     }
-    let notifier = crate::notify::Notifier::new(&project.config.notify);
-    if !json {
+    let notifier = crate::notify::Notifier::new(&session.project.config.notify);
+    if !session.json {
         printer.out(&format!("run {run}"));
-        let verb = if opts.kind == RunKind::Rollback {
+        let verb = if rollback {
             "Rolling back"
         } else {
             "Promoting"
@@ -279,14 +264,14 @@ pub(crate) async fn execute(
             "{verb} {} with playbook {} on {}",
             environment.name,
             playbook.name,
-            engine.describe()
+            session.engine.describe()
         ));
     }
-    let progress = Console::new(printer.paint(), json);
-    let journal = crate::exec::journal::Journal::new(store.clone(), &environment.name, run)
-        .with_ledger(engine.ledger());
+    let progress = Console::new(printer.paint(), session.json);
+    let journal = crate::exec::journal::Journal::new(session.store.clone(), &environment.name, run)
+        .with_ledger(session.engine.ledger());
     let report = promote::promote(
-        engine,
+        session.engine,
         &journal,
         environment,
         playbook,
@@ -295,20 +280,16 @@ pub(crate) async fn execute(
         now,
         opts,
         &progress,
-        cancel,
+        session.cancel,
     )
     .await;
-    super::save_run(project, store, &report, printer);
+    super::save_run(session.project, session.store, &report, printer);
     audit(crate::audit::Event::run_finished(&report));
     notifier.run_finished(&report);
-    if json {
+    if session.json {
         printer.json(&report)?;
     } else {
-        let what = if opts.kind == RunKind::Rollback {
-            "Rollback"
-        } else {
-            "Promotion"
-        };
+        let what = if rollback { "Rollback" } else { "Promotion" };
         printer.out(&format!(
             "{what} {run} {} in {:.1}s",
             report.outcome.summary(printer.paint()),

@@ -27,20 +27,13 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
     let project = Project::open(dir)?;
     let current = super::load_environment(&project, &env, printer)?.environment;
     let store = Arc::new(Store::open(&project.state_dir())?);
-    let engine = crate::session::connect(&project, "rollback").await?;
-    super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
+    let engine =
+        super::connect_and_collect(&project, "rollback", Some(&current.name), printer).await?;
     let json = output == Format::Json;
     let run = crate::run_id::new(jiff::Timestamp::now());
     let cancel = super::cancel_on_signal(printer);
     // The lock first: the previous revision is only known once interrupted runs are settled.
-    let session = Session {
-        project: &project,
-        engine: engine.as_ref(),
-        store: &store,
-        cancel: &cancel,
-        json,
-        printer,
-    };
+    let session = Session::new(&project, engine.as_ref(), &store, &cancel, json, printer);
     let guard = match session
         .lock_and_recover(&current, &run, "rollback", wait)
         .await?

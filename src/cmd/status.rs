@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, ReadArgs};
 use crate::project::Project;
-use crate::session::status::{Status, gather};
+use crate::session::status::gather;
 use crate::store::Store;
 
 pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
@@ -19,20 +19,8 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         printer.json(&status.to_json(&env.client))?;
         return Ok(ExitStatus::Success);
     }
-    let Status {
-        environment: _,
-        current,
-        in_flight,
-        interrupted,
-        parked,
-        lock,
-        lock_alive,
-        cluster_lock,
-        services,
-        tests,
-    } = status;
     let mut out = format!("Environment {} (client {})\n", env.name, env.client);
-    match &current {
+    match &status.current {
         Some(r) => out.push_str(&format!(
             "Revision {} ({}), promoted {} by {}\n",
             r.number,
@@ -42,7 +30,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         )),
         None => out.push_str("No promoted revision yet\n"),
     }
-    for r in &in_flight {
+    for r in &status.in_flight {
         out.push_str(&format!(
             "In flight: revision {} (run {}, started {} by {}), now at `{}`\n",
             r["revision"],
@@ -52,7 +40,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             r["lastStep"].as_str().unwrap_or_default(),
         ));
     }
-    for r in &interrupted {
+    for r in &status.interrupted {
         out.push_str(&format!(
             "Interrupted: revision {} (run {}, started {}), left by {} after `{}`; the next `rollout promote` or `rollout rollback` settles it\n",
             r["revision"],
@@ -62,7 +50,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             r["lastStep"].as_str().unwrap_or_default(),
         ));
     }
-    if let Some(p) = &parked {
+    if let Some(p) = &status.parked {
         out.push_str(&format!(
             "Waiting: run {} (started by {} at {}) waits for {}; `rollout approve {} --by ...`, then `rollout promote` resumes it\n",
             p.run,
@@ -72,13 +60,13 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             p.run
         ));
     }
-    if let (Some(h), false) = (&lock, lock_alive) {
+    if let (Some(h), false) = (&status.lock, status.lock_alive) {
         out.push_str(&format!(
             "Stale lock: {} (its holder is gone; the next run takes it over)\n",
             h.describe()
         ));
     }
-    if let Some(l) = &cluster_lock {
+    if let Some(l) = &status.cluster_lock {
         out.push_str(&format!(
             "Cluster lock: held by {} until {} (Lease {} in {})\n",
             l.holder,
@@ -88,7 +76,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         ));
     }
     out.push('\n');
-    for s in &services {
+    for s in &status.services {
         let containers = s["containers"].as_array().cloned().unwrap_or_default();
         if containers.is_empty() {
             out.push_str(&format!(
@@ -111,11 +99,12 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
             ));
         }
     }
-    if !tests.is_empty() {
+    if !status.tests.is_empty() {
         out.push_str(&format!(
             "\n{} test version(s): {}\n",
-            tests.len(),
-            tests
+            status.tests.len(),
+            status
+                .tests
                 .iter()
                 .map(|t| t.run.as_str())
                 .collect::<Vec<_>>()

@@ -28,17 +28,11 @@ impl Session<'_> {
         command: &str,
         wait: Option<std::time::Duration>,
     ) -> anyhow::Result<Result<crate::exec::lock::LockGuard, ExitStatus>> {
-        let Session {
-            project,
-            engine,
-            store,
-            cancel,
-            json,
-            printer,
-        } = *self;
+        let store = self.store;
+        let printer = self.printer;
         use crate::exec::lock::{self, LockError};
         let refuse = |status: ExitStatus, outcome: &str, reason: String| -> anyhow::Result<_> {
-            if json {
+            if self.json {
                 printer.json(&serde_json::json!({
                     "environment": env.name,
                     "run": run,
@@ -50,8 +44,8 @@ impl Session<'_> {
             Ok(Err(status))
         };
         let acquired = tokio::select! {
-            r = lock::acquire(store, &env.name, run, command, wait, cancel.clone()) => r,
-            () = cancel.cancelled() => {
+            r = lock::acquire(store, &env.name, run, command, wait, self.cancel.clone()) => r,
+            () = self.cancel.cancelled() => {
                 return refuse(ExitStatus::Failure, "cancelled", "stopped by a signal while waiting for the lock".into());
             }
         };
@@ -69,7 +63,7 @@ impl Session<'_> {
                         old.describe()
                     ));
                     if let Err(e) = crate::audit::append(
-                        &project.state_dir(),
+                        &self.project.state_dir(),
                         crate::audit::Event::LockTakeover {
                             environment: env.name.clone(),
                             run: run.to_string(),
@@ -103,15 +97,15 @@ impl Session<'_> {
             &crate::testenv::owner::current(),
             run,
         );
-        if let Some(shared) = engine.shared_lock(&env.name, &holder) {
+        if let Some(shared) = self.engine.shared_lock(&env.name, &holder) {
             use crate::engine::kube::lease::{Acquired, LeaseError};
             // The lock lives in the environment's namespace (its production network): it must exist.
             let labels =
                 crate::engine::spec::base_labels(env, crate::engine::Role::Production, run);
-            engine
+            self.engine
                 .ensure_network(&crate::engine::spec::production_network(&env.name), &labels)
                 .await?;
-            match lock::acquire_shared(shared, wait, cancel.clone()).await {
+            match lock::acquire_shared(shared, wait, self.cancel.clone()).await {
                 Ok((shared, acquired)) => {
                     if let Acquired::TookOver { from } = acquired {
                         printer.warn(&format!(
@@ -133,7 +127,7 @@ impl Session<'_> {
             }
         }
         // Under both locks: the runs of every machine, as the platform records them.
-        if let Err(e) = pull_records(engine, store, &env.name, printer).await {
+        if let Err(e) = pull_records(self.engine, store, &env.name, printer).await {
             guard.release().await?;
             return Err(e);
         }
@@ -148,20 +142,20 @@ impl Session<'_> {
             let deployed = revision
                 .and_then(|r| environment_of(&r, env).ok())
                 .unwrap_or_else(|| env.clone());
-            let progress = crate::progress::Console::new(printer.paint(), json);
+            let progress = crate::progress::Console::new(printer.paint(), self.json);
             match crate::exec::recover::recover(
-                engine,
+                self.engine,
                 store,
                 &deployed,
                 &begin.run,
                 run,
-                project.config.proxy.bind,
+                self.project.config.proxy.bind,
                 &progress,
             )
             .await
             {
                 Ok(done) => {
-                    if !json {
+                    if !self.json {
                         printer.out(&format!(
                             "Recovered run {} (revision {}): {} after `{}`, left by {}",
                             done.run, done.revision, done.action, done.last_step, done.left_by
@@ -188,7 +182,7 @@ impl Session<'_> {
                 }
             }
         }
-        settle_open_runs(store, &env.name, run, json, printer).await?;
+        settle_open_runs(store, &env.name, run, self.json, printer).await?;
         Ok(Ok(guard))
     }
 }

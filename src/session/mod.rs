@@ -34,3 +34,23 @@ pub struct Session<'a> {
     pub json: bool,
     pub printer: Printer,
 }
+
+impl<'a> Session<'a> {
+    pub fn new(
+        project: &'a Project,
+        engine: &'a dyn Engine,
+        store: &'a Arc<Store>,
+        cancel: &'a CancellationToken,
+        json: bool,
+        printer: Printer,
+    ) -> Self {
+        Session {
+            project,
+            engine,
+            store,
+            cancel,
+            json,
+            printer,
+        }
+    }
+}

@@ -30,25 +30,13 @@ pub struct ClusterLock {
 
 impl Status {
     pub fn to_json(&self, client: &str) -> serde_json::Value {
-        let Status {
-            environment,
-            current,
-            in_flight,
-            interrupted,
-            parked,
-            lock,
-            lock_alive,
-            cluster_lock,
-            services,
-            tests,
-        } = self;
         serde_json::json!({
-            "environment": environment,
+            "environment": self.environment,
             "client": client,
-            "revision": current, "inFlight": in_flight, "interrupted": interrupted, "waiting": parked,
-            "lock": lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": lock_alive })),
-            "clusterLock": cluster_lock,
-            "services": services, "testVersions": tests,
+            "revision": self.current, "inFlight": self.in_flight, "interrupted": self.interrupted, "waiting": self.parked,
+            "lock": self.lock.as_ref().map(|h| serde_json::json!({ "holder": h, "alive": self.lock_alive })),
+            "clusterLock": self.cluster_lock,
+            "services": self.services, "testVersions": self.tests,
         })
     }
 }
