@@ -1,5 +1,6 @@
 //! One file per command; [`run`] dispatches. Commands return an [`ExitStatus`] or an error that
-//! `lib::run` prints once.
+//! `lib::run` prints once. What they share with the daemon (backend choice, lock and recovery,
+//! status, approvals) is in [`crate::session`]; the printing stays here.
 
 pub mod approve;
 pub mod audit;

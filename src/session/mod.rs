@@ -1,5 +1,5 @@
 //! What the CLI commands and the daemon both need, below them both: choosing the backend
-//! ([`connect`]), taking an environment's lock and settling interrupted runs ([`lock`]),
+//! ([`connect()`]), taking an environment's lock and settling interrupted runs ([`lock`]),
 //! gathering an environment's status ([`status`]) and recording approvals ([`approve`]).
 //!
 //! `cmd` drives these for a person at a terminal and `daemon` for an API caller; this module

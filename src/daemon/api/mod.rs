@@ -16,9 +16,9 @@
 //! environments.
 //!
 //! This file holds the route table, the router and what every handler shares (errors, the
-//! caller's token, access checks); the handlers live by resource: [`read`] (environments,
-//! status, history, runs, reports), [`approvals`], [`triggers`] (runs started as children),
-//! [`loops`] (the GitOps controller and scheduled rehearsals) and [`openapi`].
+//! caller's token, access checks); the handlers live by resource: `read` (environments,
+//! status, history, runs, reports), `approvals`, `triggers` (runs started as children),
+//! `loops` (the GitOps controller and scheduled rehearsals) and `openapi`.
 
 mod approvals;
 mod loops;

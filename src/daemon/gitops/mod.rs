@@ -27,10 +27,10 @@
 //! promoted nor forgets a failure.
 
 //!
-//! The files: [`git`] (the git seam and the fetch), [`checkout`] (the manifests at the checkout
-//! and where things are kept), [`child`] (promotions and drift checks as child processes),
-//! [`decide`] (the pure decisions: what to promote, what to heal, what a promotion depends on),
-//! [`status`] (what the controller knows and reports); this file runs the ticks.
+//! The files: `git` (the git seam and the fetch), `checkout` (the manifests at the checkout and
+//! where things are kept), `child` (promotions and drift checks as child processes), `decide`
+//! (the pure decisions: what to promote, what to heal, what a promotion depends on), `status`
+//! (what the controller knows and reports); this file runs the ticks.
 
 mod checkout;
 mod child;
