@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`cli`]: clap types, the printer, exit statuses.
 //! - [`cmd`]: one file per command; thin drivers over the modules below.
+//! - [`session`]: what commands and the daemon share: backend choice, lock and recovery, status, approvals.
 //! - [`project`]: a project folder: settings, manifests, playbooks, and choosing among them.
 //! - [`manifest`]: the files a user writes, parsed with positions and resolved into valid types.
 //! - [`plan`]: `compute(desired, observed, playbook) -> Plan`, pure; and its rendering.
@@ -48,6 +49,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod run_id;
+pub mod session;
 pub mod store;
 pub mod testenv;
 

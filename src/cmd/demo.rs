@@ -24,7 +24,7 @@ const LIVE_ENV: &str = "shop-live";
 
 pub async fn run(dir: &Path, args: DemoArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let project = Project::open(dir)?;
-    let engine = super::connect(&project, "demo").await?;
+    let engine = crate::session::connect(&project, "demo").await?;
     printer.out(&format!(
         "Building the demo images on {}",
         engine.describe()

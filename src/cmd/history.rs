@@ -14,8 +14,11 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     // Where the cluster keeps the run records, every machine's runs are read from it first;
     // without the cluster, what this machine has recorded is still shown, with a warning.
     if project.config.backend == crate::manifest::config::Backend::Kubernetes {
-        let pulled = match super::connect(&project, "history").await {
-            Ok(engine) => super::pull_records(engine.as_ref(), &store, &env.name, printer).await,
+        let pulled = match crate::session::connect(&project, "history").await {
+            Ok(engine) => {
+                crate::session::lock::pull_records(engine.as_ref(), &store, &env.name, printer)
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = pulled {

@@ -8,27 +8,20 @@ use crate::plan;
 use crate::project::Project;
 
 pub async fn run(dir: &Path, args: PlanArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let PlanArgs {
-        env,
-        playbook,
-        output,
-    } = args;
     // Everything the user wrote is read and checked before the engine is asked anything.
     let project = Project::open(dir)?;
-    let loaded = super::load_environment(&project, &env, printer)?;
-    let playbook = project.playbook(playbook.as_deref(), &loaded.environment)?;
-    let engine = super::connect(&project, "plan").await?;
+    let (loaded, playbook) =
+        super::load_with_playbook(&project, &args.env, args.playbook.as_deref(), printer)?;
+    let engine = crate::session::connect(&project, "plan").await?;
     let observed = engine.observe(&loaded.environment.name).await?;
     let plan = plan::compute(&loaded.environment, &observed, &playbook);
     warn_interrupted(&project, &loaded.environment.name, printer);
-    if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && plan.has_changes()
-        && let Some(why) =
-            super::kubernetes_unsupported(&playbook, false, project.config.prometheus.as_ref())
+    if plan.has_changes()
+        && let Some(why) = super::kubernetes_unsupported(&project, &playbook, false)
     {
         printer.warn(&format!("`rollout promote` would be refused: {why}"));
     }
-    match output {
+    match args.output {
         Format::Json => printer.json(&plan)?,
         Format::Text => printer.out(&plan::render::text(&plan, printer.paint())),
     }

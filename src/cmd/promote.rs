@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, PromoteArgs};
-use crate::engine::Engine;
 use crate::exec::promote::{self, Options};
 use crate::exec::report::{Outcome, RunKind, RunReport};
 use crate::manifest::env::Environment;
@@ -17,7 +16,8 @@ use crate::progress::Console;
 use crate::project::Project;
 use anyhow::Context;
 
-use crate::store::{Awaited, GrantKind, Parked, Store};
+use crate::session::Session;
+use crate::store::{Parked, Store};
 
 pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let PromoteArgs {
@@ -30,16 +30,14 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         output,
     } = args;
     let project = Project::open(dir)?;
-    let environment = super::load_environment(&project, &env, printer)?.environment;
-    let playbook = project.playbook(playbook.as_deref(), &environment)?;
-    if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && let Some(why) =
-            super::kubernetes_unsupported(&playbook, false, project.config.prometheus.as_ref())
-    {
+    let (loaded, playbook) =
+        super::load_with_playbook(&project, &env, playbook.as_deref(), printer)?;
+    let environment = loaded.environment;
+    if let Some(why) = super::kubernetes_unsupported(&project, &playbook, false) {
         anyhow::bail!("{why}; nothing was done");
     }
-    let engine = super::connect(&project, "promote").await?;
-    super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    let engine =
+        super::connect_and_collect(&project, "promote", Some(&environment.name), printer).await?;
     let json = output == Format::Json;
     let store = Arc::new(Store::open(&project.state_dir())?);
     let now = jiff::Timestamp::now();
@@ -57,19 +55,10 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         .as_ref()
         .map_or_else(|| crate::run_id::new(now), |p| p.run.clone());
     let cancel = super::cancel_on_signal(printer);
-    let guard = match super::lock_and_recover(
-        &project,
-        engine.as_ref(),
-        &store,
-        &environment,
-        &run,
-        "promote",
-        wait,
-        &cancel,
-        json,
-        printer,
-    )
-    .await?
+    let session = Session::new(&project, engine.as_ref(), &store, &cancel, json, printer);
+    let guard = match session
+        .lock_and_recover(&environment, &run, "promote", wait)
+        .await?
     {
         Ok(g) => g,
         Err(status) => return Ok(status),
@@ -87,7 +76,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
             printer.out(&format!(
                 "Run {} was waiting for {}; it is superseded by this {}.",
                 old.run,
-                awaited_text(&old.awaiting),
+                crate::session::approve::awaited_text(&old.awaiting),
                 if plan.has_changes() {
                     "change"
                 } else {
@@ -153,20 +142,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         grants,
         resume,
     };
-    let status = execute(
-        &project,
-        engine.as_ref(),
-        &store,
-        &run,
-        &environment,
-        &playbook,
-        &plan,
-        &opts,
-        &cancel,
-        json,
-        printer,
-    )
-    .await;
+    let status = execute(&session, &run, &environment, &playbook, &plan, &opts).await;
     // Parked at a gate: kept for `rollout approve` and the next promote; else off its gate.
     let name = environment.name.clone();
     let r = run.clone();
@@ -218,22 +194,6 @@ fn change_digest(env: &Environment, playbook: &Playbook) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
-/// "an approval by `client`, an authorization by `hosting-co`".
-pub(crate) fn awaited_text(awaiting: &[Awaited]) -> String {
-    awaiting
-        .iter()
-        .map(|a| match a.kind {
-            GrantKind::Approval => format!("an approval by `{}`", a.gate),
-            GrantKind::Authorization => format!(
-                "an authorization by third party `{}` (for {})",
-                a.gate,
-                a.services.join(", ")
-            ),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// What `execute` did: the exit status and the run's report.
 pub(crate) struct Executed {
     pub status: ExitStatus,
@@ -259,26 +219,22 @@ fn confirm(plan: &Plan, printer: Printer) -> anyhow::Result<()> {
 }
 
 /// Runs a promotion or rollback and reports it: first line `run <id>`, progress, outcome.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn execute(
-    project: &Project,
-    engine: &dyn Engine,
-    store: &Arc<Store>,
+    session: &Session<'_>,
     run: &str,
     environment: &Environment,
     playbook: &Playbook,
     plan: &Plan,
     opts: &Options,
-    cancel: &tokio_util::sync::CancellationToken,
-    json: bool,
-    printer: Printer,
 ) -> anyhow::Result<Executed> {
+    let printer = session.printer;
+    let rollback = opts.kind == RunKind::Rollback;
     let now = jiff::Timestamp::now();
     // Recorded as running from the start, so `status` and `report` see it from any process.
     let mut started = RunReport::new(opts.kind, run, environment, playbook, now);
     started.outcome = Outcome::Running;
-    super::record_run(store, &started, None, printer);
-    let state = project.state_dir();
+    super::record_run(session.store, &started, None, printer);
+    let state = session.project.state_dir();
     let audit = |event: crate::audit::Event| {
         if let Err(e) = crate::audit::append(&state, event) {
             printer.warn(&format!("the audit trail could not record run {run}: {e}"));
@@ -296,10 +252,10 @@ pub(crate) async fn execute(
             reason: reason.clone(),
         });
     }
-    let notifier = crate::notify::Notifier::new(&project.config.notify);
-    if !json {
+    let notifier = crate::notify::Notifier::new(&session.project.config.notify);
+    if !session.json {
         printer.out(&format!("run {run}"));
-        let verb = if opts.kind == RunKind::Rollback {
+        let verb = if rollback {
             "Rolling back"
         } else {
             "Promoting"
@@ -308,14 +264,14 @@ pub(crate) async fn execute(
             "{verb} {} with playbook {} on {}",
             environment.name,
             playbook.name,
-            engine.describe()
+            session.engine.describe()
         ));
     }
-    let progress = Console::new(printer.paint(), json);
-    let journal = crate::exec::journal::Journal::new(store.clone(), &environment.name, run)
-        .with_ledger(engine.ledger());
+    let progress = Console::new(printer.paint(), session.json);
+    let journal = crate::exec::journal::Journal::new(session.store.clone(), &environment.name, run)
+        .with_ledger(session.engine.ledger());
     let report = promote::promote(
-        engine,
+        session.engine,
         &journal,
         environment,
         playbook,
@@ -324,20 +280,16 @@ pub(crate) async fn execute(
         now,
         opts,
         &progress,
-        cancel,
+        session.cancel,
     )
     .await;
-    super::save_run(project, store, &report, printer);
+    super::save_run(session.project, session.store, &report, printer);
     audit(crate::audit::Event::run_finished(&report));
     notifier.run_finished(&report);
-    if json {
+    if session.json {
         printer.json(&report)?;
     } else {
-        let what = if opts.kind == RunKind::Rollback {
-            "Rollback"
-        } else {
-            "Promotion"
-        };
+        let what = if rollback { "Rollback" } else { "Promotion" };
         printer.out(&format!(
             "{what} {run} {} in {:.1}s",
             report.outcome.summary(printer.paint()),
@@ -349,7 +301,10 @@ pub(crate) async fn execute(
             crate::notify::Event::AwaitingApproval,
             &environment.name,
             run,
-            Some(&format!("waiting for {}", awaited_text(&report.awaiting))),
+            Some(&format!(
+                "waiting for {}",
+                crate::session::approve::awaited_text(&report.awaiting)
+            )),
             jiff::Timestamp::now(),
         ));
     }

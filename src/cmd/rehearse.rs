@@ -15,23 +15,15 @@ use crate::project::Project;
 use crate::store::Store;
 
 pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let RehearseArgs {
-        env,
-        playbook,
-        output,
-    } = args;
     let project = Project::open(dir)?;
-    let loaded = super::load_environment(&project, &env, printer)?;
+    let (loaded, playbook) =
+        super::load_with_playbook(&project, &args.env, args.playbook.as_deref(), printer)?;
     let environment = loaded.environment;
-    let playbook = project.playbook(playbook.as_deref(), &environment)?;
-    if project.config.backend == crate::manifest::config::Backend::Kubernetes
-        && let Some(why) =
-            super::kubernetes_unsupported(&playbook, true, project.config.prometheus.as_ref())
-    {
+    if let Some(why) = super::kubernetes_unsupported(&project, &playbook, true) {
         anyhow::bail!("{why}; nothing was done");
     }
-    let engine = super::connect(&project, "rehearse").await?;
-    super::collect_garbage(engine.as_ref(), Some(&environment.name), printer).await?;
+    let engine =
+        super::connect_and_collect(&project, "rehearse", Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.
     let observed = engine.observe(&environment.name).await?;
     let changes = exec::report::changes(
@@ -42,7 +34,7 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
 
     let now = jiff::Timestamp::now();
     let run = crate::run_id::new(now);
-    let json = output == Format::Json;
+    let json = args.output == Format::Json;
     let progress = Console::new(printer.paint(), json);
     let cancel = super::cancel_on_signal(printer);
     if !json {

@@ -2,7 +2,6 @@
 //! same blue-green switch as a promotion and no test version (what it puts back already ran).
 //! Change windows and approvals do not hold a rollback back: it undoes a change.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,14 +9,13 @@ use anyhow::Context;
 
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, RollbackArgs};
-use crate::engine::ServiceSnapshot;
 use crate::exec::promote::Options;
 use crate::exec::report::RunKind;
-use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::Playbook;
 use crate::plan;
 use crate::project::Project;
-use crate::store::{Revision, Store};
+use crate::session::Session;
+use crate::store::Store;
 
 pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
     let RollbackArgs {
@@ -29,25 +27,16 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
     let project = Project::open(dir)?;
     let current = super::load_environment(&project, &env, printer)?.environment;
     let store = Arc::new(Store::open(&project.state_dir())?);
-    let engine = super::connect(&project, "rollback").await?;
-    super::collect_garbage(engine.as_ref(), Some(&current.name), printer).await?;
+    let engine =
+        super::connect_and_collect(&project, "rollback", Some(&current.name), printer).await?;
     let json = output == Format::Json;
     let run = crate::run_id::new(jiff::Timestamp::now());
     let cancel = super::cancel_on_signal(printer);
     // The lock first: the previous revision is only known once interrupted runs are settled.
-    let guard = match super::lock_and_recover(
-        &project,
-        engine.as_ref(),
-        &store,
-        &current,
-        &run,
-        "rollback",
-        wait,
-        &cancel,
-        json,
-        printer,
-    )
-    .await?
+    let session = Session::new(&project, engine.as_ref(), &store, &cancel, json, printer);
+    let guard = match session
+        .lock_and_recover(&current, &run, "rollback", wait)
+        .await?
     {
         Ok(g) => g,
         Err(status) => return Ok(status),
@@ -66,7 +55,7 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
             )
         })?,
     };
-    let desired = environment_of(&target, &current)?;
+    let desired = crate::session::lock::environment_of(&target, &current)?;
     let observed = engine.observe(&current.name).await?;
     let playbook = Playbook::switch_only(format!("rollback to revision {}", target.number));
     let plan = plan::compute(&desired, &observed, &playbook);
@@ -86,55 +75,7 @@ pub async fn run(dir: &Path, args: RollbackArgs, printer: Printer) -> anyhow::Re
         grants: Vec::new(),
         resume: None,
     };
-    let status = super::promote::execute(
-        &project,
-        engine.as_ref(),
-        &store,
-        &run,
-        &desired,
-        &playbook,
-        &plan,
-        &opts,
-        &cancel,
-        json,
-        printer,
-    )
-    .await;
+    let status = super::promote::execute(&session, &run, &desired, &playbook, &plan, &opts).await;
     guard.release().await?;
     status.map(|e| e.status)
-}
-
-/// The environment as revision `r` ran it: its recorded settings, with secret values read now
-/// from the sources the current manifest names (values are never stored).
-pub fn environment_of(r: &Revision, current: &Environment) -> anyhow::Result<Environment> {
-    let snapshots: BTreeMap<String, ServiceSnapshot> =
-        serde_json::from_value(r.services.clone())
-            .with_context(|| format!("revision {} records no usable settings", r.number))?;
-    let mut services = Vec::new();
-    let mut remaining: Vec<(String, ServiceSnapshot)> = snapshots.into_iter().collect();
-    // Dependency order, as a resolved environment has it.
-    while !remaining.is_empty() {
-        let ready = remaining
-            .iter()
-            .position(|(_, s)| {
-                s.depends_on
-                    .iter()
-                    .all(|d| services.iter().any(|x: &Service| &x.name == d))
-            })
-            .context("the revision's services depend on each other in a cycle")?;
-        let (name, s) = remaining.remove(ready);
-        let mut secrets = BTreeMap::new();
-        for key in &s.secret_keys {
-            let secret = current
-                .service(&name)
-                .and_then(|c| c.secrets.get(key))
-                .with_context(|| format!("revision {} of {name} uses secret {key}, which the current manifest no longer declares", r.number))?;
-            secrets.insert(key.clone(), secret.clone());
-        }
-        services.push(s.into_service(name, secrets));
-    }
-    Ok(Environment {
-        services,
-        ..current.clone()
-    })
 }

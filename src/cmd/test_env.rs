@@ -36,8 +36,9 @@ pub async fn run(dir: &Path, args: TestEnvArgs, printer: Printer) -> anyhow::Res
             if let Some(t) = &a.ttl {
                 ttl = duration::parse(t).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
             }
-            let engine = super::connect(&project, "test-env up").await?;
-            super::collect_garbage(engine.as_ref(), Some(&env.name), printer).await?;
+            let engine =
+                super::connect_and_collect(&project, "test-env up", Some(&env.name), printer)
+                    .await?;
             let now = jiff::Timestamp::now();
             let run = crate::run_id::new(now);
             let json = a.output == Format::Json;
@@ -103,7 +104,7 @@ pub async fn run(dir: &Path, args: TestEnvArgs, printer: Printer) -> anyhow::Res
         }
         TestEnvAction::Down(a) => {
             let env = super::load_environment(&project, &a.env, printer)?.environment;
-            let engine = super::connect(&project, "test-env down").await?;
+            let engine = crate::session::connect(&project, "test-env down").await?;
             let found = testenv::list(engine.as_ref(), Some(&env.name)).await?;
             let runs: Vec<&testenv::Found> = found
                 .iter()
@@ -136,8 +137,9 @@ pub async fn run(dir: &Path, args: TestEnvArgs, printer: Printer) -> anyhow::Res
             } else {
                 None
             };
-            let engine = super::connect(&project, "test-env list").await?;
-            super::collect_garbage(engine.as_ref(), env.as_deref(), printer).await?;
+            let engine =
+                super::connect_and_collect(&project, "test-env list", env.as_deref(), printer)
+                    .await?;
             let found = testenv::list(engine.as_ref(), env.as_deref()).await?;
             if a.output == Format::Json {
                 printer.json(&found)?;

@@ -31,6 +31,7 @@ use serde_json::Value;
 use super::Shared;
 use super::api::{self, ApiError};
 use super::auth::Resolved;
+use super::gitops::short;
 use crate::manifest::config::Right;
 use crate::report::escape_html as esc;
 
@@ -529,10 +530,6 @@ async fn environment_page(
     }
     body.push_str("</section>");
     page(StatusCode::OK, &env, &body)
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
 }
 
 fn tag(v: &Value) -> String {

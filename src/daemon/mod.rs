@@ -74,7 +74,7 @@ impl Daemon {
         }
         let token_vars = token_vars(&project);
         let store = Arc::new(Store::open(&project.state_dir())?);
-        let engine: Arc<dyn Engine> = Arc::from(crate::cmd::connect(&project, "daemon").await?);
+        let engine: Arc<dyn Engine> = Arc::from(crate::session::connect(&project, "daemon").await?);
         Ok(Daemon {
             project,
             store,
