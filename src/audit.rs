@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::exec::report::{Outcome as ReportOutcome, RunKind, RunReport};
+use crate::report::run::{Outcome as ReportOutcome, RunKind, RunReport};
 use crate::store::{AuditHead, Store, StoreError};
 
 /// The log's file name inside the state directory.

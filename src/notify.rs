@@ -34,9 +34,9 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::exec::report::{Outcome, RunKind, RunReport};
 pub use crate::manifest::config::Event;
 use crate::manifest::config::Notify;
+use crate::report::run::{Outcome, RunKind, RunReport};
 
 /// What a webhook is told.
 #[derive(Debug, Clone, Serialize)]

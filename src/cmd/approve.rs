@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::cli::output::Printer;
 use crate::cli::{ApproveArgs, ExitStatus, Format};
-use crate::exec::report::current_user;
 use crate::project::Project;
+use crate::report::run::current_user;
 use crate::session::approve::{Outcome, Request, record};
 use crate::store::Store;
 

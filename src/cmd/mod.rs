@@ -190,7 +190,7 @@ pub(crate) async fn connect_and_collect(
 pub(crate) fn save_run(
     project: &Project,
     store: &crate::store::Store,
-    report: &crate::exec::report::RunReport,
+    report: &crate::report::run::RunReport,
     printer: Printer,
 ) -> Option<std::path::PathBuf> {
     let saved = report
@@ -204,7 +204,7 @@ pub(crate) fn save_run(
 /// Records a run in the store (`finished` unset while it runs); a failure is a warning.
 pub(crate) fn record_run(
     store: &crate::store::Store,
-    report: &crate::exec::report::RunReport,
+    report: &crate::report::run::RunReport,
     finished: Option<jiff::Timestamp>,
     printer: Printer,
 ) {

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, PromoteArgs};
 use crate::exec::promote::{self, Options};
-use crate::exec::report::{Outcome, RunKind, RunReport};
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::Playbook;
 use crate::plan::{self, Plan};
 use crate::progress::Console;
 use crate::project::Project;
+use crate::report::run::{Outcome, RunKind, RunReport};
 use anyhow::Context;
 
 use crate::session::Session;
@@ -93,7 +93,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     }
     let resume = match &resuming {
         Some(p) if p.run == run => {
-            let report: crate::exec::report::RunReport =
+            let report: crate::report::run::RunReport =
                 serde_json::from_value(p.report.clone()).context("the parked run's report")?;
             // The steps before the gate; the gate itself runs again, approved this time.
             let steps = report
@@ -186,7 +186,7 @@ fn change_digest(env: &Environment, playbook: &Playbook) -> String {
         .collect();
     let text = serde_json::json!({
         "environment": env.name,
-        "services": crate::exec::report::snapshots(env),
+        "services": crate::report::run::snapshots(env),
         "playbook": playbook.name,
         "steps": steps,
     })

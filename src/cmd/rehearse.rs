@@ -26,9 +26,9 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
         super::connect_and_collect(&project, "rehearse", Some(&environment.name), printer).await?;
     // What the rehearsed version would change in production, for the report.
     let observed = engine.observe(&environment.name).await?;
-    let changes = exec::report::changes(
+    let changes = crate::report::run::changes(
         &plan::compute(&environment, &observed, &playbook).services,
-        &exec::report::snapshots(&environment),
+        &crate::report::run::snapshots(&environment),
     );
     let store = Store::open(&project.state_dir())?;
 
@@ -53,8 +53,8 @@ pub async fn run(dir: &Path, args: RehearseArgs, printer: Printer) -> anyhow::Re
             "the audit trail could not record the rehearsal: {e}"
         ));
     };
-    let start = exec::report::RunReport::new(
-        exec::report::RunKind::Rehearsal,
+    let start = crate::report::run::RunReport::new(
+        crate::report::run::RunKind::Rehearsal,
         &run,
         &environment,
         &playbook,

@@ -10,10 +10,10 @@ use anyhow::Context;
 use crate::cli::output::Printer;
 use crate::cli::{ExitStatus, Format, RollbackArgs};
 use crate::exec::promote::Options;
-use crate::exec::report::RunKind;
 use crate::manifest::playbook::Playbook;
 use crate::plan;
 use crate::project::Project;
+use crate::report::run::RunKind;
 use crate::session::Session;
 use crate::store::Store;
 

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::first_line;
 use super::journal::Journal;
 use super::promote::{Begin, Stop};
-use super::report::CanaryFigures;
 use super::traffic::{self, Shift, Versions};
 use crate::check::Endpoint;
 use crate::engine::spec::{production_container, production_network, production_volume};
@@ -26,6 +25,7 @@ use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::{Analysis, Weight};
 use crate::plan::{Action, Plan};
 use crate::progress::{Progress, Status};
+use crate::report::run::CanaryFigures;
 
 /// The grace a container gets to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -80,7 +80,7 @@ pub async fn acquire(
         environment: env.to_string(),
         run: run.to_string(),
         owner: owner::current(),
-        user: super::report::current_user(),
+        user: crate::report::run::current_user(),
         command: command.to_string(),
     };
     let t0 = Instant::now();

@@ -11,7 +11,6 @@ pub mod journal;
 pub mod lock;
 pub mod promote;
 pub mod recover;
-pub mod report;
 pub mod settle;
 mod steps;
 mod traffic;
@@ -28,7 +27,7 @@ use crate::progress::Progress;
 
 pub use walk::Mode;
 
-use report::RunReport;
+use crate::report::run::RunReport;
 
 /// Runs `playbook` as a rehearsal of `env`: test version, checks, teardown.
 pub async fn rehearse(
@@ -74,7 +73,7 @@ pub(crate) async fn teardown(
     env: &Environment,
     run: &str,
     progress: &dyn Progress,
-) -> report::Teardown {
+) -> crate::report::run::Teardown {
     steps::test_env::teardown(engine, env, run, progress).await
 }
 

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::report::{self, Emergency, Outcome, RunKind, RunReport, StepReport, StepStatus};
 use super::settle;
 use super::walk::{Mode, Production, Walk};
 use crate::engine::Engine;
@@ -17,6 +16,9 @@ use crate::manifest::env::Environment;
 use crate::manifest::playbook::{Playbook, Step};
 use crate::plan::Plan;
 use crate::progress::Progress;
+use crate::report::run::{
+    self as report, Emergency, Outcome, RunKind, RunReport, StepReport, StepStatus,
+};
 use crate::store::{Grant, NewRevision};
 
 pub(super) use super::deploy::Deployment;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use super::journal::Journal;
 use super::promote::{Begin, Deployment, Stop};
-use super::report::{Outcome, RunKind};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
 use crate::owner::{self, Liveness};
 use crate::progress::Progress;
+use crate::report::run::{Outcome, RunKind};
 use crate::store::{JournalEntry, Store};
 
 /// What recovery did with one interrupted run.

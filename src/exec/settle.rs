@@ -7,7 +7,7 @@
 
 use crate::store::RevisionOutcome;
 
-use super::report::Outcome;
+use crate::report::run::Outcome;
 
 /// What a run knows when its steps stop.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
 use super::promote::{Options, promote};
-use super::report::{Outcome, RunKind, RunReport, StepStatus};
 use crate::engine::fake::{FakeCall, FakeEngine};
 use crate::engine::{ContainerState, Engine};
 use crate::manifest::env::{self, Environment};
 use crate::manifest::playbook::{self, Playbook};
 use crate::manifest::{source::Source, yaml};
 use crate::progress::Silent;
+use crate::report::run::{Outcome, RunKind, RunReport, StepStatus};
 use crate::store::{Grant, GrantKind, RevisionOutcome, Store};
 
 /// db: stateful, a volume, no port (so no edge proxy is involved); `image` is its image.

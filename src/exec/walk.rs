@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
 use super::promote::{Deployment, Options, Stop};
-use super::report::{RunKind, RunReport, StepReport, StepStatus};
 use super::{first_line, steps};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{self, Playbook, Step, Target};
 use crate::plan::Plan;
 use crate::progress::{Progress, Status};
+use crate::report::run::{RunKind, RunReport, StepReport, StepStatus};
 use crate::testenv::TestEnv;
 
 /// Which steps of the playbook act, and on what.

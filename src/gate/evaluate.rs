@@ -4,9 +4,9 @@
 //!
 //! Pure: the step loop asks, records what it is told in the run's report, and acts.
 
-use crate::exec::report::RunKind;
 use crate::manifest::playbook::{self, Playbook};
 use crate::plan::Gate;
+use crate::report::run::RunKind;
 use crate::store::{Awaited, Grant, GrantKind};
 
 use super::window;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::exec::report::{self, RunReport};
 use crate::plan::ServicePlan;
+use crate::report::run::{self as report, RunReport};
 use crate::store::{Store, StoreError};
 
 /// Which run.

@@ -11,6 +11,7 @@
 mod find;
 mod html;
 mod markdown;
+pub mod run;
 mod tables;
 
 pub use find::{FindError, Selector, find};
@@ -19,8 +20,8 @@ pub use markdown::render as markdown;
 
 use jiff::Timestamp;
 
-use crate::exec::report::{Analysis, Outcome, RunKind, RunReport, StepStatus};
 use crate::plan::Action;
+use crate::report::run::{Analysis, Outcome, RunKind, RunReport, StepStatus};
 
 /// The report as one JSON document: the stable camelCase schema of [`RunReport`].
 pub fn json(report: &RunReport) -> String {
@@ -128,7 +129,7 @@ fn millis(ms: Option<u64>) -> String {
 }
 
 /// The canary thresholds of a figure, in words (`error rate ≤ 5.00%, p99 ≤ 500 ms, ≥ 20 requests`).
-fn thresholds(f: &crate::exec::report::CanaryFigures) -> String {
+fn thresholds(f: &crate::report::run::CanaryFigures) -> String {
     let mut t = Vec::new();
     if let Some(m) = f.max_error_rate {
         t.push(format!("error rate ≤ {}", percent(Some(m))));
@@ -147,7 +148,7 @@ fn thresholds(f: &crate::exec::report::CanaryFigures) -> String {
 }
 
 /// `2 containers, 1 network, 0 volumes`.
-fn removed(t: &crate::exec::report::Teardown) -> String {
+fn removed(t: &crate::report::run::Teardown) -> String {
     let n =
         |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
     format!(
@@ -159,7 +160,7 @@ fn removed(t: &crate::exec::report::Teardown) -> String {
 }
 
 /// The step that made the run fail, if one did.
-fn failed_step(r: &RunReport) -> Option<&crate::exec::report::StepReport> {
+fn failed_step(r: &RunReport) -> Option<&crate::report::run::StepReport> {
     r.steps.iter().find(|s| s.status == StepStatus::Failed)
 }
 
@@ -173,8 +174,8 @@ pub(crate) mod fixture {
     use jiff::Timestamp;
 
     use crate::check::{CheckResult, Verdict};
-    use crate::exec::report::*;
     use crate::plan::Action;
+    use crate::report::run::*;
 
     pub const APPROVAL_NOTE: &str = "Go ahead <b>after</b> the \"backup\" & not before";
 

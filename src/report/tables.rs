@@ -79,7 +79,7 @@ pub(super) struct Table {
 }
 
 /// One service's changed settings.
-pub(super) fn settings(s: &crate::exec::report::ServiceChange) -> Table {
+pub(super) fn settings(s: &crate::report::run::ServiceChange) -> Table {
     Table {
         columns: vec![
             Column {
@@ -105,7 +105,7 @@ pub(super) fn settings(s: &crate::exec::report::ServiceChange) -> Table {
 }
 
 /// The words after a changed service's name: `stateful`, `managed by third party X`.
-pub(super) fn service_tags(s: &crate::exec::report::ServiceChange) -> Vec<String> {
+pub(super) fn service_tags(s: &crate::report::run::ServiceChange) -> Vec<String> {
     let mut tags = Vec::new();
     if s.stateful {
         tags.push("stateful".to_string());
@@ -166,7 +166,7 @@ pub(super) fn authorizations(r: &RunReport) -> Table {
     }
 }
 
-fn step_name(s: &crate::exec::report::StepReport) -> Cell {
+fn step_name(s: &crate::report::run::StepReport) -> Cell {
     text(format!("{}. {}", s.index + 1, s.description))
 }
 

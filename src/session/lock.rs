@@ -67,7 +67,7 @@ impl Session<'_> {
                         crate::audit::Event::LockTakeover {
                             environment: env.name.clone(),
                             run: run.to_string(),
-                            user: crate::exec::report::current_user(),
+                            user: crate::report::run::current_user(),
                             previous_holder: old.describe(),
                             reason: why.to_string(),
                         },
@@ -93,7 +93,7 @@ impl Session<'_> {
         };
         // The platform's own lock, where several machines manage the environment (kubernetes).
         let holder = crate::engine::shared_lock::holder(
-            &crate::exec::report::current_user(),
+            &crate::report::run::current_user(),
             &crate::owner::current(),
             run,
         );
@@ -198,7 +198,7 @@ async fn settle_open_runs(
     json: bool,
     printer: Printer,
 ) -> anyhow::Result<()> {
-    use crate::exec::report::Outcome;
+    use crate::report::run::Outcome;
     let name = env.to_string();
     let open = store.call(move |s| s.open_runs(&name)).await?;
     for mut record in open.into_iter().filter(|r| r.run != run) {

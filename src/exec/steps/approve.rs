@@ -3,8 +3,8 @@
 //! `rollout promote` resumes it from this step.
 
 use super::super::promote::Stop;
-use super::super::report::{self, StepReport, StepStatus};
 use super::super::walk::Walk;
+use crate::report::run::{self as report, StepReport, StepStatus};
 use crate::store::{Awaited, GrantKind};
 
 pub(super) fn run(

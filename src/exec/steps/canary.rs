@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use super::super::promote::Stop;
-use super::super::report::{StepReport, StepStatus};
 use super::super::walk::Walk;
 use crate::manifest::playbook::{Analysis, Weight};
+use crate::report::run::{StepReport, StepStatus};
 
 pub(super) async fn run(
     w: &mut Walk<'_>,

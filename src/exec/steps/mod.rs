@@ -8,9 +8,9 @@ pub mod switch;
 pub mod test_env;
 
 use super::promote::Stop;
-use super::report::StepReport;
 use super::walk::Walk;
 use crate::manifest::playbook::Step;
+use crate::report::run::StepReport;
 
 /// Runs one step of the walk. `sr` is the step's report, for what a step adds to it (check
 /// results, a status other than ok).

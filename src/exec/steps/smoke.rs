@@ -4,12 +4,12 @@
 use tokio_util::sync::CancellationToken;
 
 use super::super::promote::Stop;
-use super::super::report::StepReport;
 use super::super::walk::Walk;
 use crate::check::{self, CheckResult, Target};
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{self, Target as StepTarget};
 use crate::progress::{Progress, Status};
+use crate::report::run::StepReport;
 
 pub(super) async fn run(
     w: &mut Walk<'_>,

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use super::super::promote::Stop;
-use super::super::report::Teardown;
 use super::super::walk::Walk;
 use crate::engine::{Engine, Removed};
 use crate::manifest::env::Environment;
 use crate::progress::{Progress, Status};
+use crate::report::run::Teardown;
 use crate::testenv;
 
 pub(super) async fn run(

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::super::promote::Stop;
-use super::super::report::CanaryFigures;
 use super::{Shift, Versions, judge, percent};
 use crate::edge;
 use crate::engine::ContainerState;
@@ -20,6 +19,7 @@ use crate::manifest::playbook::{self, Analysis, Weight as StepWeight};
 use crate::progress::{Progress, Status};
 use crate::proxy::routes::{Backend, Listener, Protocol, Routes, Weight};
 use crate::proxy::stats::{StatsSnapshot, Window};
+use crate::report::run::CanaryFigures;
 
 /// The edge proxy's side of a run; it keeps nothing itself (the table lives in the proxy).
 pub(super) struct Edge;

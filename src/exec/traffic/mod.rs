@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::promote::Stop;
-use super::report::{self, CanaryFigures};
 use crate::engine::Engine;
 use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::{Analysis, Weight};
 use crate::progress::Progress;
+use crate::report::run::{self as report, CanaryFigures};
 
 /// Production's versions during a run: what ran before, what the run started, what it stopped,
 /// and whether it moved traffic yet.

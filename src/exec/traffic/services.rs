@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::super::promote::Stop;
-use super::super::report::CanaryFigures;
 use super::{Shift, Versions, judge, percent};
 use crate::engine::{ContainerState, Engine, ServiceTraffic, Split, Unrouted};
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{Analysis, Weight};
 use crate::progress::{Progress, Status};
+use crate::report::run::CanaryFigures;
 
 pub(super) struct Services<'a> {
     services: &'a dyn ServiceTraffic,

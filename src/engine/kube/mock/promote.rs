@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::*;
 use crate::exec::journal::Journal;
 use crate::exec::promote::{Options, promote};
-use crate::exec::report::{Outcome, RunKind};
 use crate::manifest::playbook::{Playbook, Step, Target as StepTarget};
+use crate::report::run::{Outcome, RunKind};
 use crate::store::{RevisionOutcome, Store};
 
 mod canary;
@@ -245,7 +245,7 @@ fn production(web_image: &str) -> (Environment, Vec<Value>, Vec<Value>) {
 }
 
 struct Ran {
-    report: crate::exec::report::RunReport,
+    report: crate::report::run::RunReport,
     store: Arc<Store>,
     _dir: tempfile::TempDir,
 }
@@ -671,7 +671,7 @@ async fn begun_with_candidate() -> (Arc<Store>, tempfile::TempDir, Journal) {
         playbook: "kube".into(),
         reason: None,
         changes: json!([]),
-        services: serde_json::to_value(crate::exec::report::snapshots(&env)).unwrap(),
+        services: serde_json::to_value(crate::report::run::snapshots(&env)).unwrap(),
         images: vec!["db:1".into(), "web:2".into()],
     };
     let begin = json!({

@@ -459,6 +459,6 @@ async fn a_canary_analysis_from_prometheus_rolls_back_a_failing_candidate() {
     assert!(figures.p99_ms.is_some_and(|p| p < 500), "{figures:?}");
     assert!(matches!(
         figures.analysis,
-        crate::exec::report::Analysis::Fail { .. }
+        crate::report::run::Analysis::Fail { .. }
     ));
 }
