@@ -191,7 +191,7 @@ fn parse_when(text: &str, now: jiff::Timestamp) -> anyhow::Result<jiff::Timestam
 }
 
 /// "an approval by `client`, an authorization by `hosting-co`".
-pub fn awaited_text(awaiting: &[Awaited]) -> String {
+pub(crate) fn awaited_text(awaiting: &[Awaited]) -> String {
     awaiting
         .iter()
         .map(|a| match a.kind {

@@ -29,7 +29,7 @@ const KUBERNETES_COMMANDS: [&str; 11] = [
 
 /// Connects to the backend named in rollout.yaml for `command` (as the user typed it). On the
 /// kubernetes backend a command not built there yet is refused before anything is done.
-pub async fn connect(project: &Project, command: &str) -> anyhow::Result<Box<dyn Engine>> {
+pub(crate) async fn connect(project: &Project, command: &str) -> anyhow::Result<Box<dyn Engine>> {
     match project.config.backend {
         Backend::Docker => {
             let engine = DockerEngine::connect(project.config.docker_host.as_deref())

@@ -21,7 +21,7 @@ impl Session<'_> {
     /// settles the runs of `env` that were interrupted, saying what it did. `Err(status)` when
     /// the command must stop: the lock is held by a live run (exit 3, the holder named), or an
     /// interrupted run could not be settled (exit 1: nothing else is done before it is).
-    pub async fn lock_and_recover(
+    pub(crate) async fn lock_and_recover(
         &self,
         env: &Environment,
         run: &str,
@@ -241,7 +241,7 @@ async fn settle_open_runs(
 
 /// Where the platform keeps the environment's run records and gates itself (kubernetes),
 /// brings them into the local store first, warning about any record it could not take.
-pub async fn pull_records(
+pub(crate) async fn pull_records(
     engine: &dyn Engine,
     store: &Arc<Store>,
     env: &str,

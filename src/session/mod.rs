@@ -1,5 +1,5 @@
 //! What the CLI commands and the daemon both need, below them both: choosing the backend
-//! ([`connect()`]), taking an environment's lock and settling interrupted runs ([`lock`]),
+//! (`connect`), taking an environment's lock and settling interrupted runs ([`lock`]),
 //! gathering an environment's status ([`status`]) and recording approvals ([`approve`]).
 //!
 //! `cmd` drives these for a person at a terminal and `daemon` for an API caller; this module
@@ -20,13 +20,13 @@ use crate::engine::Engine;
 use crate::project::Project;
 use crate::store::Store;
 
-pub use connect::connect;
+pub(crate) use connect::connect;
 
 /// What a command that changes an environment works with once connected: the project, its
 /// backend and store, the signal that stops it, and how it reports (`json`: one JSON document
 /// on stdout, no text).
 #[derive(Clone, Copy)]
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     pub project: &'a Project,
     pub engine: &'a dyn Engine,
     pub store: &'a Arc<Store>,
@@ -36,7 +36,7 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub fn new(
+    pub(crate) fn new(
         project: &'a Project,
         engine: &'a dyn Engine,
         store: &'a Arc<Store>,

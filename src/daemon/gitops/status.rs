@@ -61,7 +61,7 @@ impl Outcome {
 pub enum Trigger {
     /// The manifest changed at the commit.
     Commit,
-    /// A manual retry ([`Controller::retry`]).
+    /// A manual retry ([`super::Controller::retry`]).
     Retry,
     /// Drift, with `selfHeal: true`.
     SelfHeal,
@@ -72,7 +72,8 @@ pub enum Trigger {
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub commit: String,
-    /// The [`promotion_hash`] of what was promoted: the manifest, its playbook, the settings.
+    /// The [`super::promotion_hash`] of what was promoted: the manifest, its playbook, the
+    /// settings.
     pub manifest_hash: String,
     pub trigger: Trigger,
     pub outcome: Outcome,
@@ -114,7 +115,7 @@ pub struct EnvStatus {
     pub self_heal: bool,
     /// The last commit this environment was promoted at.
     pub commit: Option<String>,
-    /// The [`promotion_hash`] promoted at `commit`.
+    /// The [`super::promotion_hash`] promoted at `commit`.
     pub promoted_hash: Option<String>,
     /// The last promotion attempt, whatever its outcome.
     pub last: Option<Attempt>,
