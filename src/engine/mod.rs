@@ -1,8 +1,13 @@
 //! The seam between rollout's decisions and the container platform.
 //!
-//! [`Engine`] is ours: bollard has no trait. [`docker::DockerEngine`] talks to a real engine,
-//! `fake::FakeEngine` is a scripted stand-in for tests of the code above the seam, compiled only
-//! for tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
+//! [`Engine`] is ours: bollard has no trait. It is what every backend does (containers, networks,
+//! volumes, images, events, exec, logs, status, observe, copy, labels); what only some platforms
+//! offer is a capability, each its own trait reached through an `Option` on [`Engine`], with no
+//! backend type in it: [`ServiceTraffic`] (kubernetes Services move traffic), [`SharedLock`] (a
+//! lock every machine sees: a Lease), [`RunLedger`] (run records kept on the platform).
+//! [`docker::DockerEngine`] talks to a Docker engine, [`kube::KubeEngine`] to a cluster, and
+//! [`retry::Retrying`] wraps either; `fake::FakeEngine` is a scripted stand-in compiled only for
+//! tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
 //! Everything rollout creates carries the labels in [`labels`], and [`Engine::observe`] reads an
 //! environment back from those labels alone.
 
