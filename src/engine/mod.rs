@@ -579,3 +579,57 @@ pub trait Engine: Send + Sync {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeating_a_cause() {
+        let e = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("connect error", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "client error (Connect): tcp connect error",
+            "a cause already on the line is not said again"
+        );
+        let e = Layer(
+            "read failed",
+            Some(Box::new(Layer("Connection reset", None))),
+        );
+        assert_eq!(error_chain(&e), "read failed: Connection reset");
+    }
+
+    #[test]
+    fn a_selector_is_written_in_key_order() {
+        let selector = BTreeMap::from([
+            (labels::ROLE.to_string(), "test".to_string()),
+            (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+        ]);
+        assert_eq!(
+            labels::selector(&selector),
+            "rollout.environment=shop,rollout.role=test"
+        );
+        assert_eq!(labels::selector(&BTreeMap::new()), "");
+    }
+}
