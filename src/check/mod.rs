@@ -833,6 +833,45 @@ mod tests {
             FakeCall::PublishedPort { container, container_port: 9000 } if container == "shop-api-r1"
         )));
     }
+
+    /// The checks' own http and tcp probes through a kubernetes port-forward: an endpoint
+    /// without ports asks the engine for them, and each connection reaches the running pod.
+    #[tokio::test]
+    async fn probes_pass_through_a_kubernetes_port_forward() {
+        use crate::engine::kube::forward::tests::{api_server, pod};
+        let (engine, seen) = api_server(vec![
+            pod("shop-web-r1-5d9f8c-new01", false),
+            pod("shop-web-r1-5d9f8c-x1x2x", true),
+        ])
+        .await;
+        let endpoint = Endpoint {
+            container: "shop-web-r1".into(),
+            ports: Default::default(),
+        };
+        for probe in [
+            Probe::Http {
+                port: 8080,
+                path: "/ready".into(),
+            },
+            Probe::Tcp { port: 8080 },
+        ] {
+            let verdict = probe_once(&engine, &endpoint, &probe, Duration::from_secs(5)).await;
+            assert!(
+                matches!(verdict, Verdict::Pass { .. }),
+                "{probe}: {verdict:?}"
+            );
+        }
+        let seen = seen.lock().unwrap().clone();
+        let forwards: Vec<&String> = seen.iter().filter(|r| r.contains("/portforward")).collect();
+        // One upgrade per connection that sent a request (the tcp probe's may not have reached
+        // the stand-in yet: it only connects).
+        assert!(!forwards.is_empty(), "{seen:?}");
+        assert!(
+            forwards.iter().all(|r| *r
+                == "GET /api/v1/namespaces/rollout-shop/pods/shop-web-r1-5d9f8c-x1x2x/portforward?&ports=8080"),
+            "to the running pod: {seen:?}"
+        );
+    }
 }
 
 /// Replaces every secret value of `env` in a result's text with `<redacted>`: a service may echo

@@ -53,27 +53,22 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Namespace,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector, Service as KService, ServicePort,
-    ServiceSpec, TCPSocketAction, Volume as KVolume, VolumeMount, VolumeResourceRequirements,
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, Secret,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
 
 use super::{
-    ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EnvValue, EventStream, ExecOutput,
-    LabelledObject, ObjectKind, Observed, ObservedContainer, Outcome, Probes, Removed,
-    ServiceSnapshot, ServiceTraffic, SharedLock, Split, Unrouted, error_chain, image, labels,
+    ContainerSpec, ContainerStatus, Copied, Engine, EngineError, EventStream, ExecOutput,
+    LabelledObject, ObjectKind, Observed, Outcome, Probes, Removed, ServiceTraffic, SharedLock,
+    error_chain, image, labels,
 };
-use crate::manifest::env::{Health, Probe as HealthProbe};
 use crate::manifest::secret::SecretValue;
 
 use api::*;

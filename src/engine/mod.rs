@@ -1,8 +1,13 @@
 //! The seam between rollout's decisions and the container platform.
 //!
-//! [`Engine`] is ours: bollard has no trait. [`docker::DockerEngine`] talks to a real engine,
-//! `fake::FakeEngine` is a scripted stand-in for tests of the code above the seam, compiled only
-//! for tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
+//! [`Engine`] is ours: bollard has no trait. It is what every backend does (containers, networks,
+//! volumes, images, events, exec, logs, status, observe, copy, labels); what only some platforms
+//! offer is a capability, each its own trait reached through an `Option` on [`Engine`], with no
+//! backend type in it: [`ServiceTraffic`] (kubernetes Services move traffic), [`SharedLock`] (a
+//! lock every machine sees: a Lease), [`RunLedger`] (run records kept on the platform).
+//! [`docker::DockerEngine`] talks to a Docker engine, [`kube::KubeEngine`] to a cluster, and
+//! [`retry::Retrying`] wraps either; `fake::FakeEngine` is a scripted stand-in compiled only for
+//! tests (`cfg(test)`, or the `test-support` feature the integration tests turn on).
 //! Everything rollout creates carries the labels in [`labels`], and [`Engine::observe`] reads an
 //! environment back from those labels alone.
 
@@ -572,5 +577,59 @@ pub trait Engine: Send + Sync {
     fn shared_lock(&self, env: &str, holder: &str) -> Option<Box<dyn SharedLock>> {
         let _ = (env, holder);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeating_a_cause() {
+        let e = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("connect error", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "client error (Connect): tcp connect error",
+            "a cause already on the line is not said again"
+        );
+        let e = Layer(
+            "read failed",
+            Some(Box::new(Layer("Connection reset", None))),
+        );
+        assert_eq!(error_chain(&e), "read failed: Connection reset");
+    }
+
+    #[test]
+    fn a_selector_is_written_in_key_order() {
+        let selector = BTreeMap::from([
+            (labels::ROLE.to_string(), "test".to_string()),
+            (labels::ENVIRONMENT.to_string(), "shop".to_string()),
+        ]);
+        assert_eq!(
+            labels::selector(&selector),
+            "rollout.environment=shop,rollout.role=test"
+        );
+        assert_eq!(labels::selector(&BTreeMap::new()), "");
     }
 }

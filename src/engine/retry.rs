@@ -390,4 +390,27 @@ mod tests {
         assert!(got.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
+
+    /// The capabilities of the engine inside are the wrapper's: kubernetes' services (and with
+    /// them `traffic()`), ledger and shared lock; an engine without them has none through it.
+    #[tokio::test]
+    async fn capabilities_are_forwarded_as_the_inner_engine_has_them() {
+        let (service, _server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let cluster =
+            super::super::kube::KubeEngine::new(kube::Client::new(service, "default"), "mock");
+        let engine = Retrying::new(cluster);
+        assert_eq!(engine.traffic(), super::super::Traffic::Services);
+        assert!(engine.services().is_some_and(|s| !s.measures()));
+        assert!(engine.ledger().is_some());
+        assert!(engine.shared_lock("shop", "me").is_some());
+
+        let engine = Retrying::new(super::super::fake::FakeEngine::new());
+        assert_eq!(engine.traffic(), super::super::Traffic::EdgeProxy);
+        assert!(engine.services().is_none());
+        assert!(engine.ledger().is_none());
+        assert!(engine.shared_lock("shop", "me").is_none());
+    }
 }

@@ -1,7 +1,26 @@
 //! Containers on Docker: the create body from a [`ContainerSpec`] (ports, mounts, health check,
 //! restart policy), their state and status as rollout reads them, exec and logs.
 
-use super::*;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
+    HealthConfig, HealthStatusEnum, HostConfig, Mount, MountType, NetworkingConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{LogsOptions, RemoveContainerOptions};
+
+use super::failure::{Failure, call, timed};
+use super::{DockerEngine, EXEC_EXIT_WAIT, EXEC_OUTPUT_LIMIT};
+use crate::engine::{
+    ContainerSpec, ContainerState, ContainerStatus, EngineError, EnvValue, ExecOutput, HealthState,
+};
+use crate::manifest::env::{Health, Probe};
+use crate::manifest::secret::SecretValue;
 
 pub(super) fn label_filters(selector: &BTreeMap<String, String>) -> HashMap<String, Vec<String>> {
     HashMap::from([(

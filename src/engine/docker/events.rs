@@ -1,7 +1,18 @@
 //! The engine's event stream, as [`ContainerEvent`]s: subscribed from the engine's own clock so
 //! nothing between the call and the subscription is missed.
 
-use super::*;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::EventsOptions;
+
+use super::DockerEngine;
+use super::containers::label_filters;
+use super::failure::call;
+use crate::engine::{
+    ContainerEvent, EngineError, EventKind, EventStream, HealthState, error_chain, labels,
+};
 
 /// A container event of interest, from the engine's message; `None` for anything else.
 pub(super) fn container_event(message: &EventMessage) -> Option<ContainerEvent> {

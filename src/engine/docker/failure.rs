@@ -2,7 +2,13 @@
 //! (retried by `engine::retry`) told apart from the engine's own answers, and every call bounded
 //! by a timeout so a hung engine never hangs rollout.
 
-use super::*;
+use std::future::Future;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+
+use super::CALL_TIMEOUT;
+use crate::engine::{EngineError, error_chain};
 
 /// Why one bollard call did not succeed.
 pub(super) enum Failure {

@@ -1,7 +1,15 @@
 //! Images on Docker: built locally from an in-memory context (nothing is ever pulled), and the
 //! small utility image the volume copies run in.
 
-use super::*;
+use crate::engine::Engine;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::BuildImageOptions;
+use futures_util::StreamExt;
+
+use super::failure::call;
+use super::{BUILD_TAIL_LINES, BUILD_TIMEOUT, DockerEngine};
+use crate::engine::image::{BuildContext, UTIL_IMAGE};
+use crate::engine::{EngineError, error_chain, image};
 
 impl DockerEngine {
     pub(super) async fn build(&self, tag: &str, context: &BuildContext) -> Result<(), EngineError> {

@@ -6,36 +6,19 @@
 //! is negotiated at connect time because the engine may speak an older API than bollard's default.
 //! Nothing is ever pulled: images are built locally ([`Engine::build_image`]) or loaded by the user.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    EventMessage, EventMessageTypeEnum, HealthConfig, HealthStatusEnum, HostConfig, Mount,
-    MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
-};
-use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
-    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, StopContainerOptions, WaitContainerOptions,
-};
-use futures_util::StreamExt;
+use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{CreateContainerOptions, StopContainerOptions};
 
-use super::image::{self, BuildContext, UTIL_IMAGE};
+use super::image::BuildContext;
 use super::{
-    ContainerEvent, ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError,
-    EnvValue, EventKind, EventStream, ExecOutput, HealthState, LabelledObject, ObjectKind,
-    Observed, ObservedContainer, Outcome, Removed, Role, ServiceSnapshot, error_chain, labels,
+    ContainerSpec, ContainerState, ContainerStatus, Copied, Engine, EngineError, EventStream,
+    ExecOutput, LabelledObject, Observed, Outcome, Removed, error_chain,
 };
-use crate::manifest::env::{Health, Probe};
-use crate::manifest::secret::SecretValue;
 
 mod containers;
 mod events;
@@ -46,8 +29,8 @@ mod observe;
 mod tests;
 mod volumes;
 
-use containers::*;
-use failure::*;
+use containers::{container_state, container_status, create_body, grace_seconds, to_hash};
+use failure::{call, timed};
 
 /// The endpoint used when neither a host nor `DOCKER_HOST` is given.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";

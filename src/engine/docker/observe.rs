@@ -1,8 +1,22 @@
 //! Reading back what rollout made, from its labels alone: an environment's production
-//! containers ([`Engine::observe`](super::Engine::observe)), and every object a selector matches
+//! containers ([`Engine::observe`]), and every object a selector matches
 //! (listed or removed).
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions,
+};
+
+use super::DockerEngine;
+use super::containers::{container_state, health_state, label_filters, secrets_from_env};
+use super::failure::{Failure, call};
+use crate::engine::{
+    Engine, EngineError, LabelledObject, ObjectKind, Observed, ObservedContainer, Role,
+    ServiceSnapshot, labels,
+};
 
 /// One production container as listed and inspected, before grouping by service.
 pub(super) struct Found {

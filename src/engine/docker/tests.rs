@@ -1,8 +1,16 @@
 //! Unit tests of the Docker backend's translations (no engine needed).
 
+use bollard::models::{
+    ContainerInspectResponse, EventMessage, EventMessageTypeEnum, HealthConfig, MountType,
+    RestartPolicyNameEnum,
+};
+
+use super::containers::*;
 use super::events::*;
 use super::*;
+use crate::engine::{ContainerEvent, EnvValue, EventKind, HealthState};
 use crate::manifest::env::{DEFAULT_RETRIES, Health, Probe};
+use crate::manifest::secret::SecretValue;
 
 fn spec() -> ContainerSpec {
     ContainerSpec {

@@ -1,7 +1,19 @@
 //! Volume copies on Docker: a short-lived helper container with both volumes mounted copies
 //! file by file, its output quoted when it fails.
 
-use super::*;
+use crate::engine::Engine;
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{CreateContainerOptions, WaitContainerOptions};
+
+use super::containers::to_hash;
+use super::failure::{call, timed};
+use super::{COPY_TIMEOUT, DockerEngine, HELPER_TAIL_LINES};
+use crate::engine::image::UTIL_IMAGE;
+use crate::engine::{ContainerState, Copied, EngineError};
 
 impl DockerEngine {
     pub(super) async fn copy(

@@ -2,7 +2,17 @@
 //! makes (server-side apply, ensure, list, scale, wait), and API errors as the user needs them
 //! (a conflict names the field manager, a broken connection is transient).
 
-use super::*;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde::de::DeserializeOwned;
+
+use super::objects::pods_of;
+use super::{FIELD_MANAGER, KubeEngine, POLL};
+use crate::engine::{EngineError, Outcome, error_chain, labels};
 
 /// Finds the cluster: KUBECONFIG (or `~/.kube/config`) first, then the in-cluster service
 /// account. The error says what was tried.

@@ -19,7 +19,7 @@ use super::lease::LeaseLock;
 use super::*;
 use crate::engine::shared_lock::{Acquired, SharedLock, SharedLockError};
 use crate::engine::spec::{base_labels, production_container, production_network};
-use crate::engine::{ContainerState, Role};
+use crate::engine::{ContainerState, Role, ServiceTraffic, Unrouted};
 use crate::manifest::env::Environment;
 use crate::manifest::source::Source;
 use crate::manifest::{env, yaml};

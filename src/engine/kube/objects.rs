@@ -2,7 +2,21 @@
 //! its Secret and its Service; labels Kubernetes cannot hold as annotations; a Deployment read
 //! back as an [`ObservedContainer`]. Pure functions, no I/O.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretKeySelector, Service as KService, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume as KVolume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::status;
+use crate::engine::{ContainerSpec, EnvValue, ObservedContainer, ServiceSnapshot, labels};
+use crate::manifest::env::{Health, Probe as HealthProbe};
 
 /// The labels that pick the pods of one service's Deployment for one run.
 pub fn pod_selector(env: &str, service: &str, run: &str) -> BTreeMap<String, String> {

@@ -2,7 +2,17 @@
 //! selector, a canary splits it ([`super::canary`]), the old pods are waited out of its
 //! EndpointSlices ([`super::watch`]), a canary's figures come from Prometheus.
 
-use super::*;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as KService;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+
+use super::api::{api_error, delete_ok};
+use super::objects::service_for;
+use super::{FIELD_MANAGER, KubeEngine, canary, namespace};
+use crate::engine::{EngineError, ServiceTraffic, Split, Unrouted};
 
 /// Traffic moves through Services: a selector switch, a canary split, their endpoints watched.
 #[async_trait]
