@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::Stop;
 use super::first_line;
 use super::journal::Journal;
-use super::promote::{Begin, Stop};
+use super::promote::Begin;
 use super::traffic::{self, Shift, Versions};
 use crate::check::Endpoint;
 use crate::engine::spec::{production_container, production_network, production_volume};
@@ -53,10 +54,7 @@ impl<'a> Deployment<'a> {
         journal: &Journal,
         cancel: &CancellationToken,
     ) -> Result<Self, Stop> {
-        let observed = engine
-            .observe(&env.name)
-            .await
-            .map_err(|e| Stop(e.to_string()))?;
+        let observed = engine.observe(&env.name).await?;
         let mut old = BTreeMap::new();
         for (name, svc) in &observed.services {
             let mut running: Vec<_> = svc
@@ -191,11 +189,7 @@ impl<'a> Deployment<'a> {
     async fn start_candidates(&mut self, progress: &dyn Progress) -> Result<(), Stop> {
         let net = production_network(&self.v.env.name);
         let labels = crate::engine::spec::base_labels(self.v.env, Role::Production, self.v.run);
-        self.v
-            .engine
-            .ensure_network(&net, &labels)
-            .await
-            .map_err(|e| Stop(e.to_string()))?;
+        self.v.engine.ensure_network(&net, &labels).await?;
         for svc in self.v.changed.clone() {
             if svc.stateful || self.v.candidates.contains_key(&svc.name) {
                 continue;
@@ -210,26 +204,20 @@ impl<'a> Deployment<'a> {
         let labels = crate::engine::spec::base_labels(env, Role::Production, run);
         for v in &svc.volumes {
             let name = production_volume(&env.name, &svc.name, &v.name);
-            engine
-                .ensure_volume(&name, &labels)
-                .await
-                .map_err(|e| Stop(e.to_string()))?;
+            engine.ensure_volume(&name, &labels).await?;
         }
         let spec = production_container(env, svc, run);
         let task = format!("{} {} starting", svc.name, svc.image);
         progress.begin(&task);
         let t0 = Instant::now();
         let entry = serde_json::json!({ "service": svc.name, "container": spec.name });
-        self.journal
-            .intent("candidate", entry.clone())
-            .await
-            .map_err(Stop)?;
+        self.journal.intent("candidate", entry.clone()).await?;
         self.v
             .candidates
             .insert(svc.name.clone(), spec.name.clone());
         if let Err(e) = engine.run_container(&spec).await {
             progress.end(&task, Status::Failed, &e.to_string(), t0.elapsed());
-            return Err(Stop(e.to_string()));
+            return Err(e.into());
         }
         let healthy = tokio::select! {
             r = crate::check::ready::wait(engine, svc, &spec.name) => r,
@@ -238,12 +226,12 @@ impl<'a> Deployment<'a> {
         match healthy {
             Ok(how) => {
                 progress.end(&task, Status::Ok, &how, t0.elapsed());
-                self.journal.done("candidate", entry).await.map_err(Stop)?;
+                self.journal.done("candidate", entry).await?;
                 Ok(())
             }
             Err(why) => {
                 progress.end(&task, Status::Failed, &first_line(&why), t0.elapsed());
-                Err(Stop(why))
+                Err(Stop::Reason(why))
             }
         }
     }
@@ -261,12 +249,9 @@ impl<'a> Deployment<'a> {
         self.shift.check_canary(analysis)?;
         self.start_candidates(progress).await?;
         let entry = serde_json::json!({ "weight": weight.percent() });
-        self.journal
-            .intent("canary", entry.clone())
-            .await
-            .map_err(Stop)?;
+        self.journal.intent("canary", entry.clone()).await?;
         self.shift.route(&mut self.v, weight.percent()).await?;
-        self.journal.done("canary", entry).await.map_err(Stop)?;
+        self.journal.done("canary", entry).await?;
         self.shift
             .hold(
                 &self.v,
@@ -298,24 +283,14 @@ impl<'a> Deployment<'a> {
                     svc.name
                 ));
                 let entry = serde_json::json!({ "service": svc.name, "container": c });
-                self.journal
-                    .intent("stop", entry.clone())
-                    .await
-                    .map_err(Stop)?;
+                self.journal.intent("stop", entry.clone()).await?;
                 self.v.stopped.push(c.clone());
-                self.v
-                    .engine
-                    .stop_container(&c, STOP_GRACE)
-                    .await
-                    .map_err(|e| Stop(e.to_string()))?;
-                self.journal.done("stop", entry).await.map_err(Stop)?;
+                self.v.engine.stop_container(&c, STOP_GRACE).await?;
+                self.journal.done("stop", entry).await?;
             }
             self.start_one(svc, progress).await?;
         }
-        self.journal
-            .intent("switch", serde_json::json!({}))
-            .await
-            .map_err(Stop)?;
+        self.journal.intent("switch", serde_json::json!({})).await?;
         let t0 = Instant::now();
         self.shift.route(&mut self.v, 100).await?;
         let switched_in = t0.elapsed();
@@ -324,8 +299,7 @@ impl<'a> Deployment<'a> {
                 "switch",
                 serde_json::json!({ "ms": switched_in.as_millis() as u64 }),
             )
-            .await
-            .map_err(Stop)?;
+            .await?;
         self.switch_ms = Some(switched_in.as_millis() as u64);
         let drained = self.drain_old(drain).await?;
         let _ = self
@@ -386,8 +360,7 @@ impl<'a> Deployment<'a> {
         }
         self.journal
             .intent("finish", serde_json::json!({ "remove": gone }))
-            .await
-            .map_err(Stop)?;
+            .await?;
         // Old containers leave the table first, so nothing is ever routed to a removed one.
         let (candidates, removed) = (&v.candidates, &v.removed);
         v.old
@@ -408,7 +381,7 @@ impl<'a> Deployment<'a> {
         self.journal
             .done("finish", serde_json::json!({ "removed": gone }))
             .await
-            .map_err(Stop)
+            .map_err(Stop::from)
     }
 
     /// Failure: traffic back on the old version, candidates removed, stopped stateful services
@@ -422,10 +395,7 @@ impl<'a> Deployment<'a> {
         // Traffic is moved without candidates, so only the old version gets any.
         let candidates = std::mem::take(&mut v.candidates);
         for c in std::mem::take(&mut v.stopped) {
-            v.engine
-                .start_container(&c)
-                .await
-                .map_err(|e| Stop(e.to_string()))?;
+            v.engine.start_container(&c).await?;
         }
         if v.routed {
             self.shift.route(v, 0).await?;
@@ -459,12 +429,6 @@ impl<'a> Deployment<'a> {
 
 /// Stops a container with a grace period, then removes it.
 async fn remove_container(engine: &dyn Engine, container: &str) -> Result<(), Stop> {
-    engine
-        .stop_container(container, STOP_GRACE)
-        .await
-        .map_err(|e| Stop(e.to_string()))?;
-    engine
-        .remove_container(container)
-        .await
-        .map_err(|e| Stop(e.to_string()))
+    engine.stop_container(container, STOP_GRACE).await?;
+    engine.remove_container(container).await.map_err(Stop::from)
 }

@@ -5,8 +5,37 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::engine::RunLedger;
-use crate::store::{Imported, Phase, Store};
+use crate::engine::{EngineError, RunLedger};
+use crate::store::{Imported, Phase, Store, StoreError};
+
+/// What went wrong keeping a run's journal, or the platform's copy of the records and gates.
+/// The inner errors are quoted in the message, not chained: each prints once.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// An entry could not be written or read: the step it announces must not happen.
+    #[error("the journal: {0}")]
+    Journal(StoreError),
+    #[error("the store: {0}")]
+    Store(StoreError),
+    #[error("the run's record in the cluster: {0}")]
+    Record(EngineError),
+    #[error("reading the run records ({place}): {error}")]
+    PullRecords { place: String, error: EngineError },
+    #[error("writing run {run}'s record ({place}): {error}")]
+    PushRecord {
+        run: String,
+        place: String,
+        error: EngineError,
+    },
+    #[error("reading the gates of {env}: {error}")]
+    PullGates { env: String, error: EngineError },
+    #[error("writing the gates of {env}: {error}")]
+    PushGates { env: String, error: EngineError },
+    #[error(
+        "run {run} is no longer waiting at its gate in {place} (it was resumed or superseded on another machine)"
+    )]
+    NotParked { run: String, place: String },
+}
 
 /// The environment variable naming a journal entry after which rollout exits at once, as if
 /// killed: `STEP.PHASE` (e.g. `switch.done`), optionally `@N` for its N-th occurrence in the run
@@ -45,7 +74,7 @@ impl Journal {
     /// Writes the run's whole record (revision and journal, as the store has them) to the
     /// platform's ledger, if there is one. Called after every entry, and after the store's
     /// `begin_run` and `end_run`.
-    pub async fn sync(&self) -> Result<(), String> {
+    pub async fn sync(&self) -> Result<(), JournalError> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
@@ -54,12 +83,9 @@ impl Journal {
             .store
             .call(move |s| s.export_run(&run))
             .await
-            .map_err(|e| format!("the journal: {e}"))?;
+            .map_err(JournalError::Journal)?;
         let Some(doc) = doc else { return Ok(()) };
-        ledger
-            .push(&doc)
-            .await
-            .map_err(|e| format!("the run's record in the cluster: {e}"))
+        ledger.push(&doc).await.map_err(JournalError::Record)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -72,12 +98,12 @@ impl Journal {
 
     /// Records that `step` is about to happen. An error means it must not happen: the journal
     /// could not say so, and a crash after it would leave it unknown.
-    pub async fn intent(&self, step: &str, data: serde_json::Value) -> Result<(), String> {
+    pub async fn intent(&self, step: &str, data: serde_json::Value) -> Result<(), JournalError> {
         self.append(step, Phase::Intent, data).await
     }
 
     /// Records that `step` happened.
-    pub async fn done(&self, step: &str, data: serde_json::Value) -> Result<(), String> {
+    pub async fn done(&self, step: &str, data: serde_json::Value) -> Result<(), JournalError> {
         self.append(step, Phase::Done, data).await
     }
 
@@ -86,12 +112,12 @@ impl Journal {
         step: &str,
         phase: Phase,
         data: serde_json::Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), JournalError> {
         let (env, run, s) = (self.environment.clone(), self.run.clone(), step.to_string());
         self.store
             .call(move |store| store.journal_append(&env, &run, &s, phase, &data))
             .await
-            .map_err(|e| format!("the journal: {e}"))?;
+            .map_err(JournalError::Journal)?;
         self.sync().await?;
         crash_point(&format!("{step}.{}", phase.as_str()));
         Ok(())
@@ -104,7 +130,7 @@ pub async fn pull_from(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
     env: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, JournalError> {
     let Some(ledger) = engine.ledger() else {
         return Ok(Vec::new());
     };
@@ -121,11 +147,14 @@ pub async fn pull(
     ledger: &dyn RunLedger,
     store: &Arc<Store>,
     env: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, JournalError> {
     let docs = ledger
         .pull(env)
         .await
-        .map_err(|e| format!("reading the run records ({}): {e}", ledger.describe(env)))?;
+        .map_err(|error| JournalError::PullRecords {
+            place: ledger.describe(env),
+            error,
+        })?;
     let mut conflicts = Vec::new();
     for doc in docs {
         let run = doc.revision.run.clone();
@@ -133,17 +162,22 @@ pub async fn pull(
         match store
             .call(move |s| s.import_run(&doc))
             .await
-            .map_err(|e| format!("the store: {e}"))?
+            .map_err(JournalError::Store)?
         {
             Imported::Behind => {
                 let ours = store
                     .call(move |s| s.export_run(&r))
                     .await
-                    .map_err(|e| format!("the store: {e}"))?;
+                    .map_err(JournalError::Store)?;
                 if let Some(ours) = ours {
-                    ledger.push(&ours).await.map_err(|e| {
-                        format!("writing run {run}'s record ({}): {e}", ledger.describe(env))
-                    })?;
+                    ledger
+                        .push(&ours)
+                        .await
+                        .map_err(|error| JournalError::PushRecord {
+                            run: run.clone(),
+                            place: ledger.describe(env),
+                            error,
+                        })?;
                 }
             }
             Imported::Conflict(why) => conflicts.push(format!(
@@ -163,19 +197,22 @@ pub async fn pull_gates(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
     env: &str,
-) -> Result<(), String> {
+) -> Result<(), JournalError> {
     let Some(ledger) = engine.ledger() else {
         return Ok(());
     };
     let doc = ledger
         .pull_gates(env)
         .await
-        .map_err(|e| format!("reading the gates of {env}: {e}"))?;
+        .map_err(|error| JournalError::PullGates {
+            env: env.to_string(),
+            error,
+        })?;
     if let Some(doc) = doc {
         store
             .call(move |s| s.import_gates(&doc))
             .await
-            .map_err(|e| format!("the store: {e}"))?;
+            .map_err(JournalError::Store)?;
     }
     Ok(())
 }
@@ -187,7 +224,7 @@ pub async fn push_gates(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
     env: &str,
-) -> Result<(), String> {
+) -> Result<(), JournalError> {
     let Some(ledger) = engine.ledger() else {
         return Ok(());
     };
@@ -203,7 +240,10 @@ pub async fn push_gates(
         })
         .await
         .map(|_| ())
-        .map_err(|e| format!("writing the gates of {env}: {e}"))
+        .map_err(|error| JournalError::PushGates {
+            env: env.to_string(),
+            error,
+        })
 }
 
 /// Where the platform keeps the gates (kubernetes), adds `grant` to them, for every machine:
@@ -214,7 +254,7 @@ pub async fn push_grant(
     engine: &dyn crate::engine::Engine,
     store: &Arc<Store>,
     grant: &crate::store::Grant,
-) -> Result<(), String> {
+) -> Result<(), JournalError> {
     let Some(ledger) = engine.ledger() else {
         return Ok(());
     };
@@ -234,24 +274,26 @@ pub async fn push_grant(
             },
         )
         .await
-        .map_err(|e| format!("writing the gates of {env}: {e}"))?;
+        .map_err(|error| JournalError::PushGates {
+            env: env.to_string(),
+            error,
+        })?;
     match written {
         Some(_) => Ok(()),
-        None => Err(format!(
-            "run {} is no longer waiting at its gate in {} (it was resumed or superseded on another machine)",
-            grant.run,
-            ledger.describe_gates(&env)
-        )),
+        None => Err(JournalError::NotParked {
+            run: grant.run.clone(),
+            place: ledger.describe_gates(&env),
+        }),
     }
 }
 
 /// `env`'s gates as this store has them ([`Store::export_gates`]).
-async fn gates_here(store: &Arc<Store>, env: &str) -> Result<crate::store::GatesDoc, String> {
+async fn gates_here(store: &Arc<Store>, env: &str) -> Result<crate::store::GatesDoc, JournalError> {
     let name = env.to_string();
     store
         .call(move |s| s.export_gates(&name))
         .await
-        .map_err(|e| format!("the store: {e}"))
+        .map_err(JournalError::Store)
 }
 
 /// Ends the process if [`CRASH_AFTER`] names this entry (counting occurrences per process).

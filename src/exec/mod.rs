@@ -27,6 +27,27 @@ use crate::progress::Progress;
 
 pub use walk::Mode;
 
+/// Why a run stops: a step's own verdict, or what failed beneath it. Its message is the reason
+/// the run's report and outcome give.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    /// The step's verdict: checks failed, a gate waits, a candidate exited, a signal came.
+    #[error("{0}")]
+    Reason(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    TestEnv(#[from] crate::testenv::TestEnvError),
+    #[error(transparent)]
+    Edge(#[from] crate::edge::EdgeError),
+    #[error(transparent)]
+    Admin(#[from] crate::proxy::client::AdminError),
+    #[error("the edge proxy refused the routes: {0}")]
+    Routes(crate::proxy::client::AdminError),
+}
+
 use crate::report::run::RunReport;
 
 /// Runs `playbook` as a rehearsal of `env`: test version, checks, teardown.

@@ -22,7 +22,7 @@ use crate::report::run::{
 use crate::store::{Grant, NewRevision};
 
 pub(super) use super::deploy::Deployment;
-use super::journal::Journal;
+use super::journal::{Journal, JournalError};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,9 +50,6 @@ pub struct Resume {
     pub user: String,
     pub started: String,
 }
-
-/// Why the run stops.
-pub(super) struct Stop(pub String);
 
 /// Runs `playbook` against production for the changes in `plan` (a promotion, or a rollback
 /// when `opts.kind` says so).
@@ -134,7 +131,8 @@ pub async fn promote(
     let deployment = match Deployment::new(engine, env, plan, run, opts.bind, journal, cancel).await
     {
         Ok(d) => d,
-        Err(Stop(reason)) => {
+        Err(stop) => {
+            let reason = stop.to_string();
             report.outcome = Outcome::Failed { reason };
             return report;
         }
@@ -188,11 +186,8 @@ pub async fn promote(
         settle::Action::Finish => d.finish(progress).await,
         settle::Action::Undo => d.undo(progress).await,
     };
-    let settled = settle::outcome(
-        &facts,
-        done.as_ref().map(|_| ()).map_err(|Stop(e)| e.as_str()),
-        &env.name,
-    );
+    let failure = done.err().map(|e| e.to_string());
+    let settled = settle::outcome(&facts, failure.as_deref().map_or(Ok(()), Err), &env.name);
     let (switch_ms, rollback_ms, revision) = (d.switch_ms, d.rollback_ms, p.revision);
     w.teardown().await;
     let mut report = w.report;
@@ -206,7 +201,7 @@ pub async fn promote(
             .await
         {
             Ok(()) => journal.sync().await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(JournalError::Store(e)),
         };
         if let Err(e) = ended {
             progress.note(&format!(
@@ -235,7 +230,7 @@ pub(super) async fn begin_revision(
     opts: &Options,
     report: &RunReport,
     d: &Deployment<'_>,
-) -> Result<u64, String> {
+) -> Result<u64, JournalError> {
     let new = NewRevision {
         environment: env.name.clone(),
         run: run.to_string(),
@@ -265,7 +260,7 @@ pub(super) async fn begin_revision(
         .store()
         .call(move |s| s.begin_run(new, begin))
         .await
-        .map_err(|e| format!("the store: {e}"))?;
+        .map_err(JournalError::Store)?;
     journal.sync().await?;
     crate::exec::journal::crash_point("begin.done");
     Ok(revision.number)

@@ -7,14 +7,33 @@
 
 use std::sync::Arc;
 
-use super::journal::Journal;
-use super::promote::{Begin, Deployment, Stop};
+use super::Stop;
+use super::journal::{Journal, JournalError};
+use super::promote::{Begin, Deployment};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
 use crate::owner::{self, Liveness};
 use crate::progress::Progress;
 use crate::report::run::{Outcome, RunKind};
-use crate::store::{JournalEntry, Store};
+use crate::store::{JournalEntry, Store, StoreError};
+
+/// Why an interrupted run could not be settled; the next command tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("{0}")]
+    Store(StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("run {run} has no begin entry in the journal")]
+    NoBegin { run: String },
+    #[error("run {run}: unreadable begin entry: {error}")]
+    Begin {
+        run: String,
+        error: serde_json::Error,
+    },
+    #[error("settling interrupted run {run}: {stop}")]
+    Settle { run: String, stop: Stop },
+}
 
 /// What recovery did with one interrupted run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,19 +74,24 @@ pub async fn recover(
     by: &str,
     bind: std::net::IpAddr,
     progress: &dyn Progress,
-) -> Result<Recovered, String> {
+) -> Result<Recovered, RecoverError> {
     let entries = {
         let r = run.to_string();
         store
             .call(move |s| s.journal(&r))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(RecoverError::Store)?
     };
     let Some(begin_entry) = entries.iter().find(|e| e.step == crate::store::BEGIN) else {
-        return Err(format!("run {run} has no begin entry in the journal"));
+        return Err(RecoverError::NoBegin {
+            run: run.to_string(),
+        });
     };
-    let begin: Begin = serde_json::from_value(begin_entry.data.clone())
-        .map_err(|e| format!("run {run}: unreadable begin entry: {e}"))?;
+    let begin: Begin =
+        serde_json::from_value(begin_entry.data.clone()).map_err(|error| RecoverError::Begin {
+            run: run.to_string(),
+            error,
+        })?;
     let left_by = left_by(begin_entry);
     let last_step = entries.last().map(|e| e.label()).unwrap_or_default();
     let journal = Journal::new(store.clone(), &env.name, run).with_ledger(engine.ledger());
@@ -97,7 +121,10 @@ pub async fn recover(
     } else {
         d.undo(progress).await
     };
-    result.map_err(|Stop(e)| format!("settling interrupted run {run}: {e}"))?;
+    result.map_err(|stop| RecoverError::Settle {
+        run: run.to_string(),
+        stop,
+    })?;
     super::teardown(engine, env, run, progress).await;
     let reason =
         format!("interrupted after `{last_step}` (left by {left_by}); {action} by run {by}");
@@ -107,7 +134,7 @@ pub async fn recover(
     store
         .call(move |s| s.end_run(&name, &r, number, revision_outcome, &data))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RecoverError::Store)?;
     journal.sync().await?;
     Ok(Recovered {
         run: run.to_string(),

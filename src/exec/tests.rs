@@ -324,7 +324,6 @@ async fn recovery_undoes_a_run_that_stopped_a_stateful_service_before_its_switch
         &CancellationToken::new(),
     )
     .await
-    .map_err(|e| e.0)
     .unwrap();
     let opts = Options {
         bind: "127.0.0.1".parse().unwrap(),

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::Stop;
 use super::journal::Journal;
-use super::promote::{Deployment, Options, Stop};
+use super::promote::{Deployment, Options};
 use super::{first_line, steps};
 use crate::engine::Engine;
 use crate::manifest::env::Environment;
@@ -171,7 +172,8 @@ impl Walk<'_> {
                     self.progress
                         .end(&description, status, &sr.detail, t0.elapsed());
                 }
-                Err(Stop(reason)) => {
+                Err(stop) => {
+                    let reason = stop.to_string();
                     let (status, shown) = if self.parked {
                         (StepStatus::NotRun, Status::Skipped)
                     } else {
@@ -224,8 +226,7 @@ impl Walk<'_> {
             &self.report,
             &p.deployment,
         )
-        .await
-        .map_err(Stop)?;
+        .await?;
         self.progress
             .note(&format!("revision {n} of {}", self.env.name));
         self.report.revision = Some(n);

@@ -873,7 +873,7 @@ async fn an_approval_for_a_run_no_longer_parked_in_the_cluster_writes_nothing() 
         .unwrap_err();
     finished(server).await;
     assert_eq!(
-        err,
+        err.to_string(),
         "run r1 is no longer waiting at its gate in ConfigMap rollout-gates in rollout-shop (it was resumed or superseded on another machine)"
     );
 }

@@ -2,8 +2,8 @@
 //! (before anything of production changed) until `rollout approve` records one and the next
 //! `rollout promote` resumes it from this step.
 
-use super::super::promote::Stop;
 use super::super::walk::Walk;
+use crate::exec::Stop;
 use crate::report::run::{self as report, StepReport, StepStatus};
 use crate::store::{Awaited, GrantKind};
 
@@ -40,7 +40,7 @@ pub(super) fn run(
     }];
     w.report.gate_step = Some(index);
     sr.status = StepStatus::NotRun;
-    Err(Stop(format!(
+    Err(Stop::Reason(format!(
         "waiting for an approval by `{by}`: `rollout approve {} --by {by} [--note TEXT]`{}, then `rollout promote` resumes the run from this step",
         w.run,
         if two_person {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::super::promote::Stop;
 use super::super::walk::Walk;
+use crate::exec::Stop;
 use crate::manifest::playbook::{Analysis, Weight};
 use crate::report::run::{StepReport, StepStatus};
 

@@ -7,7 +7,7 @@ pub mod smoke;
 pub mod switch;
 pub mod test_env;
 
-use super::promote::Stop;
+use super::Stop;
 use super::walk::Walk;
 use crate::manifest::playbook::Step;
 use crate::report::run::StepReport;
@@ -36,7 +36,7 @@ pub(super) async fn run(
 /// The production side of the walk, which only production steps reach (a rehearsal skips
 /// them before they run).
 fn production<'w, 'a>(w: &'w mut Walk<'a>) -> Result<&'w mut super::walk::Production<'a>, Stop> {
-    w.production
-        .as_mut()
-        .ok_or_else(|| Stop("this step changes production, which a rehearsal never does".into()))
+    w.production.as_mut().ok_or_else(|| {
+        Stop::Reason("this step changes production, which a rehearsal never does".into())
+    })
 }

@@ -3,9 +3,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::super::promote::Stop;
 use super::super::walk::Walk;
 use crate::check::{self, CheckResult, Target};
+use crate::exec::Stop;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{self, Target as StepTarget};
 use crate::progress::{Progress, Status};
@@ -20,10 +20,10 @@ pub(super) async fn run(
     let services = match (target, &w.test_env, &w.production) {
         (StepTarget::Test, Some(t), _) => t.services.clone(),
         // Resolution puts a testEnv step before any test smoke step; keep it a failure anyway.
-        (StepTarget::Test, None, _) => return Err(Stop("no test version is up".into())),
+        (StepTarget::Test, None, _) => return Err(Stop::Reason("no test version is up".into())),
         (StepTarget::Production, _, Some(p)) => p.deployment.production_endpoints().await,
         (StepTarget::Production, _, None) => {
-            return Err(Stop("a rehearsal never checks production".into()));
+            return Err(Stop::Reason("a rehearsal never checks production".into()));
         }
     };
     let t = Target {
@@ -37,10 +37,10 @@ pub(super) async fn run(
     sr.checks = results;
     sr.detail = format!("{} of {total} checks passed", total - failures);
     if failures == 0 && w.cancel.is_cancelled() {
-        return Err(Stop("stopped by a signal".into()));
+        return Err(Stop::Reason("stopped by a signal".into()));
     }
     if failures > 0 {
-        return Err(Stop(format!(
+        return Err(Stop::Reason(format!(
             "{failures} of {total} smoke check{} failed",
             if total == 1 { "" } else { "s" }
         )));

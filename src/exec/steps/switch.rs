@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::super::promote::Stop;
 use super::super::walk::Walk;
+use crate::exec::Stop;
 
 pub(super) async fn run(w: &mut Walk<'_>, drain: Duration) -> Result<String, Stop> {
     let progress = w.progress;

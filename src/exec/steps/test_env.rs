@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::super::promote::Stop;
 use super::super::walk::Walk;
 use crate::engine::{Engine, Removed};
+use crate::exec::Stop;
 use crate::manifest::env::Environment;
 use crate::progress::{Progress, Status};
 use crate::report::run::Teardown;
@@ -22,16 +22,11 @@ pub(super) async fn run(
         owner: Some(crate::owner::current()),
     };
     if let Some(p) = &w.production {
-        p.journal
-            .intent("testEnv", serde_json::json!({}))
-            .await
-            .map_err(Stop)?;
+        p.journal.intent("testEnv", serde_json::json!({})).await?;
     }
     // From here on the run owns whatever of a test version exists: teardown removes it.
     w.made_test_env = true;
-    let t = testenv::up(w.engine, w.env, w.run, &o, w.now, w.progress, w.cancel)
-        .await
-        .map_err(|e| Stop(e.to_string()))?;
+    let t = testenv::up(w.engine, w.env, w.run, &o, w.now, w.progress, w.cancel).await?;
     if let Some(p) = &w.production
         && let Err(e) = p.journal.done("testEnv", serde_json::json!({})).await
     {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::super::promote::Stop;
 use super::{Shift, Versions, judge, percent};
 use crate::edge;
 use crate::engine::ContainerState;
 use crate::engine::spec::production_network;
+use crate::exec::Stop;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{self, Analysis, Weight as StepWeight};
 use crate::progress::{Progress, Status};
@@ -46,11 +46,7 @@ async fn routes(v: &Versions<'_>, candidate_weight: u8) -> Result<Routes, Stop> 
                 if v.stopped.contains(container) {
                     continue;
                 }
-                let ip = v
-                    .engine
-                    .address(container, &net)
-                    .await
-                    .map_err(|e| Stop(e.to_string()))?;
+                let ip = v.engine.address(container, &net).await?;
                 let Some(ip) = ip else { continue };
                 backends.push(Backend {
                     id: container.clone(),
@@ -72,10 +68,8 @@ async fn routes(v: &Versions<'_>, candidate_weight: u8) -> Result<Routes, Stop> 
 }
 
 async fn stats(v: &Versions<'_>) -> Result<StatsSnapshot, Stop> {
-    let admin = edge::admin(v.engine, &v.env.name)
-        .await
-        .map_err(|e| Stop(e.to_string()))?;
-    admin.stats().await.map_err(|e| Stop(e.to_string()))
+    let admin = edge::admin(v.engine, &v.env.name).await?;
+    admin.stats().await.map_err(Stop::from)
 }
 
 #[async_trait]
@@ -89,17 +83,13 @@ impl Shift for Edge {
         if !edge::needed(v.env) {
             return Ok(());
         }
-        edge::ensure(v.engine, v.env, v.run, v.bind)
-            .await
-            .map_err(|e| Stop(e.to_string()))?;
-        let admin = edge::admin(v.engine, &v.env.name)
-            .await
-            .map_err(|e| Stop(e.to_string()))?;
+        edge::ensure(v.engine, v.env, v.run, v.bind).await?;
+        let admin = edge::admin(v.engine, &v.env.name).await?;
         v.routed = true;
         admin
             .put_routes(&routes)
             .await
-            .map_err(|e| Stop(format!("the edge proxy refused the routes: {e}")))?;
+            .map_err(|e| Stop::Reason(format!("the edge proxy refused the routes: {e}")))?;
         Ok(())
     }
 
@@ -121,19 +111,19 @@ impl Shift for Edge {
         while t0.elapsed() < hold {
             if cancel.is_cancelled() {
                 progress.end(&task, Status::Failed, "stopped by a signal", t0.elapsed());
-                return Err(Stop("stopped by a signal".into()));
+                return Err(Stop::Reason("stopped by a signal".into()));
             }
             for (svc, container) in &v.candidates {
                 // An engine lost past its retries ends the canary now, not after the hold.
                 let status = v.engine.status(container).await.map_err(|e| {
                     progress.end(&task, Status::Failed, "the engine was lost", t0.elapsed());
-                    Stop(e.to_string())
+                    Stop::from(e)
                 })?;
                 if let Some(s) = status
                     && let ContainerState::Exited { code } = s.state
                 {
                     progress.end(&task, Status::Failed, "the candidate exited", t0.elapsed());
-                    return Err(Stop(format!(
+                    return Err(Stop::Reason(format!(
                         "the {svc} candidate exited with code {code} during the canary"
                     )));
                 }
@@ -191,7 +181,7 @@ impl Shift for Edge {
             );
             figures.push(figure);
             if let Some(reason) = failure {
-                return Err(Stop(format!("{line}: {reason}")));
+                return Err(Stop::Reason(format!("{line}: {reason}")));
             }
             lines.push(line);
         }
@@ -204,9 +194,7 @@ impl Shift for Edge {
     }
 
     async fn drain_old(&self, v: &Versions<'_>, drain: Duration) -> Result<Vec<String>, Stop> {
-        let admin = edge::admin(v.engine, &v.env.name)
-            .await
-            .map_err(|e| Stop(e.to_string()))?;
+        let admin = edge::admin(v.engine, &v.env.name).await?;
         let mut drained = Vec::new();
         for svc in &v.changed {
             for c in v.old.get(&svc.name).into_iter().flatten() {

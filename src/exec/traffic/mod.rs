@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::promote::Stop;
+use super::Stop;
 use crate::engine::Engine;
 use crate::manifest::env::{Environment, Service};
 use crate::manifest::playbook::{Analysis, Weight};

@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::super::promote::Stop;
 use super::{Shift, Versions, judge, percent};
 use crate::engine::{ContainerState, Engine, ServiceTraffic, Split, Unrouted};
+use crate::exec::Stop;
 use crate::manifest::env::Environment;
 use crate::manifest::playbook::{Analysis, Weight};
 use crate::progress::{Progress, Status};
@@ -88,10 +88,6 @@ fn selectors(v: &Versions<'_>, candidate_weight: u8) -> Table {
     }
 }
 
-fn stop(e: impl std::fmt::Display) -> Stop {
-    Stop(e.to_string())
-}
-
 #[async_trait]
 impl Shift for Services<'_> {
     fn needed(&self, env: &Environment) -> bool {
@@ -100,7 +96,7 @@ impl Shift for Services<'_> {
 
     fn check_canary(&self, analysis: Option<&Analysis>) -> Result<(), Stop> {
         if analysis.is_some() && !self.services.measures() {
-            return Err(Stop(format!(
+            return Err(Stop::Reason(format!(
                 "a canary analysis needs the requests' figures, and {} has no source for them: name a Prometheus under `kubernetes.prometheus` in rollout.yaml",
                 self.describe
             )));
@@ -117,14 +113,14 @@ impl Shift for Services<'_> {
                     self.services
                         .route_service(&env, service, container)
                         .await
-                        .map_err(stop)?;
+                        .map_err(Stop::from)?;
                     if self.split {
                         let kept = Some(container.as_str())
                             .filter(|c| v.candidates.get(service).map(String::as_str) == Some(c));
                         self.services
                             .end_split(&env, service, kept)
                             .await
-                            .map_err(stop)?;
+                            .map_err(Stop::from)?;
                     }
                 }
                 self.split = false;
@@ -139,7 +135,7 @@ impl Shift for Services<'_> {
                     self.services
                         .route_service(&env, service, container)
                         .await
-                        .map_err(stop)?;
+                        .map_err(Stop::from)?;
                 }
                 self.splits.clear();
                 for (service, stable, candidate) in &split {
@@ -149,7 +145,7 @@ impl Shift for Services<'_> {
                         .services
                         .split_service(&env, service, stable, candidate, percent)
                         .await
-                        .map_err(stop)?;
+                        .map_err(Stop::from)?;
                     self.splits.push((service.clone(), how));
                 }
             }
@@ -178,12 +174,12 @@ impl Shift for Services<'_> {
         loop {
             if cancel.is_cancelled() {
                 progress.end(&task, Status::Failed, "stopped by a signal", t0.elapsed());
-                return Err(Stop("stopped by a signal".into()));
+                return Err(Stop::Reason("stopped by a signal".into()));
             }
             for (svc, container) in &v.candidates {
                 let status = v.engine.status(container).await.map_err(|e| {
                     progress.end(&task, Status::Failed, "the engine was lost", t0.elapsed());
-                    stop(e)
+                    Stop::from(e)
                 })?;
                 let failure = match status {
                     None => Some(format!("the {svc} candidate is gone during the canary")),
@@ -200,7 +196,7 @@ impl Shift for Services<'_> {
                 };
                 if let Some(reason) = failure {
                     progress.end(&task, Status::Failed, "a candidate failed", t0.elapsed());
-                    return Err(Stop(reason));
+                    return Err(Stop::Reason(reason));
                 }
             }
             if t0.elapsed() >= hold {
@@ -225,7 +221,7 @@ impl Shift for Services<'_> {
                 .services
                 .measure(&v.env.name, &svc, &candidate, hold)
                 .await
-                .map_err(stop)?;
+                .map_err(Stop::from)?;
             if let Some(m) = measured_here {
                 let (figure, failure) =
                     judge(&svc, weight, hold, m.requests, m.errors, m.p99, analysis);
@@ -238,7 +234,7 @@ impl Shift for Services<'_> {
                 progress.note(&format!("  {line}"));
                 figures.push(figure);
                 if let Some(reason) = failure {
-                    return Err(Stop(format!("{line}: {reason}")));
+                    return Err(Stop::Reason(format!("{line}: {reason}")));
                 }
             } else {
                 progress.note(&format!("  {line}"));
@@ -291,7 +287,7 @@ impl Shift for Services<'_> {
             self.services
                 .remove_route(&v.env.name, name)
                 .await
-                .map_err(stop)?;
+                .map_err(Stop::from)?;
         }
         Ok(())
     }
