@@ -1,5 +1,5 @@
 //! The executor: one step loop ([`walk`]) serves rehearsals, promotions and rollbacks; a
-//! [`Mode`] says which steps act on production. The steps live in [`steps`], one file each;
+//! [`Mode`] says which steps act on production. The steps live in `steps`, one file each;
 //! how a run ends is decided in [`settle`] (pure), and every run tears down the test version it
 //! created.
 //!

@@ -1,7 +1,7 @@
 //! A promotion or rollback: the gates that hold before anything starts, then the playbook's
 //! steps against production through the one step loop ([`super::walk`]), then the run settled
 //! ([`super::settle`]): finished, put back, or parked at a gate, and its revision closed.
-//! What the run changes in production is the [`Deployment`]'s business.
+//! What the run changes in production is the `Deployment`'s business (`deploy.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! The one step loop. Rehearsals, promotions and rollbacks walk a playbook's steps here; the
 //! [`Mode`] says which steps act on production (a rehearsal skips them, a rollback has only the
 //! switch). Each step is journaled and reported the same way whatever the mode; the steps
-//! themselves live in [`super::steps`], one file each.
+//! themselves live in `steps`, one file each.
 
 use std::time::{Duration, Instant};
 
