@@ -218,6 +218,8 @@ pub(crate) fn manifest(env: &str, port: u16, image: &str) -> String {
     )
 }
 
+/// FULL with a long hold: a candidate that fails its analysis must not be held for all of it.
+const FAILFAST: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: failfast\nsteps:\n  - testEnv: {}\n  - canary: { weight: 25, hold: 30s, analysis: { maxErrorRate: 0.05, minRequests: 5 } }\n  - promote: { drain: 2s }\n";
 const FULL: &str = "apiVersion: rollout/v1\nkind: Playbook\nname: full\nsteps:\n  - testEnv: {}\n  - smoke: { checks: [ { http: { service: web, path: /healthz } } ] }\n  - canary: { weight: 25, hold: 2s, analysis: { maxErrorRate: 0.05, minRequests: 5 } }\n  - promote: { drain: 2s }\n  - smoke: { target: production, checks: [ { http: { service: web, path: /healthz } } ] }\n";
 const QUICK: &str =
     "apiVersion: rollout/v1\nkind: Playbook\nname: quick\nsteps:\n  - promote: { drain: 1s }\n";
@@ -259,6 +261,7 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
     let project = Project::new()
         .file("rollout.yaml", "proxy: { bind: 127.0.0.1 }\n")
         .playbook("full", FULL)
+        .playbook("failfast", FAILFAST)
         .playbook("quick", QUICK);
     let write = |image: &str| {
         std::fs::write(
@@ -296,12 +299,14 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
         .stdout_has("did not become healthy");
     assert_serving(port, "2.5.0");
 
-    // v4 is healthy but answers 500: the canary's analysis catches it and traffic goes back.
+    // v4 is healthy but answers 500: the canary's analysis catches it as soon as it has its
+    // requests (issue 23: not at the end of the 30 s hold) and traffic goes back.
     write("shop-web:2.7.0");
     project
-        .run(&["promote", "-p", "full", "--yes"])
+        .run(&["promote", "-p", "failfast", "--yes"])
         .code(1)
         .stdout_has("error rate above 5.00%")
+        .stdout_has("into the hold of 30s")
         .stdout_has("rolled back");
     assert_serving(port, "2.5.0");
     let answers = load.drain();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shift, Versions, judge, percent};
+use super::{Shift, Versions, failed_early, judge, percent};
 use crate::edge;
 use crate::engine::ContainerState;
 use crate::engine::spec::production_network;
@@ -128,10 +128,46 @@ impl Shift for Edge {
                     )));
                 }
             }
-            // The weight and the candidates' figures so far, live on a terminal.
+            // The weight and the candidates' figures so far, live on a terminal; an analysis
+            // that can no longer pass ends the canary now.
             if last_update.elapsed() >= Duration::from_secs(1) {
                 last_update = Instant::now();
                 if let Ok(now) = stats(v).await {
+                    for svc in v.old_public() {
+                        let Some(c) = v.candidates.get(&svc.name) else {
+                            continue;
+                        };
+                        let Some(after) = now.backends.get(c) else {
+                            continue;
+                        };
+                        let w = Window::between(before.backends.get(c), after);
+                        let errors = w.responses.server_error + w.connection_errors;
+                        if let Some(reason) = failed_early(w.completed(), errors, analysis) {
+                            progress.end(&task, Status::Failed, &reason, t0.elapsed());
+                            let p99 = w.p99();
+                            let (figure, _) = judge(
+                                &svc.name,
+                                weight,
+                                hold,
+                                w.completed(),
+                                errors,
+                                p99,
+                                analysis,
+                            );
+                            figures.push(figure);
+                            return Err(Stop::Reason(format!(
+                                "{}: {} requests, error rate {}, p99 {}: {reason} (stopped {} into the hold of {})",
+                                svc.name,
+                                w.completed(),
+                                percent(w.error_rate()),
+                                p99.map_or("n/a".into(), |p| format!("{}ms", p.as_millis())),
+                                crate::manifest::duration::format(Duration::from_secs(
+                                    t0.elapsed().as_secs()
+                                )),
+                                crate::manifest::duration::format(hold)
+                            )));
+                        }
+                    }
                     let live: Vec<String> = v
                         .candidates
                         .iter()

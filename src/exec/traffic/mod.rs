@@ -165,6 +165,20 @@ fn judge(
     (figures, failure)
 }
 
+/// Whether a canary's analysis can no longer pass before its hold is over: once the candidate
+/// has served the requests the analysis needs, an error rate above the limit fails it now
+/// rather than sending users more errors for the rest of the hold. (Latency is judged at the
+/// end: a p99 over a short window swings too much to stop on.) A pure function.
+fn failed_early(requests: u64, errors: u64, analysis: Option<&Analysis>) -> Option<String> {
+    let a = analysis?;
+    let max = a.max_error_rate?;
+    if requests == 0 || requests < a.min_requests {
+        return None;
+    }
+    let rate = errors as f64 / requests as f64;
+    (rate > max).then(|| format!("error rate above {:.2}%", max * 100.0))
+}
+
 /// `12.34%`, or `n/a` without requests.
 fn percent(rate: Option<f64>) -> String {
     rate.map_or("n/a".into(), |r| format!("{:.2}%", r * 100.0))
@@ -226,5 +240,38 @@ mod tests {
         assert_eq!(fig.analysis, report::Analysis::Pass);
         let (fig, f) = judge("web", w, h, 0, 0, None, None);
         assert_eq!((fig.analysis, f), (report::Analysis::NotAnalysed, None));
+    }
+
+    #[test]
+    fn a_canary_stops_early_only_once_the_analysis_has_its_requests_and_they_fail_it() {
+        let a = analysis();
+        assert_eq!(
+            failed_early(9, 9, Some(&a)),
+            None,
+            "too few requests to judge yet"
+        );
+        assert_eq!(
+            failed_early(10, 9, Some(&a)).as_deref(),
+            Some("error rate above 1.00%")
+        );
+        assert_eq!(
+            failed_early(200, 2, Some(&a)),
+            None,
+            "1% is within the limit"
+        );
+        assert_eq!(
+            failed_early(200, 3, Some(&a)).as_deref(),
+            Some("error rate above 1.00%")
+        );
+        assert_eq!(
+            failed_early(200, 200, None),
+            None,
+            "no analysis, nothing to judge"
+        );
+        let latency_only = Analysis {
+            max_error_rate: None,
+            ..analysis()
+        };
+        assert_eq!(failed_early(200, 200, Some(&latency_only)), None);
     }
 }
