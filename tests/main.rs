@@ -22,6 +22,7 @@ mod proxy;
 mod proxy_container;
 mod proxy_http1;
 mod report;
+mod runs;
 mod schedule;
 mod store;
 mod testenv;

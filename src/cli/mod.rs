@@ -67,6 +67,9 @@ pub enum Command {
     Status(ReadArgs),
     /// Revisions with time, who, what changed, outcome.
     History(ReadArgs),
+    /// Every run, newest first: promotions, rollbacks, rehearsals, test versions, failed and
+    /// parked ones included.
+    Runs(ReadArgs),
     /// The test version by hand.
     TestEnv(TestEnvArgs),
     /// The whole playbook against a test version only, then tear it down; writes a report.

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod rehearse;
 pub mod report;
 pub mod rollback;
+pub mod runs;
 pub mod status;
 pub mod test_env;
 
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::Rollback(args) => rollback::run(&dir, args, printer).await,
         Command::Status(args) => status::run(&dir, args, printer).await,
         Command::History(args) => history::run(&dir, args, printer).await,
+        Command::Runs(args) => runs::run(&dir, args, printer).await,
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(args) => approve::run(&dir, args, printer).await,
