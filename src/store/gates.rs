@@ -3,7 +3,7 @@
 //! the next `rollout promote` of the same change resumes it).
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -145,55 +145,36 @@ impl Store {
 
     /// Every grant recorded for `run`, oldest first.
     pub fn grants(&self, run: &str) -> Result<Vec<Grant>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT run, environment, kind, gate, who, reference, note, expires, at
-                     FROM grants WHERE run = ?1 ORDER BY seq",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([run], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<Result<Vec<RawGrant>, _>>()
-                .map_err(|e| self.err(e))?;
-            rows.into_iter()
-                .map(
-                    |(run, environment, kind, gate, who, reference, note, expires, at)| {
-                        Ok(Grant {
-                            kind: match kind.as_str() {
-                                "approval" => GrantKind::Approval,
-                                "authorization" => GrantKind::Authorization,
-                                other => return Err(self.decode("grant kind", other)),
-                            },
-                            expires: expires
-                                .as_deref()
-                                .map(|t| ts_from_sql(self, t))
-                                .transpose()?,
-                            at: ts_from_sql(self, &at)?,
-                            run,
-                            environment,
-                            gate,
-                            who,
-                            reference,
-                            note,
-                        })
-                    },
-                )
-                .collect()
-        })
+        let rows = self.rows(
+            "SELECT run, environment, kind, gate, who, reference, note, expires, at
+             FROM grants WHERE run = ?1 ORDER BY seq",
+            [run],
+            |r| RawGrant::try_from(r),
+        )?;
+        rows.into_iter()
+            .map(
+                |(run, environment, kind, gate, who, reference, note, expires, at)| {
+                    Ok(Grant {
+                        kind: match kind.as_str() {
+                            "approval" => GrantKind::Approval,
+                            "authorization" => GrantKind::Authorization,
+                            other => return Err(self.decode("grant kind", other)),
+                        },
+                        expires: expires
+                            .as_deref()
+                            .map(|t| ts_from_sql(self, t))
+                            .transpose()?,
+                        at: ts_from_sql(self, &at)?,
+                        run,
+                        environment,
+                        gate,
+                        who,
+                        reference,
+                        note,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// Parks a run at its gate, replacing any run parked before in its environment.
@@ -299,30 +280,14 @@ impl Store {
             String,
             String,
         );
-        let row: Option<Row> = self.read(|conn| {
-            conn.query_row(
-                &format!(
-                    "SELECT environment, run, digest, user, two_person, awaiting, gate_step, report, at
-                     FROM parked WHERE {clause}"
-                ),
-                [value],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-        })?;
+        let row = self.row(
+            &format!(
+                "SELECT environment, run, digest, user, two_person, awaiting, gate_step, report, at
+                 FROM parked WHERE {clause}"
+            ),
+            [value],
+            |r| Row::try_from(r),
+        )?;
         let Some((environment, run, digest, user, two_person, awaiting, gate_step, report, at)) =
             row
         else {

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -354,11 +354,7 @@ impl Store {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Option<Revision>, StoreError> {
-        let raw = self.read(|conn| {
-            conn.query_row(sql, params, RawRevision::from_row)
-                .optional()
-                .map_err(|e| self.err(e))
-        })?;
+        let raw = self.row(sql, params, RawRevision::from_row)?;
         raw.map(|r| r.decode(self)).transpose()
     }
 
@@ -367,14 +363,7 @@ impl Store {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<Revision>, StoreError> {
-        let raw = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params, RawRevision::from_row)
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
-        })?;
+        let raw = self.rows(sql, params, RawRevision::from_row)?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 }

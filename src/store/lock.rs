@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -147,25 +147,13 @@ impl Store {
         conn: &rusqlite::Connection,
         env: &str,
     ) -> Result<Option<LockHolder>, StoreError> {
-        let row: Option<(String, String, String, String, String, String, String)> = conn
-            .query_row(
-                "SELECT run, owner, user, command, acquired, renewed, expires FROM locks
-                 WHERE environment = ?1",
-                [env],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let row: Option<(String, String, String, String, String, String, String)> = self.row_in(
+            conn,
+            "SELECT run, owner, user, command, acquired, renewed, expires FROM locks
+             WHERE environment = ?1",
+            [env],
+            |r| r.try_into(),
+        )?;
         let Some((run, owner, user, command, acquired, renewed, expires)) = row else {
             return Ok(None);
         };

@@ -43,7 +43,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row, Transaction,
+    TransactionBehavior,
+};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "state.db";
@@ -210,6 +213,53 @@ impl Store {
         // back when its guard dropped, so the connection is still sound.
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         f(&conn)
+    }
+
+    /// Every row `sql` selects on the last committed state, each read by `from_row`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(|conn| self.rows_in(conn, sql, params, from_row))
+    }
+
+    /// [`Store::rows`] on `conn` (inside a transaction, say).
+    fn rows_in<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params, from_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The first row `sql` selects on the last committed state, if any, read by `from_row`.
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.read(|conn| self.row_in(conn, sql, params, from_row))
+    }
+
+    /// [`Store::row`] on `conn` (inside a transaction, say).
+    fn row_in<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        conn.query_row(sql, params, from_row)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {

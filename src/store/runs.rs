@@ -6,7 +6,7 @@
 //! reader in another process sees either the previous version or the new one, never a mix.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -105,38 +105,28 @@ impl Store {
     /// How many runs ended (or are going) per environment, kind and outcome: the daemon's
     /// `rollout_runs_total`.
     pub fn run_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT environment, kind, outcome, COUNT(*) FROM runs \
-                     GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get::<_, i64>(3)?.max(0) as u64,
-                    ))
-                })
-                .map_err(|e| self.err(e))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
-        })
+        self.rows(
+            "SELECT environment, kind, outcome, COUNT(*) FROM runs \
+             GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            },
+        )
     }
 
     /// The run with this id, whatever its environment.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let raw = self.read(|conn| {
-            conn.query_row(
-                &format!("SELECT {COLUMNS} FROM runs WHERE run = ?1"),
-                [id],
-                RawRun::from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-        })?;
+        let raw = self.row(
+            &format!("SELECT {COLUMNS} FROM runs WHERE run = ?1"),
+            [id],
+            RawRun::from_row,
+        )?;
         raw.map(|r| r.decode(self)).transpose()
     }
 
@@ -147,23 +137,15 @@ impl Store {
 
     /// The newest `limit` runs of `env`, newest first.
     pub fn runs(&self, env: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
-        let raw = self.read(|conn| {
-            // Same start time (to the nanosecond): the one inserted last is the newer.
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM runs WHERE environment = ?1
-                     ORDER BY started DESC, rowid DESC LIMIT ?2"
-                ))
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(
-                    params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
-                    RawRun::from_row,
-                )
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
-        })?;
+        // Same start time (to the nanosecond): the one inserted last is the newer.
+        let raw = self.rows(
+            &format!(
+                "SELECT {COLUMNS} FROM runs WHERE environment = ?1
+                 ORDER BY started DESC, rowid DESC LIMIT ?2"
+            ),
+            params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
+            RawRun::from_row,
+        )?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 
@@ -171,19 +153,14 @@ impl Store {
     /// Those runs hold the environment's lock from before their record is written until after
     /// it is finished, so under the lock every one of them was left by a process that is gone.
     pub fn open_runs(&self, env: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let raw = self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
-                     AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
-                ))
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([env], RawRun::from_row)
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
-        })?;
+        let raw = self.rows(
+            &format!(
+                "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
+                 AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
+            ),
+            [env],
+            RawRun::from_row,
+        )?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 }
