@@ -48,7 +48,7 @@ impl Store {
     }
 
     fn head_in(&self, conn: &rusqlite::Connection) -> Result<Option<AuditHead>, StoreError> {
-        self.row_in(
+        self.row(
             conn,
             "SELECT seq, hash FROM audit_head WHERE id = 1",
             [],
@@ -65,11 +65,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
 
     #[test]
     fn the_head_is_recorded_only_when_the_append_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         assert_eq!(store.audit_head().unwrap(), None);
         let first = AuditHead {
             seq: 1,

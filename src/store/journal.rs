@@ -132,7 +132,7 @@ impl Store {
 
     /// The entries `sql` selects (the journal's columns in table order, one parameter).
     fn entries(&self, sql: &str, param: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        self.rows(sql, [param], |r| RawEntry::try_from(r))?
+        self.read(|conn| self.rows(conn, sql, [param], |r| RawEntry::try_from(r)))?
             .into_iter()
             .map(|r| self.decode_entry(r))
             .collect()
@@ -140,11 +140,14 @@ impl Store {
 
     /// The environment a run belongs to, from its journal.
     pub fn run_environment(&self, run: &str) -> Result<Option<String>, StoreError> {
-        self.row(
-            "SELECT environment FROM journal WHERE run = ?1 LIMIT 1",
-            [run],
-            |r| r.get(0),
-        )
+        self.read(|conn| {
+            self.row(
+                conn,
+                "SELECT environment FROM journal WHERE run = ?1 LIMIT 1",
+                [run],
+                |r| r.get(0),
+            )
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -197,6 +200,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
     use serde_json::json;
 
     fn revision(run: &str) -> NewRevision {
@@ -215,8 +219,7 @@ mod tests {
 
     #[test]
     fn a_run_is_unfinished_from_begin_to_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let r = store
             .begin_run(revision("r1"), json!({"kind": "promotion"}))
             .unwrap();
@@ -259,8 +262,7 @@ mod tests {
 
     #[test]
     fn ending_an_unknown_revision_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         store.begin_run(revision("r1"), json!({})).unwrap();
         let err = store
             .end_run("shop", "r1", 9, RevisionOutcome::Promoted, &json!({}))

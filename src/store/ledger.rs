@@ -80,14 +80,14 @@ impl Store {
     pub fn import_run(&self, doc: &RunDoc) -> Result<Imported, StoreError> {
         let r = &doc.revision;
         self.write(|tx| {
-            let here: Option<String> = self.row_in(
+            let here: Option<String> = self.row(
                 tx,
                 "SELECT run FROM revisions WHERE environment = ?1 AND number = ?2",
                 params![r.environment, r.number as i64],
                 |row| row.get(0),
             )?;
             // The journal first: a document whose journal disagrees changes nothing at all.
-            let local: Vec<(String, String)> = self.rows_in(
+            let local: Vec<(String, String)> = self.rows(
                 tx,
                 "SELECT step, phase FROM journal WHERE run = ?1 ORDER BY seq",
                 [&r.run],
@@ -199,14 +199,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
     use crate::store::{NewRevision, RevisionOutcome};
     use serde_json::json;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
-    }
 
     fn begin(store: &Store, run: &str) -> Revision {
         store

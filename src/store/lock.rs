@@ -113,28 +113,21 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let expires = now + SignedDuration::try_from(lease).unwrap_or(SignedDuration::MAX);
-        self.write(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE locks SET renewed = ?3, expires = ?4
-                     WHERE environment = ?1 AND run = ?2",
-                    params![env, run, ts_to_sql(now), ts_to_sql(expires)],
-                )
-                .map_err(|e| self.err(e))?;
-            Ok(n == 1)
-        })
+        let n = self.execute(
+            "UPDATE locks SET renewed = ?3, expires = ?4
+             WHERE environment = ?1 AND run = ?2",
+            params![env, run, ts_to_sql(now), ts_to_sql(expires)],
+        )?;
+        Ok(n == 1)
     }
 
     /// Gives up `run`'s lock of `env`; nothing happens if it does not hold it.
     pub fn release_lock(&self, env: &str, run: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM locks WHERE environment = ?1 AND run = ?2",
-                params![env, run],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM locks WHERE environment = ?1 AND run = ?2",
+            params![env, run],
+        )?;
+        Ok(())
     }
 
     /// Who holds the lock of `env`, if anyone (alive or not).
@@ -147,7 +140,7 @@ impl Store {
         conn: &rusqlite::Connection,
         env: &str,
     ) -> Result<Option<LockHolder>, StoreError> {
-        let row: Option<(String, String, String, String, String, String, String)> = self.row_in(
+        let row: Option<(String, String, String, String, String, String, String)> = self.row(
             conn,
             "SELECT run, owner, user, command, acquired, renewed, expires FROM locks
              WHERE environment = ?1",
@@ -173,6 +166,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
 
     fn claim(run: &str, owner: &str) -> Claim {
         Claim {
@@ -188,8 +182,7 @@ mod tests {
 
     #[test]
     fn a_live_holder_keeps_the_lock_and_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let now = Timestamp::now();
         let got = store
             .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
@@ -213,8 +206,7 @@ mod tests {
 
     #[test]
     fn a_dead_or_expired_holder_is_replaced_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let now = Timestamp::now();
         store
             .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
@@ -245,8 +237,7 @@ mod tests {
 
     #[test]
     fn renewing_extends_the_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let now = Timestamp::now();
         store
             .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)

@@ -215,18 +215,13 @@ impl Store {
         f(&conn)
     }
 
-    /// Every row `sql` selects on the last committed state, each read by `from_row`.
-    fn rows<T>(
-        &self,
-        sql: &str,
-        params: impl Params,
-        from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, StoreError> {
-        self.read(|conn| self.rows_in(conn, sql, params, from_row))
+    /// One statement as one logical write ([`Store::write`]); how many rows it changed.
+    fn execute(&self, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+        self.write(|tx| tx.execute(sql, params).map_err(|e| self.err(e)))
     }
 
-    /// [`Store::rows`] on `conn` (inside a transaction, say).
-    fn rows_in<T>(
+    /// Every row `sql` selects on `conn`, each read by `from_row`.
+    fn rows<T>(
         &self,
         conn: &Connection,
         sql: &str,
@@ -239,18 +234,8 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// The first row `sql` selects on the last committed state, if any, read by `from_row`.
+    /// The first row `sql` selects on `conn`, if any, read by `from_row`.
     fn row<T>(
-        &self,
-        sql: &str,
-        params: impl Params,
-        from_row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Option<T>, StoreError> {
-        self.read(|conn| self.row_in(conn, sql, params, from_row))
-    }
-
-    /// [`Store::row`] on `conn` (inside a transaction, say).
-    fn row_in<T>(
         &self,
         conn: &Connection,
         sql: &str,
@@ -405,6 +390,26 @@ fn ts_from_sql(store: &Store, text: &str) -> Result<Timestamp, StoreError> {
         .map_err(|e| store.decode("timestamp", format!("`{text}`: {e}")))
 }
 
+/// What the store's tests share.
+#[cfg(test)]
+mod fixtures {
+    use jiff::Timestamp;
+
+    use super::Store;
+
+    /// A new store in its own temporary directory, removed when the `TempDir` drops.
+    pub(super) fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// `secs` seconds after a fixed instant.
+    pub(super) fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_780_000_000 + secs).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,14 +479,16 @@ mod tests {
         assert!(err.to_string().contains("state.db"), "{err}");
     }
 
+    /// What a statement failing with SQLite's result `code` on `/srv/x/.rollout/state.db` gives.
+    fn classify_code(code: std::ffi::c_int) -> StoreError {
+        let path = Path::new("/srv/x/.rollout/state.db");
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        classify(path, e, Stage::Use)
+    }
+
     #[test]
     fn sqlite_full_maps_to_disk_full_naming_the_file() {
-        let path = Path::new("/srv/x/.rollout/state.db");
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            None,
-        );
-        let err = classify(path, e, Stage::Use);
+        let err = classify_code(rusqlite::ffi::SQLITE_FULL);
         assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
         let text = err.to_string();
         assert!(
@@ -492,12 +499,7 @@ mod tests {
 
     #[test]
     fn sqlite_readonly_maps_to_read_only_naming_the_file() {
-        let path = Path::new("/srv/x/.rollout/state.db");
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-            None,
-        );
-        let err = classify(path, e, Stage::Use);
+        let err = classify_code(rusqlite::ffi::SQLITE_READONLY);
         assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
         assert!(err.to_string().contains("/srv/x/.rollout/state.db"));
     }

@@ -76,57 +76,60 @@ impl RawRun {
 impl Store {
     /// Inserts the run, or replaces every field of the record with the same id.
     pub fn record_run(&self, r: &RunRecord) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO runs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (run) DO UPDATE SET
-                         environment = excluded.environment, kind = excluded.kind,
-                         started = excluded.started, finished = excluded.finished,
-                         user = excluded.user, outcome = excluded.outcome,
-                         report = excluded.report"
-                ),
-                params![
-                    r.run,
-                    r.environment,
-                    r.kind,
-                    ts_to_sql(r.started),
-                    r.finished.map(ts_to_sql),
-                    r.user,
-                    r.outcome,
-                    r.report.to_string(),
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            &format!(
+                "INSERT INTO runs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (run) DO UPDATE SET
+                     environment = excluded.environment, kind = excluded.kind,
+                     started = excluded.started, finished = excluded.finished,
+                     user = excluded.user, outcome = excluded.outcome,
+                     report = excluded.report"
+            ),
+            params![
+                r.run,
+                r.environment,
+                r.kind,
+                ts_to_sql(r.started),
+                r.finished.map(ts_to_sql),
+                r.user,
+                r.outcome,
+                r.report.to_string(),
+            ],
+        )?;
+        Ok(())
     }
 
     /// How many runs ended (or are going) per environment, kind and outcome: the daemon's
     /// `rollout_runs_total`.
     pub fn run_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
-        self.rows(
-            "SELECT environment, kind, outcome, COUNT(*) FROM runs \
+        self.read(|conn| {
+            self.rows(
+                conn,
+                "SELECT environment, kind, outcome, COUNT(*) FROM runs \
              GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
-            [],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)?.max(0) as u64,
-                ))
-            },
-        )
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, i64>(3)?.max(0) as u64,
+                    ))
+                },
+            )
+        })
     }
 
     /// The run with this id, whatever its environment.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let raw = self.row(
-            &format!("SELECT {COLUMNS} FROM runs WHERE run = ?1"),
-            [id],
-            RawRun::from_row,
-        )?;
+        let raw = self.read(|conn| {
+            self.row(
+                conn,
+                &format!("SELECT {COLUMNS} FROM runs WHERE run = ?1"),
+                [id],
+                RawRun::from_row,
+            )
+        })?;
         raw.map(|r| r.decode(self)).transpose()
     }
 
@@ -138,14 +141,17 @@ impl Store {
     /// The newest `limit` runs of `env`, newest first.
     pub fn runs(&self, env: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         // Same start time (to the nanosecond): the one inserted last is the newer.
-        let raw = self.rows(
-            &format!(
-                "SELECT {COLUMNS} FROM runs WHERE environment = ?1
+        let raw = self.read(|conn| {
+            self.rows(
+                conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE environment = ?1
                  ORDER BY started DESC, rowid DESC LIMIT ?2"
-            ),
-            params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
-            RawRun::from_row,
-        )?;
+                ),
+                params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
+                RawRun::from_row,
+            )
+        })?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 
@@ -153,14 +159,17 @@ impl Store {
     /// Those runs hold the environment's lock from before their record is written until after
     /// it is finished, so under the lock every one of them was left by a process that is gone.
     pub fn open_runs(&self, env: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let raw = self.rows(
-            &format!(
-                "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
+        let raw = self.read(|conn| {
+            self.rows(
+                conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
                  AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
-            ),
-            [env],
-            RawRun::from_row,
-        )?;
+                ),
+                [env],
+                RawRun::from_row,
+            )
+        })?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 }
@@ -168,11 +177,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::{at, store};
     use serde_json::json;
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_780_000_000 + secs).unwrap()
-    }
 
     fn record(run: &str, env: &str, started: Timestamp) -> RunRecord {
         RunRecord {
@@ -185,12 +191,6 @@ mod tests {
             outcome: "running".to_string(),
             report: json!({ "steps": [] }),
         }
-    }
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
     }
 
     #[test]
