@@ -352,28 +352,18 @@ fn classify(path: &Path, e: rusqlite::Error, stage: Stage) -> StoreError {
             match probe_dir(dir) {
                 Some(Problem::ReadOnly) => StoreError::ReadOnly { path: path_buf },
                 Some(Problem::Full) => StoreError::DiskFull { path: path_buf },
-                None => match stage {
-                    Stage::Open => StoreError::Open {
-                        path: path_buf,
-                        source: e,
-                    },
-                    Stage::Use => StoreError::Sqlite {
-                        path: path_buf,
-                        source: e,
-                    },
-                },
+                None => unexplained(path_buf, e, stage),
             }
         }
-        _ => match stage {
-            Stage::Open => StoreError::Open {
-                path: path_buf,
-                source: e,
-            },
-            Stage::Use => StoreError::Sqlite {
-                path: path_buf,
-                source: e,
-            },
-        },
+        _ => unexplained(path_buf, e, stage),
+    }
+}
+
+/// A SQLite error nothing more specific explains, as SQLite gave it.
+fn unexplained(path: PathBuf, source: rusqlite::Error, stage: Stage) -> StoreError {
+    match stage {
+        Stage::Open => StoreError::Open { path, source },
+        Stage::Use => StoreError::Sqlite { path, source },
     }
 }
 
