@@ -14,9 +14,6 @@
 //! copy), each service's readiness is read instead, as for a production candidate, and a crash
 //! loop fails it at once.
 
-// Kept reachable here for the callers that still name it `testenv::owner`.
-pub use crate::owner;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -33,6 +30,7 @@ use crate::engine::{
     Probes, Removed, Role, labels,
 };
 use crate::manifest::env::{Environment, Probe, Service};
+use crate::owner;
 use crate::progress::{Progress, Status};
 
 /// How long a service without any health check must have been running to count as started.
