@@ -180,6 +180,16 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(15);
 
+    /// A store whose `shop` lock run r1 (process `h:1:1`) took at the instant returned.
+    fn held_by_r1() -> (tempfile::TempDir, Store, Timestamp) {
+        let (dir, store) = store();
+        let now = Timestamp::now();
+        store
+            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
+            .unwrap();
+        (dir, store, now)
+    }
+
     #[test]
     fn a_live_holder_keeps_the_lock_and_is_named() {
         let (_dir, store) = store();
@@ -206,11 +216,7 @@ mod tests {
 
     #[test]
     fn a_dead_or_expired_holder_is_replaced_and_reported() {
-        let (_dir, store) = store();
-        let now = Timestamp::now();
-        store
-            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
-            .unwrap();
+        let (_dir, store, now) = held_by_r1();
         let got = store
             .acquire_lock(&claim("r2", "h:2:2"), LEASE, now, |h| h.owner == "h:1:1")
             .unwrap();
@@ -237,11 +243,7 @@ mod tests {
 
     #[test]
     fn renewing_extends_the_lease() {
-        let (_dir, store) = store();
-        let now = Timestamp::now();
-        store
-            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
-            .unwrap();
+        let (_dir, store, now) = held_by_r1();
         let later = now + SignedDuration::from_secs(10);
         assert!(store.renew_lock("shop", "r1", LEASE, later).unwrap());
         let h = store.lock_holder("shop").unwrap().unwrap();
