@@ -31,23 +31,17 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
         None => out.push_str("No promoted revision yet\n"),
     }
     for r in &status.in_flight {
+        let [run, started, left_by, last_step] = run_texts(r);
         out.push_str(&format!(
-            "In flight: revision {} (run {}, started {} by {}), now at `{}`\n",
+            "In flight: revision {} (run {run}, started {started} by {left_by}), now at `{last_step}`\n",
             r["revision"],
-            r["run"].as_str().unwrap_or_default(),
-            r["started"].as_str().unwrap_or_default(),
-            r["leftBy"].as_str().unwrap_or_default(),
-            r["lastStep"].as_str().unwrap_or_default(),
         ));
     }
     for r in &status.interrupted {
+        let [run, started, left_by, last_step] = run_texts(r);
         out.push_str(&format!(
-            "Interrupted: revision {} (run {}, started {}), left by {} after `{}`; the next `rollout promote` or `rollout rollback` settles it\n",
+            "Interrupted: revision {} (run {run}, started {started}), left by {left_by} after `{last_step}`; the next `rollout promote` or `rollout rollback` settles it\n",
             r["revision"],
-            r["run"].as_str().unwrap_or_default(),
-            r["started"].as_str().unwrap_or_default(),
-            r["leftBy"].as_str().unwrap_or_default(),
-            r["lastStep"].as_str().unwrap_or_default(),
         ));
     }
     if let Some(p) = &status.parked {
@@ -113,4 +107,9 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     }
     printer.out(&out);
     Ok(ExitStatus::Success)
+}
+
+/// The run, its start, who left it and its last step, of a run in flight or interrupted.
+fn run_texts(r: &serde_json::Value) -> [&str; 4] {
+    ["run", "started", "leftBy", "lastStep"].map(|k| r[k].as_str().unwrap_or_default())
 }

@@ -179,10 +179,16 @@ mod tests {
         "2026-12-07T10:00:00Z".parse().unwrap()
     }
 
+    /// The decision at [`now`] on a run of `kind` through the [`third_party`] gate, given
+    /// `grants`.
+    fn third_party_decision(grants: &[Grant], kind: RunKind) -> Decision<'_> {
+        let pb = Playbook::switch_only("t".into());
+        evaluate(&third_party(), &pb, grants, now(), request(kind))
+    }
+
     #[test]
     fn a_third_party_without_an_authorization_parks_a_promotion() {
-        let pb = Playbook::switch_only("t".into());
-        let d = evaluate(&third_party(), &pb, &[], now(), request(RunKind::Promotion));
+        let d = third_party_decision(&[], RunKind::Promotion);
         let Decision::Await { awaiting, reason } = d else {
             panic!("{d:?}")
         };
@@ -195,8 +201,7 @@ mod tests {
 
     #[test]
     fn a_rollback_a_third_party_has_not_authorized_is_refused() {
-        let pb = Playbook::switch_only("t".into());
-        let d = evaluate(&third_party(), &pb, &[], now(), request(RunKind::Rollback));
+        let d = third_party_decision(&[], RunKind::Rollback);
         assert!(
             matches!(d, Decision::Refused { reason } if reason.contains("a rollback changes it too"))
         );
@@ -204,15 +209,8 @@ mod tests {
 
     #[test]
     fn a_valid_authorization_opens_the_gate_and_an_expired_one_does_not() {
-        let pb = Playbook::switch_only("t".into());
         let valid = [grant(GrantKind::Authorization, "hosting-co", "eve", None)];
-        let d = evaluate(
-            &third_party(),
-            &pb,
-            &valid,
-            now(),
-            request(RunKind::Promotion),
-        );
+        let d = third_party_decision(&valid, RunKind::Promotion);
         let Decision::Proceed { authorized } = d else {
             panic!("{d:?}")
         };
@@ -223,13 +221,7 @@ mod tests {
             "eve",
             Some("2026-12-06T00:00:00Z".parse().unwrap()),
         )];
-        let d = evaluate(
-            &third_party(),
-            &pb,
-            &expired,
-            now(),
-            request(RunKind::Promotion),
-        );
+        let d = third_party_decision(&expired, RunKind::Promotion);
         let Decision::Await { reason, .. } = d else {
             panic!("{d:?}")
         };

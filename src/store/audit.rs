@@ -3,7 +3,7 @@
 //! off the log's end shows as a log shorter than its anchor; and appends run under the store's
 //! write lock, which serializes them across processes.
 
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
 use super::{Store, StoreError};
 
@@ -18,16 +18,7 @@ pub struct AuditHead {
 impl Store {
     /// The anchored head of the audit log, if anything was ever appended.
     pub fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-                Ok(AuditHead {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: r.get(1)?,
-                })
-            })
-            .optional()
-            .map_err(|e| self.err(e))
-        })
+        self.read(|conn| self.head_in(conn))
     }
 
     /// Runs `append` holding the store's write lock (so appenders in several processes take
@@ -44,15 +35,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        let head = tx
-            .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-                Ok(AuditHead {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    hash: r.get(1)?,
-                })
-            })
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let head = self.head_in(&tx)?;
         let (new, value) = append(head.as_ref())?;
         tx.execute(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
@@ -63,16 +46,30 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))?;
         Ok(value)
     }
+
+    fn head_in(&self, conn: &rusqlite::Connection) -> Result<Option<AuditHead>, StoreError> {
+        self.row(
+            conn,
+            "SELECT seq, hash FROM audit_head WHERE id = 1",
+            [],
+            |r| {
+                Ok(AuditHead {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                })
+            },
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
 
     #[test]
     fn the_head_is_recorded_only_when_the_append_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         assert_eq!(store.audit_head().unwrap(), None);
         let first = AuditHead {
             seq: 1,

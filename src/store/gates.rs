@@ -3,7 +3,7 @@
 //! the next `rollout promote` of the same change resumes it).
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -122,115 +122,90 @@ type RawGrant = (
 impl Store {
     /// Records an approval or authorization.
     pub fn record_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO grants (run, environment, kind, gate, who, reference, note, expires, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    g.run,
-                    g.environment,
-                    g.kind.as_str(),
-                    g.gate,
-                    g.who,
-                    g.reference,
-                    g.note,
-                    g.expires.map(ts_to_sql),
-                    ts_to_sql(g.at)
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO grants (run, environment, kind, gate, who, reference, note, expires, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                g.run,
+                g.environment,
+                g.kind.as_str(),
+                g.gate,
+                g.who,
+                g.reference,
+                g.note,
+                g.expires.map(ts_to_sql),
+                ts_to_sql(g.at)
+            ],
+        )?;
+        Ok(())
     }
 
     /// Every grant recorded for `run`, oldest first.
     pub fn grants(&self, run: &str) -> Result<Vec<Grant>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT run, environment, kind, gate, who, reference, note, expires, at
-                     FROM grants WHERE run = ?1 ORDER BY seq",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([run], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<Result<Vec<RawGrant>, _>>()
-                .map_err(|e| self.err(e))?;
-            rows.into_iter()
-                .map(
-                    |(run, environment, kind, gate, who, reference, note, expires, at)| {
-                        Ok(Grant {
-                            kind: match kind.as_str() {
-                                "approval" => GrantKind::Approval,
-                                "authorization" => GrantKind::Authorization,
-                                other => return Err(self.decode("grant kind", other)),
-                            },
-                            expires: expires
-                                .as_deref()
-                                .map(|t| ts_from_sql(self, t))
-                                .transpose()?,
-                            at: ts_from_sql(self, &at)?,
-                            run,
-                            environment,
-                            gate,
-                            who,
-                            reference,
-                            note,
-                        })
-                    },
-                )
-                .collect()
-        })
+        let rows = self.read(|conn| {
+            self.rows(
+                conn,
+                "SELECT run, environment, kind, gate, who, reference, note, expires, at
+                 FROM grants WHERE run = ?1 ORDER BY seq",
+                [run],
+                |r| RawGrant::try_from(r),
+            )
+        })?;
+        rows.into_iter()
+            .map(
+                |(run, environment, kind, gate, who, reference, note, expires, at)| {
+                    Ok(Grant {
+                        kind: match kind.as_str() {
+                            "approval" => GrantKind::Approval,
+                            "authorization" => GrantKind::Authorization,
+                            other => return Err(self.decode("grant kind", other)),
+                        },
+                        expires: expires
+                            .as_deref()
+                            .map(|t| ts_from_sql(self, t))
+                            .transpose()?,
+                        at: ts_from_sql(self, &at)?,
+                        run,
+                        environment,
+                        gate,
+                        who,
+                        reference,
+                        note,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// Parks a run at its gate, replacing any run parked before in its environment.
     pub fn park(&self, p: &Parked) -> Result<(), StoreError> {
         let awaiting = serde_json::to_string(&p.awaiting).expect("serializes");
-        self.write(|tx| {
-            tx.execute(
-                "INSERT OR REPLACE INTO parked
-                    (environment, run, digest, user, two_person, awaiting, gate_step, report, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    p.environment,
-                    p.run,
-                    p.digest,
-                    p.user,
-                    p.two_person,
-                    awaiting,
-                    p.gate_step as i64,
-                    p.report.to_string(),
-                    ts_to_sql(p.at)
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT OR REPLACE INTO parked
+                (environment, run, digest, user, two_person, awaiting, gate_step, report, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                p.environment,
+                p.run,
+                p.digest,
+                p.user,
+                p.two_person,
+                awaiting,
+                p.gate_step as i64,
+                p.report.to_string(),
+                ts_to_sql(p.at)
+            ],
+        )?;
+        Ok(())
     }
 
     /// Takes the parked run of `env` off its gate (it resumed, or was superseded).
     pub fn unpark(&self, env: &str, run: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM parked WHERE environment = ?1 AND run = ?2",
-                params![env, run],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM parked WHERE environment = ?1 AND run = ?2",
+            params![env, run],
+        )?;
+        Ok(())
     }
 
     /// `env`'s gates as this store has them: its parked run and that run's grants.
@@ -299,29 +274,16 @@ impl Store {
             String,
             String,
         );
-        let row: Option<Row> = self.read(|conn| {
-            conn.query_row(
+        let row = self.read(|conn| {
+            self.row(
+                conn,
                 &format!(
                     "SELECT environment, run, digest, user, two_person, awaiting, gate_step, report, at
                      FROM parked WHERE {clause}"
                 ),
                 [value],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                },
+                |r| Row::try_from(r),
             )
-            .optional()
-            .map_err(|e| self.err(e))
         })?;
         let Some((environment, run, digest, user, two_person, awaiting, gate_step, report, at)) =
             row
@@ -347,6 +309,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
 
     fn parked(run: &str) -> Parked {
         Parked {
@@ -384,8 +347,7 @@ mod tests {
     /// changes nothing), and a doc with no parked run unparks this store's.
     #[test]
     fn gates_from_another_machine_are_imported_once_and_an_empty_doc_unparks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let doc = GatesDoc {
             environment: "shop".into(),
             parked: Some(parked("r1")),
@@ -431,8 +393,7 @@ mod tests {
 
     #[test]
     fn grants_and_parked_runs_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let now = Timestamp::now();
         let g = Grant {
             run: "r1".into(),

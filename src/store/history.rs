@@ -14,7 +14,7 @@
 use std::fmt;
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -354,11 +354,7 @@ impl Store {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Option<Revision>, StoreError> {
-        let raw = self.read(|conn| {
-            conn.query_row(sql, params, RawRevision::from_row)
-                .optional()
-                .map_err(|e| self.err(e))
-        })?;
+        let raw = self.read(|conn| self.row(conn, sql, params, RawRevision::from_row))?;
         raw.map(|r| r.decode(self)).transpose()
     }
 
@@ -367,14 +363,7 @@ impl Store {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<Revision>, StoreError> {
-        let raw = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params, RawRevision::from_row)
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
-        })?;
+        let raw = self.read(|conn| self.rows(conn, sql, params, RawRevision::from_row))?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 }
@@ -382,11 +371,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::{at, store};
     use serde_json::json;
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_780_000_000 + secs).unwrap()
-    }
 
     fn new_revision(env: &str, run: &str, images: &[&str]) -> NewRevision {
         NewRevision {
@@ -400,12 +386,6 @@ mod tests {
             services: json!({ "web": { "image": images.first().copied().unwrap_or("none") } }),
             images: images.iter().map(|s| s.to_string()).collect(),
         }
-    }
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
     }
 
     fn promote(store: &Store, env: &str, run: &str, images: &[&str]) -> u64 {
@@ -593,25 +573,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn threads_with_their_own_connections_never_share_a_number() {
-        let (dir, _store) = store();
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let path = dir.path().to_path_buf();
-                std::thread::spawn(move || {
-                    let store = Store::open(&path).unwrap();
-                    (0..25)
-                        .map(|i| {
-                            store
-                                .begin_revision(new_revision("shop", &format!("t{t}-{i}"), &[]))
-                                .unwrap()
-                                .number
-                        })
-                        .collect::<Vec<_>>()
-                })
+    /// Thread `t`'s 25 new revisions of `shop`: their numbers, in order.
+    fn begin_25_revisions(store: &Store, t: usize) -> Vec<u64> {
+        (0..25)
+            .map(|i| {
+                store
+                    .begin_revision(new_revision("shop", &format!("t{t}-{i}"), &[]))
+                    .unwrap()
+                    .number
             })
-            .collect();
+            .collect()
+    }
+
+    /// The numbers four threads of [`begin_25_revisions`] got are 1 to 100, each once.
+    fn assert_each_number_once(threads: Vec<std::thread::JoinHandle<Vec<u64>>>) {
         let mut all: Vec<u64> = threads
             .into_iter()
             .flat_map(|t| t.join().unwrap())
@@ -621,30 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn threads_with_their_own_connections_never_share_a_number() {
+        let (dir, _store) = store();
+        let threads = (0..4)
+            .map(|t| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || begin_25_revisions(&Store::open(&path).unwrap(), t))
+            })
+            .collect();
+        assert_each_number_once(threads);
+    }
+
+    #[test]
     fn threads_sharing_one_store_never_share_a_number() {
         let (_dir, store) = store();
         let store = std::sync::Arc::new(store);
-        let threads: Vec<_> = (0..4)
+        let threads = (0..4)
             .map(|t| {
                 let store = store.clone();
-                std::thread::spawn(move || {
-                    (0..25)
-                        .map(|i| {
-                            store
-                                .begin_revision(new_revision("shop", &format!("t{t}-{i}"), &[]))
-                                .unwrap()
-                                .number
-                        })
-                        .collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || begin_25_revisions(&store, t))
             })
             .collect();
-        let mut all: Vec<u64> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        all.sort_unstable();
-        assert_eq!(all, (1..=100).collect::<Vec<_>>());
+        assert_each_number_once(threads);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! no `end` was interrupted, unless its process still holds the environment's lock.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::history::{NewRevision, Revision, RevisionOutcome};
@@ -132,37 +132,21 @@ impl Store {
 
     /// The entries `sql` selects (the journal's columns in table order, one parameter).
     fn entries(&self, sql: &str, param: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([param], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<Result<Vec<RawEntry>, _>>()
-                .map_err(|e| self.err(e))?;
-            rows.into_iter().map(|r| self.decode_entry(r)).collect()
-        })
+        self.read(|conn| self.rows(conn, sql, [param], |r| RawEntry::try_from(r)))?
+            .into_iter()
+            .map(|r| self.decode_entry(r))
+            .collect()
     }
 
     /// The environment a run belongs to, from its journal.
     pub fn run_environment(&self, run: &str) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
-            conn.query_row(
+            self.row(
+                conn,
                 "SELECT environment FROM journal WHERE run = ?1 LIMIT 1",
                 [run],
                 |r| r.get(0),
             )
-            .optional()
-            .map_err(|e| self.err(e))
         })
     }
 
@@ -216,6 +200,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
     use serde_json::json;
 
     fn revision(run: &str) -> NewRevision {
@@ -234,8 +219,7 @@ mod tests {
 
     #[test]
     fn a_run_is_unfinished_from_begin_to_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let r = store
             .begin_run(revision("r1"), json!({"kind": "promotion"}))
             .unwrap();
@@ -278,8 +262,7 @@ mod tests {
 
     #[test]
     fn ending_an_unknown_revision_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         store.begin_run(revision("r1"), json!({})).unwrap();
         let err = store
             .end_run("shop", "r1", 9, RevisionOutcome::Promoted, &json!({}))

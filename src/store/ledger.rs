@@ -10,7 +10,7 @@
 //! imported and is reported as a conflict, so nothing recorded here is ever overwritten by it.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::history::Revision;
@@ -80,25 +80,19 @@ impl Store {
     pub fn import_run(&self, doc: &RunDoc) -> Result<Imported, StoreError> {
         let r = &doc.revision;
         self.write(|tx| {
-            let here: Option<String> = tx
-                .query_row(
-                    "SELECT run FROM revisions WHERE environment = ?1 AND number = ?2",
-                    params![r.environment, r.number as i64],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(|e| self.err(e))?;
+            let here: Option<String> = self.row(
+                tx,
+                "SELECT run FROM revisions WHERE environment = ?1 AND number = ?2",
+                params![r.environment, r.number as i64],
+                |row| row.get(0),
+            )?;
             // The journal first: a document whose journal disagrees changes nothing at all.
-            let local: Vec<(String, String)> = {
-                let mut stmt = tx
-                    .prepare_cached("SELECT step, phase FROM journal WHERE run = ?1 ORDER BY seq")
-                    .map_err(|e| self.err(e))?;
-                let rows = stmt
-                    .query_map([&r.run], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(|e| self.err(e))?;
-                rows.collect::<rusqlite::Result<_>>()
-                    .map_err(|e| self.err(e))?
-            };
+            let local: Vec<(String, String)> = self.rows(
+                tx,
+                "SELECT step, phase FROM journal WHERE run = ?1 ORDER BY seq",
+                [&r.run],
+                |row| row.try_into(),
+            )?;
             let prefix = doc
                 .entries
                 .iter()
@@ -205,14 +199,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
     use crate::store::{NewRevision, RevisionOutcome};
     use serde_json::json;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
-    }
 
     fn begin(store: &Store, run: &str) -> Revision {
         store

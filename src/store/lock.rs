@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -113,28 +113,21 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let expires = now + SignedDuration::try_from(lease).unwrap_or(SignedDuration::MAX);
-        self.write(|tx| {
-            let n = tx
-                .execute(
-                    "UPDATE locks SET renewed = ?3, expires = ?4
-                     WHERE environment = ?1 AND run = ?2",
-                    params![env, run, ts_to_sql(now), ts_to_sql(expires)],
-                )
-                .map_err(|e| self.err(e))?;
-            Ok(n == 1)
-        })
+        let n = self.execute(
+            "UPDATE locks SET renewed = ?3, expires = ?4
+             WHERE environment = ?1 AND run = ?2",
+            params![env, run, ts_to_sql(now), ts_to_sql(expires)],
+        )?;
+        Ok(n == 1)
     }
 
     /// Gives up `run`'s lock of `env`; nothing happens if it does not hold it.
     pub fn release_lock(&self, env: &str, run: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                "DELETE FROM locks WHERE environment = ?1 AND run = ?2",
-                params![env, run],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM locks WHERE environment = ?1 AND run = ?2",
+            params![env, run],
+        )?;
+        Ok(())
     }
 
     /// Who holds the lock of `env`, if anyone (alive or not).
@@ -147,25 +140,13 @@ impl Store {
         conn: &rusqlite::Connection,
         env: &str,
     ) -> Result<Option<LockHolder>, StoreError> {
-        let row: Option<(String, String, String, String, String, String, String)> = conn
-            .query_row(
-                "SELECT run, owner, user, command, acquired, renewed, expires FROM locks
-                 WHERE environment = ?1",
-                [env],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let row: Option<(String, String, String, String, String, String, String)> = self.row(
+            conn,
+            "SELECT run, owner, user, command, acquired, renewed, expires FROM locks
+             WHERE environment = ?1",
+            [env],
+            |r| r.try_into(),
+        )?;
         let Some((run, owner, user, command, acquired, renewed, expires)) = row else {
             return Ok(None);
         };
@@ -185,6 +166,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::store;
 
     fn claim(run: &str, owner: &str) -> Claim {
         Claim {
@@ -198,10 +180,19 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(15);
 
+    /// A store whose `shop` lock run r1 (process `h:1:1`) took at the instant returned.
+    fn held_by_r1() -> (tempfile::TempDir, Store, Timestamp) {
+        let (dir, store) = store();
+        let now = Timestamp::now();
+        store
+            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
+            .unwrap();
+        (dir, store, now)
+    }
+
     #[test]
     fn a_live_holder_keeps_the_lock_and_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let now = Timestamp::now();
         let got = store
             .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
@@ -225,12 +216,7 @@ mod tests {
 
     #[test]
     fn a_dead_or_expired_holder_is_replaced_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let now = Timestamp::now();
-        store
-            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
-            .unwrap();
+        let (_dir, store, now) = held_by_r1();
         let got = store
             .acquire_lock(&claim("r2", "h:2:2"), LEASE, now, |h| h.owner == "h:1:1")
             .unwrap();
@@ -257,12 +243,7 @@ mod tests {
 
     #[test]
     fn renewing_extends_the_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let now = Timestamp::now();
-        store
-            .acquire_lock(&claim("r1", "h:1:1"), LEASE, now, |_| false)
-            .unwrap();
+        let (_dir, store, now) = held_by_r1();
         let later = now + SignedDuration::from_secs(10);
         assert!(store.renew_lock("shop", "r1", LEASE, later).unwrap());
         let h = store.lock_holder("shop").unwrap().unwrap();

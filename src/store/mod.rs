@@ -43,7 +43,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row, Transaction,
+    TransactionBehavior,
+};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "state.db";
@@ -212,6 +215,38 @@ impl Store {
         f(&conn)
     }
 
+    /// One statement as one logical write ([`Store::write`]); how many rows it changed.
+    fn execute(&self, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+        self.write(|tx| tx.execute(sql, params).map_err(|e| self.err(e)))
+    }
+
+    /// Every row `sql` selects on `conn`, each read by `from_row`.
+    fn rows<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params, from_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The first row `sql` selects on `conn`, if any, read by `from_row`.
+    fn row<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl Params,
+        from_row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        conn.query_row(sql, params, from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     fn err(&self, e: rusqlite::Error) -> StoreError {
         classify(&self.path, e, Stage::Use)
     }
@@ -317,28 +352,18 @@ fn classify(path: &Path, e: rusqlite::Error, stage: Stage) -> StoreError {
             match probe_dir(dir) {
                 Some(Problem::ReadOnly) => StoreError::ReadOnly { path: path_buf },
                 Some(Problem::Full) => StoreError::DiskFull { path: path_buf },
-                None => match stage {
-                    Stage::Open => StoreError::Open {
-                        path: path_buf,
-                        source: e,
-                    },
-                    Stage::Use => StoreError::Sqlite {
-                        path: path_buf,
-                        source: e,
-                    },
-                },
+                None => unexplained(path_buf, e, stage),
             }
         }
-        _ => match stage {
-            Stage::Open => StoreError::Open {
-                path: path_buf,
-                source: e,
-            },
-            Stage::Use => StoreError::Sqlite {
-                path: path_buf,
-                source: e,
-            },
-        },
+        _ => unexplained(path_buf, e, stage),
+    }
+}
+
+/// A SQLite error nothing more specific explains, as SQLite gave it.
+fn unexplained(path: PathBuf, source: rusqlite::Error, stage: Stage) -> StoreError {
+    match stage {
+        Stage::Open => StoreError::Open { path, source },
+        Stage::Use => StoreError::Sqlite { path, source },
     }
 }
 
@@ -353,6 +378,26 @@ fn ts_to_sql(ts: Timestamp) -> String {
 fn ts_from_sql(store: &Store, text: &str) -> Result<Timestamp, StoreError> {
     text.parse()
         .map_err(|e| store.decode("timestamp", format!("`{text}`: {e}")))
+}
+
+/// What the store's tests share.
+#[cfg(test)]
+mod fixtures {
+    use jiff::Timestamp;
+
+    use super::Store;
+
+    /// A new store in its own temporary directory, removed when the `TempDir` drops.
+    pub(super) fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// `secs` seconds after a fixed instant.
+    pub(super) fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_780_000_000 + secs).unwrap()
+    }
 }
 
 #[cfg(test)]
@@ -424,14 +469,16 @@ mod tests {
         assert!(err.to_string().contains("state.db"), "{err}");
     }
 
+    /// What a statement failing with SQLite's result `code` on `/srv/x/.rollout/state.db` gives.
+    fn classify_code(code: std::ffi::c_int) -> StoreError {
+        let path = Path::new("/srv/x/.rollout/state.db");
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        classify(path, e, Stage::Use)
+    }
+
     #[test]
     fn sqlite_full_maps_to_disk_full_naming_the_file() {
-        let path = Path::new("/srv/x/.rollout/state.db");
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            None,
-        );
-        let err = classify(path, e, Stage::Use);
+        let err = classify_code(rusqlite::ffi::SQLITE_FULL);
         assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
         let text = err.to_string();
         assert!(
@@ -442,12 +489,7 @@ mod tests {
 
     #[test]
     fn sqlite_readonly_maps_to_read_only_naming_the_file() {
-        let path = Path::new("/srv/x/.rollout/state.db");
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-            None,
-        );
-        let err = classify(path, e, Stage::Use);
+        let err = classify_code(rusqlite::ffi::SQLITE_READONLY);
         assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
         assert!(err.to_string().contains("/srv/x/.rollout/state.db"));
     }

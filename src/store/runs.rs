@@ -6,7 +6,7 @@
 //! reader in another process sees either the previous version or the new one, never a mix.
 
 use jiff::Timestamp;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, ts_from_sql, ts_to_sql};
@@ -76,66 +76,59 @@ impl RawRun {
 impl Store {
     /// Inserts the run, or replaces every field of the record with the same id.
     pub fn record_run(&self, r: &RunRecord) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO runs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (run) DO UPDATE SET
-                         environment = excluded.environment, kind = excluded.kind,
-                         started = excluded.started, finished = excluded.finished,
-                         user = excluded.user, outcome = excluded.outcome,
-                         report = excluded.report"
-                ),
-                params![
-                    r.run,
-                    r.environment,
-                    r.kind,
-                    ts_to_sql(r.started),
-                    r.finished.map(ts_to_sql),
-                    r.user,
-                    r.outcome,
-                    r.report.to_string(),
-                ],
-            )
-            .map_err(|e| self.err(e))?;
-            Ok(())
-        })
+        self.execute(
+            &format!(
+                "INSERT INTO runs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (run) DO UPDATE SET
+                     environment = excluded.environment, kind = excluded.kind,
+                     started = excluded.started, finished = excluded.finished,
+                     user = excluded.user, outcome = excluded.outcome,
+                     report = excluded.report"
+            ),
+            params![
+                r.run,
+                r.environment,
+                r.kind,
+                ts_to_sql(r.started),
+                r.finished.map(ts_to_sql),
+                r.user,
+                r.outcome,
+                r.report.to_string(),
+            ],
+        )?;
+        Ok(())
     }
 
     /// How many runs ended (or are going) per environment, kind and outcome: the daemon's
     /// `rollout_runs_total`.
     pub fn run_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT environment, kind, outcome, COUNT(*) FROM runs \
-                     GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
+            self.rows(
+                conn,
+                "SELECT environment, kind, outcome, COUNT(*) FROM runs \
+             GROUP BY environment, kind, outcome ORDER BY environment, kind, outcome",
+                [],
+                |r| {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
                         r.get(2)?,
                         r.get::<_, i64>(3)?.max(0) as u64,
                     ))
-                })
-                .map_err(|e| self.err(e))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+                },
+            )
         })
     }
 
     /// The run with this id, whatever its environment.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let raw = self.read(|conn| {
-            conn.query_row(
+            self.row(
+                conn,
                 &format!("SELECT {COLUMNS} FROM runs WHERE run = ?1"),
                 [id],
                 RawRun::from_row,
             )
-            .optional()
-            .map_err(|e| self.err(e))
         })?;
         raw.map(|r| r.decode(self)).transpose()
     }
@@ -147,22 +140,17 @@ impl Store {
 
     /// The newest `limit` runs of `env`, newest first.
     pub fn runs(&self, env: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        // Same start time (to the nanosecond): the one inserted last is the newer.
         let raw = self.read(|conn| {
-            // Same start time (to the nanosecond): the one inserted last is the newer.
-            let mut stmt = conn
-                .prepare_cached(&format!(
+            self.rows(
+                conn,
+                &format!(
                     "SELECT {COLUMNS} FROM runs WHERE environment = ?1
-                     ORDER BY started DESC, rowid DESC LIMIT ?2"
-                ))
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(
-                    params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
-                    RawRun::from_row,
-                )
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
+                 ORDER BY started DESC, rowid DESC LIMIT ?2"
+                ),
+                params![env, i64::try_from(limit).unwrap_or(i64::MAX)],
+                RawRun::from_row,
+            )
         })?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
@@ -172,17 +160,15 @@ impl Store {
     /// it is finished, so under the lock every one of them was left by a process that is gone.
     pub fn open_runs(&self, env: &str) -> Result<Vec<RunRecord>, StoreError> {
         let raw = self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
+            self.rows(
+                conn,
+                &format!(
                     "SELECT {COLUMNS} FROM runs WHERE environment = ?1 AND finished IS NULL
-                     AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
-                ))
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([env], RawRun::from_row)
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
+                 AND kind IN ('promotion', 'rollback') ORDER BY started, rowid"
+                ),
+                [env],
+                RawRun::from_row,
+            )
         })?;
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
@@ -191,11 +177,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::{at, store};
     use serde_json::json;
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_780_000_000 + secs).unwrap()
-    }
 
     fn record(run: &str, env: &str, started: Timestamp) -> RunRecord {
         RunRecord {
@@ -208,12 +191,6 @@ mod tests {
             outcome: "running".to_string(),
             report: json!({ "steps": [] }),
         }
-    }
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
     }
 
     #[test]

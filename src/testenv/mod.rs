@@ -14,9 +14,6 @@
 //! copy), each service's readiness is read instead, as for a production candidate, and a crash
 //! loop fails it at once.
 
-// Kept reachable here for the callers that still name it `testenv::owner`.
-pub use crate::owner;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -33,6 +30,7 @@ use crate::engine::{
     Probes, Removed, Role, labels,
 };
 use crate::manifest::env::{Environment, Probe, Service};
+use crate::owner;
 use crate::progress::{Progress, Status};
 
 /// How long a service without any health check must have been running to count as started.
@@ -389,6 +387,12 @@ async fn start_and_wait(
             .await
             .unwrap_or_default()
     };
+    let unhealthy = |waited, reason, logs| TestEnvError::Unhealthy {
+        service: svc.name.clone(),
+        waited,
+        reason,
+        logs,
+    };
     match svc.health.as_ref().map(|h| (h, &h.probe)) {
         Some((h, probe @ (Probe::Http { .. } | Probe::Tcp { .. }))) => {
             // Docker's own rule: failures during the start period do not count; after it,
@@ -400,12 +404,7 @@ async fn start_and_wait(
                     Verdict::Fail { reason } | Verdict::Inconclusive { reason } => reason,
                 };
                 if t0.elapsed() >= deadline {
-                    return Err(TestEnvError::Unhealthy {
-                        service: svc.name.clone(),
-                        waited: t0.elapsed(),
-                        reason: last,
-                        logs: logs().await,
-                    });
+                    return Err(unhealthy(t0.elapsed(), last, logs().await));
                 }
                 tokio::time::sleep(PROBE_EVERY.min(h.interval)).await;
             }
@@ -414,12 +413,7 @@ async fn start_and_wait(
             let deadline = h.start_period + (h.interval + h.timeout) * (h.retries.max(1) + 1);
             wait_engine_health(&mut health, container, deadline)
                 .await
-                .map_err(|reason| TestEnvError::Unhealthy {
-                    service: svc.name.clone(),
-                    waited: t0.elapsed(),
-                    reason,
-                    logs: Vec::new(),
-                })?;
+                .map_err(|reason| unhealthy(t0.elapsed(), reason, Vec::new()))?;
             Ok((endpoint, format!("healthy ({probe})")))
         }
         None => {
@@ -427,12 +421,7 @@ async fn start_and_wait(
             if status.as_ref().is_some_and(|s| s.has_healthcheck) {
                 wait_engine_health(&mut health, container, IMAGE_HEALTH_DEADLINE)
                     .await
-                    .map_err(|reason| TestEnvError::Unhealthy {
-                        service: svc.name.clone(),
-                        waited: t0.elapsed(),
-                        reason,
-                        logs: Vec::new(),
-                    })?;
+                    .map_err(|reason| unhealthy(t0.elapsed(), reason, Vec::new()))?;
                 return Ok((endpoint, "healthy (the image's HEALTHCHECK)".into()));
             }
             // Nothing tells health: a short settle lets an immediate crash reach the event stream.

@@ -302,34 +302,26 @@ mod tests {
         );
         let settings =
             "backend: docker\ndaemon:\n  listen: 127.0.0.1:1\n  tokens: []\nnotify: []\n";
-        let with = promotion_hash(
-            b"m1",
-            &playbooks_used(&files, Some("quick")),
-            Some(settings),
-        );
+        let with_settings = |settings: &str| {
+            promotion_hash(
+                b"m1",
+                &playbooks_used(&files, Some("quick")),
+                Some(settings),
+            )
+        };
+        let with = with_settings(settings);
         assert_ne!(base, with);
         let tokens_changed = settings.replace("127.0.0.1:1", "127.0.0.1:2");
         assert_eq!(
             with,
-            promotion_hash(
-                b"m1",
-                &playbooks_used(&files, Some("quick")),
-                Some(&tokens_changed)
-            ),
+            with_settings(&tokens_changed),
             "the daemon: section changes no promotion"
         );
         let notify_changed = settings.replace(
             "notify: []",
             "notify: [ { webhook: \"http://127.0.0.1:9/\" } ]",
         );
-        assert_ne!(
-            with,
-            promotion_hash(
-                b"m1",
-                &playbooks_used(&files, Some("quick")),
-                Some(&notify_changed)
-            )
-        );
+        assert_ne!(with, with_settings(&notify_changed));
         assert_eq!(
             without_daemon_section(settings),
             "backend: docker\nnotify: []\n"
