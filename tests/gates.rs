@@ -153,14 +153,19 @@ fn an_approval_gate_parks_the_run_until_another_person_approves_and_promote_resu
         .run_with(&["promote", "--yes"], &as_ana)
         .code(3)
         .stdout_has("waiting for an approval by `client`")
-        .stdout_has("by someone other than ana (two-person rule)");
+        .stdout_has("by someone other than ana (two-person rule)")
+        // Issue 23: the hint names the playbook it was parked with.
+        .stdout_has(&format!(
+            "then `rollout promote -e {name} -p p` resumes the run"
+        ));
     let run = parked_run(&parked);
     nothing_runs(&name);
     project
         .run(&["status"])
         .code(0)
         .stdout_has(&format!("Waiting: run {run} (started by ana"))
-        .stdout_has("an approval by `client`");
+        .stdout_has("an approval by `client`")
+        .stdout_has(&format!("then `rollout promote -e {name} -p p` resumes it"));
 
     // The starter cannot approve; an unknown role is bad input; another person can.
     project
@@ -189,7 +194,7 @@ fn an_approval_gate_parks_the_run_until_another_person_approves_and_promote_resu
         )
         .code(0)
         .stdout_has(&format!(
-            "Recorded the approval by `client` (bob) for run {run}"
+            "Recorded the approval by `client` (bob) for run {run} of {name}. `rollout promote -e {name} -p p` resumes it."
         ));
 
     // The next promote resumes the same run from the gate: the test steps are not run again.

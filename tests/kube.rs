@@ -238,7 +238,7 @@ fn parked_by_alice(run: &str) -> serde_json::Value {
         "environment": "shop",
         "parked": { "environment": "shop", "run": run, "digest": "d1", "user": "alice", "twoPerson": true,
             "awaiting": [ { "kind": "approval", "gate": "client", "services": [] } ], "gateStep": 1,
-            "report": { "steps": [] }, "at": "2026-01-01T10:00:00Z" },
+            "report": { "steps": [], "playbook": "gated" }, "at": "2026-01-01T10:00:00Z" },
         "grants": []
     });
     serde_json::json!({
@@ -277,7 +277,7 @@ fn an_approval_on_one_machine_of_a_run_parked_on_another_goes_through_the_cluste
         &[kube, ("USER", "bob")],
     )
     .code(0)
-    .stdout_has("Recorded the approval by `client` (bob) for run r1 of shop. `rollout promote -e shop` resumes it.");
+    .stdout_has("Recorded the approval by `client` (bob) for run r1 of shop. `rollout promote -e shop -p gated` resumes it.");
     let written = api.written();
     assert_eq!(written.len(), 1, "{written:?}");
     let (request, body) = &written[0];

@@ -72,9 +72,16 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
             if output == Format::Json {
                 printer.json(&serde_json::json!({ "run": grant.run, "environment": grant.environment, "recorded": grant }))?;
             } else {
+                let r = grant.run.clone();
+                let parked = store.call(move |s| s.parked_run(&r)).await?;
                 printer.out(&format!(
-                    "Recorded the {what} for run {} of {}. `rollout promote -e {}` resumes it.",
-                    grant.run, grant.environment, grant.environment
+                    "Recorded the {what} for run {} of {}. `{}` resumes it.",
+                    grant.run,
+                    grant.environment,
+                    crate::gate::resume_command(
+                        &grant.environment,
+                        parked.as_ref().map_or("", |p| p.playbook())
+                    )
                 ));
             }
             Ok(ExitStatus::Success)

@@ -31,7 +31,7 @@ struct Listed {
     /// The playbook it ran (a parked run resumes with it).
     #[serde(skip_serializing_if = "Option::is_none")]
     playbook: Option<String>,
-    /// Parked at a gate now: `rollout promote -p PLAYBOOK` resumes it once approved.
+    /// Parked at a gate now: `rollout promote -e ENV -p PLAYBOOK` resumes it once approved.
     waiting: bool,
 }
 
@@ -106,11 +106,8 @@ fn table(env: &str, runs: &[Listed]) -> String {
         }
         if r.waiting {
             out.push_str(&format!(
-                "           resume it once approved: rollout promote -e {env}{}\n",
-                r.playbook
-                    .as_deref()
-                    .map(|p| format!(" -p {p}"))
-                    .unwrap_or_default()
+                "           resume it once approved: {}\n",
+                crate::gate::resume_command(env, r.playbook.as_deref().unwrap_or_default())
             ));
         }
     }

@@ -46,12 +46,13 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     }
     if let Some(p) = &status.parked {
         out.push_str(&format!(
-            "Waiting: run {} (started by {} at {}) waits for {}; `rollout approve {} --by ...`, then `rollout promote` resumes it\n",
+            "Waiting: run {} (started by {} at {}) waits for {}; `rollout approve {} --by ...`, then `{}` resumes it\n",
             p.run,
             p.user,
             p.at.strftime("%Y-%m-%d %H:%M UTC"),
             crate::session::approve::awaited_text(&p.awaiting),
-            p.run
+            p.run,
+            crate::gate::resume_command(&p.environment, p.playbook())
         ));
     }
     if let (Some(h), false) = (&status.lock, status.lock_alive) {

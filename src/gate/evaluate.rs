@@ -129,6 +129,17 @@ fn window_closed(playbook: &Playbook, now: jiff::Timestamp, req: Request<'_>) ->
     ))
 }
 
+/// The command that resumes a run parked at a gate: with the playbook it was parked with, so
+/// that following the hint never runs the change through another playbook that skips the gate
+/// (the built-in default is what `rollout promote` picks when the project has no playbook).
+pub fn resume_command(environment: &str, playbook: &str) -> String {
+    if playbook.is_empty() || playbook == Playbook::builtin_default().name {
+        format!("rollout promote -e {environment}")
+    } else {
+        format!("rollout promote -e {environment} -p {playbook}")
+    }
+}
+
 /// The approval an `approve: { by }` step finds among the run's grants: the newest by that
 /// role, never the run's own starter's under the two-person rule.
 pub fn approval<'g>(
@@ -228,6 +239,18 @@ mod tests {
         assert!(
             reason.contains("expired at 2026-12-06 00:00 UTC"),
             "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_resume_command_names_the_playbook_unless_it_is_the_built_in_one() {
+        assert_eq!(
+            resume_command("shop", "gated"),
+            "rollout promote -e shop -p gated"
+        );
+        assert_eq!(
+            resume_command("shop", &Playbook::builtin_default().name),
+            "rollout promote -e shop"
         );
     }
 

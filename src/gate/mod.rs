@@ -4,4 +4,4 @@
 pub mod evaluate;
 pub mod window;
 
-pub use evaluate::{Decision, Request, approval, evaluate};
+pub use evaluate::{Decision, Request, approval, evaluate, resume_command};

@@ -78,6 +78,13 @@ pub struct Parked {
     pub at: Timestamp,
 }
 
+impl Parked {
+    /// The playbook the run was parked with (from its report); a resume must use it.
+    pub fn playbook(&self) -> &str {
+        self.report["playbook"].as_str().unwrap_or_default()
+    }
+}
+
 /// An environment's gates as the platform keeps them for every machine (kubernetes: the
 /// ConfigMap `rollout-gates`): the run parked at a gate, if any, and the grants recorded for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! `approve`: a gate that waits for people. Without a recorded approval the run parks here
 //! (before anything of production changed) until `rollout approve` records one and the next
-//! `rollout promote` resumes it from this step.
+//! `rollout promote -e ENV -p PLAYBOOK` (the playbook it was parked with) resumes it from this
+//! step.
 
 use super::super::walk::Walk;
 use crate::exec::Stop;
@@ -41,12 +42,13 @@ pub(super) fn run(
     w.report.gate_step = Some(index);
     sr.status = StepStatus::NotRun;
     Err(Stop::Reason(format!(
-        "waiting for an approval by `{by}`: `rollout approve {} --by {by} [--note TEXT]`{}, then `rollout promote` resumes the run from this step",
+        "waiting for an approval by `{by}`: `rollout approve {} --by {by} [--note TEXT]`{}, then `{}` resumes the run from this step",
         w.run,
         if two_person {
             format!(" by someone other than {starter} (two-person rule)")
         } else {
             String::new()
-        }
+        },
+        crate::gate::resume_command(&w.env.name, &w.playbook.name)
     )))
 }
