@@ -401,3 +401,57 @@ fn a_rollback_of_a_third_partys_service_is_refused_and_changes_nothing() {
         before
     );
 }
+
+/// Issue 23: a run parked at its gate with an approval recorded is never superseded silently by
+/// another change: refused (exit 3, `error:`), saying what would be lost and how to resume it,
+/// unless `--supersede` says so.
+#[test]
+fn an_approved_parked_run_is_superseded_only_with_supersede() {
+    let name = unique("sup");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    let playbook = "apiVersion: rollout/v1\nkind: Playbook\nname: gated\nsteps:\n  - approve: { by: client }\n  - promote: { drain: 1s }\n";
+    let project = Project::new()
+        .manifest(&name, &one(&name))
+        .playbook("gated", playbook);
+    let as_ana = [("USER", "ana")];
+    let as_bob = [("USER", "bob")];
+    let parked = project.run_with(&["promote", "--yes"], &as_ana).code(3);
+    let run = parked.run_id();
+    project
+        .run_with(&["approve", &run, "--by", "client"], &as_bob)
+        .code(0);
+
+    let project = project.manifest(&name, &one(&name).replace("2.4.0", "2.5.0"));
+    let refused = project
+        .run_with(&["promote", "--yes"], &as_ana)
+        .code(3)
+        .stderr_has("error: ")
+        .stderr_has(&format!(
+            "run {run} waits at its gate with an approval by `client` (bob) recorded"
+        ))
+        .stderr_has(&format!(
+            "resume it with `rollout promote -e {name} -p gated`, or pass --supersede"
+        ));
+    assert!(!refused.stdout.contains("superseded"), "{refused}");
+    project
+        .run(&["status"])
+        .code(0)
+        .stdout_has(&format!("Waiting: run {run}"));
+    nothing_runs(&name);
+
+    let superseding = project
+        .run_with(&["promote", "--yes", "--supersede"], &as_ana)
+        .code(3)
+        .stdout_has(&format!(
+            "Run {run} was waiting for an approval by `client`; it is superseded by this change."
+        ))
+        .stdout_has("waiting for an approval by `client`");
+    assert_ne!(
+        superseding.run_id(),
+        run,
+        "a new run, parked at its own gate"
+    );
+    nothing_runs(&name);
+}

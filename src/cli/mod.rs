@@ -137,6 +137,10 @@ pub struct PromoteArgs {
     /// refusing at once.
     #[arg(long, value_name = "DURATION", value_parser = crate::manifest::duration::parse)]
     pub wait: Option<std::time::Duration>,
+    /// Replace a run parked at a gate that already has approvals or authorizations recorded
+    /// (they are lost with it); without it such a run is never superseded.
+    #[arg(long)]
+    pub supersede: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }

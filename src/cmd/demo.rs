@@ -85,6 +85,7 @@ async fn live(engine: &dyn crate::engine::Engine, printer: Printer) -> anyhow::R
                 emergency: false,
                 reason: Some(format!("demo: web {version}")),
                 wait: None,
+                supersede: false,
                 output: Format::Text,
             };
             super::promote::run(&live, args, printer).await

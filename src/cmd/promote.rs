@@ -27,6 +27,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
         emergency,
         reason,
         wait,
+        supersede,
         output,
     } = args;
     let project = Project::open(dir)?;
@@ -70,6 +71,38 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
     if let Some(old) = store.call(move |s| s.parked(&name)).await?
         && (old.run != run || !plan.has_changes())
     {
+        // What people recorded for it is lost with it: never silently.
+        let r = old.run.clone();
+        let granted = store.call(move |s| s.grants(&r)).await?;
+        if !granted.is_empty() && !supersede {
+            guard.release().await?;
+            let reason = format!(
+                "run {} waits at its gate with {} recorded; this {} would supersede it and that would be lost: resume it with `{}`, or pass --supersede",
+                old.run,
+                granted
+                    .iter()
+                    .map(|g| match g.kind {
+                        crate::store::GrantKind::Approval =>
+                            format!("an approval by `{}` ({})", g.gate, g.who),
+                        crate::store::GrantKind::Authorization =>
+                            format!("an authorization by `{}` ({})", g.gate, g.who),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if plan.has_changes() {
+                    "change"
+                } else {
+                    "state (nothing to do)"
+                },
+                crate::gate::resume_command(&old.environment, old.playbook())
+            );
+            if json {
+                printer.json(&serde_json::json!({ "environment": environment.name, "run": run, "outcome": { "outcome": "refused", "reason": reason } }))?;
+            } else {
+                printer.error(&anyhow::anyhow!(reason));
+            }
+            return Ok(ExitStatus::Refused);
+        }
         let (e, r) = (old.environment.clone(), old.run.clone());
         store.call(move |s| s.unpark(&e, &r)).await?;
         if !json {
