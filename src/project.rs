@@ -243,7 +243,7 @@ impl Project {
                 }
             },
             None => match all.len() {
-                0 => return Ok(Playbook::builtin_default()),
+                0 => return Ok(Playbook::builtin_default().requiring(&env.requires.approvals)),
                 1 => 0,
                 _ => match all.iter().position(|(p, _)| p.name == "default") {
                     Some(i) => i,
@@ -253,7 +253,7 @@ impl Project {
         };
         let (pb, src) = all.swap_remove(chosen);
         pb.check_against(&src, env)?;
-        Ok(pb)
+        Ok(pb.requiring(&env.requires.approvals))
     }
 }
 

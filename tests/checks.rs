@@ -170,6 +170,7 @@ fn environment() -> Environment {
         name: "shop".into(),
         client: "acme".into(),
         self_heal: false,
+        requires: Default::default(),
         services: vec![
             service(
                 "web",

@@ -455,3 +455,77 @@ fn an_approved_parked_run_is_superseded_only_with_supersede() {
     );
     nothing_runs(&name);
 }
+
+/// Issue 23: an approval the environment requires (`requires.approvals`) holds every
+/// promotion, whatever playbook is chosen: a playbook without an approve step gets one before its
+/// first production step (the plan says so), parks there, and resumes after the approval.
+#[test]
+fn an_approval_the_environment_requires_holds_a_playbook_without_one() {
+    let name = unique("req");
+    let _cleanup = Cleanup {
+        environment: name.clone(),
+    };
+    runtime().block_on(async { demo_images(&engine().await).await });
+    let quick = "apiVersion: rollout/v1\nkind: Playbook\nname: quick\nsteps:\n  - testEnv: {}\n  - promote: { drain: 1s }\n";
+    let manifest = one(&name).replace(
+        "client: acme\n",
+        "client: acme\nrequires:\n  approvals: [client]\n",
+    );
+    let project = Project::new()
+        .manifest(&name, &manifest)
+        .playbook("quick", quick);
+    let as_ana = [("USER", "ana")];
+    let as_bob = [("USER", "bob")];
+
+    let plan = project
+        .run(&["plan", "-p", "quick", "-o", "json"])
+        .code(2)
+        .json();
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["description"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        steps[1], "approve: wait for an approval by `client`",
+        "{plan}"
+    );
+    assert!(
+        plan["steps"][1]["notes"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("requires an approval by `client` for every promotion"),
+        "{plan}"
+    );
+    project
+        .run(&["plan", "-p", "quick"])
+        .code(2)
+        .stdout_has("requires.approvals");
+
+    let parked = project
+        .run_with(&["promote", "-p", "quick", "--yes"], &as_ana)
+        .code(3)
+        .stdout_has("waiting for an approval by `client`")
+        .stdout_has(&format!(
+            "`rollout promote -e {name} -p quick` resumes the run"
+        ));
+    let run = parked.run_id();
+    nothing_runs_but_tests_gone(&name);
+    project
+        .run_with(&["approve", &run, "--by", "client"], &as_bob)
+        .code(0);
+    let resumed = project
+        .run_with(&["promote", "-p", "quick", "--yes"], &as_ana)
+        .code(0)
+        .stdout_has(&format!("resuming run {run}"))
+        .stdout_has("approved by bob as `client`")
+        .stdout_has("promoted");
+    assert_eq!(resumed.run_id(), run);
+    assert!(web_serves(&name, "shop-web:2.4.0"));
+}
+
+/// Nothing of production runs (the parked run's test version is gone too).
+fn nothing_runs_but_tests_gone(env: &str) {
+    nothing_runs(env);
+}

@@ -405,6 +405,7 @@ mod tests {
             name: "shop".into(),
             client: "acme".into(),
             self_heal: false,
+            requires: Default::default(),
             services: Vec::new(),
             source: "shop.yaml".into(),
         }

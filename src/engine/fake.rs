@@ -1008,6 +1008,7 @@ mod tests {
             name: "shop".into(),
             client: "acme".into(),
             self_heal: false,
+            requires: Default::default(),
             services,
             source: PathBuf::from("manifests/shop.yaml"),
         }

@@ -25,10 +25,19 @@ pub struct Environment {
     pub name: String,
     pub client: String,
     pub self_heal: bool,
+    /// What every promotion needs, whatever the playbook: the roles whose approval it waits for.
+    pub requires: Requires,
     /// Services in dependency order: every service comes after the ones it depends on.
     pub services: Vec<Service>,
     /// Where the environment was declared, for messages.
     pub source: std::path::PathBuf,
+}
+
+/// `requires`: gates that belong to the environment, not to the playbook someone picks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requires {
+    /// Roles that approve every promotion (`requires.approvals`), in the order written.
+    pub approvals: Vec<String>,
 }
 
 impl Environment {
@@ -338,6 +347,7 @@ pub fn resolve(
         name,
         client,
         self_heal,
+        requires,
         services,
     } = raw;
     let mut c = Checker::new(src);
@@ -394,10 +404,26 @@ pub fn resolve(
             Vec::new()
         }
     };
+    let mut approvals: Vec<String> = Vec::new();
+    for role in requires
+        .iter()
+        .flat_map(|r| r.value.approvals.iter().flatten())
+    {
+        let name = c.name(role, "approval role");
+        if approvals.contains(&name) {
+            c.error(
+                pos(role),
+                format!("approval role `{name}` is required twice"),
+            );
+        } else {
+            approvals.push(name);
+        }
+    }
     let env = Environment {
         name: env_name,
         client: client_name,
         self_heal: self_heal.unwrap_or(false),
+        requires: Requires { approvals },
         services: ordered,
         source: src.path().to_path_buf(),
     };

@@ -40,6 +40,9 @@ pub struct Playbook {
     pub on_failure: OnFailure,
     /// The person who started a run cannot approve it (`twoPersonRule`, on unless set false).
     pub two_person_rule: bool,
+    /// Roles whose `approve` step the environment added (`requires.approvals`): the playbook
+    /// had none for them.
+    pub required: Vec<String>,
     /// Where each step and check names a service, for errors when checked against an environment.
     #[serde(skip)]
     refs: Vec<ServiceRef>,
@@ -277,6 +280,7 @@ impl Playbook {
             ],
             on_failure: OnFailure::Rollback,
             two_person_rule: true,
+            required: Vec::new(),
             refs: Vec::new(),
         }
     }
@@ -292,8 +296,35 @@ impl Playbook {
             }],
             on_failure: OnFailure::Rollback,
             two_person_rule: true,
+            required: Vec::new(),
             refs: Vec::new(),
         }
+    }
+
+    /// This playbook as the environment's gates make it: an `approve` step for each role in
+    /// `roles` it has none for, before its first step that changes production (after the test
+    /// version's steps), so that choosing a playbook never skips a gate the environment requires.
+    pub fn requiring(mut self, roles: &[String]) -> Self {
+        let at = self
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Canary { .. } | Step::Promote { .. }))
+            .unwrap_or(self.steps.len());
+        let missing: Vec<String> = roles
+            .iter()
+            .filter(|r| {
+                !self
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Approve { by } if by == *r))
+            })
+            .cloned()
+            .collect();
+        for (i, by) in missing.iter().enumerate() {
+            self.steps.insert(at + i, Step::Approve { by: by.clone() });
+        }
+        self.required = missing;
+        self
     }
 
     pub fn is_builtin(&self) -> bool {
@@ -430,6 +461,7 @@ pub fn resolve(src: &Source, raw: RawPlaybook) -> Result<Playbook, Diagnostics> 
         steps: out,
         on_failure,
         two_person_rule: two_person_rule.is_none_or(|t| t.value),
+        required: Vec::new(),
         refs,
     };
     c.finish(playbook)

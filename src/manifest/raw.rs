@@ -59,7 +59,15 @@ pub struct RawEnvironment {
     pub name: Spanned<String>,
     pub client: Spanned<String>,
     pub self_heal: Option<bool>,
+    pub requires: Option<Spanned<RawRequires>>,
     pub services: Spanned<OrderedMap<Spanned<RawService>>>,
+}
+
+/// `requires`: what every promotion of the environment needs, whatever its playbook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRequires {
+    pub approvals: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -274,6 +274,13 @@ pub fn compute(desired: &Environment, observed: &Observed, playbook: &Playbook) 
                     notes.extend(changed.iter().map(|s| promote_note(s, first_deploy)));
                     None
                 }
+                Step::Approve { by } if playbook.required.contains(by) => {
+                    notes.push(format!(
+                        "added: environment {} requires an approval by `{by}` for every promotion (requires.approvals), and playbook {} has no approve step for it",
+                        desired.name, playbook.name
+                    ));
+                    None
+                }
                 _ => None,
             };
             steps.push(PlannedStep {

@@ -252,6 +252,8 @@ pub(super) struct XRollout {
     pub(super) name: Option<Spanned<String>>,
     pub(super) client: Option<Spanned<String>>,
     pub(super) self_heal: Option<bool>,
+    /// `x-rollout.requires`: the environment's own gates, as in a rollout manifest.
+    pub(super) requires: Option<Spanned<crate::manifest::raw::RawRequires>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

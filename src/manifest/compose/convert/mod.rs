@@ -137,6 +137,7 @@ impl Converter<'_> {
             name: x_name,
             client,
             self_heal,
+            requires,
         } = x.unwrap_or_default();
         let client = match client {
             Some(c) => c,
@@ -185,6 +186,7 @@ impl Converter<'_> {
             name: env_name,
             client,
             self_heal,
+            requires,
             services,
         }
     }
