@@ -137,8 +137,6 @@ fn switch_to(env: &Environment, run: &'static str) -> Vec<Exchange> {
 fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
     let name = format!("shop-web-{run}");
     let found = || list("DeploymentList", vec![stored(env, "web", run, 1)]);
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
-    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     vec![
         on(Method::GET, &find(&name)).ok(found()),
         on(Method::PATCH, &format!("{DEPLOYMENTS}/{name}?"))
@@ -147,12 +145,8 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
         // Its pods gone before it is deleted.
         on(Method::GET, &pods_of("web", run)).ok(list("PodList", vec![])),
         on(Method::GET, &find(&name)).ok(found()),
-        on(Method::DELETE, &format!("{DEPLOYMENTS}/{name}?"))
-            .body(background)
-            .ok(success.clone()),
-        on(Method::DELETE, &format!("{SECRETS}/{name}?"))
-            .body(background)
-            .ok(success),
+        delete_background(&format!("{DEPLOYMENTS}/{name}")).ok(success()),
+        delete_background(&format!("{SECRETS}/{name}")).ok(success()),
     ]
 }
 
@@ -456,7 +450,6 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         vec![pod("web", "r1", running(), 0)],
     ));
     // Finish: the old db Deployment goes (it has no Secret: a 404 there is fine).
-    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     script.extend([
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
         on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
@@ -464,7 +457,7 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
             .ok(stored(&before, "db", "r1", 0)),
         on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
-        on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success),
+        on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success()),
         on(Method::DELETE, &format!("{SECRETS}/shop-db-r1?"))
             .reply(404, not_found("secrets", "shop-db-r1")),
     ]);
@@ -702,20 +695,14 @@ async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
 fn no_test_version() -> Vec<Exchange> {
     let of_r2 = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr2";
     vec![
-        on(Method::GET, &format!("/apis/apps/v1/deployments?&{of_r2}"))
-            .ok(list("DeploymentList", vec![])),
-        on(Method::GET, &format!("/api/v1/secrets?&{of_r2}")).ok(list("SecretList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_r2}"),
-        )
-        .ok(list("PersistentVolumeClaimList", vec![])),
+        labelled("/apis/apps/v1/deployments", of_r2).ok(list("DeploymentList", vec![])),
+        labelled("/api/v1/secrets", of_r2).ok(list("SecretList", vec![])),
+        labelled("/api/v1/persistentvolumeclaims", of_r2)
+            .ok(list("PersistentVolumeClaimList", vec![])),
     ]
     .into_iter()
     .chain(no_copy_leftovers(of_r2))
-    .chain([
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![]))
-    ])
+    .chain([labelled("/api/v1/namespaces", of_r2).ok(list("NamespaceList", vec![]))])
     .collect()
 }
 
@@ -882,9 +869,7 @@ async fn a_service_dropped_from_the_manifest_loses_its_deployment_and_its_servic
     // Production's health has nothing to read (db has no health check); then web goes.
     script.extend(remove(&before, "r1"));
     script.extend([
-        on(Method::DELETE, &format!("{SERVICES}/web?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background(&format!("{SERVICES}/web")).ok(success()),
         on(Method::DELETE, &format!("{SERVICES}/web-canary?"))
             .reply(404, not_found("services", "web-canary")),
     ]);

@@ -123,62 +123,33 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
 
 /// The teardown of test version r9: what its labels find, deleted, the namespace last.
 pub(super) fn teardown_script() -> Vec<Exchange> {
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
     vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR).ok(list(
             "DeploymentList",
             vec![stored_test("db", 1), stored_test("web", 1)],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-db?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(
-            Method::DELETE,
-            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+        delete_background(&format!("{TEST_DEPLOYMENTS}/shop-test-r9-db")).ok(success()),
+        delete_background(&format!("{TEST_DEPLOYMENTS}/shop-test-r9-web")).ok(success()),
+        labelled("/api/v1/secrets", TEST_SELECTOR).ok(list(
             "SecretList",
             vec![meta("shop-test-r9-web", Some("shop-test-r9"))],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_NS}/secrets/shop-test-r9-web?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        delete_background(&format!("{TEST_NS}/secrets/shop-test-r9-web")).ok(success()),
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR).ok(list(
             "PersistentVolumeClaimList",
             vec![meta("shop-test-r9-db-data", Some("shop-test-r9"))],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data?"),
-        )
-        .body(background)
+        delete_background(&format!(
+            "{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data"
+        ))
         .ok(success()),
     ]
     .into_iter()
     .chain(no_copy_leftovers(TEST_SELECTOR))
     .chain([
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+        labelled("/api/v1/namespaces", TEST_SELECTOR)
             .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
-        on(Method::DELETE, &format!("{TEST_NS}?"))
-            .body(background)
-            .ok(success()),
+        delete_background(TEST_NS).ok(success()),
     ])
     .collect()
 }
@@ -277,18 +248,9 @@ fn snapshot(ns: &str, status: Value) -> Value {
 fn production_claims() -> Vec<Exchange> {
     let of_production = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
     vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{of_production}"),
-        )
-        .ok(list("DeploymentList", vec![])),
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_production}"))
-            .ok(list("NamespaceList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_production}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", of_production).ok(list("DeploymentList", vec![])),
+        labelled("/api/v1/namespaces", of_production).ok(list("NamespaceList", vec![])),
+        labelled("/api/v1/persistentvolumeclaims", of_production).ok(list(
             "PersistentVolumeClaimList",
             vec![meta("shop-db-data", Some("rollout-shop"))],
         )),
@@ -348,9 +310,9 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
             .body(|b| assert_eq!(b, &json!({ "spec": { "deletionPolicy": "Retain" } })))
             .ok(json!({ "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent", "metadata": { "name": "snapcontent-1234" } })),
         on(Method::DELETE, &format!("{SNAPSHOTS}/shop-test-r9-db-data?"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+            .ok(success()),
         on(Method::DELETE, &format!("{CONTENTS}/snapcontent-1234?"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+            .ok(success()),
         on(Method::POST, &format!("{CONTENTS}?"))
             .body(|b| {
                 assert_eq!(b["metadata"]["labels"]["rollout.run"], "r9");
@@ -407,9 +369,7 @@ const SINK_REFUSED: &str = "/api/v1/namespaces/shop-test-r9/events?&fieldSelecto
 /// Job `name` (at `uri`) deleted with its pods (`Background`), then found gone.
 fn deleted(uri: &str, name: &str) -> [Exchange; 2] {
     [
-        on(Method::DELETE, &format!("{uri}?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background(uri).ok(success()),
         on(Method::GET, uri).reply(404, not_found("jobs.batch", name)),
     ]
 }
@@ -492,8 +452,6 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
 #[tokio::test(start_paused = true)]
 async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
     let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
     let mut script = up_script("host:1:2".into());
     let fresh = script
         .iter()
@@ -529,7 +487,7 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
         on(Method::GET, SINK_JOB).ok(job_status("shop-test-r9-db-data-sink", "shop-test-r9", json!({ "succeeded": 1 }))),
         on(Method::GET, SOURCE_JOB).ok(job_status("shop-test-r9-db-data-source", "rollout-shop", json!({ "succeeded": 1 }))),
         // Both deleted, their pods with them, and waited gone.
-        on(Method::DELETE, &format!("{SOURCE_JOB}?")).body(background).ok(success()),
+        delete_background(SOURCE_JOB).ok(success()),
         on(Method::GET, SOURCE_JOB).ok(job_status("shop-test-r9-db-data-source", "rollout-shop", json!({ "succeeded": 1 }))),
         on(Method::GET, SOURCE_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
     ]);
@@ -715,67 +673,43 @@ async fn a_test_namespace_left_by_a_crash_is_found_by_its_labels_and_deleted() {
     let mut deployment = left("shop-test-r9-web", Some("shop-test-r9"));
     deployment["spec"] = json!({ "selector": {}, "template": {} });
     let of_shop = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest";
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     let (client, server) = serve(vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{of_shop}"),
-        )
+        labelled("/apis/apps/v1/deployments", of_shop)
         .ok(list("DeploymentList", vec![deployment.clone()])),
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_shop}"))
+        labelled("/api/v1/namespaces", of_shop)
             .ok(list("NamespaceList", vec![left("shop-test-r9", None)])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_shop}"),
-        )
+        labelled("/api/v1/persistentvolumeclaims", of_shop)
         .ok(list("PersistentVolumeClaimList", vec![])),
         // Teardown of run r9 by its labels.
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR)
         .ok(list("DeploymentList", vec![deployment])),
         on(
             Method::DELETE,
             &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web?"),
         )
         .ok(success()),
-        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}"))
+        labelled("/api/v1/secrets", TEST_SELECTOR)
             .ok(list("SecretList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR)
         .ok(list("PersistentVolumeClaimList", vec![])),
         // The copy was killed half-way: its snapshot beside production's claim and a content
         // not yet bound are found by the run's labels and deleted (its Jobs are gone already).
-        on(Method::GET, &format!("/apis/batch/v1/jobs?&{TEST_SELECTOR}"))
+        labelled("/apis/batch/v1/jobs", TEST_SELECTOR)
             .ok(list("JobList", vec![])),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/snapshot.storage.k8s.io/v1/volumesnapshots", TEST_SELECTOR)
         .ok(list("VolumeSnapshotList", vec![left("shop-test-r9-db-data", Some("rollout-shop"))])),
-        on(
-            Method::DELETE,
-            "/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots/shop-test-r9-db-data?",
-        )
-        .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+        delete_background("/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots/shop-test-r9-db-data")
         .ok(success()),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", TEST_SELECTOR)
         .ok(list("VolumeSnapshotContentList", vec![left("shop-test-r9-db-data", None)])),
         on(
             Method::DELETE,
             "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/shop-test-r9-db-data?",
         )
         .ok(success()),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+        labelled("/api/v1/namespaces", TEST_SELECTOR)
             .ok(list("NamespaceList", vec![left("shop-test-r9", None)])),
-        on(Method::DELETE, &format!("{TEST_NS}?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+        delete_background(TEST_NS)
             .ok(success()),
         // Production containers a killed data copy left paused: none here.
         on(Method::GET, OBSERVE).ok(list("DeploymentList", vec![])),
