@@ -185,6 +185,34 @@ async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
     assert_eq!(t.services["web"].container, "shop-test-r9-web");
 }
 
+/// [`up_script`] with db's claim in the test namespace made by `copy`, where the plain bring-up
+/// makes it fresh.
+fn up_script_copying(copy: Vec<Exchange>) -> Vec<Exchange> {
+    let claim = format!("{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data");
+    let mut script = up_script("host:1:2".into());
+    let fresh = script.iter().position(|e| e.uri == claim).unwrap();
+    script.splice(fresh..fresh + 2, copy);
+    script
+}
+
+/// The image the copy Jobs run, where the scenario names one.
+const COPY_IMAGE: &str = "registry.example/tools/busybox:1.36";
+
+/// The start of [`up_script`]: the test namespace made, and nothing else yet.
+fn test_namespace_made() -> Vec<Exchange> {
+    let mut script = up_script("host:1:2".into());
+    script.truncate(2);
+    script
+}
+
+/// [`up_copying_db`] failing: what its error says.
+async fn copy_refused(script: Vec<Exchange>, copy_image: Option<&str>) -> String {
+    up_copying_db(script, copy_image, &crate::progress::Silent)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// Keeps every line a run reports, for the scenarios that check what it said.
 #[derive(Default)]
 struct Recorded(std::sync::Mutex<Vec<String>>);
@@ -243,6 +271,18 @@ fn snapshot(ns: &str, status: Value) -> Value {
         "metadata": { "name": "shop-test-r9-db-data", "namespace": ns }, "status": status })
 }
 
+/// Production's claim of db read, with `spec`.
+fn production_claim(spec: Value) -> Exchange {
+    on(
+        Method::GET,
+        "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
+    )
+    .ok(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
+        "spec": spec }))
+}
+
 /// What `copyData: [db]` reads before copying: production's claims (by label, across the
 /// cluster), the one to copy being there.
 fn production_claims() -> Vec<Exchange> {
@@ -271,20 +311,9 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
         test_labels_checked(b);
         assert_eq!(b["metadata"]["name"], "shop-test-r9-db-data");
     };
-    let mut script = up_script("host:1:2".into());
-    // Replace the fresh claim of the plain bring-up with the copy.
-    let fresh = script
-        .iter()
-        .position(|e| e.uri == format!("{pvcs}/shop-test-r9-db-data"))
-        .unwrap();
-    script.drain(fresh..fresh + 2);
     let mut copy = production_claims();
     copy.extend([
-        on(Method::GET, "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data").ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
-                "resources": { "requests": { "storage": "1Gi" } } } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd", "resources": { "requests": { "storage": "1Gi" } } })),
         on(Method::POST, &format!("{SNAPSHOTS}?"))
             .body(move |b| {
                 assert_eq!(b["metadata"]["labels"]["rollout.role"], "test");
@@ -345,7 +374,7 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
             })
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
     ]);
-    script.splice(fresh..fresh, copy);
+    let script = up_script_copying(copy);
     let progress = Recorded::default();
     let t = up_copying_db(script, None, &progress).await.unwrap();
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
@@ -394,11 +423,7 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
     let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
     let mut script = production_claims();
     script.extend([
-        on(Method::GET, "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data").ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
-                "resources": { "requests": { "storage": "5Gi" } } } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "resources": { "requests": { "storage": "5Gi" } } })),
         on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
             404,
             status(404, "NotFound", "the server could not find the requested resource"),
@@ -434,7 +459,7 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
                 assert_eq!(b["spec"]["template"]["metadata"]["labels"]["rollout.copy"], "shop-test-r9-db-data-sink");
                 assert_eq!(b["spec"]["template"]["metadata"]["labels"]["rollout.run"], "r9");
                 assert_eq!(pod["restartPolicy"], "Never");
-                assert_eq!(pod["containers"][0]["image"], "registry.example/tools/busybox:1.36");
+                assert_eq!(pod["containers"][0]["image"], COPY_IMAGE);
                 assert_eq!(pod["containers"][0]["command"], json!(["sh", "-c", crate::engine::kube::copyjob::SINK_SCRIPT]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({ "claimName": "shop-test-r9-db-data", "readOnly": false }));
                 assert!(pod.get("affinity").is_none_or(Value::is_null));
@@ -451,13 +476,6 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
 /// crash-consistent.
 #[tokio::test(start_paused = true)]
 async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
-    let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
-    let mut script = up_script("host:1:2".into());
-    let fresh = script
-        .iter()
-        .position(|e| e.uri == format!("{pvcs}/shop-test-r9-db-data"))
-        .unwrap();
-    script.drain(fresh..fresh + 2);
     let mut copy = copy_by_jobs_begins();
     copy.extend([
         on(Method::GET, SINK_PODS).ok(list("PodList", vec![])),
@@ -492,15 +510,11 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
         on(Method::GET, SOURCE_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
     ]);
     copy.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    script.splice(fresh..fresh, copy);
+    let script = up_script_copying(copy);
     let progress = Recorded::default();
-    let t = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &progress,
-    )
-    .await
-    .unwrap();
+    let t = up_copying_db(script, Some(COPY_IMAGE), &progress)
+        .await
+        .unwrap();
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
     assert!(
         progress.lines().iter().any(|l| l.contains("db data copy")
@@ -518,8 +532,7 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
 /// the test version goes on failing. No pod of the test version has started.
 #[tokio::test(start_paused = true)]
 async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted() {
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(copy_by_jobs_begins());
     script.extend([
         on(Method::GET, SINK_PODS).ok(list(
@@ -571,14 +584,7 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
     ]);
     script.extend(deleted(SOURCE_JOB, "shop-test-r9-db-data-source"));
     script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    let err = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, Some(COPY_IMAGE)).await;
     assert!(text.contains("db"), "names the service: {text}");
     assert!(
         text.contains("its source Job shop-test-r9-db-data-source in rollout-shop failed; the sink said: (printed nothing); the source said: tar: ./pg_wal/000000010000000000000003: Permission denied"),
@@ -590,18 +596,10 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
 /// while production's runs, so nothing is created and the error says why.
 #[tokio::test(start_paused = true)]
 async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job() {
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(production_claims());
     script.extend([
-        on(
-            Method::GET,
-            "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
-        )
-        .ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOncePod"] } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOncePod"] })),
         on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
             404,
             status(
@@ -611,10 +609,7 @@ async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job
             ),
         ),
     ]);
-    let err = up_copying_db(script, None, &crate::progress::Silent)
-        .await
-        .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, None).await;
     assert!(
         text.contains("it is ReadWriteOncePod, so no pod but production's may mount it, and the cluster serves no VolumeSnapshots to copy it by"),
         "{text}"
@@ -627,8 +622,7 @@ async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job
 #[tokio::test(start_paused = true)]
 async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
     let forbidden = "pods \"shop-test-r9-db-data-sink-4x8kq\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(copy_by_jobs_begins());
     script.extend([
         on(Method::GET, SINK_PODS).ok(list("PodList", vec![])),
@@ -644,14 +638,7 @@ async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
             .reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
     ]);
     script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    let err = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, Some(COPY_IMAGE)).await;
     assert!(
         text.contains(&format!("copy `Job shop-test-r9-db-data-sink in shop-test-r9` failed: its pod cannot be created: {forbidden}")),
         "{text}"
