@@ -72,6 +72,18 @@ use super::{
 use crate::manifest::secret::SecretValue;
 
 use api::*;
+
+/// A copy of production's claim `source` (named `from`, in `prod_ns`) into the test claim `to`
+/// in `test_ns`, the test claim labelled `labels`: what [`KubeEngine::copy_by_snapshot`] and
+/// [`KubeEngine::copy_by_job`] make.
+struct ClaimCopy<'a> {
+    source: &'a PersistentVolumeClaim,
+    from: &'a str,
+    to: &'a str,
+    prod_ns: &'a str,
+    test_ns: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
 pub use objects::*;
 
 /// How long the Lease lock lasts past each renewal; it is renewed every third of that.
@@ -525,15 +537,18 @@ impl Engine for KubeEngine {
             )));
         };
         let prod_ns = namespace(env);
-        let source = self.production_claim(from, &prod_ns).await?;
-        match self
-            .copy_by_snapshot(&source, from, to, &prod_ns, &test_ns, labels)
-            .await?
-        {
+        let copy = ClaimCopy {
+            source: &self.production_claim(from, &prod_ns).await?,
+            from,
+            to,
+            prod_ns: &prod_ns,
+            test_ns: &test_ns,
+            labels,
+        };
+        match self.copy_by_snapshot(&copy).await? {
             snapshot::Snapshotted::Done => Ok(Copied::Snapshot),
             snapshot::Snapshotted::NotServed => {
-                self.copy_by_job(&source, from, to, &prod_ns, &test_ns, labels)
-                    .await?;
+                self.copy_by_job(&copy).await?;
                 Ok(Copied::Streamed)
             }
         }
