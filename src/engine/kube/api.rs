@@ -128,6 +128,48 @@ impl KubeEngine {
         })
     }
 
+    /// Object `name`, read from `api`, which must have it: its absence is the error `absent`
+    /// makes.
+    pub(super) async fn read_present<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        absent: impl FnOnce() -> EngineError,
+    ) -> Result<K, EngineError>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let what = format!("{} {name}", K::kind(&Default::default()));
+        api.get_opt(name)
+            .await
+            .map_err(|e| api_error(e, "read", &what))?
+            .ok_or_else(absent)
+    }
+
+    /// [`KubeEngine::read_present`] of an object `action` needs in namespace `ns`: its absence
+    /// says it is not there.
+    pub(super) async fn read_needed<K>(
+        &self,
+        ns: &str,
+        name: &str,
+        action: &'static str,
+    ) -> Result<K, EngineError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let absent = || EngineError::Call {
+            action,
+            object: format!("{} {name}", K::kind(&Default::default())),
+            reason: format!("it is not in {ns}"),
+        };
+        self.read_present(&self.api::<K>(ns), name, absent).await
+    }
+
     /// Applies `object` only if nothing of that name exists yet.
     pub(super) async fn ensure<K>(
         &self,

@@ -246,16 +246,7 @@ impl KubeEngine {
         from: &str,
         prod_ns: &str,
     ) -> Result<PersistentVolumeClaim, EngineError> {
-        let claims: Api<PersistentVolumeClaim> = self.api(prod_ns);
-        claims
-            .get_opt(from)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("PersistentVolumeClaim {from}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "copy",
-                object: format!("PersistentVolumeClaim {from}"),
-                reason: format!("it is not in {prod_ns}"),
-            })
+        self.read_needed(prod_ns, from, "copy").await
     }
 
     /// Applies the test claim of `copy` as a copy of production's: its access modes, its
