@@ -237,21 +237,13 @@ impl Engine for KubeEngine {
             labels::ENVIRONMENT,
             labels::ROLE
         );
-        let deployments: Api<Deployment> = self.api(&ns);
-        let deployments = deployments
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Deployments in {ns}")))?
-            .items;
+        let production = ListParams::default().labels(&selector);
+        let deployments: Vec<Deployment> = self.list_in(&ns, &production).await?;
         // Their pods, for crash loops and pull failures the Deployment's status does not say.
         let pods: Vec<Pod> = if deployments.is_empty() {
             Vec::new()
         } else {
-            let api: Api<Pod> = self.api(&ns);
-            api.list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Pods in {ns}")))?
-                .items
+            self.list_in(&ns, &production).await?
         };
         let mut found: Vec<_> = deployments
             .iter()
@@ -262,11 +254,7 @@ impl Engine for KubeEngine {
         let secrets: BTreeMap<String, Secret> = if found.is_empty() {
             BTreeMap::new()
         } else {
-            let api: Api<Secret> = self.api(&ns);
-            api.list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Secrets in {ns}")))?
-                .items
+            (self.list_in::<Secret>(&ns, &production).await?)
                 .into_iter()
                 .filter_map(|s| Some((s.metadata.name.clone()?, s)))
                 .collect()

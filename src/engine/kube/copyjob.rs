@@ -292,15 +292,8 @@ impl KubeEngine {
                 reason: "it is ReadWriteOncePod, so no pod but production's may mount it, and the cluster serves no VolumeSnapshots to copy it by".into(),
             });
         }
-        let pods: Api<Pod> = self.api(copy.prod_ns);
-        let node = node_mounting(
-            &pods
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Pods in {}", copy.prod_ns)))?
-                .items,
-            copy.from,
-        );
+        let pods: Vec<Pod> = self.list_in(copy.prod_ns, &ListParams::default()).await?;
+        let node = node_mounting(&pods, copy.from);
         let image = self.copy_image.as_deref().unwrap_or(DEFAULT_COPY_IMAGE);
         let sink = Plan {
             end: End::Sink,
