@@ -116,6 +116,11 @@ fn delete_background(uri: &str) -> Exchange {
         .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
 }
 
+/// Object `name` of `collection` looked for and not there (`resource` as the server names it).
+fn absent(collection: &str, resource: &str, name: &str) -> Exchange {
+    on(Method::GET, &format!("{collection}/{name}")).reply(404, not_found(resource, name))
+}
+
 fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({ "kind": kind, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items })
 }
@@ -234,8 +239,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     let services = "/api/v1/namespaces/rollout-shop/services";
     let (client, server) = serve(vec![
         // The namespace is the production "network".
-        on(Method::GET, &format!("{ns}/rollout-shop"))
-            .reply(404, not_found("namespaces", "rollout-shop")),
+        absent(&ns, "namespaces", "rollout-shop"),
         on(Method::PATCH, &apply_uri(ns, "rollout-shop"))
             .body(|b| {
                 assert_eq!(b["kind"], "Namespace");
@@ -245,8 +249,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
         // db's volume as a claim.
-        on(Method::GET, &format!("{pvcs}/shop-db-data"))
-            .reply(404, not_found("persistentvolumeclaims", "shop-db-data")),
+        absent(&pvcs, "persistentvolumeclaims", "shop-db-data"),
         on(Method::PATCH, &apply_uri(pvcs, "shop-db-data"))
             .body(|b| {
                 assert_eq!(b["kind"], "PersistentVolumeClaim");
@@ -255,8 +258,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
         // db: a Deployment mounting it, no Secret, no ports so no Service.
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
-            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r1"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1"))
             .body(|b| {
                 assert_eq!(b["kind"], "Deployment");
@@ -269,8 +271,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(db_deploy.clone()),
         // web: its Secret, its Deployment, its Service.
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1"))
-            .reply(404, not_found("deployments.apps", "shop-web-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-web-r1"),
         on(Method::PATCH, &apply_uri(secrets, "shop-web-r1"))
             .body(|b| {
                 assert_eq!(b["kind"], "Secret");
@@ -295,8 +296,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
                 );
             })
             .ok(web_deploy.clone()),
-        on(Method::GET, &format!("{services}/web"))
-            .reply(404, not_found("services", "web")),
+        absent(&services, "services", "web"),
         on(Method::PATCH, &apply_uri(services, "web"))
             .body(|b| {
                 assert_eq!(b["kind"], "Service");
@@ -420,8 +420,7 @@ async fn blue_green_switch_applies_the_whole_service_selecting_the_new_deploymen
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-gone"))
-            .reply(404, not_found("deployments.apps", "shop-web-gone")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-web-gone"),
     ]);
     let engine = KubeEngine::new(client, "mock");
     engine
@@ -489,8 +488,7 @@ async fn a_field_conflict_is_a_clear_409_and_not_forced() {
     let db = env.services.iter().find(|s| s.name == "db").unwrap();
     let spec = production_container(&env, db, "r1");
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
-            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r1"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1")).reply(
             409,
             status(
@@ -580,8 +578,7 @@ fn now() -> jiff::Timestamp {
 #[tokio::test]
 async fn lease_absent_is_created_with_our_identity() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock"))
-            .reply(404, not_found("leases", "rollout-lock")),
+        absent(LEASE, "leases", "rollout-lock"),
         on(Method::POST, &format!("{LEASE}?&fieldManager=rollout"))
             .body(|b| {
                 assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
@@ -641,8 +638,7 @@ async fn the_lease_holder_is_read_without_a_write() {
     let (client, server) = serve(vec![
         read_lease("ci:7:run-b", "2026-01-01T11:59:50Z", 30),
         read_lease("ci:7:run-b", "2026-01-01T11:00:00Z", 30),
-        on(Method::GET, &format!("{LEASE}/rollout-lock"))
-            .reply(404, not_found("leases", "rollout-lock")),
+        absent(LEASE, "leases", "rollout-lock"),
     ]);
     let lock = LeaseLock::new(client, "shop", "", 30);
     assert_eq!(

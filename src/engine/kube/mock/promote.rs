@@ -129,8 +129,7 @@ fn apply_candidate(env: &Environment, run: &str, image: &'static str) -> Vec<Exc
     let run_label = run.to_string();
     vec![
         on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/{name}"))
-            .reply(404, not_found("deployments.apps", &name)),
+        absent(DEPLOYMENTS, "deployments.apps", &name),
         on(Method::PATCH, &apply_uri(SECRETS, &name))
             .body(|b| assert_eq!(b["stringData"]["KEY"], "s3cret"))
             .ok(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name } })),
@@ -533,8 +532,7 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         // The claim is there already: kept, data and all.
         on(Method::GET, &format!("{pvcs}/shop-db-data")).ok(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r2"))
-            .reply(404, not_found("deployments.apps", "shop-db-r2")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r2"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r2"))
             .body(|b| {
                 let pod = &b["spec"]["template"]["spec"];

@@ -79,13 +79,11 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop-test-r9" } })),
-        on(Method::GET, &format!("{pvcs}/shop-test-r9-db-data"))
-            .reply(404, not_found("persistentvolumeclaims", "shop-test-r9-db-data")),
+        absent(&pvcs, "persistentvolumeclaims", "shop-test-r9-db-data"),
         on(Method::PATCH, &apply_uri(&pvcs, "shop-test-r9-db-data"))
             .body(test_labels_checked)
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
-        on(Method::GET, &format!("{TEST_DEPLOYMENTS}/shop-test-r9-db"))
-            .reply(404, not_found("deployments.apps", "shop-test-r9-db")),
+        absent(TEST_DEPLOYMENTS, "deployments.apps", "shop-test-r9-db"),
         on(Method::PATCH, &apply_uri(TEST_DEPLOYMENTS, "shop-test-r9-db"))
             .body(|b| {
                 test_labels_checked(b);
@@ -98,8 +96,7 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
     script.extend(status_of("db", 1));
     script.extend(status_of("db", 1));
     script.extend([
-        on(Method::GET, &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web"))
-            .reply(404, not_found("deployments.apps", "shop-test-r9-web")),
+        absent(TEST_DEPLOYMENTS, "deployments.apps", "shop-test-r9-web"),
         on(Method::PATCH, &apply_uri(&secrets, "shop-test-r9-web"))
             .body(|b| {
                 test_labels_checked(b);
@@ -109,7 +106,7 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
         on(Method::PATCH, &apply_uri(TEST_DEPLOYMENTS, "shop-test-r9-web"))
             .body(test_labels_checked)
             .ok(stored_test("web", 0)),
-        on(Method::GET, &format!("{services}/web")).reply(404, not_found("services", "web")),
+        absent(&services, "services", "web"),
         on(Method::PATCH, &apply_uri(&services, "web"))
             .body(|b| {
                 test_labels_checked(b);
