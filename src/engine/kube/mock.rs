@@ -239,7 +239,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     let services = "/api/v1/namespaces/rollout-shop/services";
     let (client, server) = serve(vec![
         // The namespace is the production "network".
-        absent(&ns, "namespaces", "rollout-shop"),
+        absent(ns, "namespaces", "rollout-shop"),
         on(Method::PATCH, &apply_uri(ns, "rollout-shop"))
             .body(|b| {
                 assert_eq!(b["kind"], "Namespace");
@@ -249,7 +249,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
         // db's volume as a claim.
-        absent(&pvcs, "persistentvolumeclaims", "shop-db-data"),
+        absent(pvcs, "persistentvolumeclaims", "shop-db-data"),
         on(Method::PATCH, &apply_uri(pvcs, "shop-db-data"))
             .body(|b| {
                 assert_eq!(b["kind"], "PersistentVolumeClaim");
@@ -296,7 +296,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
                 );
             })
             .ok(web_deploy.clone()),
-        absent(&services, "services", "web"),
+        absent(services, "services", "web"),
         on(Method::PATCH, &apply_uri(services, "web"))
             .body(|b| {
                 assert_eq!(b["kind"], "Service");
