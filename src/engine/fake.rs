@@ -181,6 +181,20 @@ struct State {
     copies: Vec<(String, String)>,
 }
 
+/// Creates network or volume `name` among `objects`, with `labels`, unless it is there.
+fn ensure_object(
+    objects: &mut BTreeMap<String, FakeObject>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Outcome {
+    if objects.contains_key(name) {
+        return Outcome::Unchanged;
+    }
+    let labels = labels.clone();
+    objects.insert(name.to_string(), FakeObject { labels });
+    Outcome::Created
+}
+
 type Subscriber = mpsc::UnboundedSender<Result<ContainerEvent, EngineError>>;
 
 impl State {
@@ -307,6 +321,31 @@ impl FakeEngine {
         let engine = Self::new();
         engine.lock().images = Some(images.into_iter().map(Into::into).collect());
         engine
+    }
+
+    /// Pauses (`paused`) or unpauses, as `call`, a container that runs or is paused already.
+    fn set_paused(&self, call: FakeCall, container: &str, paused: bool) -> Result<(), EngineError> {
+        let (action, now, not) = if paused {
+            ("pause container", ContainerState::Paused, "running")
+        } else {
+            ("unpause container", ContainerState::Running, "paused")
+        };
+        let mut state = self.lock();
+        state.enter(call)?;
+        let c = state
+            .container_mut(container)
+            .ok_or_else(|| State::missing(action, container))?;
+        match c.state {
+            ContainerState::Running | ContainerState::Paused => {
+                c.state = now;
+                Ok(())
+            }
+            ref other => Err(EngineError::Call {
+                action,
+                object: container.to_string(),
+                reason: format!("the container is not {not} (it is {other})"),
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -531,16 +570,7 @@ impl Engine for FakeEngine {
         state.enter(FakeCall::EnsureNetwork {
             name: name.to_string(),
         })?;
-        if state.networks.contains_key(name) {
-            return Ok(Outcome::Unchanged);
-        }
-        state.networks.insert(
-            name.to_string(),
-            FakeObject {
-                labels: labels.clone(),
-            },
-        );
-        Ok(Outcome::Created)
+        Ok(ensure_object(&mut state.networks, name, labels))
     }
 
     async fn ensure_volume(
@@ -552,16 +582,7 @@ impl Engine for FakeEngine {
         state.enter(FakeCall::EnsureVolume {
             name: name.to_string(),
         })?;
-        if state.volumes.contains_key(name) {
-            return Ok(Outcome::Unchanged);
-        }
-        state.volumes.insert(
-            name.to_string(),
-            FakeObject {
-                labels: labels.clone(),
-            },
-        );
-        Ok(Outcome::Created)
+        Ok(ensure_object(&mut state.volumes, name, labels))
     }
 
     async fn run_container(&self, spec: &ContainerSpec) -> Result<Outcome, EngineError> {
@@ -796,45 +817,17 @@ impl Engine for FakeEngine {
     }
 
     async fn pause(&self, container: &str) -> Result<(), EngineError> {
-        let mut state = self.lock();
-        state.enter(FakeCall::Pause {
+        let call = FakeCall::Pause {
             container: container.to_string(),
-        })?;
-        let c = state
-            .container_mut(container)
-            .ok_or_else(|| State::missing("pause container", container))?;
-        match c.state {
-            ContainerState::Running | ContainerState::Paused => {
-                c.state = ContainerState::Paused;
-                Ok(())
-            }
-            ref other => Err(EngineError::Call {
-                action: "pause container",
-                object: container.to_string(),
-                reason: format!("the container is not running (it is {other})"),
-            }),
-        }
+        };
+        self.set_paused(call, container, true)
     }
 
     async fn unpause(&self, container: &str) -> Result<(), EngineError> {
-        let mut state = self.lock();
-        state.enter(FakeCall::Unpause {
+        let call = FakeCall::Unpause {
             container: container.to_string(),
-        })?;
-        let c = state
-            .container_mut(container)
-            .ok_or_else(|| State::missing("unpause container", container))?;
-        match c.state {
-            ContainerState::Running | ContainerState::Paused => {
-                c.state = ContainerState::Running;
-                Ok(())
-            }
-            ref other => Err(EngineError::Call {
-                action: "unpause container",
-                object: container.to_string(),
-                reason: format!("the container is not paused (it is {other})"),
-            }),
-        }
+        };
+        self.set_paused(call, container, false)
     }
 
     async fn copy_volume(

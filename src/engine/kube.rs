@@ -72,6 +72,18 @@ use super::{
 use crate::manifest::secret::SecretValue;
 
 use api::*;
+
+/// A copy of production's claim `source` (named `from`, in `prod_ns`) into the test claim `to`
+/// in `test_ns`, the test claim labelled `labels`: what [`KubeEngine::copy_by_snapshot`] and
+/// [`KubeEngine::copy_by_job`] make.
+struct ClaimCopy<'a> {
+    source: &'a PersistentVolumeClaim,
+    from: &'a str,
+    to: &'a str,
+    prod_ns: &'a str,
+    test_ns: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
 pub use objects::*;
 
 /// How long the Lease lock lasts past each renewal; it is renewed every third of that.
@@ -225,21 +237,13 @@ impl Engine for KubeEngine {
             labels::ENVIRONMENT,
             labels::ROLE
         );
-        let deployments: Api<Deployment> = self.api(&ns);
-        let deployments = deployments
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| api_error(e, "list", &format!("Deployments in {ns}")))?
-            .items;
+        let production = ListParams::default().labels(&selector);
+        let deployments: Vec<Deployment> = self.list_in(&ns, &production).await?;
         // Their pods, for crash loops and pull failures the Deployment's status does not say.
         let pods: Vec<Pod> = if deployments.is_empty() {
             Vec::new()
         } else {
-            let api: Api<Pod> = self.api(&ns);
-            api.list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Pods in {ns}")))?
-                .items
+            self.list_in(&ns, &production).await?
         };
         let mut found: Vec<_> = deployments
             .iter()
@@ -250,11 +254,7 @@ impl Engine for KubeEngine {
         let secrets: BTreeMap<String, Secret> = if found.is_empty() {
             BTreeMap::new()
         } else {
-            let api: Api<Secret> = self.api(&ns);
-            api.list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Secrets in {ns}")))?
-                .items
+            (self.list_in::<Secret>(&ns, &production).await?)
                 .into_iter()
                 .filter_map(|s| Some((s.metadata.name.clone()?, s)))
                 .collect()
@@ -525,15 +525,18 @@ impl Engine for KubeEngine {
             )));
         };
         let prod_ns = namespace(env);
-        let source = self.production_claim(from, &prod_ns).await?;
-        match self
-            .copy_by_snapshot(&source, from, to, &prod_ns, &test_ns, labels)
-            .await?
-        {
+        let copy = ClaimCopy {
+            source: &self.production_claim(from, &prod_ns).await?,
+            from,
+            to,
+            prod_ns: &prod_ns,
+            test_ns: &test_ns,
+            labels,
+        };
+        match self.copy_by_snapshot(&copy).await? {
             snapshot::Snapshotted::Done => Ok(Copied::Snapshot),
             snapshot::Snapshotted::NotServed => {
-                self.copy_by_job(&source, from, to, &prod_ns, &test_ns, labels)
-                    .await?;
+                self.copy_by_job(&copy).await?;
                 Ok(Copied::Streamed)
             }
         }

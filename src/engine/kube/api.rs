@@ -94,6 +94,26 @@ pub(super) fn delete_ok<T>(r: Result<T, kube::Error>, object: &str) -> Result<()
     }
 }
 
+/// A kind of object the typed calls below read (and, with `Serialize`, write): any of
+/// k8s-openapi's, whose kind name needs no discovery.
+pub(super) trait Kind:
+    Resource<DynamicType: Default> + Clone + DeserializeOwned + std::fmt::Debug
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<DynamicType: Default> + Clone + DeserializeOwned + std::fmt::Debug
+{
+}
+
+/// A [`Kind`] whose objects live in a namespace.
+pub(super) trait NamespacedKind:
+    Kind + Resource<Scope = k8s_openapi::NamespaceResourceScope>
+{
+}
+
+impl<K> NamespacedKind for K where K: Kind + Resource<Scope = k8s_openapi::NamespaceResourceScope> {}
+
 impl KubeEngine {
     pub(super) fn api<K>(&self, ns: &str) -> Api<K>
     where
@@ -103,16 +123,12 @@ impl KubeEngine {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    pub(super) async fn apply<K>(
+    pub(super) async fn apply<K: Kind + serde::Serialize>(
         &self,
         api: &Api<K>,
         name: &str,
         object: &K,
-    ) -> Result<K, EngineError>
-    where
-        K: Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
-        <K as Resource>::DynamicType: Default,
-    {
+    ) -> Result<K, EngineError> {
         api.patch(
             name,
             &PatchParams::apply(FIELD_MANAGER),
@@ -128,17 +144,58 @@ impl KubeEngine {
         })
     }
 
+    /// The objects of kind `K` in namespace `ns` that `list` selects.
+    pub(super) async fn list_in<K: NamespacedKind>(
+        &self,
+        ns: &str,
+        list: &ListParams,
+    ) -> Result<Vec<K>, EngineError> {
+        let what = format!("{}s in {ns}", K::kind(&Default::default()));
+        self.api::<K>(ns)
+            .list(list)
+            .await
+            .map(|found| found.items)
+            .map_err(|e| api_error(e, "list", &what))
+    }
+
+    /// Object `name`, read from `api`, which must have it: its absence is the error `absent`
+    /// makes.
+    pub(super) async fn read_present<K: Kind>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        absent: impl FnOnce() -> EngineError,
+    ) -> Result<K, EngineError> {
+        let what = format!("{} {name}", K::kind(&Default::default()));
+        api.get_opt(name)
+            .await
+            .map_err(|e| api_error(e, "read", &what))?
+            .ok_or_else(absent)
+    }
+
+    /// [`KubeEngine::read_present`] of an object `action` needs in namespace `ns`: its absence
+    /// says it is not there.
+    pub(super) async fn read_needed<K: NamespacedKind>(
+        &self,
+        ns: &str,
+        name: &str,
+        action: &'static str,
+    ) -> Result<K, EngineError> {
+        let absent = || EngineError::Call {
+            action,
+            object: format!("{} {name}", K::kind(&Default::default())),
+            reason: format!("it is not in {ns}"),
+        };
+        self.read_present(&self.api::<K>(ns), name, absent).await
+    }
+
     /// Applies `object` only if nothing of that name exists yet.
-    pub(super) async fn ensure<K>(
+    pub(super) async fn ensure<K: Kind + serde::Serialize>(
         &self,
         api: &Api<K>,
         name: &str,
         object: &K,
-    ) -> Result<Outcome, EngineError>
-    where
-        K: Resource + Clone + serde::Serialize + DeserializeOwned + std::fmt::Debug,
-        <K as Resource>::DynamicType: Default,
-    {
+    ) -> Result<Outcome, EngineError> {
         let what = format!("{} {name}", K::kind(&Default::default()));
         match api.get_opt(name).await {
             Ok(Some(_)) => Ok(Outcome::Unchanged),
@@ -267,11 +324,7 @@ impl KubeEngine {
             .collect())
     }
 
-    pub(super) async fn list_all<K>(&self, selector: &str) -> Result<Vec<K>, EngineError>
-    where
-        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-        <K as Resource>::DynamicType: Default,
-    {
+    pub(super) async fn list_all<K: Kind>(&self, selector: &str) -> Result<Vec<K>, EngineError> {
         let api: Api<K> = Api::all(self.client.clone());
         let list = api
             .list(&ListParams::default().labels(selector))
@@ -293,18 +346,11 @@ impl KubeEngine {
 
     /// Deletes every object of kind `K` carrying `selector`, in whichever namespace it is; how
     /// many there were. `object` names one (from its name and namespace) for messages.
-    pub(super) async fn delete_all<K>(
+    pub(super) async fn delete_all<K: NamespacedKind>(
         &self,
         selector: &str,
         object: impl Fn(&str, &str) -> String,
-    ) -> Result<usize, EngineError>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-        <K as Resource>::DynamicType: Default,
-    {
+    ) -> Result<usize, EngineError> {
         let dp = DeleteParams::background();
         let mut deleted = 0;
         for k in self.list_all::<K>(selector).await? {

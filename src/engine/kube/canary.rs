@@ -222,15 +222,7 @@ impl KubeEngine {
     }
 
     async fn deployment(&self, ns: &str, name: &str) -> Result<Deployment, EngineError> {
-        let api: Api<Deployment> = self.api(ns);
-        api.get_opt(name)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("Deployment {name}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "split",
-                object: format!("Deployment {name}"),
-                reason: format!("it is not in {ns}"),
-            })
+        self.read_needed(ns, name, "split").await
     }
 
     async fn apply_service(&self, ns: &str, svc: &KService) -> Result<(), EngineError> {

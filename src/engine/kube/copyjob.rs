@@ -30,13 +30,15 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvVar, Event, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, LogParams};
 
-use super::{KubeEngine, POLL, api_error, delete_ok, split_labels, status::FAILED_WAITING};
+use super::{
+    ClaimCopy, KubeEngine, POLL, api_error, delete_ok, split_labels, status::FAILED_WAITING,
+};
 use crate::engine::EngineError;
 
 /// The image of both ends of a copy unless `kubernetes.copyImage` names another.
@@ -274,19 +276,11 @@ fn stuck(p: &Pod, end: End) -> Option<String> {
 }
 
 impl KubeEngine {
-    /// Copies production's claim `source` (named `from`, in `prod_ns`) into test claim `to` in
-    /// `test_ns` with two Jobs, as the module says. The test claim is created here, fresh, with
+    /// Makes `copy` with two Jobs, as the module says. The test claim is created here, fresh, with
     /// production's storage class and size.
-    pub(super) async fn copy_by_job(
-        &self,
-        source: &PersistentVolumeClaim,
-        from: &str,
-        to: &str,
-        prod_ns: &str,
-        test_ns: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<(), EngineError> {
-        let modes = source
+    pub(super) async fn copy_by_job(&self, copy: &ClaimCopy<'_>) -> Result<(), EngineError> {
+        let modes = copy
+            .source
             .spec
             .as_ref()
             .and_then(|s| s.access_modes.clone())
@@ -294,45 +288,37 @@ impl KubeEngine {
         if modes.iter().any(|m| m == "ReadWriteOncePod") {
             return Err(EngineError::Call {
                 action: "copy",
-                object: format!("PersistentVolumeClaim {from}"),
+                object: format!("PersistentVolumeClaim {}", copy.from),
                 reason: "it is ReadWriteOncePod, so no pod but production's may mount it, and the cluster serves no VolumeSnapshots to copy it by".into(),
             });
         }
-        let pods: Api<Pod> = self.api(prod_ns);
-        let node = node_mounting(
-            &pods
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| api_error(e, "list", &format!("Pods in {prod_ns}")))?
-                .items,
-            from,
-        );
+        let pods: Vec<Pod> = self.list_in(copy.prod_ns, &ListParams::default()).await?;
+        let node = node_mounting(&pods, copy.from);
         let image = self.copy_image.as_deref().unwrap_or(DEFAULT_COPY_IMAGE);
         let sink = Plan {
             end: End::Sink,
-            name: job_name(to, "sink"),
-            namespace: test_ns,
-            claim: to,
+            name: job_name(copy.to, "sink"),
+            namespace: copy.test_ns,
+            claim: copy.to,
             image,
-            labels,
+            labels: copy.labels,
             sink: None,
             node: None,
         };
         let mut source_end = Plan {
             end: End::Source,
-            name: job_name(to, "source"),
-            namespace: prod_ns,
-            claim: from,
+            name: job_name(copy.to, "source"),
+            namespace: copy.prod_ns,
+            claim: copy.from,
             image,
-            labels,
+            labels: copy.labels,
             sink: None,
             node,
         };
         // A copy tried again (after a lost connection) finds its own Jobs of the first try.
         self.remove_job(&sink).await?;
         self.remove_job(&source_end).await?;
-        self.apply_test_claim(source, to, test_ns, labels, None, None)
-            .await?;
+        self.apply_test_claim(copy, None, None).await?;
         let copied = self.stream(&sink, &mut source_end).await;
         let removed_source = self.remove_job(&source_end).await;
         let removed_sink = self.remove_job(&sink).await;

@@ -100,6 +100,27 @@ fn not_found(kind: &str, name: &str) -> Value {
     status(404, "NotFound", &format!("{kind} \"{name}\" not found"))
 }
 
+/// The `Status` body of a request that went through (a delete).
+fn success() -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })
+}
+
+/// A list, across the cluster, of what the label selector `query` finds in `collection`.
+fn labelled(collection: &str, query: &str) -> Exchange {
+    on(Method::GET, &format!("{collection}?&{query}"))
+}
+
+/// The object at `uri` deleted with its dependents (`Background`).
+fn delete_background(uri: &str) -> Exchange {
+    on(Method::DELETE, &format!("{uri}?"))
+        .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+}
+
+/// Object `name` of `collection` looked for and not there (`resource` as the server names it).
+fn absent(collection: &str, resource: &str, name: &str) -> Exchange {
+    on(Method::GET, &format!("{collection}/{name}")).reply(404, not_found(resource, name))
+}
+
 fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({ "kind": kind, "apiVersion": "v1", "metadata": { "resourceVersion": "1" }, "items": items })
 }
@@ -218,8 +239,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
     let services = "/api/v1/namespaces/rollout-shop/services";
     let (client, server) = serve(vec![
         // The namespace is the production "network".
-        on(Method::GET, &format!("{ns}/rollout-shop"))
-            .reply(404, not_found("namespaces", "rollout-shop")),
+        absent(ns, "namespaces", "rollout-shop"),
         on(Method::PATCH, &apply_uri(ns, "rollout-shop"))
             .body(|b| {
                 assert_eq!(b["kind"], "Namespace");
@@ -229,8 +249,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
         // db's volume as a claim.
-        on(Method::GET, &format!("{pvcs}/shop-db-data"))
-            .reply(404, not_found("persistentvolumeclaims", "shop-db-data")),
+        absent(pvcs, "persistentvolumeclaims", "shop-db-data"),
         on(Method::PATCH, &apply_uri(pvcs, "shop-db-data"))
             .body(|b| {
                 assert_eq!(b["kind"], "PersistentVolumeClaim");
@@ -239,8 +258,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
         // db: a Deployment mounting it, no Secret, no ports so no Service.
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
-            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r1"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1"))
             .body(|b| {
                 assert_eq!(b["kind"], "Deployment");
@@ -253,8 +271,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
             })
             .ok(db_deploy.clone()),
         // web: its Secret, its Deployment, its Service.
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1"))
-            .reply(404, not_found("deployments.apps", "shop-web-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-web-r1"),
         on(Method::PATCH, &apply_uri(secrets, "shop-web-r1"))
             .body(|b| {
                 assert_eq!(b["kind"], "Secret");
@@ -279,8 +296,7 @@ async fn apply_of_a_new_environment_then_plan_sees_it_and_a_crash_loop() {
                 );
             })
             .ok(web_deploy.clone()),
-        on(Method::GET, &format!("{services}/web"))
-            .reply(404, not_found("services", "web")),
+        absent(services, "services", "web"),
         on(Method::PATCH, &apply_uri(services, "web"))
             .body(|b| {
                 assert_eq!(b["kind"], "Service");
@@ -404,8 +420,7 @@ async fn blue_green_switch_applies_the_whole_service_selecting_the_new_deploymen
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-gone"))
-            .reply(404, not_found("deployments.apps", "shop-web-gone")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-web-gone"),
     ]);
     let engine = KubeEngine::new(client, "mock");
     engine
@@ -473,8 +488,7 @@ async fn a_field_conflict_is_a_clear_409_and_not_forced() {
     let db = env.services.iter().find(|s| s.name == "db").unwrap();
     let spec = production_container(&env, db, "r1");
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r1"))
-            .reply(404, not_found("deployments.apps", "shop-db-r1")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r1"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r1")).reply(
             409,
             status(
@@ -544,6 +558,19 @@ fn lease(holder: &str, renewed: &str, secs: i32) -> Value {
     })
 }
 
+/// The Lease read, held by `holder` since `renewed` for `secs`.
+fn read_lease(holder: &str, renewed: &str, secs: i32) -> Exchange {
+    on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(holder, renewed, secs))
+}
+
+/// The Lease replaced whole (a renewal or a takeover), guarded by the version read.
+fn replace_lease() -> Exchange {
+    on(
+        Method::PUT,
+        &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
+    )
+}
+
 fn now() -> jiff::Timestamp {
     "2026-01-01T12:00:00Z".parse().unwrap()
 }
@@ -551,8 +578,7 @@ fn now() -> jiff::Timestamp {
 #[tokio::test]
 async fn lease_absent_is_created_with_our_identity() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock"))
-            .reply(404, not_found("leases", "rollout-lock")),
+        absent(LEASE, "leases", "rollout-lock"),
         on(Method::POST, &format!("{LEASE}?&fieldManager=rollout"))
             .body(|b| {
                 assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
@@ -568,13 +594,7 @@ async fn lease_absent_is_created_with_our_identity() {
 
 #[tokio::test]
 async fn lease_held_by_another_holder_is_refused_naming_it() {
-    let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:7:run-b",
-            "2026-01-01T11:59:50Z",
-            30,
-        )),
-    ]);
+    let (client, server) = serve(vec![read_lease("ci:7:run-b", "2026-01-01T11:59:50Z", 30)]);
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     let err = lock.acquire(now()).await.unwrap_err();
     finished(server).await;
@@ -588,25 +608,18 @@ async fn lease_held_by_another_holder_is_refused_naming_it() {
 #[tokio::test]
 async fn expired_lease_is_taken_over_with_its_resource_version() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:7:run-b",
-            "2026-01-01T11:00:00Z",
-            30,
-        )),
-        on(
-            Method::PUT,
-            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
-        )
-        .body(|b| {
-            assert_eq!(
-                b["metadata"]["resourceVersion"], "41",
-                "optimistic concurrency"
-            );
-            assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
-            assert_eq!(b["spec"]["leaseTransitions"], 3);
-            assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
-        })
-        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
+        read_lease("ci:7:run-b", "2026-01-01T11:00:00Z", 30),
+        replace_lease()
+            .body(|b| {
+                assert_eq!(
+                    b["metadata"]["resourceVersion"], "41",
+                    "optimistic concurrency"
+                );
+                assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a");
+                assert_eq!(b["spec"]["leaseTransitions"], 3);
+                assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
+            })
+            .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
     ]);
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     assert_eq!(
@@ -623,18 +636,9 @@ async fn expired_lease_is_taken_over_with_its_resource_version() {
 #[tokio::test]
 async fn the_lease_holder_is_read_without_a_write() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:7:run-b",
-            "2026-01-01T11:59:50Z",
-            30,
-        )),
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:7:run-b",
-            "2026-01-01T11:00:00Z",
-            30,
-        )),
-        on(Method::GET, &format!("{LEASE}/rollout-lock"))
-            .reply(404, not_found("leases", "rollout-lock")),
+        read_lease("ci:7:run-b", "2026-01-01T11:59:50Z", 30),
+        read_lease("ci:7:run-b", "2026-01-01T11:00:00Z", 30),
+        absent(LEASE, "leases", "rollout-lock"),
     ]);
     let lock = LeaseLock::new(client, "shop", "", 30);
     assert_eq!(
@@ -660,17 +664,10 @@ async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
         "r0",
     );
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            &dead,
-            "2026-01-01T11:59:59Z",
-            60,
-        )),
-        on(
-            Method::PUT,
-            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
-        )
-        .body(|b| assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a"))
-        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 60)),
+        read_lease(&dead, "2026-01-01T11:59:59Z", 60),
+        replace_lease()
+            .body(|b| assert_eq!(b["spec"]["holderIdentity"], "host:1:run-a"))
+            .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 60)),
     ]);
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 60);
     assert_eq!(
@@ -683,21 +680,9 @@ async fn a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once() {
 #[tokio::test]
 async fn losing_the_takeover_race_is_a_held_lock_and_release_leaves_others_alone() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:7:run-b",
-            "2026-01-01T11:00:00Z",
-            30,
-        )),
-        on(
-            Method::PUT,
-            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
-        )
-        .reply(409, status(409, "Conflict", "the object has been modified")),
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "ci:9:run-c",
-            "2026-01-01T12:00:00Z",
-            30,
-        )),
+        read_lease("ci:7:run-b", "2026-01-01T11:00:00Z", 30),
+        replace_lease().reply(409, status(409, "Conflict", "the object has been modified")),
+        read_lease("ci:9:run-c", "2026-01-01T12:00:00Z", 30),
     ]);
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     let err = lock.acquire(now()).await.unwrap_err();
@@ -712,32 +697,21 @@ async fn losing_the_takeover_race_is_a_held_lock_and_release_leaves_others_alone
 #[tokio::test]
 async fn our_lease_is_renewed_and_released() {
     let (client, server) = serve(vec![
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "host:1:run-a",
-            "2026-01-01T11:59:55Z",
-            30,
-        )),
-        on(
-            Method::PUT,
-            &format!("{LEASE}/rollout-lock?&fieldManager=rollout"),
-        )
-        .body(|b| {
-            assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
-            assert_eq!(
-                b["spec"]["acquireTime"], "2026-01-01T11:59:55.000000Z",
-                "still the first acquisition"
-            );
-            assert_eq!(b["spec"]["leaseTransitions"], 2);
-        })
-        .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
-        on(Method::GET, &format!("{LEASE}/rollout-lock")).ok(lease(
-            "host:1:run-a",
-            "2026-01-01T12:00:00Z",
-            30,
-        )),
+        read_lease("host:1:run-a", "2026-01-01T11:59:55Z", 30),
+        replace_lease()
+            .body(|b| {
+                assert_eq!(b["spec"]["renewTime"], "2026-01-01T12:00:00.000000Z");
+                assert_eq!(
+                    b["spec"]["acquireTime"], "2026-01-01T11:59:55.000000Z",
+                    "still the first acquisition"
+                );
+                assert_eq!(b["spec"]["leaseTransitions"], 2);
+            })
+            .ok(lease("host:1:run-a", "2026-01-01T12:00:00Z", 30)),
+        read_lease("host:1:run-a", "2026-01-01T12:00:00Z", 30),
         on(Method::DELETE, &format!("{LEASE}/rollout-lock?"))
             .body(|b| assert_eq!(b["preconditions"]["resourceVersion"], "41"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+            .ok(success()),
     ]);
     let lock = LeaseLock::new(client, "shop", "host:1:run-a", 30);
     assert_eq!(lock.acquire(now()).await.unwrap(), Acquired::Renewed);
@@ -896,15 +870,12 @@ fn test_selector() -> BTreeMap<String, String> {
 /// found.
 fn no_copy_leftovers(query: &str) -> Vec<Exchange> {
     vec![
-        on(Method::GET, &format!("/apis/batch/v1/jobs?&{query}")).ok(list("JobList", vec![])),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{query}"),
-        )
-        .ok(list("VolumeSnapshotList", vec![])),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents?&{query}"),
+        labelled("/apis/batch/v1/jobs", query).ok(list("JobList", vec![])),
+        labelled("/apis/snapshot.storage.k8s.io/v1/volumesnapshots", query)
+            .ok(list("VolumeSnapshotList", vec![])),
+        labelled(
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents",
+            query,
         )
         .ok(list("VolumeSnapshotContentList", vec![])),
     ]
@@ -935,23 +906,16 @@ fn deployment_item(name: &str, ns: &str) -> Value {
 #[tokio::test]
 async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespace() {
     let (client, server) = serve(vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR).ok(list(
             "DeploymentList",
             vec![deployment_item("shop-web-r9", "shop-test-r9")],
         )),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+        labelled("/api/v1/namespaces", TEST_SELECTOR).ok(list(
             "NamespaceList",
             vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
         )),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
-        .ok(list("PersistentVolumeClaimList", vec![])),
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR)
+            .ok(list("PersistentVolumeClaimList", vec![])),
     ]);
     let engine = KubeEngine::new(client, "mock");
     let found = engine.list_labelled(&test_selector()).await.unwrap();
@@ -969,66 +933,39 @@ async fn list_labelled_finds_deployments_namespaces_and_claims_in_every_namespac
 
 #[tokio::test]
 async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone() {
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
     let (client, server) = serve(vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR).ok(list(
             "DeploymentList",
             vec![deployment_item("shop-web-r9", "shop-test-r9")],
         )),
-        on(
-            Method::DELETE,
-            "/apis/apps/v1/namespaces/shop-test-r9/deployments/shop-web-r9?",
-        )
-        .body(background)
-        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
-        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+        delete_background("/apis/apps/v1/namespaces/shop-test-r9/deployments/shop-web-r9")
+            .ok(success()),
+        labelled("/api/v1/secrets", TEST_SELECTOR).ok(list(
             "SecretList",
             vec![meta("shop-web-r9", Some("shop-test-r9"))],
         )),
         // Deleted meanwhile (by the namespace going, say): fine.
-        on(
-            Method::DELETE,
-            "/api/v1/namespaces/shop-test-r9/secrets/shop-web-r9?",
-        )
-        .body(background)
-        .reply(404, not_found("secrets", "shop-web-r9")),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        delete_background("/api/v1/namespaces/shop-test-r9/secrets/shop-web-r9")
+            .reply(404, not_found("secrets", "shop-web-r9")),
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR).ok(list(
             "PersistentVolumeClaimList",
             vec![meta("shop-db-data-r9", Some("shop-test-r9"))],
         )),
-        on(
-            Method::DELETE,
-            "/api/v1/namespaces/shop-test-r9/persistentvolumeclaims/shop-db-data-r9?",
-        )
-        .body(background)
-        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background("/api/v1/namespaces/shop-test-r9/persistentvolumeclaims/shop-db-data-r9")
+            .ok(success()),
         // A data copy killed half-way left its source Job beside production's claim.
-        on(
-            Method::GET,
-            &format!("/apis/batch/v1/jobs?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        labelled("/apis/batch/v1/jobs", TEST_SELECTOR).ok(list(
             "JobList",
             vec![meta("shop-test-r9-db-data-source", Some("rollout-shop"))],
         )),
-        on(
-            Method::DELETE,
-            "/apis/batch/v1/namespaces/rollout-shop/jobs/shop-test-r9-db-data-source?",
+        delete_background(
+            "/apis/batch/v1/namespaces/rollout-shop/jobs/shop-test-r9-db-data-source",
         )
-        .body(background)
-        .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        .ok(success()),
         // A cluster without VolumeSnapshots: nothing to look for there.
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{TEST_SELECTOR}"),
+        labelled(
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshots",
+            TEST_SELECTOR,
         )
         .reply(
             404,
@@ -1038,13 +975,11 @@ async fn remove_labelled_deletes_what_the_selector_finds_and_tolerates_it_gone()
                 "the server could not find the requested resource",
             ),
         ),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}")).ok(list(
+        labelled("/api/v1/namespaces", TEST_SELECTOR).ok(list(
             "NamespaceList",
             vec![meta("shop-test-r9", None), terminating("shop-test-r8")],
         )),
-        on(Method::DELETE, "/api/v1/namespaces/shop-test-r9?")
-            .body(background)
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background("/api/v1/namespaces/shop-test-r9").ok(success()),
     ]);
     let engine = KubeEngine::new(client, "mock");
     let removed = engine.remove_labelled(&test_selector()).await.unwrap();

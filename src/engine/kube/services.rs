@@ -27,16 +27,12 @@ impl ServiceTraffic for KubeEngine {
         container: &str,
     ) -> Result<(), EngineError> {
         let ns = namespace(env);
-        let deployments: Api<Deployment> = self.api(&ns);
-        let d = deployments
-            .get_opt(container)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("Deployment {container}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "switch",
-                object: format!("Service {service}"),
-                reason: format!("its target, Deployment {container}, is not in {ns}"),
-            })?;
+        let absent = || EngineError::Call {
+            action: "switch",
+            object: format!("Service {service}"),
+            reason: format!("its target, Deployment {container}, is not in {ns}"),
+        };
+        let d: Deployment = self.read_present(&self.api(&ns), container, absent).await?;
         let Some(svc) = service_for(service, &d) else {
             // No port: nothing reaches it through a Service.
             return Ok(());

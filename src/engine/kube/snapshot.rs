@@ -34,7 +34,7 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
-use super::{KubeEngine, POLL, VOLUME_SIZE, api_error, delete_ok, split_labels};
+use super::{ClaimCopy, KubeEngine, POLL, VOLUME_SIZE, api_error, delete_ok, split_labels};
 use crate::engine::EngineError;
 
 /// How long a snapshot may take to be ready to use.
@@ -105,18 +105,20 @@ fn not_served(e: &kube::Error) -> bool {
 }
 
 impl KubeEngine {
-    /// Copies production's claim `source` (named `from`, in `prod_ns`) into the test claim `to`
-    /// in `test_ns` through a VolumeSnapshot, as the module says; nothing done, and
+    /// Makes `copy` through a VolumeSnapshot, as the module says; nothing done, and
     /// [`Snapshotted::NotServed`], where the cluster serves no VolumeSnapshots.
     pub(super) async fn copy_by_snapshot(
         &self,
-        source: &PersistentVolumeClaim,
-        from: &str,
-        to: &str,
-        prod_ns: &str,
-        test_ns: &str,
-        labels: &BTreeMap<String, String>,
+        copy: &ClaimCopy<'_>,
     ) -> Result<Snapshotted, EngineError> {
+        let ClaimCopy {
+            from,
+            to,
+            prod_ns,
+            test_ns,
+            labels,
+            ..
+        } = *copy;
         let prod_ns = prod_ns.to_string();
         let (meta_labels, annotations) = split_labels(labels);
         let meta = |name: &str, ns: Option<&str>| {
@@ -233,7 +235,7 @@ impl KubeEngine {
             kind: "VolumeSnapshot".to_string(),
             name: to.to_string(),
         };
-        self.apply_test_claim(source, to, test_ns, labels, Some(data_source), restore_size)
+        self.apply_test_claim(copy, Some(data_source), restore_size)
             .await?;
         Ok(Snapshotted::Done)
     }
@@ -244,30 +246,25 @@ impl KubeEngine {
         from: &str,
         prod_ns: &str,
     ) -> Result<PersistentVolumeClaim, EngineError> {
-        let claims: Api<PersistentVolumeClaim> = self.api(prod_ns);
-        claims
-            .get_opt(from)
-            .await
-            .map_err(|e| api_error(e, "read", &format!("PersistentVolumeClaim {from}")))?
-            .ok_or_else(|| EngineError::Call {
-                action: "copy",
-                object: format!("PersistentVolumeClaim {from}"),
-                reason: format!("it is not in {prod_ns}"),
-            })
+        self.read_needed(prod_ns, from, "copy").await
     }
 
-    /// Applies test claim `to` in `test_ns` as a copy of production's `source`: its access
-    /// modes, its storage class and at least its size (or `restore_size`, if larger), filled
-    /// from `data_source` if given.
+    /// Applies the test claim of `copy` as a copy of production's: its access modes, its
+    /// storage class and at least its size (or `restore_size`, if larger), filled from
+    /// `data_source` if given.
     pub(super) async fn apply_test_claim(
         &self,
-        source: &PersistentVolumeClaim,
-        to: &str,
-        test_ns: &str,
-        labels: &BTreeMap<String, String>,
+        copy: &ClaimCopy<'_>,
         data_source: Option<TypedLocalObjectReference>,
         restore_size: Option<String>,
     ) -> Result<(), EngineError> {
+        let ClaimCopy {
+            source,
+            to,
+            test_ns,
+            labels,
+            ..
+        } = *copy;
         let spec = source.spec.clone().unwrap_or_default();
         let size = spec
             .resources

@@ -55,6 +55,16 @@ fn pod(service: &str, run: &str, state: Value, restarts: i32) -> Value {
     })
 }
 
+/// Web's pod at r2 crash-looping: waiting to restart after three, for `back_off`.
+fn crash_looping(back_off: &str) -> Value {
+    pod(
+        "web",
+        "r2",
+        json!({ "waiting": { "reason": "CrashLoopBackOff", "message": back_off } }),
+        3,
+    )
+}
+
 fn running() -> Value {
     json!({ "running": { "startedAt": "2026-01-01T10:00:00Z" } })
 }
@@ -69,6 +79,13 @@ fn observe_script(deployments: Vec<Value>, pods: Vec<Value>) -> Vec<Exchange> {
             vec![json!({ "metadata": { "name": "shop-web-r1" }, "data": { "KEY": "czNjcmV0" } })],
         )),
     ]
+}
+
+/// The two observations every run begins with: the test's, to plan, then the executor's.
+fn observed(deployments: Vec<Value>, pods: Vec<Value>) -> Vec<Exchange> {
+    let mut script = observe_script(deployments.clone(), pods.clone());
+    script.extend(observe_script(deployments, pods));
+    script
 }
 
 fn find(name: &str) -> String {
@@ -97,6 +114,14 @@ fn status_script(deployment: Value, pods: Vec<Value>) -> Vec<Exchange> {
     ]
 }
 
+/// `status` of web's Deployment at `run`: its one replica ready, its pod running.
+fn web_ready(env: &Environment, run: &str) -> Vec<Exchange> {
+    status_script(
+        stored(env, "web", run, 1),
+        vec![pod("web", run, running(), 0)],
+    )
+}
+
 /// A candidate of web applied: its Deployment is new, its Secret and Deployment applied, its
 /// Service already there (so left as it is, still sending to production).
 fn apply_candidate(env: &Environment, run: &str, image: &'static str) -> Vec<Exchange> {
@@ -104,8 +129,7 @@ fn apply_candidate(env: &Environment, run: &str, image: &'static str) -> Vec<Exc
     let run_label = run.to_string();
     vec![
         on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/{name}"))
-            .reply(404, not_found("deployments.apps", &name)),
+        absent(DEPLOYMENTS, "deployments.apps", &name),
         on(Method::PATCH, &apply_uri(SECRETS, &name))
             .body(|b| assert_eq!(b["stringData"]["KEY"], "s3cret"))
             .ok(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name } })),
@@ -137,8 +161,6 @@ fn switch_to(env: &Environment, run: &'static str) -> Vec<Exchange> {
 fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
     let name = format!("shop-web-{run}");
     let found = || list("DeploymentList", vec![stored(env, "web", run, 1)]);
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
-    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     vec![
         on(Method::GET, &find(&name)).ok(found()),
         on(Method::PATCH, &format!("{DEPLOYMENTS}/{name}?"))
@@ -147,12 +169,8 @@ fn remove(env: &Environment, run: &str) -> Vec<Exchange> {
         // Its pods gone before it is deleted.
         on(Method::GET, &pods_of("web", run)).ok(list("PodList", vec![])),
         on(Method::GET, &find(&name)).ok(found()),
-        on(Method::DELETE, &format!("{DEPLOYMENTS}/{name}?"))
-            .body(background)
-            .ok(success.clone()),
-        on(Method::DELETE, &format!("{SECRETS}/{name}?"))
-            .body(background)
-            .ok(success),
+        delete_background(&format!("{DEPLOYMENTS}/{name}")).ok(success()),
+        delete_background(&format!("{SECRETS}/{name}")).ok(success()),
     ]
 }
 
@@ -215,6 +233,17 @@ fn opts(kind: RunKind) -> Options {
     }
 }
 
+/// The end of a promotion to `run` once its old pods are out of web's endpoints (gone already
+/// at the first look): web's Service applied once more, then r1 (of `old`) removed.
+fn drained_and_finished(old: &Environment, new: &Environment, run: &'static str) -> Vec<Exchange> {
+    let mut script = vec![
+        on(Method::GET, SLICES_OF_WEB).ok(endpoints(&[&format!("shop-web-{run}-5d9f8c-x1x2x")])),
+    ];
+    script.extend(switch_to(new, run));
+    script.extend(remove(old, "r1"));
+    script
+}
+
 /// Promote, then check production's health (read from the readiness probes).
 fn playbook() -> Playbook {
     let mut p = Playbook::switch_only("kube".into());
@@ -244,31 +273,62 @@ fn production(web_image: &str) -> (Environment, Vec<Value>, Vec<Value>) {
     (before, deployments, pods)
 }
 
+/// The promotion most scenarios run, web from web:1 to web:2 as run r2: production as it was,
+/// the environment desired, and the script up to the two observations.
+fn web_2_observed() -> (Environment, Environment, Vec<Exchange>) {
+    let (before, deployments, pods) = production("web:1");
+    (before, with_web_image("web:2"), observed(deployments, pods))
+}
+
+/// [`web_2_observed`], and the script on to the candidate applied.
+fn web_2_applied() -> (Environment, Environment, Vec<Exchange>) {
+    let (before, env, mut script) = web_2_observed();
+    script.extend(apply_candidate(&env, "r2", "web:2"));
+    (before, env, script)
+}
+
 struct Ran {
     report: crate::report::run::RunReport,
     store: Arc<Store>,
     _dir: tempfile::TempDir,
 }
 
-/// Observes, plans `desired` and runs `playbook` as run `run`, all against `script` (which
-/// begins with the two observations).
-async fn run(
-    script: Vec<Exchange>,
+impl Ran {
+    /// The revision the run recorded (the first of shop).
+    fn revision(&self) -> crate::store::Revision {
+        self.store.revision("shop", 1).unwrap().unwrap()
+    }
+
+    /// The run was rolled back: production put back, and so recorded.
+    fn assert_rolled_back(&self) {
+        assert!(self.report.rollback_ms.is_some());
+        let revision = self.revision();
+        assert!(
+            matches!(revision.outcome, RevisionOutcome::RolledBack { .. }),
+            "{:?}",
+            revision.outcome
+        );
+    }
+}
+
+/// Observes, plans `desired` and runs `playbook` as run `run` on `engine`, journaled in a fresh
+/// store (and to `ledger`, the run's record in the cluster, where given).
+async fn promote_with(
+    engine: &KubeEngine,
+    ledger: Option<Arc<dyn crate::engine::RunLedger>>,
     desired: &Environment,
     playbook: &Playbook,
     run: &str,
     kind: RunKind,
 ) -> Ran {
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock");
     let observed = engine.observe("shop").await.unwrap();
     let plan = crate::plan::compute(desired, &observed, playbook);
     assert!(plan.has_changes(), "{plan:?}");
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let journal = Journal::new(store.clone(), "shop", run);
+    let journal = Journal::new(store.clone(), "shop", run).with_ledger(ledger);
     let report = promote(
-        &engine,
+        engine,
         &journal,
         desired,
         playbook,
@@ -280,12 +340,72 @@ async fn run(
         &tokio_util::sync::CancellationToken::new(),
     )
     .await;
-    finished(server).await;
     Ran {
         report,
         store,
         _dir: dir,
     }
+}
+
+/// [`promote_with`] against `script` (which begins with the two observations), every
+/// scripted request checked to have come.
+async fn run(
+    script: Vec<Exchange>,
+    desired: &Environment,
+    playbook: &Playbook,
+    run: &str,
+    kind: RunKind,
+) -> Ran {
+    let (client, server) = serve(script);
+    let ran = promote_with(
+        &KubeEngine::new(client, "mock"),
+        None,
+        desired,
+        playbook,
+        run,
+        kind,
+    )
+    .await;
+    finished(server).await;
+    ran
+}
+
+/// [`run`] of `playbook` as promotion r2, which promoted.
+async fn promoted(script: Vec<Exchange>, desired: &Environment, playbook: &Playbook) -> Ran {
+    let ran = run(script, desired, playbook, "r2", RunKind::Promotion).await;
+    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+    ran
+}
+
+/// The next command's recovery, as run r3, of run r2 (its journal in `store`) on `engine`.
+async fn recover_on(
+    engine: &KubeEngine,
+    store: &Arc<Store>,
+    env: &Environment,
+) -> crate::exec::recover::Recovered {
+    crate::exec::recover::recover(
+        engine,
+        store,
+        env,
+        "r2",
+        "r3",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        &crate::progress::Silent,
+    )
+    .await
+    .unwrap()
+}
+
+/// [`recover_on`] against `script`, every scripted request checked to have come.
+async fn recovered(
+    script: Vec<Exchange>,
+    store: &Arc<Store>,
+    env: &Environment,
+) -> crate::exec::recover::Recovered {
+    let (client, server) = serve(script);
+    let done = recover_on(&KubeEngine::new(client, "mock"), store, env).await;
+    finished(server).await;
+    done
 }
 
 /// Blue-green: the candidate Deployment beside production, ready (after a poll that finds it
@@ -294,20 +414,13 @@ async fn run(
 #[tokio::test(start_paused = true)]
 async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_the_old_after_drain()
 {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
+    let (_, env, mut script) = web_2_applied();
     // Starting, then ready.
     script.extend(status_script(
         stored(&env, "web", "r2", 0),
         vec![pod("web", "r2", running(), 0)],
     ));
-    script.extend(status_script(
-        stored(&env, "web", "r2", 1),
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r2"));
     script.extend(switch_to(&env, "r2"));
     // The old pod is still an endpoint; the watch sees it leave.
     script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&[
@@ -319,17 +432,13 @@ async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_t
         slice(&["shop-web-r2-5d9f8c-x1x2x"], "2"),
     )]));
     // Smoke on production: web's health (its readiness probe); db has no health check.
-    script.extend(status_script(
-        stored(&env, "web", "r2", 1),
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r2"));
     // Finish: the table once more (idempotent, for a finish after a crash), then the old goes.
     script.extend(switch_to(&env, "r2"));
     script.extend(remove(&env, "r1"));
 
-    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
+    let ran = promoted(script, &env, &playbook()).await;
     let report = &ran.report;
-    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     let promote_step = &report.steps[0];
     assert!(
         promote_step
@@ -339,7 +448,7 @@ async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_t
         promote_step.detail
     );
     assert_eq!(report.steps[1].detail, "1 of 1 checks passed");
-    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    let revision = ran.revision();
     assert_eq!(revision.outcome, RevisionOutcome::Promoted);
     assert_eq!(revision.images, vec!["db:1", "web:2"]);
 }
@@ -350,25 +459,16 @@ async fn blue_green_promotion_switches_the_service_after_readiness_and_removes_t
 #[tokio::test(start_paused = true)]
 async fn the_builtin_playbook_runs_a_test_namespace_then_promotes_and_tears_it_down() {
     use super::testenv::{status_of, teardown_script, up_script};
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let (_, env, mut script) = web_2_observed();
     script.extend(up_script(crate::owner::current()));
     // smoke on test: web's health (db has none).
     script.extend(status_of("web", 1));
     script.extend(apply_candidate(&env, "r9", "web:2"));
-    script.extend(status_script(
-        stored(&env, "web", "r9", 1),
-        vec![pod("web", "r9", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r9"));
     script.extend(switch_to(&env, "r9"));
     script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r9-5d9f8c-x1x2x"])));
     // smoke on production.
-    script.extend(status_script(
-        stored(&env, "web", "r9", 1),
-        vec![pod("web", "r9", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r9"));
     script.extend(switch_to(&env, "r9"));
     script.extend(remove(&with_web_image("web:1"), "r1"));
     script.extend(teardown_script());
@@ -414,8 +514,7 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         }
     }
     let pvcs = "/api/v1/namespaces/rollout-shop/persistentvolumeclaims";
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let mut script = observed(deployments, pods);
     let db_r1 = || list("DeploymentList", vec![stored(&before, "db", "r1", 1)]);
     script.extend([
         on(Method::GET, NAMESPACE).ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } })),
@@ -433,8 +532,7 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         // The claim is there already: kept, data and all.
         on(Method::GET, &format!("{pvcs}/shop-db-data")).ok(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-db-data" } })),
-        on(Method::GET, &format!("{DEPLOYMENTS}/shop-db-r2"))
-            .reply(404, not_found("deployments.apps", "shop-db-r2")),
+        absent(DEPLOYMENTS, "deployments.apps", "shop-db-r2"),
         on(Method::PATCH, &apply_uri(DEPLOYMENTS, "shop-db-r2"))
             .body(|b| {
                 let pod = &b["spec"]["template"]["spec"];
@@ -451,12 +549,8 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
         ));
     }
     // Production's health: web, unchanged, at r1.
-    script.extend(status_script(
-        stored(&before, "web", "r1", 1),
-        vec![pod("web", "r1", running(), 0)],
-    ));
+    script.extend(web_ready(&before, "r1"));
     // Finish: the old db Deployment goes (it has no Secret: a 404 there is fine).
-    let success = json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     script.extend([
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
         on(Method::PATCH, &format!("{DEPLOYMENTS}/shop-db-r1?"))
@@ -464,13 +558,12 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
             .ok(stored(&before, "db", "r1", 0)),
         on(Method::GET, &pods_of("db", "r1")).ok(list("PodList", vec![])),
         on(Method::GET, &find("shop-db-r1")).ok(db_r1()),
-        on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success),
+        on(Method::DELETE, &format!("{DEPLOYMENTS}/shop-db-r1?")).ok(success()),
         on(Method::DELETE, &format!("{SECRETS}/shop-db-r1?"))
             .reply(404, not_found("secrets", "shop-db-r1")),
     ]);
 
-    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
-    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+    promoted(script, &env, &playbook()).await;
 }
 
 /// A candidate that crash-loops fails at once (no wait for the deadline), with the last lines its
@@ -478,32 +571,15 @@ async fn a_stateful_service_is_stopped_before_its_new_deployment_mounts_the_same
 /// all; the candidate is removed.
 #[tokio::test(start_paused = true)]
 async fn crash_looping_candidate_is_removed_and_production_untouched() {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
+    let (_, env, mut script) = web_2_applied();
     script.extend(status_script(
         stored(&env, "web", "r2", 0),
-        vec![pod(
-            "web",
-            "r2",
-            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 20s" } }),
-            3,
-        )],
+        vec![crash_looping("back-off 20s")],
     ));
     // Its last log lines, of the instance that crashed (the pod has restarted and is waiting).
-    let crashed = || {
-        pod(
-            "web",
-            "r2",
-            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 20s" } }),
-            3,
-        )
-    };
     script.extend([
         on(Method::GET, &find("shop-web-r2")).ok(list("DeploymentList", vec![stored(&env, "web", "r2", 0)])),
-        on(Method::GET, &pods_of("web", "r2")).ok(list("PodList", vec![crashed()])),
+        on(Method::GET, &pods_of("web", "r2")).ok(list("PodList", vec![crash_looping("back-off 20s")])),
         on(
             Method::GET,
             "/api/v1/namespaces/rollout-shop/pods/shop-web-r2-5d9f8c-x1x2x/log?&previous=true&tailLines=10",
@@ -520,7 +596,7 @@ async fn crash_looping_candidate_is_removed_and_production_untouched() {
         }
     );
     assert_eq!(ran.report.rollback_ms, None, "nothing to put back");
-    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    let revision = ran.revision();
     assert!(
         matches!(revision.outcome, RevisionOutcome::Failed { .. }),
         "{:?}",
@@ -531,11 +607,7 @@ async fn crash_looping_candidate_is_removed_and_production_untouched() {
 /// A candidate whose Deployment passes its progress deadline fails with that reason.
 #[tokio::test(start_paused = true)]
 async fn candidate_past_its_progress_deadline_fails_the_run() {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
+    let (_, env, mut script) = web_2_applied();
     let mut stalled = stored(&env, "web", "r2", 0);
     stalled["status"]["conditions"] =
         json!([{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }]);
@@ -555,10 +627,7 @@ async fn candidate_past_its_progress_deadline_fails_the_run() {
 /// the conflict named, and cleaning up tolerates a candidate that was never created.
 #[tokio::test(start_paused = true)]
 async fn a_409_on_the_candidate_is_reported_and_nothing_is_forced() {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let (_, env, mut script) = web_2_observed();
     let mut apply = apply_candidate(&env, "r2", "web:2");
     apply.truncate(3); // the namespace, the read, the Secret
     script.extend(apply);
@@ -591,15 +660,8 @@ async fn a_409_on_the_candidate_is_reported_and_nothing_is_forced() {
 /// Deployment, the candidate removed, and the run reports the server's error.
 #[tokio::test(start_paused = true)]
 async fn a_500_during_the_switch_puts_the_selector_back_and_removes_the_candidate() {
-    let (before, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
-    script.extend(status_script(
-        stored(&env, "web", "r2", 1),
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    let (before, env, mut script) = web_2_applied();
+    script.extend(web_ready(&env, "r2"));
     script.push(
         on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
     );
@@ -618,13 +680,7 @@ async fn a_500_during_the_switch_puts_the_selector_back_and_removes_the_candidat
             reason: "switch `Service web` failed: the API server failed (500): etcdserver: leader changed".into()
         }
     );
-    assert!(ran.report.rollback_ms.is_some());
-    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
-    assert!(
-        matches!(revision.outcome, RevisionOutcome::RolledBack { .. }),
-        "{:?}",
-        revision.outcome
-    );
+    ran.assert_rolled_back();
 }
 
 /// `rollout rollback`: the previous revision's settings (web:1) run again as a new Deployment
@@ -634,25 +690,20 @@ async fn a_500_during_the_switch_puts_the_selector_back_and_removes_the_candidat
 async fn rollback_switches_the_service_back_to_the_previous_settings() {
     let (_, deployments, pods) = production("web:2");
     let previous = with_web_image("web:1");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let mut script = observed(deployments, pods);
     script.extend(apply_candidate(&previous, "r3", "web:1"));
-    script.extend(status_script(
-        stored(&previous, "web", "r3", 1),
-        vec![pod("web", "r3", running(), 0)],
+    script.extend(web_ready(&previous, "r3"));
+    script.extend(switch_to(&previous, "r3"));
+    script.extend(drained_and_finished(
+        &with_web_image("web:2"),
+        &previous,
+        "r3",
     ));
-    script.extend(switch_to(&previous, "r3"));
-    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r3-5d9f8c-x1x2x"])));
-    script.extend(switch_to(&previous, "r3"));
-    script.extend(remove(&with_web_image("web:2"), "r1"));
 
     let playbook = Playbook::switch_only("rollback to revision 1".into());
     let ran = run(script, &previous, &playbook, "r3", RunKind::Rollback).await;
     assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
-    assert_eq!(
-        ran.store.revision("shop", 1).unwrap().unwrap().images,
-        vec!["db:1", "web:1"]
-    );
+    assert_eq!(ran.revision().images, vec!["db:1", "web:1"]);
 }
 
 /// A run killed mid-way, as its journal left it: web's candidate r2 started, and the switch
@@ -702,21 +753,41 @@ async fn interrupted(switched: bool) -> (Arc<Store>, tempfile::TempDir) {
 fn no_test_version() -> Vec<Exchange> {
     let of_r2 = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest%2Crollout.run%3Dr2";
     vec![
-        on(Method::GET, &format!("/apis/apps/v1/deployments?&{of_r2}"))
-            .ok(list("DeploymentList", vec![])),
-        on(Method::GET, &format!("/api/v1/secrets?&{of_r2}")).ok(list("SecretList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_r2}"),
-        )
-        .ok(list("PersistentVolumeClaimList", vec![])),
+        labelled("/apis/apps/v1/deployments", of_r2).ok(list("DeploymentList", vec![])),
+        labelled("/api/v1/secrets", of_r2).ok(list("SecretList", vec![])),
+        labelled("/api/v1/persistentvolumeclaims", of_r2)
+            .ok(list("PersistentVolumeClaimList", vec![])),
     ]
     .into_iter()
     .chain(no_copy_leftovers(of_r2))
-    .chain([
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_r2}")).ok(list("NamespaceList", vec![]))
-    ])
+    .chain([labelled("/api/v1/namespaces", of_r2).ok(list("NamespaceList", vec![]))])
     .collect()
+}
+
+/// The next command undoing run r2 (of `env`), each journal entry in its record in the cluster
+/// before its step: web's Service back on r1, then `split_ended` (what a canary left), r2
+/// removed, and its test version (none) looked for.
+fn undone_by_the_next_command(
+    env: &Environment,
+    split_ended: impl IntoIterator<Item = Exchange>,
+) -> Vec<Exchange> {
+    let mut script = vec![record("r2", "recover.intent"), record("r2", "undo.intent")];
+    script.extend(switch_to(&with_web_image("web:1"), "r1"));
+    script.extend(split_ended);
+    script.extend(remove(env, "r2"));
+    script.push(record("r2", "undo.done"));
+    script.extend(no_test_version());
+    script
+}
+
+/// The recovery undid the run: production put back, the run rolled back.
+fn assert_undone(done: &crate::exec::recover::Recovered) {
+    assert_eq!(done.action, "undone");
+    assert!(
+        matches!(done.outcome, Outcome::RolledBack { .. }),
+        "{:?}",
+        done.outcome
+    );
 }
 
 /// Killed after intending the switch, before it was done: the next command cannot know whether
@@ -724,35 +795,13 @@ fn no_test_version() -> Vec<Exchange> {
 #[tokio::test(start_paused = true)]
 async fn a_run_killed_before_the_switch_finished_is_undone_by_the_next_command() {
     let (store, _dir) = interrupted(false).await;
-    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let env = with_web_image("web:2");
     // Each journal entry of the recovery is in the run's record in the cluster before its
     // step, so yet another machine could take over from there.
-    let mut script = vec![record("r2", "recover.intent"), record("r2", "undo.intent")];
-    script.extend(switch_to(&before, "r1"));
-    script.extend(remove(&env, "r2"));
-    script.push(record("r2", "undo.done"));
-    script.extend(no_test_version());
+    let mut script = undone_by_the_next_command(&env, []);
     script.push(record("r2", "end.done"));
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock");
-    let done = crate::exec::recover::recover(
-        &engine,
-        &store,
-        &env,
-        "r2",
-        "r3",
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap();
-    finished(server).await;
-    assert_eq!(done.action, "undone");
-    assert!(
-        matches!(done.outcome, Outcome::RolledBack { .. }),
-        "{:?}",
-        done.outcome
-    );
+    let done = recovered(script, &store, &env).await;
+    assert_undone(&done);
     assert!(matches!(
         store.revision("shop", 1).unwrap().unwrap().outcome,
         RevisionOutcome::RolledBack { .. }
@@ -775,20 +824,7 @@ async fn a_run_killed_after_the_switch_is_finished_by_the_next_command() {
     script.push(record("r2", "finish.done"));
     script.extend(no_test_version());
     script.push(record("r2", "end.done"));
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock");
-    let done = crate::exec::recover::recover(
-        &engine,
-        &store,
-        &env,
-        "r2",
-        "r3",
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap();
-    finished(server).await;
+    let done = recovered(script, &store, &env).await;
     assert_eq!(done.action, "finished");
     assert_eq!(done.outcome, Outcome::Promoted);
     assert_eq!(
@@ -874,22 +910,18 @@ async fn a_service_dropped_from_the_manifest_loses_its_deployment_and_its_servic
     let (before, deployments, pods) = production("web:1");
     let mut env = before.clone();
     env.services.retain(|s| s.name != "web");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let mut script = observed(deployments, pods);
     script.push(on(Method::GET, NAMESPACE).ok(
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
     ));
     // Production's health has nothing to read (db has no health check); then web goes.
     script.extend(remove(&before, "r1"));
     script.extend([
-        on(Method::DELETE, &format!("{SERVICES}/web?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background(&format!("{SERVICES}/web")).ok(success()),
         on(Method::DELETE, &format!("{SERVICES}/web-canary?"))
             .reply(404, not_found("services", "web-canary")),
     ]);
-    let ran = run(script, &env, &playbook(), "r2", RunKind::Promotion).await;
-    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+    promoted(script, &env, &playbook()).await;
 }
 
 /// Machine A was killed mid-run; machine B has never run shop. B reads the run records from the
@@ -903,7 +935,7 @@ async fn another_machine_reads_the_run_records_from_the_cluster_and_settles_the_
     let stored_record = serde_json::to_value(super::super::ledger::to_config_map(&doc)).unwrap();
     let b_dir = tempfile::tempdir().unwrap();
     let b = Arc::new(Store::open(b_dir.path()).unwrap());
-    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let env = with_web_image("web:2");
 
     let mut script = vec![
         on(
@@ -913,13 +945,8 @@ async fn another_machine_reads_the_run_records_from_the_cluster_and_settles_the_
             ),
         )
         .ok(list("ConfigMapList", vec![stored_record])),
-        record("r2", "recover.intent"),
-        record("r2", "undo.intent"),
     ];
-    script.extend(switch_to(&before, "r1"));
-    script.extend(remove(&env, "r2"));
-    script.push(record("r2", "undo.done"));
-    script.extend(no_test_version());
+    script.extend(undone_by_the_next_command(&env, []));
     script.push(
         on(Method::PATCH, &apply_uri(CONFIGMAPS, "rollout-run-r2"))
             .body(|b| {
@@ -938,17 +965,7 @@ async fn another_machine_reads_the_run_records_from_the_cluster_and_settles_the_
     assert!(conflicts.is_empty(), "{conflicts:?}");
     assert_eq!(b.history("shop").unwrap(), a.history("shop").unwrap());
     assert_eq!(b.unfinished_runs("shop").unwrap().len(), 1, "A's run, open");
-    let done = crate::exec::recover::recover(
-        &engine,
-        &b,
-        &env,
-        "r2",
-        "r3",
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap();
+    let done = recover_on(&engine, &b, &env).await;
     finished(server).await;
     assert_eq!(done.action, "undone");
     assert!(done.left_by.contains("elsewhere"), "{}", done.left_by);
@@ -964,29 +981,20 @@ async fn another_machine_reads_the_run_records_from_the_cluster_and_settles_the_
 /// before the Service is written), and the record ends promoted.
 #[tokio::test(start_paused = true)]
 async fn a_promotion_writes_its_record_to_the_cluster_before_each_step() {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let (_, env, mut script) = web_2_observed();
     script.push(record("r2", "begin.done"));
     let mut candidate = apply_candidate(&env, "r2", "web:2");
     // The namespace is ensured before the candidate's intent is written.
     candidate.insert(1, record("r2", "candidate.intent"));
     script.extend(candidate);
-    script.extend(status_script(
-        stored(&env, "web", "r2", 1),
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r2"));
     script.push(record("r2", "candidate.done"));
     script.push(record("r2", "switch.intent"));
     script.extend(switch_to(&env, "r2"));
     script.push(record("r2", "switch.done"));
     script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
     script.push(record("r2", "drain.done"));
-    script.extend(status_script(
-        stored(&env, "web", "r2", 1),
-        vec![pod("web", "r2", running(), 0)],
-    ));
+    script.extend(web_ready(&env, "r2"));
     script.push(record("r2", "finish.intent"));
     script.extend(switch_to(&env, "r2"));
     script.extend(remove(&with_web_image("web:1"), "r1"));
@@ -1004,24 +1012,15 @@ async fn a_promotion_writes_its_record_to_the_cluster_before_each_step() {
 
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock");
-    let observed = engine.observe("shop").await.unwrap();
-    let plan = crate::plan::compute(&env, &observed, &playbook());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let journal = Journal::new(store.clone(), "shop", "r2").with_ledger(engine.ledger());
-    let report = promote(
+    let ran = promote_with(
         &engine,
-        &journal,
+        engine.ledger(),
         &env,
         &playbook(),
-        &plan,
         "r2",
-        now(),
-        &opts(RunKind::Promotion),
-        &crate::progress::Silent,
-        &tokio_util::sync::CancellationToken::new(),
+        RunKind::Promotion,
     )
     .await;
     finished(server).await;
-    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
+    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
 }

@@ -79,13 +79,11 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
                 );
             })
             .ok(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop-test-r9" } })),
-        on(Method::GET, &format!("{pvcs}/shop-test-r9-db-data"))
-            .reply(404, not_found("persistentvolumeclaims", "shop-test-r9-db-data")),
+        absent(&pvcs, "persistentvolumeclaims", "shop-test-r9-db-data"),
         on(Method::PATCH, &apply_uri(&pvcs, "shop-test-r9-db-data"))
             .body(test_labels_checked)
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
-        on(Method::GET, &format!("{TEST_DEPLOYMENTS}/shop-test-r9-db"))
-            .reply(404, not_found("deployments.apps", "shop-test-r9-db")),
+        absent(TEST_DEPLOYMENTS, "deployments.apps", "shop-test-r9-db"),
         on(Method::PATCH, &apply_uri(TEST_DEPLOYMENTS, "shop-test-r9-db"))
             .body(|b| {
                 test_labels_checked(b);
@@ -98,8 +96,7 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
     script.extend(status_of("db", 1));
     script.extend(status_of("db", 1));
     script.extend([
-        on(Method::GET, &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web"))
-            .reply(404, not_found("deployments.apps", "shop-test-r9-web")),
+        absent(TEST_DEPLOYMENTS, "deployments.apps", "shop-test-r9-web"),
         on(Method::PATCH, &apply_uri(&secrets, "shop-test-r9-web"))
             .body(|b| {
                 test_labels_checked(b);
@@ -109,7 +106,7 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
         on(Method::PATCH, &apply_uri(TEST_DEPLOYMENTS, "shop-test-r9-web"))
             .body(test_labels_checked)
             .ok(stored_test("web", 0)),
-        on(Method::GET, &format!("{services}/web")).reply(404, not_found("services", "web")),
+        absent(&services, "services", "web"),
         on(Method::PATCH, &apply_uri(&services, "web"))
             .body(|b| {
                 test_labels_checked(b);
@@ -123,62 +120,33 @@ pub(super) fn up_script(owner: String) -> Vec<Exchange> {
 
 /// The teardown of test version r9: what its labels find, deleted, the namespace last.
 pub(super) fn teardown_script() -> Vec<Exchange> {
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
     vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR).ok(list(
             "DeploymentList",
             vec![stored_test("db", 1), stored_test("web", 1)],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-db?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(
-            Method::DELETE,
-            &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}")).ok(list(
+        delete_background(&format!("{TEST_DEPLOYMENTS}/shop-test-r9-db")).ok(success()),
+        delete_background(&format!("{TEST_DEPLOYMENTS}/shop-test-r9-web")).ok(success()),
+        labelled("/api/v1/secrets", TEST_SELECTOR).ok(list(
             "SecretList",
             vec![meta("shop-test-r9-web", Some("shop-test-r9"))],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_NS}/secrets/shop-test-r9-web?"),
-        )
-        .body(background)
-        .ok(success()),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
-        .ok(list(
+        delete_background(&format!("{TEST_NS}/secrets/shop-test-r9-web")).ok(success()),
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR).ok(list(
             "PersistentVolumeClaimList",
             vec![meta("shop-test-r9-db-data", Some("shop-test-r9"))],
         )),
-        on(
-            Method::DELETE,
-            &format!("{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data?"),
-        )
-        .body(background)
+        delete_background(&format!(
+            "{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data"
+        ))
         .ok(success()),
     ]
     .into_iter()
     .chain(no_copy_leftovers(TEST_SELECTOR))
     .chain([
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+        labelled("/api/v1/namespaces", TEST_SELECTOR)
             .ok(list("NamespaceList", vec![meta("shop-test-r9", None)])),
-        on(Method::DELETE, &format!("{TEST_NS}?"))
-            .body(background)
-            .ok(success()),
+        delete_background(TEST_NS).ok(success()),
     ])
     .collect()
 }
@@ -212,6 +180,34 @@ async fn test_namespace_with_the_full_copy_comes_up_in_dependency_order() {
         "both up"
     );
     assert_eq!(t.services["web"].container, "shop-test-r9-web");
+}
+
+/// [`up_script`] with db's claim in the test namespace made by `copy`, where the plain bring-up
+/// makes it fresh.
+fn up_script_copying(copy: Vec<Exchange>) -> Vec<Exchange> {
+    let claim = format!("{TEST_NS}/persistentvolumeclaims/shop-test-r9-db-data");
+    let mut script = up_script("host:1:2".into());
+    let fresh = script.iter().position(|e| e.uri == claim).unwrap();
+    script.splice(fresh..fresh + 2, copy);
+    script
+}
+
+/// The image the copy Jobs run, where the scenario names one.
+const COPY_IMAGE: &str = "registry.example/tools/busybox:1.36";
+
+/// The start of [`up_script`]: the test namespace made, and nothing else yet.
+fn test_namespace_made() -> Vec<Exchange> {
+    let mut script = up_script("host:1:2".into());
+    script.truncate(2);
+    script
+}
+
+/// [`up_copying_db`] failing: what its error says.
+async fn copy_refused(script: Vec<Exchange>, copy_image: Option<&str>) -> String {
+    up_copying_db(script, copy_image, &crate::progress::Silent)
+        .await
+        .unwrap_err()
+        .to_string()
 }
 
 /// Keeps every line a run reports, for the scenarios that check what it said.
@@ -272,23 +268,26 @@ fn snapshot(ns: &str, status: Value) -> Value {
         "metadata": { "name": "shop-test-r9-db-data", "namespace": ns }, "status": status })
 }
 
+/// Production's claim of db read, with `spec`.
+fn production_claim(spec: Value) -> Exchange {
+    on(
+        Method::GET,
+        "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
+    )
+    .ok(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
+        "spec": spec }))
+}
+
 /// What `copyData: [db]` reads before copying: production's claims (by label, across the
 /// cluster), the one to copy being there.
 fn production_claims() -> Vec<Exchange> {
     let of_production = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dproduction";
     vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{of_production}"),
-        )
-        .ok(list("DeploymentList", vec![])),
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_production}"))
-            .ok(list("NamespaceList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_production}"),
-        )
-        .ok(list(
+        labelled("/apis/apps/v1/deployments", of_production).ok(list("DeploymentList", vec![])),
+        labelled("/api/v1/namespaces", of_production).ok(list("NamespaceList", vec![])),
+        labelled("/api/v1/persistentvolumeclaims", of_production).ok(list(
             "PersistentVolumeClaimList",
             vec![meta("shop-db-data", Some("rollout-shop"))],
         )),
@@ -309,20 +308,9 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
         test_labels_checked(b);
         assert_eq!(b["metadata"]["name"], "shop-test-r9-db-data");
     };
-    let mut script = up_script("host:1:2".into());
-    // Replace the fresh claim of the plain bring-up with the copy.
-    let fresh = script
-        .iter()
-        .position(|e| e.uri == format!("{pvcs}/shop-test-r9-db-data"))
-        .unwrap();
-    script.drain(fresh..fresh + 2);
     let mut copy = production_claims();
     copy.extend([
-        on(Method::GET, "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data").ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
-                "resources": { "requests": { "storage": "1Gi" } } } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd", "resources": { "requests": { "storage": "1Gi" } } })),
         on(Method::POST, &format!("{SNAPSHOTS}?"))
             .body(move |b| {
                 assert_eq!(b["metadata"]["labels"]["rollout.role"], "test");
@@ -348,9 +336,9 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
             .body(|b| assert_eq!(b, &json!({ "spec": { "deletionPolicy": "Retain" } })))
             .ok(json!({ "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent", "metadata": { "name": "snapcontent-1234" } })),
         on(Method::DELETE, &format!("{SNAPSHOTS}/shop-test-r9-db-data?"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+            .ok(success()),
         on(Method::DELETE, &format!("{CONTENTS}/snapcontent-1234?"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+            .ok(success()),
         on(Method::POST, &format!("{CONTENTS}?"))
             .body(|b| {
                 assert_eq!(b["metadata"]["labels"]["rollout.run"], "r9");
@@ -383,7 +371,7 @@ async fn a_data_copy_restores_the_test_claim_from_a_snapshot_moved_into_the_test
             })
             .ok(json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": { "name": "shop-test-r9-db-data" } })),
     ]);
-    script.splice(fresh..fresh, copy);
+    let script = up_script_copying(copy);
     let progress = Recorded::default();
     let t = up_copying_db(script, None, &progress).await.unwrap();
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
@@ -407,9 +395,7 @@ const SINK_REFUSED: &str = "/api/v1/namespaces/shop-test-r9/events?&fieldSelecto
 /// Job `name` (at `uri`) deleted with its pods (`Background`), then found gone.
 fn deleted(uri: &str, name: &str) -> [Exchange; 2] {
     [
-        on(Method::DELETE, &format!("{uri}?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
-            .ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        delete_background(uri).ok(success()),
         on(Method::GET, uri).reply(404, not_found("jobs.batch", name)),
     ]
 }
@@ -434,11 +420,7 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
     let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
     let mut script = production_claims();
     script.extend([
-        on(Method::GET, "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data").ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
-                "resources": { "requests": { "storage": "5Gi" } } } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "resources": { "requests": { "storage": "5Gi" } } })),
         on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
             404,
             status(404, "NotFound", "the server could not find the requested resource"),
@@ -474,7 +456,7 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
                 assert_eq!(b["spec"]["template"]["metadata"]["labels"]["rollout.copy"], "shop-test-r9-db-data-sink");
                 assert_eq!(b["spec"]["template"]["metadata"]["labels"]["rollout.run"], "r9");
                 assert_eq!(pod["restartPolicy"], "Never");
-                assert_eq!(pod["containers"][0]["image"], "registry.example/tools/busybox:1.36");
+                assert_eq!(pod["containers"][0]["image"], COPY_IMAGE);
                 assert_eq!(pod["containers"][0]["command"], json!(["sh", "-c", crate::engine::kube::copyjob::SINK_SCRIPT]));
                 assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], json!({ "claimName": "shop-test-r9-db-data", "readOnly": false }));
                 assert!(pod.get("affinity").is_none_or(Value::is_null));
@@ -491,15 +473,6 @@ fn copy_by_jobs_begins() -> Vec<Exchange> {
 /// crash-consistent.
 #[tokio::test(start_paused = true)]
 async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
-    let pvcs = format!("{TEST_NS}/persistentvolumeclaims");
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
-    let background = |b: &Value| assert_eq!(b["propagationPolicy"], "Background");
-    let mut script = up_script("host:1:2".into());
-    let fresh = script
-        .iter()
-        .position(|e| e.uri == format!("{pvcs}/shop-test-r9-db-data"))
-        .unwrap();
-    script.drain(fresh..fresh + 2);
     let mut copy = copy_by_jobs_begins();
     copy.extend([
         on(Method::GET, SINK_PODS).ok(list("PodList", vec![])),
@@ -529,20 +502,16 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
         on(Method::GET, SINK_JOB).ok(job_status("shop-test-r9-db-data-sink", "shop-test-r9", json!({ "succeeded": 1 }))),
         on(Method::GET, SOURCE_JOB).ok(job_status("shop-test-r9-db-data-source", "rollout-shop", json!({ "succeeded": 1 }))),
         // Both deleted, their pods with them, and waited gone.
-        on(Method::DELETE, &format!("{SOURCE_JOB}?")).body(background).ok(success()),
+        delete_background(SOURCE_JOB).ok(success()),
         on(Method::GET, SOURCE_JOB).ok(job_status("shop-test-r9-db-data-source", "rollout-shop", json!({ "succeeded": 1 }))),
         on(Method::GET, SOURCE_JOB).reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
     ]);
     copy.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    script.splice(fresh..fresh, copy);
+    let script = up_script_copying(copy);
     let progress = Recorded::default();
-    let t = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &progress,
-    )
-    .await
-    .unwrap();
+    let t = up_copying_db(script, Some(COPY_IMAGE), &progress)
+        .await
+        .unwrap();
     assert_eq!(t.services.keys().collect::<Vec<_>>(), vec!["db", "web"]);
     assert!(
         progress.lines().iter().any(|l| l.contains("db data copy")
@@ -560,8 +529,7 @@ async fn a_data_copy_on_a_cluster_without_snapshots_is_streamed_by_two_jobs() {
 /// the test version goes on failing. No pod of the test version has started.
 #[tokio::test(start_paused = true)]
 async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted() {
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(copy_by_jobs_begins());
     script.extend([
         on(Method::GET, SINK_PODS).ok(list(
@@ -613,14 +581,7 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
     ]);
     script.extend(deleted(SOURCE_JOB, "shop-test-r9-db-data-source"));
     script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    let err = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, Some(COPY_IMAGE)).await;
     assert!(text.contains("db"), "names the service: {text}");
     assert!(
         text.contains("its source Job shop-test-r9-db-data-source in rollout-shop failed; the sink said: (printed nothing); the source said: tar: ./pg_wal/000000010000000000000003: Permission denied"),
@@ -632,18 +593,10 @@ async fn a_failed_copy_job_is_reported_with_both_logs_and_both_jobs_are_deleted(
 /// while production's runs, so nothing is created and the error says why.
 #[tokio::test(start_paused = true)]
 async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job() {
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(production_claims());
     script.extend([
-        on(
-            Method::GET,
-            "/api/v1/namespaces/rollout-shop/persistentvolumeclaims/shop-db-data",
-        )
-        .ok(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": "shop-db-data", "namespace": "rollout-shop" },
-            "spec": { "accessModes": ["ReadWriteOncePod"] } })),
+        production_claim(json!({ "accessModes": ["ReadWriteOncePod"] })),
         on(Method::POST, &format!("{SNAPSHOTS}?")).reply(
             404,
             status(
@@ -653,10 +606,7 @@ async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job
             ),
         ),
     ]);
-    let err = up_copying_db(script, None, &crate::progress::Silent)
-        .await
-        .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, None).await;
     assert!(
         text.contains("it is ReadWriteOncePod, so no pod but production's may mount it, and the cluster serves no VolumeSnapshots to copy it by"),
         "{text}"
@@ -669,8 +619,7 @@ async fn a_read_write_once_pod_claim_without_snapshots_is_refused_before_any_job
 #[tokio::test(start_paused = true)]
 async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
     let forbidden = "pods \"shop-test-r9-db-data-sink-4x8kq\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true";
-    let mut script = up_script("host:1:2".into());
-    script.truncate(2);
+    let mut script = test_namespace_made();
     script.extend(copy_by_jobs_begins());
     script.extend([
         on(Method::GET, SINK_PODS).ok(list("PodList", vec![])),
@@ -686,14 +635,7 @@ async fn a_copy_pod_the_namespace_refuses_is_reported_at_once() {
             .reply(404, not_found("jobs.batch", "shop-test-r9-db-data-source")),
     ]);
     script.extend(deleted(SINK_JOB, "shop-test-r9-db-data-sink"));
-    let err = up_copying_db(
-        script,
-        Some("registry.example/tools/busybox:1.36"),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap_err();
-    let text = err.to_string();
+    let text = copy_refused(script, Some(COPY_IMAGE)).await;
     assert!(
         text.contains(&format!("copy `Job shop-test-r9-db-data-sink in shop-test-r9` failed: its pod cannot be created: {forbidden}")),
         "{text}"
@@ -715,67 +657,43 @@ async fn a_test_namespace_left_by_a_crash_is_found_by_its_labels_and_deleted() {
     let mut deployment = left("shop-test-r9-web", Some("shop-test-r9"));
     deployment["spec"] = json!({ "selector": {}, "template": {} });
     let of_shop = "labelSelector=rollout.environment%3Dshop%2Crollout.role%3Dtest";
-    let success = || json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" });
     let (client, server) = serve(vec![
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{of_shop}"),
-        )
+        labelled("/apis/apps/v1/deployments", of_shop)
         .ok(list("DeploymentList", vec![deployment.clone()])),
-        on(Method::GET, &format!("/api/v1/namespaces?&{of_shop}"))
+        labelled("/api/v1/namespaces", of_shop)
             .ok(list("NamespaceList", vec![left("shop-test-r9", None)])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{of_shop}"),
-        )
+        labelled("/api/v1/persistentvolumeclaims", of_shop)
         .ok(list("PersistentVolumeClaimList", vec![])),
         // Teardown of run r9 by its labels.
-        on(
-            Method::GET,
-            &format!("/apis/apps/v1/deployments?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/apps/v1/deployments", TEST_SELECTOR)
         .ok(list("DeploymentList", vec![deployment])),
         on(
             Method::DELETE,
             &format!("{TEST_DEPLOYMENTS}/shop-test-r9-web?"),
         )
         .ok(success()),
-        on(Method::GET, &format!("/api/v1/secrets?&{TEST_SELECTOR}"))
+        labelled("/api/v1/secrets", TEST_SELECTOR)
             .ok(list("SecretList", vec![])),
-        on(
-            Method::GET,
-            &format!("/api/v1/persistentvolumeclaims?&{TEST_SELECTOR}"),
-        )
+        labelled("/api/v1/persistentvolumeclaims", TEST_SELECTOR)
         .ok(list("PersistentVolumeClaimList", vec![])),
         // The copy was killed half-way: its snapshot beside production's claim and a content
         // not yet bound are found by the run's labels and deleted (its Jobs are gone already).
-        on(Method::GET, &format!("/apis/batch/v1/jobs?&{TEST_SELECTOR}"))
+        labelled("/apis/batch/v1/jobs", TEST_SELECTOR)
             .ok(list("JobList", vec![])),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshots?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/snapshot.storage.k8s.io/v1/volumesnapshots", TEST_SELECTOR)
         .ok(list("VolumeSnapshotList", vec![left("shop-test-r9-db-data", Some("rollout-shop"))])),
-        on(
-            Method::DELETE,
-            "/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots/shop-test-r9-db-data?",
-        )
-        .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+        delete_background("/apis/snapshot.storage.k8s.io/v1/namespaces/rollout-shop/volumesnapshots/shop-test-r9-db-data")
         .ok(success()),
-        on(
-            Method::GET,
-            &format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents?&{TEST_SELECTOR}"),
-        )
+        labelled("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", TEST_SELECTOR)
         .ok(list("VolumeSnapshotContentList", vec![left("shop-test-r9-db-data", None)])),
         on(
             Method::DELETE,
             "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/shop-test-r9-db-data?",
         )
         .ok(success()),
-        on(Method::GET, &format!("/api/v1/namespaces?&{TEST_SELECTOR}"))
+        labelled("/api/v1/namespaces", TEST_SELECTOR)
             .ok(list("NamespaceList", vec![left("shop-test-r9", None)])),
-        on(Method::DELETE, &format!("{TEST_NS}?"))
-            .body(|b| assert_eq!(b["propagationPolicy"], "Background"))
+        delete_background(TEST_NS)
             .ok(success()),
         // Production containers a killed data copy left paused: none here.
         on(Method::GET, OBSERVE).ok(list("DeploymentList", vec![])),

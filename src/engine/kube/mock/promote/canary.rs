@@ -73,7 +73,7 @@ fn apply_canary_service(run: &'static str) -> Exchange {
 fn delete_canary_service(found: bool) -> Exchange {
     let e = on(Method::DELETE, &format!("{SERVICES}/web-canary?"));
     if found {
-        e.ok(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }))
+        e.ok(success())
     } else {
         e.reply(404, not_found("services", "web-canary"))
     }
@@ -135,13 +135,6 @@ fn canary_playbook(weight: u8, hold_secs: u64) -> Playbook {
     p
 }
 
-fn ready_candidate(env: &Environment, run: &str) -> Vec<Exchange> {
-    status_script(
-        stored(env, "web", run, 1),
-        vec![pod("web", run, running(), 0)],
-    )
-}
-
 fn namespace_there() -> Exchange {
     on(Method::GET, NAMESPACE).ok(
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "rollout-shop" } }),
@@ -155,12 +148,8 @@ fn namespace_there() -> Exchange {
 /// Service deleted, the old pods drained and the old Deployment removed.
 #[tokio::test(start_paused = true)]
 async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() {
-    let (_, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
-    script.extend(ready_candidate(&env, "r2"));
+    let (_, env, mut script) = web_2_applied();
+    script.extend(web_ready(&env, "r2"));
     // The split.
     script.extend([
         on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("41", unsplit_refs())])),
@@ -175,7 +164,7 @@ async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() 
     ]);
     // The hold: the candidate's status at 0, 1 and 2 s.
     for _ in 0..3 {
-        script.extend(ready_candidate(&env, "r2"));
+        script.extend(web_ready(&env, "r2"));
     }
     // The promote step: web whole to r2, then the split ended.
     script.push(namespace_there());
@@ -187,20 +176,10 @@ async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() 
         // The candidate stays: still its one replica, so it is not scaled.
         on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r2")).ok(stored(&env, "web", "r2", 1)),
     ]);
-    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
-    script.extend(switch_to(&env, "r2"));
-    script.extend(remove(&with_web_image("web:1"), "r1"));
+    script.extend(drained_and_finished(&with_web_image("web:1"), &env, "r2"));
 
-    let ran = run(
-        script,
-        &env,
-        &canary_playbook(10, 2),
-        "r2",
-        RunKind::Promotion,
-    )
-    .await;
+    let ran = promoted(script, &env, &canary_playbook(10, 2)).await;
     let report = &ran.report;
-    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     assert_eq!(
         report.steps[0].detail,
         "10% to the new version for 2s: web: 10% to the candidate by HTTPRoute shop: 90 to Service web, 10 to Service web-canary; requests not measured on this platform"
@@ -210,7 +189,7 @@ async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() 
             .detail
             .contains("shop-web-r1 no longer an endpoint of web")
     );
-    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
+    let revision = ran.revision();
     assert_eq!(revision.outcome, RevisionOutcome::Promoted);
 }
 
@@ -222,23 +201,14 @@ async fn a_canary_weighs_the_httproute_then_the_promotion_puts_the_route_back() 
 #[tokio::test(start_paused = true)]
 async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_the_hold_rolls_back()
 {
-    let (before, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
-    script.extend(ready_candidate(&env, "r2"));
+    let (before, env, mut script) = web_2_applied();
+    script.extend(web_ready(&env, "r2"));
     script.extend(replica_split(&before, &env));
     // The hold: ready at 0 s, crash-looping at 1 s.
-    script.extend(ready_candidate(&env, "r2"));
+    script.extend(web_ready(&env, "r2"));
     script.extend(status_script(
         stored(&env, "web", "r2", 0),
-        vec![pod(
-            "web",
-            "r2",
-            json!({ "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 10s" } }),
-            3,
-        )],
+        vec![crash_looping("back-off 10s")],
     ));
     // Undo.
     script.extend(replica_undo(&before, &env));
@@ -259,13 +229,7 @@ async fn without_gateway_api_a_replica_ratio_splits_and_a_candidate_failing_in_t
         },
         "{report:#?}"
     );
-    assert!(report.rollback_ms.is_some());
-    let revision = ran.store.revision("shop", 1).unwrap().unwrap();
-    assert!(
-        matches!(revision.outcome, RevisionOutcome::RolledBack { .. }),
-        "{:?}",
-        revision.outcome
-    );
+    ran.assert_rolled_back();
 }
 
 /// A replica ratio when the route exists but sends elsewhere, at a weight the pods can give:
@@ -285,10 +249,9 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
             "spec": { "rules": [ { "backendRefs": [ { "name": "admin", "port": 9000 } ] } ] }
         })]))
     };
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
+    let mut script = observed(deployments, pods);
     script.extend(apply_candidate(&env, "r2", "web:2"));
-    script.extend(ready_candidate(&env, "r2"));
+    script.extend(web_ready(&env, "r2"));
     script.extend([
         admin_only(),
         on(Method::GET, &format!("{DEPLOYMENTS}/shop-web-r1")).ok(stable),
@@ -297,7 +260,7 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
             .body(|b| assert!(b["spec"]["selector"].get("rollout.run").is_none()))
             .ok(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" } })),
     ]);
-    script.extend(ready_candidate(&env, "r2"));
+    script.extend(web_ready(&env, "r2"));
     script.push(namespace_there());
     script.extend(switch_to(&env, "r2"));
     let mut scaled = stored(&env, "web", "r2", 1);
@@ -311,20 +274,10 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
             .body(|b| assert_eq!(b, &json!({ "spec": { "replicas": 1 } })))
             .ok(stored(&env, "web", "r2", 1)),
     ]);
-    script.push(on(Method::GET, SLICES_OF_WEB).ok(endpoints(&["shop-web-r2-5d9f8c-x1x2x"])));
-    script.extend(switch_to(&env, "r2"));
-    script.extend(remove(&before, "r1"));
+    script.extend(drained_and_finished(&before, &env, "r2"));
 
-    let ran = run(
-        script,
-        &env,
-        &canary_playbook(25, 0),
-        "r2",
-        RunKind::Promotion,
-    )
-    .await;
+    let ran = promoted(script, &env, &canary_playbook(25, 0)).await;
     let report = &ran.report;
-    assert_eq!(report.outcome, Outcome::Promoted, "{report:#?}");
     assert_eq!(
         report.steps[0].detail,
         "25% to the new version for 0s: web: 20% (asked 25%) to the candidate by replica ratio (no HTTPRoute sends to Service web): 1 candidate pod(s) beside 4; requests not measured on this platform"
@@ -337,7 +290,7 @@ async fn a_replica_ratio_beside_a_scaled_stable_version_reports_the_share_it_giv
 #[tokio::test(start_paused = true)]
 async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
     let (store, _dir, journal) = begun_with_candidate().await;
-    let (before, env) = (with_web_image("web:1"), with_web_image("web:2"));
+    let env = with_web_image("web:2");
     journal
         .intent("canary", json!({ "weight": 10 }))
         .await
@@ -347,37 +300,17 @@ async fn a_run_killed_during_its_canary_is_undone_and_the_route_put_back() {
         .await
         .unwrap();
 
-    let mut script = vec![record("r2", "recover.intent"), record("r2", "undo.intent")];
-    script.extend(switch_to(&before, "r1"));
-    script.extend([
-        on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("50", split_refs(10))])),
-        patch_route("50", unsplit_refs()).ok(route("51", unsplit_refs())),
-        delete_canary_service(true),
-    ]);
-    script.extend(remove(&env, "r2"));
-    script.push(record("r2", "undo.done"));
-    script.extend(no_test_version());
-    script.push(record("r2", "end.done"));
-    let (client, server) = serve(script);
-    let engine = KubeEngine::new(client, "mock");
-    let done = crate::exec::recover::recover(
-        &engine,
-        &store,
+    let mut script = undone_by_the_next_command(
         &env,
-        "r2",
-        "r3",
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        &crate::progress::Silent,
-    )
-    .await
-    .unwrap();
-    finished(server).await;
-    assert_eq!(done.action, "undone");
-    assert!(
-        matches!(done.outcome, Outcome::RolledBack { .. }),
-        "{:?}",
-        done.outcome
+        [
+            on(Method::GET, &format!("{ROUTES}?")).ok(routes(vec![route("50", split_refs(10))])),
+            patch_route("50", unsplit_refs()).ok(route("51", unsplit_refs())),
+            delete_canary_service(true),
+        ],
     );
+    script.push(record("r2", "end.done"));
+    let done = recovered(script, &store, &env).await;
+    assert_undone(&done);
 }
 
 /// A canary with an analysis, its figures from a real Prometheus (Debian's, on loopback)
@@ -401,22 +334,17 @@ async fn a_canary_analysis_from_prometheus_rolls_back_a_failing_candidate() {
         )
         .await;
 
-    let (before, deployments, pods) = production("web:1");
-    let env = with_web_image("web:2");
-    let mut script = observe_script(deployments.clone(), pods.clone());
-    script.extend(observe_script(deployments, pods));
-    script.extend(apply_candidate(&env, "r2", "web:2"));
-    script.extend(ready_candidate(&env, "r2"));
+    let (before, env, mut script) = web_2_applied();
+    script.extend(web_ready(&env, "r2"));
     script.extend(replica_split(&before, &env));
     // The hold of 4 s: the candidate's status at 0, 1, 2, 3 and 4 s.
     for _ in 0..5 {
-        script.extend(ready_candidate(&env, "r2"));
+        script.extend(web_ready(&env, "r2"));
     }
     script.extend(replica_undo(&before, &env));
 
     let (client, server) = serve(script);
     let engine = KubeEngine::new(client, "mock").with_prometheus(Some(settings));
-    let observed = engine.observe("shop").await.unwrap();
     let mut playbook = canary_playbook(10, 4);
     if let Step::Canary { analysis, .. } = &mut playbook.steps[0] {
         *analysis = Some(crate::manifest::playbook::Analysis {
@@ -425,24 +353,9 @@ async fn a_canary_analysis_from_prometheus_rolls_back_a_failing_candidate() {
             min_requests: 20,
         });
     }
-    let plan = crate::plan::compute(&env, &observed, &playbook);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let journal = Journal::new(store.clone(), "shop", "r2");
-    let report = promote(
-        &engine,
-        &journal,
-        &env,
-        &playbook,
-        &plan,
-        "r2",
-        now(),
-        &opts(RunKind::Promotion),
-        &crate::progress::Silent,
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await;
+    let ran = promote_with(&engine, None, &env, &playbook, "r2", RunKind::Promotion).await;
     finished(server).await;
+    let report = &ran.report;
     let Outcome::RolledBack { reason } = &report.outcome else {
         panic!("rolled back: {report:#?}");
     };
