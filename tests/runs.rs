@@ -19,11 +19,16 @@ fn runs_lists_a_failed_rehearsal_that_history_does_not() {
         .unwrap_or_else(|| panic!("run {run} is listed\n{listed}"));
     assert!(line.contains("rehearsal"), "{listed}");
     assert!(line.trim_end().ends_with("failed"), "{listed}");
-    assert!(listed.stdout.contains("rollout-no-such-image:0"), "says why: {listed}");
+    assert!(
+        listed.stdout.contains("rollout-no-such-image:0"),
+        "says why: {listed}"
+    );
     let json = p.run(&["runs", "-o", "json"]).code(0).json();
     assert_eq!(json["environment"], env.as_str());
     assert_eq!(json["runs"][0]["run"], run.as_str(), "{json}");
     assert_eq!(json["runs"][0]["outcome"], "failed", "{json}");
     assert_eq!(json["runs"][0]["waiting"], false, "{json}");
-    p.run(&["history"]).code(0).stdout_has("has no revisions yet");
+    p.run(&["history"])
+        .code(0)
+        .stdout_has("has no revisions yet");
 }

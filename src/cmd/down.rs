@@ -14,7 +14,7 @@ use crate::cli::{DownArgs, ExitStatus, Format};
 use crate::engine::{Engine, LabelledObject, ObjectKind, Role, labels};
 use crate::manifest::env::Environment;
 use crate::project::Project;
-use crate::report::run::{Outcome, RunKind, RunReport, StepReport, StepStatus, Teardown};
+use crate::report::run::{Outcome, RunKind, RunReport, StepReport, StepStatus};
 use crate::session::Session;
 use crate::store::Store;
 
@@ -182,7 +182,15 @@ async fn remove(
             printer.warn(&format!("the audit trail could not record run {run}: {e}"));
         }
     };
-    audit(crate::audit::Event::run_started(&report, None));
+    // No playbook runs: the entry names none.
+    audit(crate::audit::Event::RunStarted {
+        run: run.to_string(),
+        environment: environment.name.clone(),
+        command: crate::audit::RunCommand::Down,
+        user: report.user.clone(),
+        playbook: None,
+        reason: None,
+    });
     if !session.json {
         printer.out(&format!("run {run}"));
         printer.out(&format!(
@@ -216,12 +224,6 @@ async fn remove(
             })
         })
         .collect();
-    let mut teardown = Teardown {
-        containers: 0,
-        networks: 0,
-        volumes: 0,
-        error: None,
-    };
     let mut failure: Option<String> = None;
     let steps: [&str; 5] = [
         "remove test versions",
@@ -253,11 +255,11 @@ async fn remove(
         let mut step = StepReport::new(index, description, StepStatus::Ok, String::new());
         let started = Instant::now();
         let done: Result<String, String> = match index {
-            0 => remove_test_versions(engine, &environment.name, &mut teardown).await,
-            1 => remove_containers(engine, &production, &mut teardown).await,
-            2 => remove_containers(engine, &proxies, &mut teardown).await,
-            3 => remove_networks(engine, &networks, &mut teardown).await,
-            _ if volumes => remove_volumes(engine, &environment.name, &kept, &mut teardown).await,
+            0 => remove_test_versions(engine, &environment.name).await,
+            1 => remove_containers(engine, &production).await,
+            2 => remove_containers(engine, &proxies).await,
+            3 => remove_networks(engine, &networks).await,
+            _ if volumes => remove_volumes(engine, &environment.name, &kept).await,
             _ => Ok(if kept.is_empty() {
                 "no volumes".into()
             } else {
@@ -286,15 +288,14 @@ async fn remove(
         }
         report.steps.push(step);
     }
+    // What was removed is in the steps (the report's `teardown` is a test version's).
     if let Some(reason) = failure {
-        teardown.error = Some(reason.clone());
         if report.outcome == Outcome::Running {
             report.outcome = Outcome::Failed { reason };
         }
     } else {
         report.outcome = Outcome::Passed;
     }
-    report.teardown = Some(teardown);
     report.elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
     super::save_run(session.project, session.store, &report, printer);
     audit(crate::audit::Event::run_finished(&report));
@@ -343,11 +344,7 @@ fn new_report(run: &str, env: &Environment) -> RunReport {
     }
 }
 
-async fn remove_test_versions(
-    engine: &dyn Engine,
-    env: &str,
-    teardown: &mut Teardown,
-) -> Result<String, String> {
+async fn remove_test_versions(engine: &dyn Engine, env: &str) -> Result<String, String> {
     let versions = crate::testenv::list(engine, Some(env))
         .await
         .map_err(|e| e.to_string())?;
@@ -356,22 +353,15 @@ async fn remove_test_versions(
     }
     let mut runs = Vec::new();
     for v in versions {
-        let removed = crate::testenv::down(engine, env, &v.run)
+        crate::testenv::down(engine, env, &v.run)
             .await
             .map_err(|e| format!("test version {}: {e}", v.run))?;
-        teardown.containers += removed.containers;
-        teardown.networks += removed.networks;
-        teardown.volumes += removed.volumes;
         runs.push(v.run);
     }
     Ok(format!("removed {}", runs.join(", ")))
 }
 
-async fn remove_containers(
-    engine: &dyn Engine,
-    names: &[String],
-    teardown: &mut Teardown,
-) -> Result<String, String> {
+async fn remove_containers(engine: &dyn Engine, names: &[String]) -> Result<String, String> {
     if names.is_empty() {
         return Ok("none".into());
     }
@@ -384,16 +374,11 @@ async fn remove_containers(
             .remove_container(name)
             .await
             .map_err(|e| e.to_string())?;
-        teardown.containers += 1;
     }
     Ok(format!("removed {}", names.join(", ")))
 }
 
-async fn remove_networks(
-    engine: &dyn Engine,
-    names: &[String],
-    teardown: &mut Teardown,
-) -> Result<String, String> {
+async fn remove_networks(engine: &dyn Engine, names: &[String]) -> Result<String, String> {
     if names.is_empty() {
         return Ok("none".into());
     }
@@ -402,7 +387,6 @@ async fn remove_networks(
             .remove_network(name)
             .await
             .map_err(|e| e.to_string())?;
-        teardown.networks += 1;
     }
     Ok(format!("removed {}", names.join(", ")))
 }
@@ -413,16 +397,12 @@ async fn remove_volumes(
     engine: &dyn Engine,
     env: &str,
     names: &[String],
-    teardown: &mut Teardown,
 ) -> Result<String, String> {
     let selector = BTreeMap::from([(labels::ENVIRONMENT.to_string(), env.to_string())]);
-    let removed = engine
+    engine
         .remove_labelled(&selector)
         .await
         .map_err(|e| e.to_string())?;
-    teardown.containers += removed.containers;
-    teardown.networks += removed.networks;
-    teardown.volumes += removed.volumes;
     Ok(if names.is_empty() {
         "no volumes".into()
     } else {
@@ -468,16 +448,8 @@ mod tests {
             .ensure_network("rollout-shop", &labels)
             .await
             .unwrap();
-        let mut teardown = Teardown {
-            containers: 0,
-            networks: 0,
-            volumes: 0,
-            error: None,
-        };
-        remove_networks(&engine, &["rollout-shop".into()], &mut teardown)
-            .await
-            .unwrap();
-        assert_eq!(teardown.networks, 1);
+        let done = remove_networks(&engine, &["rollout-shop".into()]).await;
+        assert_eq!(done, Ok("removed rollout-shop".to_string()));
         assert!(engine.networks().is_empty());
     }
 }
