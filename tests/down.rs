@@ -152,3 +152,19 @@ fn down_removes_production_and_keeps_volumes_unless_asked() {
         .code(0)
         .stdout_has("Nothing to remove");
 }
+
+#[test]
+fn down_is_refused_for_a_service_a_third_party_manages() {
+    let name = unique("dm");
+    let manifest = format!(
+        "apiVersion: rollout/v1\nkind: Environment\nname: {name}\nclient: acme\nservices:\n  web:\n    image: shop-web:2.4.0\n  pay:\n    image: shop-api:1.9.0\n    managedBy: {{ thirdParty: paycorp }}\n"
+    );
+    let project = Project::new().manifest(&name, &manifest);
+    project
+        .run(&["down", "--yes"])
+        .code(3)
+        .stderr_has("pay (managed by paycorp)")
+        .stderr_has("nothing was removed");
+    let runs = project.run(&["runs", "-o", "json"]).code(0).json();
+    assert_eq!(runs["runs"], serde_json::json!([]), "{runs}");
+}
