@@ -120,6 +120,8 @@ pub enum RunCommand {
     Rollback,
     Rehearse,
     TestEnv,
+    /// `rollout down`: an environment's production removed.
+    Down,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,8 @@ pub enum RunOutcome {
     Refused,
     /// Stopped by a signal.
     Cancelled,
+    /// `rollout down` removed the environment's production.
+    Removed,
 }
 
 impl Event {
@@ -163,6 +167,7 @@ impl Event {
                 RunKind::Promotion => RunCommand::Promote,
                 RunKind::Rollback => RunCommand::Rollback,
                 RunKind::Rehearsal => RunCommand::Rehearse,
+                RunKind::Down => RunCommand::Down,
             },
             user: report.user.clone(),
             playbook: Some(report.playbook.clone()),
@@ -174,6 +179,7 @@ impl Event {
     pub fn run_finished(report: &RunReport) -> Event {
         let (outcome, reason) = match &report.outcome {
             ReportOutcome::Running => (RunOutcome::Cancelled, Some("still running".to_string())),
+            ReportOutcome::Passed if report.kind == RunKind::Down => (RunOutcome::Removed, None),
             ReportOutcome::Passed => (RunOutcome::Passed, None),
             ReportOutcome::Promoted => (RunOutcome::Promoted, None),
             ReportOutcome::Failed { reason } => (RunOutcome::Failed, Some(reason.clone())),

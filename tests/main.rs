@@ -10,6 +10,7 @@ mod checks;
 mod cli;
 mod crash;
 mod daemon_api;
+mod down;
 mod engine_docker;
 mod gates;
 pub mod gitops;

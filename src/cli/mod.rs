@@ -70,6 +70,9 @@ pub enum Command {
     /// Every run, newest first: promotions, rollbacks, rehearsals, test versions, failed and
     /// parked ones included.
     Runs(ReadArgs),
+    /// Remove an environment's production: its containers, networks and edge proxy (its test
+    /// versions too); its data volumes only with --volumes. Audited and reported.
+    Down(DownArgs),
     /// The test version by hand.
     TestEnv(TestEnvArgs),
     /// The whole playbook against a test version only, then tear it down; writes a report.
@@ -141,6 +144,21 @@ pub struct PromoteArgs {
     /// (they are lost with it); without it such a run is never superseded.
     #[arg(long)]
     pub supersede: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Remove the data volumes too (and the edge proxy's routing table); kept otherwise.
+    #[arg(long)]
+    pub volumes: bool,
+    /// Print the run's report as one JSON document instead of text.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }

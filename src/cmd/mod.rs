@@ -6,6 +6,7 @@ pub mod approve;
 pub mod audit;
 pub mod daemon;
 pub mod demo;
+pub mod down;
 pub mod history;
 pub mod plan;
 pub mod promote;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
         Command::Status(args) => status::run(&dir, args, printer).await,
         Command::History(args) => history::run(&dir, args, printer).await,
         Command::Runs(args) => runs::run(&dir, args, printer).await,
+        Command::Down(args) => down::run(&dir, args, printer).await,
         Command::TestEnv(args) => test_env::run(&dir, args, printer).await,
         Command::Rehearse(args) => rehearse::run(&dir, args, printer).await,
         Command::Approve(args) => approve::run(&dir, args, printer).await,

@@ -900,6 +900,19 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        if state.containers.iter().any(|c| c.spec.network == name) {
+            return Err(EngineError::Call {
+                action: "remove network",
+                object: name.to_string(),
+                reason: "a container is still attached to it".into(),
+            });
+        }
+        state.networks.remove(name);
+        Ok(())
+    }
+
     async fn start_container(&self, container: &str) -> Result<(), EngineError> {
         if self.set_state(container, ContainerState::Running) {
             Ok(())

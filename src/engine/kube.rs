@@ -599,6 +599,14 @@ impl Engine for KubeEngine {
         self.scale(container, 1).await.map(|_| ())
     }
 
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        // An environment's "network" here is its Namespace: deleting it deletes its
+        // PersistentVolumeClaims too, so it cannot be removed while the data is kept.
+        Err(unsupported(&format!(
+            "removing namespace `{name}` while keeping its volumes (its PersistentVolumeClaims go with it)"
+        )))
+    }
+
     async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
         Err(unsupported(&format!(
             "checking for image {image} (the cluster's nodes pull it)"

@@ -528,6 +528,10 @@ pub trait Engine: Send + Sync {
     /// Removes one container (not its named volumes); a missing one is fine.
     async fn remove_container(&self, container: &str) -> Result<(), EngineError>;
 
+    /// Removes one network, which no container may be attached to any more; a missing one is
+    /// fine. Volumes are untouched (unlike [`Engine::remove_labelled`]).
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+
     /// Starts an existing, stopped container again (a stateful service put back after a failed
     /// stop-start update).
     async fn start_container(&self, container: &str) -> Result<(), EngineError>;

@@ -213,6 +213,10 @@ impl<E: Engine> Engine for Retrying<E> {
         .await
     }
 
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        retry("remove_network", || self.inner.remove_network(name)).await
+    }
+
     async fn start_container(&self, container: &str) -> Result<(), EngineError> {
         retry("start_container", || self.inner.start_container(container)).await
     }

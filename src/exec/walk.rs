@@ -44,6 +44,8 @@ impl Mode {
             RunKind::Rehearsal => Mode::Rehearse,
             RunKind::Promotion => Mode::Promote,
             RunKind::Rollback => Mode::Rollback,
+            // A down walks no playbook: `rollout down` never reaches the executor.
+            RunKind::Down => unreachable!("a down run is not walked by the executor"),
         }
     }
 

@@ -35,6 +35,7 @@ fn kind_word(kind: RunKind) -> &'static str {
         RunKind::Rehearsal => "Rehearsal",
         RunKind::Promotion => "Promotion",
         RunKind::Rollback => "Rollback",
+        RunKind::Down => "Down",
     }
 }
 

@@ -24,6 +24,8 @@ pub enum RunKind {
     Rehearsal,
     Promotion,
     Rollback,
+    /// `rollout down`: production removed.
+    Down,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -250,6 +250,14 @@ impl Engine for DockerEngine {
         self.remove_container_if_any(container).await
     }
 
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match call(self.docker.remove_network(name)).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.is_not_found() => Ok(()),
+            Err(f) => Err(f.call("remove network", name)),
+        }
+    }
+
     async fn start_container(&self, container: &str) -> Result<(), EngineError> {
         self.start(container).await
     }
