@@ -55,19 +55,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
         port: ctx.port,
         ctx: ctx.clone(),
     });
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(port = ctx.port, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.stop.cancelled() => break,
-        };
+    let failed = |e: &std::io::Error| tracing::warn!(port = ctx.port, error = %e, "accept failed");
+    while let Some((stream, peer)) = super::accept(&listener, &ctx.stop, failed).await {
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let fwd = fwd.clone();
