@@ -167,18 +167,12 @@ impl Forwarder {
             drop(in_flight);
             match failed {
                 Failure::NotSent(back, error) => {
-                    let alt = if retried {
-                        None
-                    } else {
-                        route.fallback(idx, n)
-                    };
-                    let Some(alt) = alt else {
+                    let Some(alt) = route.retry(idx, n, &mut retried) else {
                         tracing::warn!(port = self.port, backend = %target.id, %error, "backend unreachable, no other backend to retry on");
                         return bad_gateway();
                     };
                     tracing::info!(port = self.port, backend = %target.id, retry = %route.targets[alt].id, %error, "backend unreachable, retrying on another");
                     idx = alt;
-                    retried = true;
                     req = *back;
                 }
                 Failure::Sent(error) => {

@@ -55,15 +55,11 @@ async fn forward(
             }
             Err(e) => {
                 target.stats.connection_error();
-                let alt = if retried {
-                    None
-                } else {
-                    route.fallback(idx, n)
+                let Some(alt) = route.retry(idx, n, &mut retried) else {
+                    return Err(e);
                 };
-                let Some(alt) = alt else { return Err(e) };
                 tracing::info!(backend = %target.id, retry = %route.targets[alt].id, error = %e, "backend unreachable, retrying on another");
                 idx = alt;
-                retried = true;
             }
         }
     };
