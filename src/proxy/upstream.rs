@@ -268,14 +268,21 @@ impl Upstream {
         Ok(stream)
     }
 
+    /// A new TCP connection with hyper's HTTP/1.1 client handshake done on it.
+    async fn handshake(
+        &self,
+    ) -> std::io::Result<(SendRequest<UpBody>, Connection<TokioIo<TcpStream>, UpBody>)> {
+        let stream = self.connect_tcp().await?;
+        hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
     /// A new HTTP/1.1 connection, to be driven by the request that uses it. Boxed: it holds
     /// hyper's buffers and moves between the pool and requests many times.
     pub async fn connect_http(&self) -> std::io::Result<Box<UpConn>> {
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, conn) = self.handshake().await?;
         Ok(Box::new(UpConn {
             sender,
             conn,
@@ -286,11 +293,7 @@ impl Upstream {
     /// A new HTTP/1.1 connection driven by a task of its own, with upgrades, so a WebSocket
     /// handshake can take the connection over and outlive the request.
     pub async fn connect_upgradable(&self) -> std::io::Result<SendRequest<UpBody>> {
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, conn) = self.handshake().await?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
