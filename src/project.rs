@@ -101,33 +101,34 @@ impl Project {
         files
     }
 
+    /// The manifest files of the project, each parsed but not resolved (no secret is needed).
+    fn raw_manifests(&self) -> Result<Vec<(RawEnvironment, PathBuf)>, ProjectError> {
+        self.yaml_files("manifests")
+            .into_iter()
+            .map(|path| {
+                let src = Source::read(&path)?;
+                Ok((parse_manifest(&src)?, path))
+            })
+            .collect()
+    }
+
     /// The manifest files of the project, with the environment name each declares.
     fn manifests(&self) -> Result<Vec<(String, PathBuf)>, ProjectError> {
-        let mut out = Vec::new();
-        for path in self.yaml_files("manifests") {
-            let src = Source::read(&path)?;
-            let raw: RawEnvironment = yaml::parse(
-                &src,
-                "an Environment manifest (apiVersion: rollout/v1, kind: Environment)",
-            )?;
-            out.push((raw.name.value.clone(), path));
-        }
-        Ok(out)
+        let all = self.raw_manifests()?;
+        Ok(all
+            .into_iter()
+            .map(|(raw, path)| (raw.name.value, path))
+            .collect())
     }
 
     /// Every environment of the project with its client, read from the manifests' names alone
     /// (no secret is needed): what the daemon's tenants are checked against.
     pub fn catalog(&self) -> Result<Vec<(String, String)>, ProjectError> {
-        let mut out = Vec::new();
-        for path in self.yaml_files("manifests") {
-            let src = Source::read(&path)?;
-            let raw: RawEnvironment = yaml::parse(
-                &src,
-                "an Environment manifest (apiVersion: rollout/v1, kind: Environment)",
-            )?;
-            out.push((raw.name.value.clone(), raw.client.value.clone()));
-        }
-        Ok(out)
+        let all = self.raw_manifests()?;
+        Ok(all
+            .into_iter()
+            .map(|(raw, _)| (raw.name.value, raw.client.value))
+            .collect())
     }
 
     /// The environment `-e` names, or the project's only one, by name alone: for commands that
@@ -195,10 +196,7 @@ impl Project {
                 warnings: imported.warnings,
             }
         } else {
-            let raw: RawEnvironment = yaml::parse(
-                &source,
-                "an Environment manifest (apiVersion: rollout/v1, kind: Environment)",
-            )?;
+            let raw = parse_manifest(&source)?;
             let environment = env::resolve(&source, raw, lookup)?;
             Loaded {
                 environment,
@@ -255,6 +253,14 @@ impl Project {
         pb.check_against(&src, env)?;
         Ok(pb.requiring(&env.requires.approvals))
     }
+}
+
+/// A rollout manifest's YAML, syntax checked.
+fn parse_manifest(src: &Source) -> Result<RawEnvironment, Diagnostic> {
+    yaml::parse(
+        src,
+        "an Environment manifest (apiVersion: rollout/v1, kind: Environment)",
+    )
 }
 
 /// A compose file has top-level `services` and no `kind`.

@@ -311,6 +311,14 @@ mod tests {
         }
     }
 
+    /// Status 200 and the JSON value at `path`.
+    fn json_at<'a>(path: &'a str, want: &'a serde_json::Value) -> Expect<'a> {
+        Expect {
+            json: Some((path, want)),
+            ..status(200)
+        }
+    }
+
     fn reason(v: Verdict) -> String {
         match v {
             Verdict::Fail { reason } => reason,
@@ -393,10 +401,7 @@ mod tests {
     #[test]
     fn json_values_are_found_by_path_and_compared() {
         let want = json!("ok");
-        let expect = Expect {
-            json: Some(("$.status", &want)),
-            ..status(200)
-        };
+        let expect = json_at("$.status", &want);
         let up = response(200, &[], r#"{"status":"ok","checks":[1,2]}"#);
         assert_eq!(
             judge(&expect, &up, "GET /health"),
@@ -426,18 +431,12 @@ mod tests {
         assert!(r.ends_with("first 200 chars: \"<html>\")"), "{r}");
 
         let count = json!(2);
-        let expect = Expect {
-            json: Some(("$.checks.length", &count)),
-            ..status(200)
-        };
+        let expect = json_at("$.checks.length", &count);
         assert_eq!(
             reason(judge(&expect, &up, "GET /")),
             "$.checks.length is missing, expected 2"
         );
-        let expect = Expect {
-            json: Some(("$.checks[1]", &count)),
-            ..status(200)
-        };
+        let expect = json_at("$.checks[1]", &count);
         assert!(
             judge(
                 &expect,
@@ -447,10 +446,7 @@ mod tests {
             .passed()
         );
 
-        let expect = Expect {
-            json: Some(("status", &want)),
-            ..status(200)
-        };
+        let expect = json_at("status", &want);
         assert_eq!(
             reason(judge(&expect, &up, "GET /")),
             "JSON path `status`: a path starts with `$` at character 1"
@@ -460,10 +456,7 @@ mod tests {
     #[test]
     fn a_cut_body_is_not_parsed_as_json() {
         let want = json!("ok");
-        let expect = Expect {
-            json: Some(("$.status", &want)),
-            ..status(200)
-        };
+        let expect = json_at("$.status", &want);
         let mut r = response(200, &[], r#"{"status":"ok""#);
         r.truncated = true;
         assert_eq!(

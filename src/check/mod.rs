@@ -608,6 +608,15 @@ mod tests {
         )])
     }
 
+    /// Checks on `env` that run against the fake's `api` container (see [`fake`]).
+    fn api_target<'a>(engine: &'a FakeEngine, env: &'a Environment) -> Target<'a> {
+        Target {
+            engine,
+            services: api(),
+            environment: env,
+        }
+    }
+
     fn exec_check(command: &[&str], expect_exit: i64, expect_output: Option<&str>) -> Check {
         Check {
             service: "api".into(),
@@ -649,11 +658,7 @@ mod tests {
             },
         );
         let env = env();
-        let target = Target {
-            engine: &engine,
-            services: api(),
-            environment: &env,
-        };
+        let target = api_target(&engine, &env);
         let r = run(&target, &exec_check(&["/bin/check"], 0, Some("ready"))).await;
         assert_eq!(
             r.verdict,
@@ -696,11 +701,7 @@ mod tests {
             );
         }
         let env = env();
-        let target = Target {
-            engine: &engine,
-            services: api(),
-            environment: &env,
-        };
+        let target = api_target(&engine, &env);
         let mut check = exec_check(&["/bin/check"], 0, None);
         check.retries = 1;
         let r = run(&target, &check).await;
@@ -722,11 +723,7 @@ mod tests {
         let engine = fake().await;
         engine.set_state("shop-api-r1", ContainerState::Exited { code: 137 });
         let env = env();
-        let target = Target {
-            engine: &engine,
-            services: api(),
-            environment: &env,
-        };
+        let target = api_target(&engine, &env);
         let r = run(&target, &exec_check(&["/bin/check"], 0, None)).await;
         match &r.verdict {
             Verdict::Inconclusive { reason } => assert!(
@@ -750,11 +747,7 @@ mod tests {
             },
         );
         let env = env();
-        let target = Target {
-            engine: &engine,
-            services: api(),
-            environment: &env,
-        };
+        let target = api_target(&engine, &env);
         let svc = service(Some(crate::manifest::env::Health {
             probe: Probe::Exec { command: probe },
             interval: Duration::from_secs(1),
@@ -776,11 +769,7 @@ mod tests {
     async fn health_without_a_probe_asks_whether_the_container_runs() {
         let engine = fake().await;
         let env = env();
-        let target = Target {
-            engine: &engine,
-            services: api(),
-            environment: &env,
-        };
+        let target = api_target(&engine, &env);
         let svc = service(None);
         let r = health(&target, &svc).await;
         assert_eq!(r.description, "health of api: container running");

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::check::{self, Endpoint, Verdict};
-use crate::engine::{ContainerState, Engine, HealthState, Probes};
+use crate::engine::{ContainerState, ContainerStatus, Engine, HealthState, Probes};
 use crate::manifest::env::{Probe, Service};
 
 const POLL: Duration = Duration::from_millis(100);
@@ -37,16 +37,9 @@ pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result
     };
     let mut last = String::from("not checked yet");
     loop {
-        let status = engine.status(container).await.map_err(|e| e.to_string())?;
-        let Some(status) = status else {
-            return Err(format!("{container} is gone"));
-        };
+        let status = read_status(engine, container).await?;
         if let ContainerState::Exited { code } = status.state {
-            return Err(format!(
-                "{} exited with code {code}{}",
-                svc.name,
-                logs(engine, container).await
-            ));
+            return Err(exited(engine, svc, container, code).await);
         }
         if status.state == ContainerState::Running {
             match svc.health.as_ref().map(|h| (&h.probe, h.timeout)) {
@@ -69,12 +62,7 @@ pub async fn wait(engine: &dyn Engine, svc: &Service, container: &str) -> Result
             }
         }
         if t0.elapsed() >= deadline {
-            return Err(format!(
-                "{} did not become healthy within {}: {last}{}",
-                svc.name,
-                crate::progress::seconds(t0.elapsed()),
-                logs(engine, container).await
-            ));
+            return Err(gave_up(engine, svc, container, "healthy", t0.elapsed(), &last).await);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -96,17 +84,10 @@ async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Resu
     let mut running_since: Option<Instant> = None;
     let mut last = String::from("not scheduled yet");
     loop {
-        let status = engine.status(container).await.map_err(|e| e.to_string())?;
-        let Some(status) = status else {
-            return Err(format!("{container} is gone"));
-        };
+        let status = read_status(engine, container).await?;
         match &status.state {
             ContainerState::Exited { code } => {
-                return Err(format!(
-                    "{} exited with code {code}{}",
-                    svc.name,
-                    logs(engine, container).await
-                ));
+                return Err(exited(engine, svc, container, *code).await);
             }
             ContainerState::Restarting => {
                 return Err(format!(
@@ -130,15 +111,45 @@ async fn wait_ready(engine: &dyn Engine, svc: &Service, container: &str) -> Resu
             other => last = other.to_string(),
         }
         if t0.elapsed() >= deadline {
-            return Err(format!(
-                "{} did not become ready within {}: {last}{}",
-                svc.name,
-                crate::progress::seconds(t0.elapsed()),
-                logs(engine, container).await
-            ));
+            return Err(gave_up(engine, svc, container, "ready", t0.elapsed(), &last).await);
         }
         tokio::time::sleep(crate::engine::kube::POLL).await;
     }
+}
+
+/// The container's state, or why there is none to read (an engine error, or it is gone).
+async fn read_status(engine: &dyn Engine, container: &str) -> Result<ContainerStatus, String> {
+    engine
+        .status(container)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{container} is gone"))
+}
+
+async fn exited(engine: &dyn Engine, svc: &Service, container: &str, code: i64) -> String {
+    format!(
+        "{} exited with code {code}{}",
+        svc.name,
+        logs(engine, container).await
+    )
+}
+
+/// The service did not become `became` (healthy, ready) within `waited`: the last thing seen,
+/// and the container's last logs.
+async fn gave_up(
+    engine: &dyn Engine,
+    svc: &Service,
+    container: &str,
+    became: &str,
+    waited: Duration,
+    last: &str,
+) -> String {
+    format!(
+        "{} did not become {became} within {}: {last}{}",
+        svc.name,
+        crate::progress::seconds(waited),
+        logs(engine, container).await
+    )
 }
 
 async fn logs(engine: &dyn Engine, container: &str) -> String {

@@ -224,15 +224,8 @@ pub struct TestEnvDownArgs {
     pub run: Option<String>,
 }
 
-#[derive(Debug, Args)]
-pub struct RehearseArgs {
-    #[command(flatten)]
-    pub env: EnvArgs,
-    #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
-    pub playbook: Option<String>,
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
-    pub output: Format,
-}
+/// `rehearse` picks its environment and playbook as `plan` does.
+pub type RehearseArgs = PlanArgs;
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {

@@ -514,12 +514,20 @@ mod tests {
         engine
     }
 
+    /// The plan of `desired` against what `engine` runs, with the built-in playbook.
+    async fn plan_against(desired: &Environment, engine: &FakeEngine) -> Plan {
+        let observed = engine.observe("shop").await.unwrap();
+        compute(desired, &observed, &Playbook::builtin_default())
+    }
+
+    fn service<'a>(plan: &'a Plan, name: &str) -> &'a ServicePlan {
+        plan.services.iter().find(|s| s.name == name).unwrap()
+    }
+
     #[tokio::test]
     async fn nothing_runs_so_everything_is_created_with_its_gates() {
         let env = environment(SHOP, "s1");
-        let observed = FakeEngine::new().observe("shop").await.unwrap();
-        let pb = Playbook::builtin_default();
-        let plan = compute(&env, &observed, &pb);
+        let plan = plan_against(&env, &FakeEngine::new()).await;
         assert!(plan.has_changes());
         assert_eq!(plan.count(Action::Create), 2);
         assert_eq!(
@@ -568,11 +576,7 @@ mod tests {
     async fn what_runs_as_declared_is_unchanged() {
         let env = environment(SHOP, "s1");
         let engine = running(&env).await;
-        let plan = compute(
-            &env,
-            &engine.observe("shop").await.unwrap(),
-            &Playbook::builtin_default(),
-        );
+        let plan = plan_against(&env, &engine).await;
         assert!(!plan.has_changes(), "{plan:?}");
         assert!(plan.steps.is_empty() && plan.gates.is_empty() && plan.warnings.is_empty());
     }
@@ -586,12 +590,8 @@ mod tests {
             .replace("MODE: fast", "MODE: safe, EXTRA: x")
             .replace("container: 8080", "container: 8081");
         let desired = environment(&next, "new-secret");
-        let plan = compute(
-            &desired,
-            &engine.observe("shop").await.unwrap(),
-            &Playbook::builtin_default(),
-        );
-        let web = plan.services.iter().find(|s| s.name == "web").unwrap();
+        let plan = plan_against(&desired, &engine).await;
+        let web = service(&plan, "web");
         assert_eq!(web.action, Action::Update);
         assert!(web.changes.contains(&Change::Image {
             from: "web:1".into(),
@@ -615,7 +615,7 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Change::PortChanged { .. }))
         );
-        let db = plan.services.iter().find(|s| s.name == "db").unwrap();
+        let db = service(&plan, "db");
         assert_eq!(db.action, Action::Unchanged);
         // The third party's service is unchanged: no authorization is needed.
         assert!(plan.gates.is_empty(), "{:?}", plan.gates);
@@ -630,12 +630,8 @@ mod tests {
         let env = environment(SHOP, "s");
         let engine = running(&env).await;
         assert!(engine.set_state("shop-db-r1", ContainerState::Exited { code: 137 }));
-        let plan = compute(
-            &env,
-            &engine.observe("shop").await.unwrap(),
-            &Playbook::builtin_default(),
-        );
-        let db = plan.services.iter().find(|s| s.name == "db").unwrap();
+        let plan = plan_against(&env, &engine).await;
+        let db = service(&plan, "db");
         assert_eq!(db.action, Action::Restart);
         assert_eq!(
             db.changes,
@@ -646,11 +642,7 @@ mod tests {
         assert!(plan.warnings.iter().any(|w| w.contains("`db` is stateful")));
 
         let only_db = "apiVersion: rollout/v1\nkind: Environment\nname: shop\nclient: acme\nservices:\n  db:\n    image: db:1\n    stateful: true\n    volumes: [ { name: data, path: /data } ]\n    managedBy: { thirdParty: hosting-co }\n";
-        let plan = compute(
-            &environment(only_db, "s"),
-            &engine.observe("shop").await.unwrap(),
-            &Playbook::builtin_default(),
-        );
+        let plan = plan_against(&environment(only_db, "s"), &engine).await;
         assert!(
             plan.services
                 .iter()

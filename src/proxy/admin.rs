@@ -28,18 +28,8 @@ use super::{Core, UpdateError};
 const MAX_BODY: usize = 1 << 20;
 
 pub(crate) async fn serve(listener: TcpListener, core: Arc<Core>, stop: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
+    let failed = |e: &std::io::Error| tracing::warn!(error = %e, "admin accept failed");
+    while let Some((stream, peer)) = super::accept(&listener, &stop, failed).await {
         let core = core.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

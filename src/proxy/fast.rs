@@ -176,18 +176,12 @@ async fn forward(
                 drop(in_flight);
                 match failure {
                     Failure::NotSent(error) => {
-                        let alt = if retried {
-                            None
-                        } else {
-                            route.fallback(idx, n)
-                        };
-                        let Some(alt) = alt else {
+                        let Some(alt) = route.retry(idx, n, &mut retried) else {
                             tracing::warn!(port = ctx.port, backend = %target.id, %error, "backend unreachable, no other backend to retry on");
                             return bad_gateway(client, out, close).await;
                         };
                         tracing::info!(port = ctx.port, backend = %target.id, retry = %route.targets[alt].id, %error, "backend unreachable, retrying on another");
                         idx = alt;
-                        retried = true;
                     }
                     Failure::Sent(error) => {
                         tracing::warn!(port = ctx.port, backend = %target.id, %error, "backend failed the request");

@@ -373,11 +373,8 @@ impl Chunked {
                     _ => {}
                 },
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
+                    self.state = after(b, b'\n', if self.left == 0 { TrailerStart } else { Data })?;
                     self.digits = 0;
-                    self.state = if self.left == 0 { TrailerStart } else { Data };
                 }
                 Data => {
                     let take = usize::try_from(self.left)
@@ -390,18 +387,8 @@ impl Chunked {
                     }
                     continue;
                 }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError);
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = Size;
-                }
+                DataCr => self.state = after(b, b'\r', DataLf)?,
+                DataLf => self.state = after(b, b'\n', Size)?,
                 TrailerStart => match b {
                     b'\r' => self.state = EndLf,
                     b'\n' => return Err(ChunkError),
@@ -412,17 +399,9 @@ impl Chunked {
                     b'\n' => return Err(ChunkError),
                     _ => {}
                 },
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = TrailerStart;
-                }
+                TrailerLf => self.state = after(b, b'\n', TrailerStart)?,
                 EndLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = Done;
+                    self.state = after(b, b'\n', Done)?;
                     return Ok(i + 1);
                 }
                 Done => return Ok(i),
@@ -431,6 +410,12 @@ impl Chunked {
         }
         Ok(i)
     }
+}
+
+/// `next` when the byte read is the one the syntax requires here (`want`); else the body is
+/// malformed.
+fn after(b: u8, want: u8, next: ChunkState) -> Result<ChunkState, ChunkError> {
+    if b == want { Ok(next) } else { Err(ChunkError) }
 }
 
 fn hex(b: u8) -> Option<u8> {

@@ -55,19 +55,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
         port: ctx.port,
         ctx: ctx.clone(),
     });
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(port = ctx.port, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.stop.cancelled() => break,
-        };
+    let failed = |e: &std::io::Error| tracing::warn!(port = ctx.port, error = %e, "accept failed");
+    while let Some((stream, peer)) = super::accept(&listener, &ctx.stop, failed).await {
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let fwd = fwd.clone();
@@ -178,18 +167,12 @@ impl Forwarder {
             drop(in_flight);
             match failed {
                 Failure::NotSent(back, error) => {
-                    let alt = if retried {
-                        None
-                    } else {
-                        route.fallback(idx, n)
-                    };
-                    let Some(alt) = alt else {
+                    let Some(alt) = route.retry(idx, n, &mut retried) else {
                         tracing::warn!(port = self.port, backend = %target.id, %error, "backend unreachable, no other backend to retry on");
                         return bad_gateway();
                     };
                     tracing::info!(port = self.port, backend = %target.id, retry = %route.targets[alt].id, %error, "backend unreachable, retrying on another");
                     idx = alt;
-                    retried = true;
                     req = *back;
                 }
                 Failure::Sent(error) => {

@@ -134,6 +134,28 @@ pub(crate) struct ListenerCtx {
     pub tracker: TaskTracker,
 }
 
+/// The next connection `listener` accepts, or `None` once `stop` is cancelled. A failed accept
+/// (out of file descriptors and the like) goes to `failed` and is retried after a short back-off
+/// instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    failed: impl Fn(&std::io::Error),
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    failed(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
 struct Running {
     protocol: Protocol,
     addr: SocketAddr,

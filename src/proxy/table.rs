@@ -45,9 +45,15 @@ impl Route {
         (n, routes::pick(&self.schedule, n))
     }
 
-    /// Where request `n` retries when backend `failed` refused it.
-    pub fn fallback(&self, failed: usize, n: u64) -> Option<usize> {
-        routes::fallback(&self.schedule, &self.weights, failed, n)
+    /// Where request `n` retries when backend `failed` refused it: another backend, and only
+    /// once (`retried` says whether that one retry is taken; it is set when this returns one).
+    pub fn retry(&self, failed: usize, n: u64, retried: &mut bool) -> Option<usize> {
+        if *retried {
+            return None;
+        }
+        let alt = routes::fallback(&self.schedule, &self.weights, failed, n)?;
+        *retried = true;
+        Some(alt)
     }
 }
 

@@ -8,7 +8,6 @@
 //! client yet, so nothing is lost).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -17,19 +16,8 @@ use super::stats::InFlight;
 use super::table::Route;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: ListenerCtx) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(port = ctx.port, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.stop.cancelled() => break,
-        };
+    let failed = |e: &std::io::Error| tracing::warn!(port = ctx.port, error = %e, "accept failed");
+    while let Some((stream, peer)) = super::accept(&listener, &ctx.stop, failed).await {
         let _ = stream.set_nodelay(true);
         let route = ctx.slot.current();
         let kill = ctx.kill.clone();
@@ -67,15 +55,11 @@ async fn forward(
             }
             Err(e) => {
                 target.stats.connection_error();
-                let alt = if retried {
-                    None
-                } else {
-                    route.fallback(idx, n)
+                let Some(alt) = route.retry(idx, n, &mut retried) else {
+                    return Err(e);
                 };
-                let Some(alt) = alt else { return Err(e) };
                 tracing::info!(backend = %target.id, retry = %route.targets[alt].id, error = %e, "backend unreachable, retrying on another");
                 idx = alt;
-                retried = true;
             }
         }
     };

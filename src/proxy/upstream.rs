@@ -104,9 +104,53 @@ impl UpConn {
     }
 }
 
-struct Idle {
-    conn: Box<UpConn>,
+/// Idle connections of one kind, the oldest at the front.
+struct Pool<C>(Mutex<VecDeque<Idle<C>>>);
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+impl<C> Pool<C> {
+    fn new() -> Self {
+        Pool(Mutex::new(VecDeque::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<C>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently returned connection that is not past its idle time, and how long it was
+    /// idle. Most recently used first, so that under light load the older ones age out instead
+    /// of all staying warm.
+    fn take(&self, now: Instant) -> Option<(C, Duration)> {
+        let mut idle = self.lock();
+        // The oldest are at the front: drop the ones past their idle time.
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        let Idle { conn, since } = idle.pop_back()?;
+        Some((conn, now.saturating_duration_since(since)))
+    }
+
+    /// Keeps `conn` for reuse, unless the pool is full (then it is closed).
+    fn put(&self, conn: C) {
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push_back(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
 }
 
 /// A plain keep-alive connection for the HTTP/1.1 fast path (`fast.rs`), with the bytes read
@@ -132,15 +176,10 @@ impl RawConn {
     }
 }
 
-struct IdleRaw {
-    conn: RawConn,
-    since: Instant,
-}
-
 pub struct Upstream {
     pub addr: SocketAddr,
-    idle: Mutex<VecDeque<Idle>>,
-    idle_raw: Mutex<VecDeque<IdleRaw>>,
+    idle: Pool<Box<UpConn>>,
+    idle_raw: Pool<RawConn>,
     /// True once the address left the table: returned connections are closed, not pooled.
     retired: AtomicBool,
     /// Bumped on every retire/revive so a stale drain timer knows it lost.
@@ -160,32 +199,21 @@ impl Upstream {
     pub fn new(addr: SocketAddr) -> Upstream {
         Upstream {
             addr,
-            idle: Mutex::new(VecDeque::new()),
-            idle_raw: Mutex::new(VecDeque::new()),
+            idle: Pool::new(),
+            idle_raw: Pool::new(),
             retired: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             evict: CancellationToken::new(),
         }
     }
 
-    /// A pooled connection that can take a request now, and how long it was idle. Most recently
-    /// used first, so that under light load the older ones age out instead of all staying warm.
+    /// A pooled connection that can take a request now, and how long it was idle.
     pub async fn checkout(&self, now: Instant) -> Option<(Box<UpConn>, Duration)> {
         loop {
-            let Idle { mut conn, since } = {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                // The oldest are at the front: drop the ones past their idle time.
-                while idle
-                    .front()
-                    .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
-                {
-                    idle.pop_front();
-                }
-                idle.pop_back()?
-            };
+            let (mut conn, idle_for) = self.idle.take(now)?;
             // Nobody polled it while idle: this is where a close by the backend shows.
             if conn.usable().await {
-                return Some((conn, now.saturating_duration_since(since)));
+                return Some((conn, idle_for));
             }
         }
     }
@@ -195,27 +223,14 @@ impl Upstream {
         if self.retired.load(Ordering::Relaxed) || !conn.alive() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push_back(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
+        self.idle.put(conn);
     }
 
     /// A pooled fast-path connection that can take a request now, and how long it was idle.
     pub fn checkout_raw(&self, now: Instant) -> Option<(RawConn, Duration)> {
-        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
-        while idle
-            .front()
-            .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        while let Some(IdleRaw { mut conn, since }) = idle.pop_back() {
+        while let Some((mut conn, idle_for)) = self.idle_raw.take(now) {
             if conn.usable() {
-                return Some((conn, now.saturating_duration_since(since)));
+                return Some((conn, idle_for));
             }
         }
         None
@@ -227,13 +242,7 @@ impl Upstream {
         if self.retired.load(Ordering::Relaxed) || !conn.buf.is_empty() {
             return;
         }
-        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push_back(IdleRaw {
-                conn,
-                since: Instant::now(),
-            });
-        }
+        self.idle_raw.put(conn);
     }
 
     /// A new fast-path connection.
@@ -259,14 +268,21 @@ impl Upstream {
         Ok(stream)
     }
 
+    /// A new TCP connection with hyper's HTTP/1.1 client handshake done on it.
+    async fn handshake(
+        &self,
+    ) -> std::io::Result<(SendRequest<UpBody>, Connection<TokioIo<TcpStream>, UpBody>)> {
+        let stream = self.connect_tcp().await?;
+        hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
     /// A new HTTP/1.1 connection, to be driven by the request that uses it. Boxed: it holds
     /// hyper's buffers and moves between the pool and requests many times.
     pub async fn connect_http(&self) -> std::io::Result<Box<UpConn>> {
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, conn) = self.handshake().await?;
         Ok(Box::new(UpConn {
             sender,
             conn,
@@ -277,11 +293,7 @@ impl Upstream {
     /// A new HTTP/1.1 connection driven by a task of its own, with upgrades, so a WebSocket
     /// handshake can take the connection over and outlive the request.
     pub async fn connect_upgradable(&self) -> std::io::Result<SendRequest<UpBody>> {
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, conn) = self.handshake().await?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -295,11 +307,8 @@ impl Upstream {
     /// their connections close on return. Returns the generation a drain timer must match.
     pub fn retire(&self) -> u64 {
         self.retired.store(true, Ordering::Relaxed);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.idle_raw
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.idle.clear();
+        self.idle_raw.clear();
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 

@@ -146,9 +146,8 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::compose::testing::one_error;
+    use crate::manifest::compose::testing::error_at;
     use crate::manifest::compose::testing::web;
-    use crate::manifest::source::Pos;
 
     #[test]
     fn interpolation() {
@@ -181,8 +180,7 @@ mod tests {
 
     #[test]
     fn unset_interpolated_variable_is_located() {
-        let d = one_error(&web("    image: shop-web:${WEB_TAG}\n"));
-        assert_eq!(d.pos(), Some(Pos::new(4, 12)));
+        let d = error_at(&web("    image: shop-web:${WEB_TAG}\n"), 4, 12);
         assert_eq!(d.message(), "variable `WEB_TAG` is not set");
     }
 }

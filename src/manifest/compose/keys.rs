@@ -200,13 +200,12 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{errors, one_error, web};
+    use crate::manifest::compose::testing::{error_at, errors, web};
     use crate::manifest::source::Pos;
 
     #[test]
     fn unknown_key_is_located_with_a_suggestion() {
-        let d = one_error(&web("    image: shop-web:1\n    imgae: shop-web:2\n"));
-        assert_eq!(d.pos(), Some(Pos::new(5, 5)));
+        let d = error_at(&web("    image: shop-web:1\n    imgae: shop-web:2\n"), 5, 5);
         assert_eq!(d.message(), "unknown key `imgae` in service `web`");
         assert_eq!(
             d.to_string(),
@@ -260,19 +259,21 @@ mod tests {
 
     #[test]
     fn a_misspelt_x_rollout_is_an_error_other_extensions_are_not() {
-        let d = one_error(&web(
-            "    image: a:1\n    x-rolout: { stateful: true }\n    x-notes: anything\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(5, 5)));
+        let d = error_at(
+            &web("    image: a:1\n    x-rolout: { stateful: true }\n    x-notes: anything\n"),
+            5,
+            5,
+        );
         assert_eq!(d.message(), "unknown key `x-rolout` in service `web`");
     }
 
     #[test]
     fn unknown_key_inside_x_rollout_is_located() {
-        let d = one_error(&web(
-            "    image: a:1\n    x-rollout:\n      statful: true\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 7)));
+        let d = error_at(
+            &web("    image: a:1\n    x-rollout:\n      statful: true\n"),
+            6,
+            7,
+        );
         assert!(d.message().starts_with("unknown key `statful`"), "{d}");
     }
 }

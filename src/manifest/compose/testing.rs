@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Imported, load};
 use crate::manifest::env::{Environment, Service};
-use crate::manifest::source::{Diagnostic, Diagnostics, Source};
+use crate::manifest::source::{Diagnostic, Diagnostics, Pos, Source};
 
 pub(super) fn host_env(var: &str) -> Option<String> {
     match var {
@@ -37,6 +37,13 @@ pub(super) fn one_error(text: &str) -> Diagnostic {
     let mut es = errors(text);
     assert_eq!(es.len(), 1, "{}", Diagnostics(es.clone()));
     es.remove(0)
+}
+
+/// The one error of `text`, which must point at `line`:`column`.
+pub(super) fn error_at(text: &str, line: u32, column: u32) -> Diagnostic {
+    let d = one_error(text);
+    assert_eq!(d.pos(), Some(Pos::new(line, column)), "{d}");
+    d
 }
 
 pub(super) fn service<'a>(env: &'a Environment, name: &str) -> &'a Service {

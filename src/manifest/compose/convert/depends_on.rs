@@ -74,14 +74,13 @@ impl Converter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{load_str, one_error, service};
+    use crate::manifest::compose::testing::{error_at, load_str, service};
     use crate::manifest::source::Pos;
 
     #[test]
     fn depends_on_cycle_is_reported_by_resolve() {
         let text = "x-rollout: { client: acme }\nservices:\n  api:\n    image: a:1\n    depends_on: [db]\n  db:\n    image: d:1\n    depends_on:\n      api: { condition: service_healthy }\n";
-        let d = one_error(text);
-        assert_eq!(d.pos(), Some(Pos::new(3, 3)));
+        let d = error_at(text, 3, 3);
         assert_eq!(d.message(), "dependsOn has a cycle: api -> db -> api");
     }
 
@@ -101,10 +100,13 @@ mod tests {
                 .contains("treated as `service_started`")
         );
 
-        let d = one_error(&format!(
-            "{text}  web:\n    image: w:1\n    depends_on: {{ api: {{ condition: service_ready }} }}\n"
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(12, 37)));
+        let d = error_at(
+            &format!(
+                "{text}  web:\n    image: w:1\n    depends_on: {{ api: {{ condition: service_ready }} }}\n"
+            ),
+            12,
+            37,
+        );
         assert!(d.message().starts_with("unknown condition `service_ready`"));
     }
 }

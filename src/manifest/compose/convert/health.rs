@@ -126,16 +126,18 @@ impl Converter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{load_str, one_error, service, strings, web};
+    use crate::manifest::compose::testing::{error_at, load_str, service, strings, web};
     use crate::manifest::env::Probe;
-    use crate::manifest::source::Pos;
 
     #[test]
     fn bad_duration_is_located_in_the_compose_file() {
-        let d = one_error(&web(
-            "    image: a:1\n    healthcheck:\n      test: [CMD, /bin/check]\n      interval: 10secs\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(7, 17)));
+        let d = error_at(
+            &web(
+                "    image: a:1\n    healthcheck:\n      test: [CMD, /bin/check]\n      interval: 10secs\n",
+            ),
+            7,
+            17,
+        );
         assert_eq!(
             d.message(),
             "unknown unit `secs` in duration `10secs`; expected one of ms, s, m, h, d"
@@ -164,18 +166,20 @@ mod tests {
                 command: strings(&["/bin/sh", "-c", "curl -f localhost:${PORT:-80}"])
             })
         );
-        let d = one_error(&web(
-            "    image: a:1\n    healthcheck:\n      test: [CURL, x]\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 13)));
+        let d = error_at(
+            &web("    image: a:1\n    healthcheck:\n      test: [CURL, x]\n"),
+            6,
+            13,
+        );
         assert_eq!(
             d.message(),
             "a healthcheck `test` list starts with `CMD`, `CMD-SHELL` or `NONE`"
         );
-        let d = one_error(&web(
-            "    image: a:1\n    healthcheck:\n      interval: 5s\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(5, 5)));
+        let d = error_at(
+            &web("    image: a:1\n    healthcheck:\n      interval: 5s\n"),
+            5,
+            5,
+        );
         assert!(d.message().contains("has no `test`"), "{d}");
     }
 }

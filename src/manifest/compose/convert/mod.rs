@@ -272,7 +272,7 @@ fn sanitize(name: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::manifest::compose::load;
-    use crate::manifest::compose::testing::{host_env, one_error};
+    use crate::manifest::compose::testing::{error_at, host_env};
 
     #[test]
     fn sanitized_names() {
@@ -305,14 +305,20 @@ mod tests {
 
     #[test]
     fn missing_client_is_reported_at_the_top_of_the_file() {
-        let d = one_error("# shop\nname: shop\nservices:\n  web: { image: a:1 }\n");
-        assert_eq!(d.pos(), Some(Pos::new(2, 1)));
+        let d = error_at(
+            "# shop\nname: shop\nservices:\n  web: { image: a:1 }\n",
+            2,
+            1,
+        );
         assert_eq!(
             d.message(),
             "missing `x-rollout.client`: rollout needs to know which client this environment belongs to"
         );
-        let d = one_error("services:\n  web: { image: a:1 }\nx-rollout: { selfHeal: true }\n");
-        assert_eq!(d.pos(), Some(Pos::new(3, 1)));
+        let d = error_at(
+            "services:\n  web: { image: a:1 }\nx-rollout: { selfHeal: true }\n",
+            3,
+            1,
+        );
         assert!(d.message().starts_with("missing `x-rollout.client`"));
     }
 }

@@ -248,22 +248,26 @@ fn split_short_port(s: &str) -> Result<ShortPort<'_>, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{errors, load_str, one_error, service, web};
+    use crate::manifest::compose::testing::{error_at, errors, load_str, service, web};
     use crate::manifest::env::Protocol;
     use crate::manifest::source::Pos;
 
     #[test]
     fn udp_ports_are_rejected() {
-        let d = one_error(&web("    image: a:1\n    ports: [\"5353:53/udp\"]\n"));
-        assert_eq!(d.pos(), Some(Pos::new(5, 13)));
+        let d = error_at(
+            &web("    image: a:1\n    ports: [\"5353:53/udp\"]\n"),
+            5,
+            13,
+        );
         assert_eq!(
             d.message(),
             "udp is not supported: rollout's edge proxy and probes carry TCP only"
         );
-        let d = one_error(&web(
-            "    image: a:1\n    ports:\n      - { target: 53, protocol: udp }\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 33)));
+        let d = error_at(
+            &web("    image: a:1\n    ports:\n      - { target: 53, protocol: udp }\n"),
+            6,
+            33,
+        );
         assert!(d.message().starts_with("udp is not supported"));
     }
 

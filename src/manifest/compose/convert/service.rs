@@ -151,13 +151,12 @@ impl Converter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{load_str, one_error, web};
+    use crate::manifest::compose::testing::{error_at, load_str, web};
     use crate::manifest::source::Pos;
 
     #[test]
     fn build_without_image_explains_that_rollout_runs_images() {
-        let d = one_error(&web("    build: .\n"));
-        assert_eq!(d.pos(), Some(Pos::new(4, 5)));
+        let d = error_at(&web("    build: .\n"), 4, 5);
         assert_eq!(
             d.message(),
             "service `web` has `build` but no `image`: rollout runs images, it does not build them"
@@ -172,8 +171,7 @@ mod tests {
                 .starts_with("`build` is ignored")
         );
 
-        let d = one_error(&web("    command: [x]\n"));
-        assert_eq!(d.pos(), Some(Pos::new(3, 3)));
+        let d = error_at(&web("    command: [x]\n"), 3, 3);
         assert_eq!(d.message(), "service `web` has no `image`");
     }
 }

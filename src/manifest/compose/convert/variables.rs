@@ -93,7 +93,7 @@ pub(super) fn with_bare_keys(
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{errors, load_str, one_error, service, web};
+    use crate::manifest::compose::testing::{error_at, errors, load_str, service, web};
     use crate::manifest::source::Pos;
 
     #[test]
@@ -107,10 +107,11 @@ mod tests {
             es[0].message(),
             "secret `MISSING_TOKEN` of service `web` reads environment variable `MISSING_TOKEN`, which is not set"
         );
-        let d = one_error(&web(
-            "    image: a:1\n    environment:\n      OTHER_MISSING:\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 7)));
+        let d = error_at(
+            &web("    image: a:1\n    environment:\n      OTHER_MISSING:\n"),
+            6,
+            7,
+        );
         assert!(
             d.message()
                 .starts_with("secret `OTHER_MISSING` of service `web`"),
@@ -154,8 +155,7 @@ mod tests {
             ]
         );
 
-        let d = one_error(&web("    image: a:1\n    environment: [A=1, A=2]\n"));
-        assert_eq!(d.pos(), Some(Pos::new(5, 24)));
+        let d = error_at(&web("    image: a:1\n    environment: [A=1, A=2]\n"), 5, 24);
         assert_eq!(
             d.message(),
             "`A` is set twice in the environment of service `web`"

@@ -238,30 +238,37 @@ impl Converter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::compose::testing::{load_str, one_error, service, web};
+    use crate::manifest::compose::testing::{error_at, load_str, service, web};
     use crate::manifest::source::Pos;
 
     #[test]
     fn bind_mount_is_rejected() {
-        let d = one_error(&web(
-            "    image: a:1\n    volumes:\n      - ./data:/var/lib/data\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 9)));
+        let d = error_at(
+            &web("    image: a:1\n    volumes:\n      - ./data:/var/lib/data\n"),
+            6,
+            9,
+        );
         assert_eq!(
             d.message(),
             "bind mounts are not supported: rollout copies named volumes into test versions"
         );
-        let d = one_error(&web(
-            "    image: a:1\n    volumes:\n      - type: bind\n        source: /srv\n        target: /data\n",
-        ));
-        assert_eq!(d.pos(), Some(Pos::new(6, 15)));
+        let d = error_at(
+            &web(
+                "    image: a:1\n    volumes:\n      - type: bind\n        source: /srv\n        target: /data\n",
+            ),
+            6,
+            15,
+        );
         assert!(d.message().starts_with("bind mounts are not supported"));
     }
 
     #[test]
     fn anonymous_undeclared_and_shared_volumes_are_rejected() {
-        let d = one_error(&web("    image: a:1\n    volumes: [/var/lib/data]\n"));
-        assert_eq!(d.pos(), Some(Pos::new(5, 15)));
+        let d = error_at(
+            &web("    image: a:1\n    volumes: [/var/lib/data]\n"),
+            5,
+            15,
+        );
         assert!(
             d.message()
                 .starts_with("anonymous volume `/var/lib/data` is not supported"),
@@ -269,16 +276,14 @@ mod tests {
         );
         assert!(d.to_string().contains("web-data:/var/lib/data"), "{d}");
 
-        let d = one_error(&web("    image: a:1\n    volumes: [\"data:/d\"]\n"));
-        assert_eq!(d.pos(), Some(Pos::new(5, 15)));
+        let d = error_at(&web("    image: a:1\n    volumes: [\"data:/d\"]\n"), 5, 15);
         assert_eq!(
             d.message(),
             "volume `data` of service `web` is not declared"
         );
 
         let text = "x-rollout: { client: acme }\nservices:\n  web: { image: a:1, volumes: [\"up:/u\"] }\n  worker: { image: b:1, volumes: [\"up:/u\"] }\nvolumes: { up: }\n";
-        let d = one_error(text);
-        assert_eq!(d.pos(), Some(Pos::new(4, 35)));
+        let d = error_at(text, 4, 35);
         assert!(
             d.message()
                 .starts_with("volume `up` is shared by services `web` and `worker`"),
