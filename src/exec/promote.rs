@@ -67,7 +67,12 @@ pub async fn promote(
     cancel: &CancellationToken,
 ) -> RunReport {
     let started = Instant::now();
-    let mode = Mode::of(opts.kind);
+    // A rollback goes straight to the switch; anything else through the playbook.
+    let mode = if opts.kind == RunKind::Rollback {
+        Mode::Rollback
+    } else {
+        Mode::Promote
+    };
     let mut report = RunReport::new(opts.kind, run, env, playbook, now);
     report.reason = opts.reason.clone();
     report.emergency = opts.emergency.clone().map(|reason| Emergency { reason });

@@ -39,16 +39,6 @@ impl Mode {
         }
     }
 
-    pub fn of(kind: RunKind) -> Self {
-        match kind {
-            RunKind::Rehearsal => Mode::Rehearse,
-            RunKind::Promotion => Mode::Promote,
-            RunKind::Rollback => Mode::Rollback,
-            // A down walks no playbook: `rollout down` never reaches the executor.
-            RunKind::Down => unreachable!("a down run is not walked by the executor"),
-        }
-    }
-
     /// The steps this mode walks.
     pub fn steps(self, playbook: &Playbook) -> Vec<Step> {
         match self {
