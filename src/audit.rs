@@ -182,6 +182,7 @@ impl Event {
             ReportOutcome::Passed if report.kind == RunKind::Down => (RunOutcome::Removed, None),
             ReportOutcome::Passed => (RunOutcome::Passed, None),
             ReportOutcome::Promoted => (RunOutcome::Promoted, None),
+            ReportOutcome::Restored => (RunOutcome::RolledBack, report.reason.clone()),
             ReportOutcome::Failed { reason } => (RunOutcome::Failed, Some(reason.clone())),
             ReportOutcome::Cancelled { reason } => (RunOutcome::Cancelled, Some(reason.clone())),
             ReportOutcome::RolledBack { reason } => (RunOutcome::RolledBack, Some(reason.clone())),

@@ -104,6 +104,8 @@ impl Notification {
         let (event, reason) = match &report.outcome {
             Outcome::Running | Outcome::Passed | Outcome::Refused { .. } => return None,
             Outcome::Promoted => (Event::Promoted, None),
+            // `rollout rollback` put an earlier revision back: its reason says which.
+            Outcome::Restored => (Event::RolledBack, report.reason.as_deref()),
             Outcome::RolledBack { reason } => (Event::RolledBack, Some(reason.as_str())),
             Outcome::Failed { reason } | Outcome::Cancelled { reason } if rehearsal => {
                 (Event::RehearsalFailed, Some(reason.as_str()))

@@ -370,7 +370,7 @@ fn real_cluster_promote_rollback_and_test_namespace() {
     p.run(&["status"]).code(0).stdout_has("nginx:1.26-alpine");
     run_bare(&p, &["rollback"], &[])
         .code(0)
-        .stdout_has("promoted");
+        .stdout_has("restored");
     p.run(&["status"]).code(0).stdout_has("nginx:1.27-alpine");
     p.run(&["history"]).code(0).stdout_has("nginx:1.26-alpine");
     p.run(&["test-env", "list"])

@@ -316,8 +316,26 @@ fn promotions_failures_and_rollbacks_drop_no_request() {
         .collect();
     assert!(!v4.is_empty(), "the canary sent some traffic to v4");
 
-    // Rollback to v1, then 20 quick back-and-forth promotions.
-    project.run(&["rollback"]).code(0);
+    // Rollback to v1 (issue 23: it reads as a rollback, never as a promotion), then 20 quick
+    // back-and-forth promotions.
+    let rolled = project
+        .run(&["rollback"])
+        .code(0)
+        .stdout_has("Rolling back")
+        .stdout_has("all traffic on the restored version")
+        .stdout_has("restored")
+        .nowhere("promoted");
+    let report = project
+        .run(&["report", &rolled.run_id(), "-o", "json"])
+        .code(0)
+        .json();
+    assert_eq!(report["kind"], "rollback", "{report}");
+    assert_eq!(report["outcome"]["outcome"], "restored", "{report}");
+    project
+        .run(&["report", &rolled.run_id(), "-o", "md"])
+        .code(0)
+        .stdout_has("restored")
+        .nowhere("promoted");
     assert_serving(port, "2.4.0");
     for i in 0..20 {
         let (image, version) = if i % 2 == 0 {

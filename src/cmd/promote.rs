@@ -288,17 +288,16 @@ pub(crate) async fn execute(
     let notifier = crate::notify::Notifier::new(&session.project.config.notify);
     if !session.json {
         printer.out(&format!("run {run}"));
-        let verb = if rollback {
-            "Rolling back"
+        // A rollback's playbook is only its switch, named after the revision it puts back.
+        let how = if rollback {
+            format!("Rolling back {}: {}", environment.name, playbook.name)
         } else {
-            "Promoting"
+            format!(
+                "Promoting {} with playbook {}",
+                environment.name, playbook.name
+            )
         };
-        printer.out(&format!(
-            "{verb} {} with playbook {} on {}",
-            environment.name,
-            playbook.name,
-            session.engine.describe()
-        ));
+        printer.out(&format!("{how} on {}", session.engine.describe()));
     }
     let progress = Console::new(printer.paint(), session.json);
     let journal = crate::exec::journal::Journal::new(session.store.clone(), &environment.name, run)
@@ -345,7 +344,7 @@ pub(crate) async fn execute(
         printer.warn(&undelivered.to_string());
     }
     let status = match report.outcome {
-        Outcome::Promoted => ExitStatus::Success,
+        Outcome::Promoted | Outcome::Restored => ExitStatus::Success,
         Outcome::Refused { .. } => ExitStatus::Refused,
         _ => ExitStatus::Failure,
     };

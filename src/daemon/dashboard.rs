@@ -293,7 +293,7 @@ async fn client_page(
 
 fn outcome_class(outcome: &str) -> &'static str {
     match outcome {
-        "promoted" | "passed" => "ok",
+        "promoted" | "passed" | "restored" => "ok",
         "running" | "waiting" | "awaitingApproval" => "warn",
         _ => "bad",
     }

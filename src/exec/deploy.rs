@@ -266,10 +266,12 @@ impl<'a> Deployment<'a> {
     }
 
     /// The promote step: candidates up, stateful services stop-started, all traffic switched,
-    /// the old version drained.
+    /// the old version drained. `serving` names the version that gets the traffic, for the
+    /// step's detail.
     pub async fn switch(
         &mut self,
         drain: Duration,
+        serving: &str,
         progress: &dyn Progress,
     ) -> Result<String, Stop> {
         self.start_candidates(progress).await?;
@@ -307,7 +309,7 @@ impl<'a> Deployment<'a> {
             .done("drain", serde_json::json!({ "drained": drained }))
             .await;
         Ok(format!(
-            "all traffic on the new version (switch {} ms){}",
+            "all traffic on {serving} (switch {} ms){}",
             switched_in.as_millis(),
             if drained.is_empty() {
                 String::new()

@@ -185,6 +185,7 @@ pub async fn promote(
         signalled,
         switched: d.switched(),
         touched: d.touched(),
+        restores: mode == Mode::Rollback,
     };
     let done = match settle::action(&facts) {
         settle::Action::Park => Ok(()),

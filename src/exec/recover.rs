@@ -128,7 +128,8 @@ pub async fn recover(
     super::teardown(engine, env, run, progress).await;
     let reason =
         format!("interrupted after `{last_step}` (left by {left_by}); {action} by run {by}");
-    let (outcome, revision_outcome) = super::settle::recovered(switched, touched, reason);
+    let (outcome, revision_outcome) =
+        super::settle::recovered(switched, touched, begin.kind == RunKind::Rollback, reason);
     let (name, r, number) = (env.name.clone(), run.to_string(), begin.revision);
     let data = serde_json::to_value(&outcome).unwrap_or_default();
     store

@@ -23,6 +23,8 @@ pub struct Facts {
     /// Production was changed in a way that must be put back (routes moved, a stateful
     /// container stopped).
     pub touched: bool,
+    /// A rollback: when it goes through, an earlier revision serves again.
+    pub restores: bool,
 }
 
 impl Facts {
@@ -81,6 +83,7 @@ pub fn outcome(f: &Facts, done: Result<(), &str>, environment: &str) -> Settled 
         (Some(reason), Action::Park, _) => settled(Outcome::Refused {
             reason: reason.clone(),
         }),
+        (None, _, Ok(())) if f.restores => settled(Outcome::Restored),
         (None, _, Ok(())) => settled(Outcome::Promoted),
         (None, _, Err(e)) => unsettled("promoted, but removing the old version failed", e),
         (Some(reason), Action::Finish, Ok(())) => settled(Outcome::Cancelled {
@@ -116,7 +119,8 @@ pub fn outcome(f: &Facts, done: Result<(), &str>, environment: &str) -> Settled 
 /// What the history records of the run's revision, from its outcome.
 pub fn revision_outcome(f: &Facts, outcome: &Outcome) -> RevisionOutcome {
     match outcome {
-        Outcome::Promoted => RevisionOutcome::Promoted,
+        // The revision a rollback made serves production as any promoted one does.
+        Outcome::Promoted | Outcome::Restored => RevisionOutcome::Promoted,
         Outcome::Cancelled { .. } if f.keep() => RevisionOutcome::Promoted,
         Outcome::RolledBack { reason } => RevisionOutcome::RolledBack {
             reason: reason.clone(),
@@ -144,8 +148,15 @@ pub fn rehearsal(failed: Option<String>, signalled: bool) -> Outcome {
 
 /// An interrupted run settled by the next command ([`super::recover`]): finished when the
 /// switch had happened, else undone (a rollback if production had been touched).
-pub fn recovered(switched: bool, touched: bool, reason: String) -> (Outcome, RevisionOutcome) {
-    if switched {
+pub fn recovered(
+    switched: bool,
+    touched: bool,
+    restores: bool,
+    reason: String,
+) -> (Outcome, RevisionOutcome) {
+    if switched && restores {
+        (Outcome::Restored, RevisionOutcome::Promoted)
+    } else if switched {
         (Outcome::Promoted, RevisionOutcome::Promoted)
     } else if touched {
         (
@@ -181,6 +192,7 @@ mod tests {
             signalled,
             switched,
             touched,
+            restores: false,
         }
     }
 
@@ -334,6 +346,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_that_goes_through_reads_as_restored_never_as_promoted() {
+        let f = Facts {
+            restores: true,
+            ..facts(None, false, false, true, true)
+        };
+        let s = outcome(&f, Ok(()), "shop");
+        assert_eq!(s.outcome, Outcome::Restored);
+        assert_eq!(revision_outcome(&f, &s.outcome), RevisionOutcome::Promoted);
+        assert_eq!(
+            recovered(true, true, true, "r".into()).0,
+            Outcome::Restored,
+            "an interrupted rollback finished by the next command"
+        );
+        let failed = Facts {
+            restores: true,
+            ..facts(Some("candidate exited"), false, false, false, true)
+        };
+        assert!(matches!(
+            outcome(&failed, Ok(()), "shop").outcome,
+            Outcome::RolledBack { .. }
+        ));
+    }
+
+    #[test]
     fn rehearsals_pass_fail_or_are_cancelled() {
         assert_eq!(rehearsal(None, false), Outcome::Passed);
         assert_eq!(
@@ -349,18 +385,18 @@ mod tests {
     #[test]
     fn recovery_finishes_after_the_switch_and_undoes_before() {
         assert_eq!(
-            recovered(true, true, "r".into()),
+            recovered(true, true, false, "r".into()),
             (Outcome::Promoted, RevisionOutcome::Promoted)
         );
         assert_eq!(
-            recovered(false, true, "r".into()),
+            recovered(false, true, false, "r".into()),
             (
                 Outcome::RolledBack { reason: "r".into() },
                 RevisionOutcome::RolledBack { reason: "r".into() }
             )
         );
         assert_eq!(
-            recovered(false, false, "r".into()),
+            recovered(false, false, false, "r".into()),
             (
                 Outcome::Cancelled { reason: "r".into() },
                 RevisionOutcome::Failed { reason: "r".into() }

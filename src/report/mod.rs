@@ -45,6 +45,7 @@ fn outcome_words(o: &Outcome) -> (&'static str, Option<&str>) {
         Outcome::Running => ("still running", None),
         Outcome::Passed => ("passed", None),
         Outcome::Promoted => ("promoted", None),
+        Outcome::Restored => ("restored", None),
         Outcome::Failed { reason } => ("failed", Some(reason)),
         Outcome::Cancelled { reason } => ("cancelled", Some(reason)),
         Outcome::RolledBack { reason } => ("rolled back", Some(reason)),
@@ -62,7 +63,7 @@ enum Tone {
 
 fn outcome_tone(o: &Outcome) -> Tone {
     match o {
-        Outcome::Passed | Outcome::Promoted => Tone::Good,
+        Outcome::Passed | Outcome::Promoted | Outcome::Restored => Tone::Good,
         Outcome::Failed { .. } | Outcome::RolledBack { .. } | Outcome::Cancelled { .. } => {
             Tone::Bad
         }

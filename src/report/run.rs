@@ -49,6 +49,8 @@ pub enum Outcome {
     Refused {
         reason: String,
     },
+    /// A rollback put an earlier revision back: it serves production.
+    Restored,
 }
 
 impl Outcome {
@@ -62,6 +64,7 @@ impl Outcome {
             Outcome::Promoted => "promoted",
             Outcome::RolledBack { .. } => "rolledBack",
             Outcome::Refused { .. } => "refused",
+            Outcome::Restored => "restored",
         }
     }
 
@@ -75,6 +78,7 @@ impl Outcome {
             Outcome::Cancelled { reason } => paint.red(&format!("cancelled: {reason}")),
             Outcome::RolledBack { reason } => paint.red(&format!("rolled back: {reason}")),
             Outcome::Refused { reason } => paint.yellow(&format!("refused: {reason}")),
+            Outcome::Restored => paint.green("restored"),
         }
     }
 }
@@ -309,7 +313,10 @@ impl RunReport {
     }
 
     pub fn passed(&self) -> bool {
-        matches!(self.outcome, Outcome::Passed | Outcome::Promoted)
+        matches!(
+            self.outcome,
+            Outcome::Passed | Outcome::Promoted | Outcome::Restored
+        )
     }
 
     /// The report as Markdown, for a person (the document `rollout report -o md` prints).

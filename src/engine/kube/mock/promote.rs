@@ -702,7 +702,7 @@ async fn rollback_switches_the_service_back_to_the_previous_settings() {
 
     let playbook = Playbook::switch_only("rollback to revision 1".into());
     let ran = run(script, &previous, &playbook, "r3", RunKind::Rollback).await;
-    assert_eq!(ran.report.outcome, Outcome::Promoted, "{:#?}", ran.report);
+    assert_eq!(ran.report.outcome, Outcome::Restored, "{:#?}", ran.report);
     assert_eq!(ran.revision().images, vec!["db:1", "web:1"]);
 }
 
