@@ -114,3 +114,49 @@ fn colour_on_a_terminal_only_and_never_with_no_color() {
         "piped output has no colour\n{piped}"
     );
 }
+
+/// Issue 23: every flag of every command says what it does in `--help`.
+#[test]
+fn every_help_line_is_filled() {
+    let p = Project::new();
+    let commands: [&[&str]; 18] = [
+        &["plan"],
+        &["promote"],
+        &["rollback"],
+        &["status"],
+        &["history"],
+        &["runs"],
+        &["down"],
+        &["rehearse"],
+        &["approve"],
+        &["report"],
+        &["test-env", "up"],
+        &["test-env", "down"],
+        &["test-env", "list"],
+        &["audit", "list"],
+        &["audit", "verify"],
+        &["daemon"],
+        &["proxy"],
+        &["demo"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = p.run(&args).code(0);
+        // A flag line whose help column is empty: `  -p, --playbook <PLAYBOOK>` and nothing after.
+        let empty: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                (t.starts_with("--") || (t.starts_with('-') && t.get(2..4) == Some(", ")))
+                    && !t.trim_end().contains("  ")
+                    && l.starts_with("  ")
+            })
+            .collect();
+        assert!(
+            empty.is_empty(),
+            "{command:?}: flags without help: {empty:?}"
+        );
+    }
+}

@@ -322,6 +322,8 @@ fn a_second_run_is_refused_naming_the_holder_waits_with_wait_and_a_stale_lock_is
     let refused = s.project.run(&args).code(3);
     let text = format!("{}{}", refused.stdout, refused.stderr);
     assert!(text.contains("is locked by another run"), "{refused}");
+    // Issue 23: a refusal is an error to act on, not a warning.
+    assert!(refused.stderr.starts_with("error: "), "{refused}");
     assert!(
         text.contains(&format!("run {holder} (promote)")),
         "{refused}"

@@ -117,6 +117,7 @@ pub struct PlanArgs {
     /// The playbook (default: the only one, else `default`, else the built-in safe default).
     #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
     pub playbook: Option<String>,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -125,6 +126,8 @@ pub struct PlanArgs {
 pub struct PromoteArgs {
     #[command(flatten)]
     pub env: EnvArgs,
+    /// The playbook (default: the only one, else `default`, else the built-in safe default); a
+    /// run parked at a gate resumes with the playbook it was parked with.
     #[arg(short = 'p', long = "playbook", value_name = "PLAYBOOK")]
     pub playbook: Option<String>,
     /// Do not ask for confirmation.
@@ -144,6 +147,7 @@ pub struct PromoteArgs {
     /// (they are lost with it); without it such a run is never superseded.
     #[arg(long)]
     pub supersede: bool,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -173,6 +177,7 @@ pub struct RollbackArgs {
     /// If another run holds the environment's lock, wait for it this long instead of refusing.
     #[arg(long, value_name = "DURATION", value_parser = crate::manifest::duration::parse)]
     pub wait: Option<std::time::Duration>,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -181,6 +186,7 @@ pub struct RollbackArgs {
 pub struct ReadArgs {
     #[command(flatten)]
     pub env: EnvArgs,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -211,6 +217,7 @@ pub struct TestEnvUpArgs {
     /// How long it may live before the next command removes it (e.g. 30m; default 2h).
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -235,6 +242,7 @@ pub struct ApproveArgs {
     /// The role the playbook's `approve` step names, or the third party authorizing.
     #[arg(long, value_name = "ROLE")]
     pub by: String,
+    /// A note kept with the approval or authorization, shown in the run's report.
     #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
     /// A third party's own reference for its authorization (ticket, change number); required
@@ -247,6 +255,7 @@ pub struct ApproveArgs {
     pub expires: Option<String>,
     #[command(flatten)]
     pub env: EnvArgs,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -331,6 +340,7 @@ pub struct AuditListArgs {
     /// Only entries about this run.
     #[arg(long, value_name = "RUN")]
     pub run: Option<String>,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
@@ -341,6 +351,7 @@ pub struct AuditVerifyArgs {
     /// cannot reach: the log must still hold that entry with that hash. Repeatable.
     #[arg(long, value_name = "HEAD")]
     pub expect: Vec<String>,
+    /// Text for people, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }

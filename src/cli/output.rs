@@ -50,6 +50,11 @@ impl Printer {
         eprintln!("{label} {text}");
     }
 
+    /// A refusal (exit 3): an error the user must act on, not a warning.
+    pub fn refusal(&self, text: &str) {
+        self.error(&anyhow::Error::msg(text.to_string()));
+    }
+
     /// An error on stderr, printed once with its causes.
     pub fn error(&self, err: &anyhow::Error) {
         let label = if self.stderr_color() {

@@ -64,7 +64,7 @@ pub async fn run(dir: &Path, args: ApproveArgs, printer: Printer) -> anyhow::Res
             if output == Format::Json {
                 printer.json(&serde_json::json!({ "run": run, "outcome": { "outcome": "refused", "reason": reason } }))?;
             } else {
-                printer.warn(&reason);
+                printer.refusal(&reason);
             }
             Ok(ExitStatus::Refused)
         }

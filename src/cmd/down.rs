@@ -38,7 +38,7 @@ pub async fn run(dir: &Path, args: DownArgs, printer: Printer) -> anyhow::Result
                 "outcome": { "outcome": "refused", "reason": why },
             }))?;
         } else {
-            printer.warn(&format!("refused: {why}"));
+            printer.refusal(&format!("refused: {why}"));
         }
         return Ok(ExitStatus::Refused);
     }

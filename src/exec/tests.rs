@@ -261,7 +261,7 @@ async fn a_rehearsal_whose_test_version_fails_tears_down_what_it_made_and_runs_n
 async fn a_rehearsal_skips_every_production_step_and_passes_on_the_test_version() {
     let b = Bench::new();
     let pb = book(
-        "  - testEnv: {}\n  - smoke: { target: test, checks: [] }\n  - approve: { by: client }\n  - promote: {}\n  - smoke: { target: production, checks: [] }\n",
+        "  - testEnv: {}\n  - smoke: { target: test }\n  - approve: { by: client }\n  - promote: {}\n  - smoke: { target: production, checks: [] }\n",
     );
     let env = shop("db:1", None);
     let report = super::rehearse(

@@ -191,6 +191,8 @@ pub struct RawTestEnv {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawSmoke {
     pub target: Option<Spanned<String>>,
+    /// Without checks, the step runs every service's own health check.
+    #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
 }
 

@@ -39,7 +39,7 @@ impl Session<'_> {
                     "outcome": { "outcome": outcome, "reason": reason },
                 }))?;
             } else {
-                printer.warn(&reason);
+                printer.refusal(&reason);
             }
             Ok(Err(status))
         };
