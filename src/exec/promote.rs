@@ -82,42 +82,32 @@ pub async fn promote(
         run,
         emergency: opts.emergency.as_deref(),
     };
-    let decision = gate::evaluate(&plan.gates, playbook, &opts.grants, now, request);
-    if let gate::Decision::Refused { reason } = decision {
-        report.outcome = Outcome::Refused { reason };
-        return report;
-    }
-    if let Some(r) = &opts.emergency {
-        progress.note(&format!(
-            "EMERGENCY: the change window is overridden ({r}); this is recorded in the run's report"
-        ));
-        report.steps.push(StepReport::new(
-            0,
-            "emergency override of the change window",
-            StepStatus::Ok,
-            r.clone(),
-        ));
-    }
-    match decision {
-        gate::Decision::Refused { .. } => unreachable!("returned above"),
+    let authorized = match gate::evaluate(&plan.gates, playbook, &opts.grants, now, request) {
+        gate::Decision::Refused { reason } => {
+            report.outcome = Outcome::Refused { reason };
+            return report;
+        }
         // Third parties first: without their authorization nothing starts.
         gate::Decision::Await { awaiting, reason } => {
+            emergency_step(opts, &mut report, progress);
             report.awaiting = awaiting;
             report.gate_step = Some(opts.resume.as_ref().map_or(0, |r| r.gate_step));
             report.outcome = Outcome::Refused { reason };
             return report;
         }
         gate::Decision::Proceed { authorized } => {
-            for (party, x) in authorized {
-                report.authorizations.push(report::Authorization {
-                    party,
-                    reference: x.reference.clone().unwrap_or_default(),
-                    by: x.who.clone(),
-                    note: x.note.clone(),
-                    expires: x.expires,
-                });
-            }
+            emergency_step(opts, &mut report, progress);
+            authorized
         }
+    };
+    for (party, x) in authorized {
+        report.authorizations.push(report::Authorization {
+            party,
+            reference: x.reference.clone().unwrap_or_default(),
+            by: x.who.clone(),
+            note: x.note.clone(),
+            expires: x.expires,
+        });
     }
     let first_step = match &opts.resume {
         Some(r) => {
@@ -222,6 +212,22 @@ pub async fn promote(
     report.outcome = settled.outcome;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// `--emergency --reason`: the change window was overridden, said loudly and kept as the first
+/// step of the run's report.
+fn emergency_step(opts: &Options, report: &mut RunReport, progress: &dyn Progress) {
+    if let Some(r) = &opts.emergency {
+        progress.note(&format!(
+            "EMERGENCY: the change window is overridden ({r}); this is recorded in the run's report"
+        ));
+        report.steps.push(StepReport::new(
+            0,
+            "emergency override of the change window",
+            StepStatus::Ok,
+            r.clone(),
+        ));
+    }
 }
 
 /// Records the run's revision and its journal's `begin`, just before production is changed.
