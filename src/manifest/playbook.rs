@@ -533,16 +533,32 @@ fn resolve_analysis(c: &mut Checker<'_>, a: &Spanned<RawAnalysis>) -> Analysis {
         min_requests,
     } = &a.value;
     let rate = max_error_rate.as_ref().map(|r| {
-        if !(0.0..=1.0).contains(&r.value) {
-            c.error(
-                pos(r),
-                format!(
-                    "maxErrorRate {} is out of range; expected a fraction from 0 to 1 (0.01 = 1%)",
-                    r.value
-                ),
-            );
+        let text = r.value.0.trim();
+        let parsed = match text.strip_suffix('%') {
+            Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+            None => text.parse::<f64>(),
+        };
+        match parsed {
+            Ok(v) if (0.0..=1.0).contains(&v) => v,
+            Ok(_) => {
+                c.error(
+                    pos(r),
+                    format!(
+                        "maxErrorRate {text} is out of range; expected a fraction from 0 to 1 (0.01) or a percentage from 0% to 100% (1%)"
+                    ),
+                );
+                0.0
+            }
+            Err(_) => {
+                c.error(
+                    pos(r),
+                    format!(
+                        "maxErrorRate `{text}` is not a rate; expected a fraction from 0 to 1 (0.01) or a percentage (1%)"
+                    ),
+                );
+                0.0
+            }
         }
-        r.value
     });
     let p99 = max_p99
         .as_ref()
@@ -814,5 +830,33 @@ mod tests {
         assert_eq!(percent(0.01), "1");
         assert_eq!(percent(0.015), "1.5");
         assert_eq!(percent(0.0), "0");
+    }
+
+    fn analysis_of(rate: &str) -> Result<Option<f64>, String> {
+        let text = format!(
+            "apiVersion: rollout/v1\nkind: Playbook\nname: p\nsteps:\n  - canary: {{ weight: 10, hold: 1s, analysis: {{ maxErrorRate: {rate} }} }}\n  - promote: {{}}\n"
+        );
+        let src = Source::new("p.yaml", text.as_str());
+        let raw = super::super::yaml::parse(&src, "a playbook").map_err(|e| e.to_string())?;
+        let pb = resolve(&src, raw).map_err(|e| e.to_string())?;
+        match &pb.steps[0] {
+            Step::Canary { analysis, .. } => Ok(analysis.as_ref().and_then(|a| a.max_error_rate)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn max_error_rate_takes_a_fraction_or_a_percentage_and_says_which_it_wants() {
+        assert_eq!(analysis_of("0.01"), Ok(Some(0.01)));
+        assert_eq!(analysis_of("1%"), Ok(Some(0.01)));
+        assert_eq!(analysis_of("\"2.5 %\""), Ok(Some(0.025)));
+        let err = analysis_of("lots").unwrap_err();
+        assert!(err.contains("p.yaml:5:"), "{err}");
+        assert!(
+            err.contains("maxErrorRate `lots` is not a rate; expected a fraction from 0 to 1 (0.01) or a percentage (1%)"),
+            "{err}"
+        );
+        let err = analysis_of("150%").unwrap_err();
+        assert!(err.contains("maxErrorRate 150% is out of range"), "{err}");
     }
 }

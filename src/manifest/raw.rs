@@ -213,7 +213,8 @@ pub struct RawCanary {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAnalysis {
-    pub max_error_rate: Option<Spanned<f64>>,
+    /// A fraction (`0.01`) or a percentage (`1%`).
+    pub max_error_rate: Option<Spanned<Text>>,
     pub max_p99: Option<Spanned<Text>>,
     pub min_requests: Option<Spanned<i64>>,
 }

@@ -172,16 +172,22 @@ fn started(r: &RunReport) -> Option<jiff::Timestamp> {
     r.started.parse().ok()
 }
 
-/// Recent runs of the environment, to help with a mistyped id.
+/// Recent runs of the environment (of every environment without `-e`), to help with a
+/// mistyped id.
 fn hint(store: &Store, env: Option<&str>) -> String {
-    let Some(env) = env else {
-        return String::new();
+    let (runs, of) = match env {
+        Some(env) => (store.runs(env, 5), format!("of {env}")),
+        None => (store.recent_runs(5), String::new()),
     };
-    match store.runs(env, 5) {
+    match runs {
         Ok(runs) if !runs.is_empty() => format!(
-            "; recent runs of {env}: {}",
+            "; recent runs{}: {}",
+            if of.is_empty() { of } else { format!(" {of}") },
             runs.iter()
-                .map(|r| format!("{} ({} {})", r.run, r.kind, r.outcome))
+                .map(|r| match env {
+                    Some(_) => format!("{} ({} {})", r.run, r.kind, r.outcome),
+                    None => format!("{} ({} of {} {})", r.run, r.kind, r.environment, r.outcome),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -285,6 +291,13 @@ mod tests {
         assert!(text.contains("no run `nosuchrun` is recorded"), "{text}");
         assert!(
             text.contains("recent runs of shop: t1abc2def (promotion rolledBack)"),
+            "{text}"
+        );
+        // Issue 23: without `-e` the recent runs of every environment are listed.
+        let err = find(&store, dir.path(), None, Selector::Run("nosuchrun")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("recent runs: t1abc2def (promotion of shop rolledBack)"),
             "{text}"
         );
 

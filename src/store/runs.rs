@@ -155,6 +155,19 @@ impl Store {
         raw.into_iter().map(|r| r.decode(self)).collect()
     }
 
+    /// The newest `limit` runs of every environment, newest first.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let raw = self.read(|conn| {
+            self.rows(
+                conn,
+                &format!("SELECT {COLUMNS} FROM runs ORDER BY started DESC, rowid DESC LIMIT ?1"),
+                params![i64::try_from(limit).unwrap_or(i64::MAX)],
+                RawRun::from_row,
+            )
+        })?;
+        raw.into_iter().map(|r| r.decode(self)).collect()
+    }
+
     /// Promotions and rollbacks of `env` recorded as started and never finished, oldest first.
     /// Those runs hold the environment's lock from before their record is written until after
     /// it is finished, so under the lock every one of them was left by a process that is gone.
