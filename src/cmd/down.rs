@@ -174,7 +174,7 @@ async fn remove(
 ) -> RunReport {
     let (engine, printer) = (session.engine, session.printer);
     let t0 = Instant::now();
-    let mut report = new_report(run, environment);
+    let mut report = RunReport::begun(RunKind::Down, run, environment, "-", jiff::Timestamp::now());
     super::record_run(session.store, &report, None, printer);
     let state = session.project.state_dir();
     let audit = |event: crate::audit::Event| {
@@ -315,33 +315,6 @@ async fn remove(
         ));
     }
     report
-}
-
-/// A down's report as it starts: no playbook, nothing done yet.
-fn new_report(run: &str, env: &Environment) -> RunReport {
-    RunReport {
-        run: run.to_string(),
-        kind: RunKind::Down,
-        environment: env.name.clone(),
-        client: env.client.clone(),
-        playbook: "-".into(),
-        started: jiff::Timestamp::now().to_string(),
-        user: crate::report::run::current_user(),
-        outcome: Outcome::Running,
-        elapsed_ms: 0,
-        steps: Vec::new(),
-        teardown: None,
-        switch_ms: None,
-        rollback_ms: None,
-        reason: None,
-        revision: None,
-        changes: Vec::new(),
-        approvals: Vec::new(),
-        authorizations: Vec::new(),
-        emergency: None,
-        awaiting: Vec::new(),
-        gate_step: None,
-    }
 }
 
 async fn remove_test_versions(engine: &dyn Engine, env: &str) -> Result<String, String> {

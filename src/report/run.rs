@@ -287,12 +287,24 @@ impl RunReport {
         playbook: &Playbook,
         now: jiff::Timestamp,
     ) -> Self {
+        Self::begun(kind, run, env, &playbook.name, now)
+    }
+
+    /// A run's report as it starts, nothing done yet; `playbook` names what it follows (`-`
+    /// for a run that follows none, such as `rollout down`).
+    pub fn begun(
+        kind: RunKind,
+        run: &str,
+        env: &Environment,
+        playbook: &str,
+        now: jiff::Timestamp,
+    ) -> Self {
         RunReport {
             run: run.to_string(),
             kind,
             environment: env.name.clone(),
             client: env.client.clone(),
-            playbook: playbook.name.clone(),
+            playbook: playbook.to_string(),
             started: now.to_string(),
             user: current_user(),
             outcome: Outcome::Running,
