@@ -88,15 +88,5 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
 
-/// Removes the run's test version, reporting what went.
-pub(crate) async fn teardown(
-    engine: &dyn Engine,
-    env: &Environment,
-    run: &str,
-    progress: &dyn Progress,
-) -> crate::report::run::Teardown {
-    steps::test_env::teardown(engine, env, run, progress).await
-}
-
 #[cfg(test)]
 mod tests;

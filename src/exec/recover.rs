@@ -125,7 +125,7 @@ pub async fn recover(
         run: run.to_string(),
         stop,
     })?;
-    super::teardown(engine, env, run, progress).await;
+    super::steps::test_env::teardown(engine, env, run, progress).await;
     let reason =
         format!("interrupted after `{last_step}` (left by {left_by}); {action} by run {by}");
     let (outcome, revision_outcome) =

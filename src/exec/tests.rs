@@ -88,6 +88,20 @@ impl Bench {
         .await
     }
 
+    async fn rehearse(&self, env: &Environment, pb: &Playbook) -> RunReport {
+        let now = jiff::Timestamp::now();
+        super::rehearse(
+            &self.engine,
+            env,
+            pb,
+            "r1",
+            now,
+            &Silent,
+            &CancellationToken::new(),
+        )
+        .await
+    }
+
     fn writes(&self) -> Vec<FakeCall> {
         self.engine
             .calls()
@@ -216,16 +230,7 @@ async fn a_rehearsal_whose_test_version_fails_tears_down_what_it_made_and_runs_n
     let b = Bench::new();
     let pb = book("  - testEnv: {}\n  - smoke: { target: test, checks: [] }\n  - promote: {}\n");
     let env = shop("db:9", None);
-    let report = super::rehearse(
-        &b.engine,
-        &env,
-        &pb,
-        "r1",
-        jiff::Timestamp::now(),
-        &Silent,
-        &CancellationToken::new(),
-    )
-    .await;
+    let report = b.rehearse(&env, &pb).await;
     let Outcome::Failed { reason } = &report.outcome else {
         panic!("{report:#?}")
     };
@@ -264,16 +269,7 @@ async fn a_rehearsal_skips_every_production_step_and_passes_on_the_test_version(
         "  - testEnv: {}\n  - smoke: { target: test }\n  - approve: { by: client }\n  - promote: {}\n  - smoke: { target: production, checks: [] }\n",
     );
     let env = shop("db:1", None);
-    let report = super::rehearse(
-        &b.engine,
-        &env,
-        &pb,
-        "r1",
-        jiff::Timestamp::now(),
-        &Silent,
-        &CancellationToken::new(),
-    )
-    .await;
+    let report = b.rehearse(&env, &pb).await;
     assert_eq!(report.outcome, Outcome::Passed, "{report:#?}");
     let statuses: Vec<StepStatus> = report.steps.iter().map(|s| s.status).collect();
     assert_eq!(

@@ -133,7 +133,7 @@ fn window_closed(playbook: &Playbook, now: jiff::Timestamp, req: Request<'_>) ->
 /// that following the hint never runs the change through another playbook that skips the gate
 /// (the built-in default is what `rollout promote` picks when the project has no playbook).
 pub fn resume_command(environment: &str, playbook: &str) -> String {
-    if playbook.is_empty() || playbook == Playbook::builtin_default().name {
+    if playbook.is_empty() || playbook == playbook::BUILTIN_NAME {
         format!("rollout promote -e {environment}")
     } else {
         format!("rollout promote -e {environment} -p {playbook}")
@@ -249,7 +249,7 @@ mod tests {
             "rollout promote -e shop -p gated"
         );
         assert_eq!(
-            resume_command("shop", &Playbook::builtin_default().name),
+            resume_command("shop", playbook::BUILTIN_NAME),
             "rollout promote -e shop"
         );
     }

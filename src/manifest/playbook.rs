@@ -253,12 +253,15 @@ pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CHECK_RETRIES: u32 = 3;
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 
+/// The name of the built-in default playbook, the one a project without playbooks gets.
+pub const BUILTIN_NAME: &str = "default (built-in)";
+
 impl Playbook {
     /// The built-in safe default: a test version, every service's health checked there,
     /// promotion, a production health check, rollback on failure.
     pub fn builtin_default() -> Self {
         Playbook {
-            name: "default (built-in)".into(),
+            name: BUILTIN_NAME.into(),
             source: None,
             window: None,
             steps: vec![
