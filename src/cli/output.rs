@@ -73,3 +73,8 @@ impl Printer {
         !no_color && std::io::stderr().is_terminal()
     }
 }
+
+/// A run's duration as the `history` and `runs` tables show it: `12.3s`, or `-` while it runs.
+pub fn duration_cell(d: Option<jiff::SignedDuration>) -> String {
+    d.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+}

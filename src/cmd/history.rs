@@ -39,9 +39,7 @@ pub async fn run(dir: &Path, args: ReadArgs, printer: Printer) -> anyhow::Result
     let mut out =
         String::from("REV  RUN        STARTED                    USER        DURATION  OUTCOME\n");
     for r in &history {
-        let duration = r
-            .duration()
-            .map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+        let duration = crate::cli::output::duration_cell(r.duration());
         let changed: Vec<String> = r
             .changes
             .as_array()

@@ -85,10 +85,8 @@ fn table(env: &str, runs: &[Listed]) -> String {
         "RUN        KIND       STARTED                  USER        DURATION  OUTCOME\n",
     );
     for r in runs {
-        let duration = r.finished.map_or("-".to_string(), |f| {
-            let d = f.duration_since(r.started);
-            format!("{:.1}s", d.as_secs_f64().max(0.0))
-        });
+        let duration =
+            crate::cli::output::duration_cell(r.finished.map(|f| f.duration_since(r.started)));
         let outcome = if r.waiting { "waiting" } else { &r.outcome };
         out.push_str(&format!(
             "{:<10} {:<10} {:<24} {:<11} {:<9} {outcome}\n",
