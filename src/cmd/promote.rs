@@ -99,7 +99,7 @@ pub async fn run(dir: &Path, args: PromoteArgs, printer: Printer) -> anyhow::Res
             if json {
                 printer.json(&serde_json::json!({ "environment": environment.name, "run": run, "outcome": { "outcome": "refused", "reason": reason } }))?;
             } else {
-                printer.error(&anyhow::anyhow!(reason));
+                printer.refusal(&reason);
             }
             return Ok(ExitStatus::Refused);
         }
