@@ -511,7 +511,7 @@ fn an_approval_the_environment_requires_holds_a_playbook_without_one() {
             "`rollout promote -e {name} -p quick` resumes the run"
         ));
     let run = parked.run_id();
-    nothing_runs_but_tests_gone(&name);
+    nothing_runs(&name);
     project
         .run_with(&["approve", &run, "--by", "client"], &as_bob)
         .code(0);
@@ -523,9 +523,4 @@ fn an_approval_the_environment_requires_holds_a_playbook_without_one() {
         .stdout_has("promoted");
     assert_eq!(resumed.run_id(), run);
     assert!(web_serves(&name, "shop-web:2.4.0"));
-}
-
-/// Nothing of production runs (the parked run's test version is gone too).
-fn nothing_runs_but_tests_gone(env: &str) {
-    nothing_runs(env);
 }
